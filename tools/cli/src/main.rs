@@ -1,1 +1,166 @@
-fn main(){}
+//! `edgepatch`: inspect a backbone and classify images with it.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edgepatch::graph::Op;
+use edgepatch::{Backbone, Session};
+use serde_json::json;
+
+/// Appends one formatted line to a `String`.
+macro_rules! outln {
+    ($o:ident) => {
+        $o.push('\n')
+    };
+    ($o:ident, $($t:tt)*) => {{
+        $o.push_str(&format!($($t)*));
+        $o.push('\n');
+    }};
+}
+
+#[derive(Parser)]
+#[command(name = "edgepatch", version, about = "Adapt one frozen network to many tasks with model patches")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Layers, parameters, input shape and patchable parameter counts of a model.
+    Info {
+        /// An ONNX model; the shipped int8 MobileNetV2 when absent.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify images (JPEG or PNG) with a model.
+    Predict {
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// An ONNX model; the shipped int8 MobileNetV2 when absent.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// How many classes to show per image.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Print a JSON array, one object per image.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load(model: Option<&Path>) -> edgepatch::Result<Backbone> {
+    match model {
+        Some(p) => Backbone::from_path(p),
+        None => Backbone::embedded(),
+    }
+}
+
+fn info(model: Option<&Path>, as_json: bool) -> edgepatch::Result<String> {
+    let mut o = String::new();
+    let b = load(model)?;
+    let g = b.graph();
+    let shapes = g.shapes(224, 224)?;
+    let p = g.patchable();
+    let layers: Vec<_> = g
+        .nodes
+        .iter()
+        .map(|n| {
+            let s = shapes[n.output];
+            json!({"name": n.name, "kind": n.op.kind(), "params": n.op.params(), "output": [s.c, s.h, s.w]})
+        })
+        .collect();
+    let convs = g.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_) | Op::Depthwise(_))).count();
+    let quantized = g.nodes.iter().any(|n| matches!(&n.op, Op::Conv(c) if matches!(c.weights, edgepatch::graph::Weights::Int8 { .. })));
+    if as_json {
+        let out = json!({
+            "model": model.map_or("embedded:mobilenet_v2_int8".to_string(), |p| p.display().to_string()),
+            "fingerprint": b.fingerprint(),
+            "input": ["N", g.input_channels, "H", "W"],
+            "default_input": [1, g.input_channels, 224, 224],
+            "classes": g.num_classes(),
+            "params": g.params(),
+            "layers": layers,
+            "convolutions": convs,
+            "weights": if quantized { "int8" } else { "f32" },
+            "patchable": {"sb": p.sb, "bias": p.bias, "dw": p.dw, "logits": p.logits},
+            "resident_bytes": b.resident_bytes(),
+        });
+        outln!(o, "{}", serde_json::to_string_pretty(&out).expect("json"));
+        return Ok(o);
+    }
+    outln!(o, "model        {}", model.map_or("embedded MobileNetV2 (int8)".into(), |p| p.display().to_string()));
+    outln!(o, "fingerprint  {}", b.fingerprint());
+    outln!(o, "input        [N, {}, H, W] (H, W ≥ 32; default 224)", g.input_channels);
+    outln!(o, "classes      {}", g.num_classes());
+    outln!(o, "layers       {} ({} convolutions), weights {}", g.nodes.len(), convs, if quantized { "int8" } else { "f32" });
+    outln!(o, "params       {}", g.params());
+    outln!(o, "resident     {} bytes", b.resident_bytes());
+    outln!(o, "patchable    sb {}  bias {}  dw {}  logits {}", p.sb, p.bias, p.dw, p.logits);
+    outln!(o);
+    outln!(o, "{:<40} {:<12} {:>9}  output (224 px)", "layer", "kind", "params");
+    for n in &g.nodes {
+        let s = shapes[n.output];
+        outln!(o, "{:<40} {:<12} {:>9}  {}×{}×{}", n.name, n.op.kind(), n.op.params(), s.c, s.h, s.w);
+    }
+    Ok(o)
+}
+
+fn predict(images: &[PathBuf], model: Option<&Path>, top: usize, as_json: bool) -> edgepatch::Result<String> {
+    let mut o = String::new();
+    let session = Session::new(load(model)?);
+    let paths: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+    let results = session.classify_files(&paths, top.max(1))?;
+    if as_json {
+        let arr: Vec<_> = images
+            .iter()
+            .zip(&results)
+            .map(|(p, r)| {
+                let top: Vec<_> = r.iter().map(|s| json!({"class": s.class, "label": s.label, "prob": s.prob})).collect();
+                json!({"image": p.display().to_string(), "top": top})
+            })
+            .collect();
+        outln!(o, "{}", serde_json::to_string_pretty(&arr).expect("json"));
+        return Ok(o);
+    }
+    for (p, r) in images.iter().zip(&results) {
+        outln!(o, "{}", p.display());
+        for s in r {
+            outln!(o, "  {:>6.2}%  {:>4}  {}", 100.0 * s.prob, s.class, s.label);
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Info { model, json } => info(model.as_deref(), *json),
+        Command::Predict { images, model, top, json } => predict(images, model.as_deref(), *top, *json),
+    };
+    match result {
+        Ok(text) => {
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edgepatch: error: stdout: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("edgepatch: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The CPU inference engine: batch forward over the IR, multithreaded with rayon, with each
+//! convolution fused with the affine and activation that follow it.
+
+use crate::graph::{Graph, Node, Op, ValueId};
+use crate::ops::{self, Activation, Epilogue};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// One step of the execution plan: a node, possibly with the affine and activation fused into it.
+#[derive(Debug, Clone)]
+struct Step {
+    node: usize,
+    affine: Option<usize>,
+    act: Activation,
+    output: ValueId,
+}
+
+/// A graph prepared for repeated forward passes on the CPU.
+#[derive(Debug, Clone)]
+pub struct CpuEngine {
+    steps: Vec<Step>,
+    /// For each value, the index of the last step that reads it (values are freed after it).
+    last_use: Vec<usize>,
+}
+
+fn activation(op: &Op) -> Option<Activation> {
+    match op {
+        Op::Relu => Some(Activation::Relu),
+        Op::Relu6 => Some(Activation::Relu6),
+        _ => None,
+    }
+}
+
+impl CpuEngine {
+    /// Plans the execution: fuses conv → affine → activation chains whose intermediate values
+    /// have no other reader.
+    pub fn new(graph: &Graph) -> Self {
+        let mut uses = vec![0usize; graph.num_values];
+        for n in &graph.nodes {
+            for &i in &n.inputs {
+                uses[i] += 1;
+            }
+        }
+        uses[graph.output] += 1;
+        let only_reader = |i: usize, v: ValueId| -> bool {
+            graph.nodes.get(i).is_some_and(|n: &Node| n.inputs == [v]) && uses[v] == 1
+        };
+        let mut steps = Vec::new();
+        let mut i = 0;
+        while i < graph.nodes.len() {
+            let node = &graph.nodes[i];
+            let mut step = Step { node: i, affine: None, act: Activation::Identity, output: node.output };
+            i += 1;
+            if matches!(node.op, Op::Conv(_) | Op::Depthwise(_) | Op::Affine(_)) {
+                if !matches!(node.op, Op::Affine(_))
+                    && only_reader(i, step.output)
+                    && matches!(graph.nodes[i].op, Op::Affine(_))
+                {
+                    step.affine = Some(i);
+                    step.output = graph.nodes[i].output;
+                    i += 1;
+                }
+                if only_reader(i, step.output) {
+                    if let Some(act) = activation(&graph.nodes[i].op) {
+                        step.act = act;
+                        step.output = graph.nodes[i].output;
+                        i += 1;
+                    }
+                }
+            }
+            steps.push(step);
+        }
+        let mut last_use = vec![usize::MAX; graph.num_values];
+        for (s, step) in steps.iter().enumerate() {
+            for &v in &graph.nodes[step.node].inputs {
+                last_use[v] = s;
+            }
+        }
+        CpuEngine { steps, last_use }
+    }
+
+    /// The first input of `node` for in-place use: moved out when step `s` is its last reader
+    /// (and it is not read twice by this node), cloned otherwise.
+    fn take(&self, values: &mut [Option<Tensor>], node: &Node, s: usize) -> Tensor {
+        let v = node.inputs[0];
+        let once = node.inputs.iter().filter(|&&u| u == v).count() == 1;
+        if self.last_use[v] == s && once {
+            values[v].take().expect("computed before use")
+        } else {
+            values[v].clone().expect("computed before use")
+        }
+    }
+
+    /// Forward pass: `input: [N, C, H, W]` → the graph output `[N, classes, 1, 1]`.
+    pub fn forward(&self, graph: &Graph, input: Tensor) -> Result<Tensor> {
+        let [n, c, h, w] = input.shape;
+        if n == 0 || c != graph.input_channels {
+            return Err(Error::Input(format!(
+                "input of shape {:?}, the model takes [N ≥ 1, {}, H, W]",
+                input.shape, graph.input_channels
+            )));
+        }
+        graph.shapes(h, w)?;
+        let mut values: Vec<Option<Tensor>> = vec![None; graph.num_values];
+        values[0] = Some(input);
+        for (s, step) in self.steps.iter().enumerate() {
+            let node = &graph.nodes[step.node];
+            let affine = step.affine.map(|a| match &graph.nodes[a].op {
+                Op::Affine(a) => a,
+                _ => unreachable!("planned as an affine"),
+            });
+            let epi = Epilogue {
+                scale: affine.map(|a| a.scale.as_slice()),
+                bias: affine.map(|a| a.bias.as_slice()),
+                act: step.act,
+            };
+            let out = match &node.op {
+                Op::Conv(conv) => ops::conv::forward(conv, read(&values, node, 0), &epi),
+                Op::Depthwise(dw) => ops::depthwise::forward(dw, read(&values, node, 0), &epi),
+                Op::Affine(a) => {
+                    let mut t = self.take(&mut values, node, s);
+                    ops::affine::forward(a, &mut t, step.act);
+                    t
+                }
+                Op::Relu | Op::Relu6 => {
+                    let mut t = self.take(&mut values, node, s);
+                    ops::activation::forward(activation(&node.op).expect("an activation"), &mut t);
+                    t
+                }
+                Op::Add => {
+                    let mut t = self.take(&mut values, node, s);
+                    ops::add::forward(&mut t, read(&values, node, 1));
+                    t
+                }
+                Op::GlobalPool => ops::pool::forward(read(&values, node, 0)),
+                Op::Linear(l) => ops::linear::forward(l, read(&values, node, 0)),
+            };
+            for &v in &node.inputs {
+                if self.last_use[v] == s {
+                    values[v] = None;
+                }
+            }
+            values[step.output] = Some(out);
+        }
+        values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))
+    }
+}
+
+fn read<'a>(values: &'a [Option<Tensor>], node: &Node, i: usize) -> &'a Tensor {
+    values[node.inputs[i]].as_ref().expect("computed before use")
+}

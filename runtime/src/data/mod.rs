@@ -1,0 +1,3 @@
+//! Input data: decoding and preprocessing images.
+
+pub mod image;

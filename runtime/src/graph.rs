@@ -1,0 +1,374 @@
+//! The runtime's own graph IR: a topologically ordered list of nodes over a short list of layer
+//! kinds. Every tensor is NCHW f32 (a flattened feature vector is `[N, F, 1, 1]`).
+
+use sha2::{Digest, Sha256};
+
+/// Index of a value (an edge) in [`Graph`]; value 0 is the graph input.
+pub type ValueId = usize;
+
+/// Frozen weights of one layer, row-major `[rows, row_len]` with one row per output channel.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Weights {
+    /// Symmetric int8 values with one dequantization scale per row: `w[r][i] = values[r][i] · scales[r]`.
+    Int8 { values: Vec<i8>, scales: Vec<f32> },
+    /// Plain f32 values (a model imported without quantization).
+    F32(Vec<f32>),
+}
+
+impl Weights {
+    /// Number of weight values (not counting scales).
+    pub fn len(&self) -> usize {
+        match self {
+            Weights::Int8 { values, .. } => values.len(),
+            Weights::F32(v) => v.len(),
+        }
+    }
+
+    /// True when there are no weights.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held in memory: one byte per int8 value plus four per scale, or four per f32.
+    pub fn resident_bytes(&self) -> usize {
+        match self {
+            Weights::Int8 { values, scales } => values.len() + 4 * scales.len(),
+            Weights::F32(v) => 4 * v.len(),
+        }
+    }
+
+    /// Writes row `row` (of length `out.len()`), dequantized, into `out`.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        let n = out.len();
+        match self {
+            Weights::Int8 { values, scales } => {
+                let s = scales[row];
+                for (o, &q) in out.iter_mut().zip(&values[row * n..(row + 1) * n]) {
+                    *o = q as f32 * s;
+                }
+            }
+            Weights::F32(v) => out.copy_from_slice(&v[row * n..(row + 1) * n]),
+        }
+    }
+
+    fn hash_into(&self, h: &mut Sha256) {
+        match self {
+            Weights::Int8 { values, scales } => {
+                h.update(b"i8");
+                h.update((values.len() as u64).to_le_bytes());
+                h.update(values.iter().map(|&v| v as u8).collect::<Vec<u8>>());
+                hash_f32s(h, scales);
+            }
+            Weights::F32(v) => {
+                h.update(b"f32");
+                hash_f32s(h, v);
+            }
+        }
+    }
+}
+
+fn hash_f32s(h: &mut Sha256, v: &[f32]) {
+    h.update((v.len() as u64).to_le_bytes());
+    for x in v {
+        h.update(x.to_le_bytes());
+    }
+}
+
+/// Spatial geometry of a convolution window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Stride along height and width.
+    pub stride: [usize; 2],
+    /// Zero padding: top, left, bottom, right.
+    pub pads: [usize; 4],
+}
+
+impl Window {
+    /// Output `(h, w)` for an input of `(h, w)`, or `None` when the window does not fit.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let ph = h + self.pads[0] + self.pads[2];
+        let pw = w + self.pads[1] + self.pads[3];
+        if ph < self.kernel[0] || pw < self.kernel[1] {
+            return None;
+        }
+        Some(((ph - self.kernel[0]) / self.stride[0] + 1, (pw - self.kernel[1]) / self.stride[1] + 1))
+    }
+
+    /// True for a 1×1 kernel with stride 1 and no padding (a plain matrix product).
+    pub fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.pads == [0; 4]
+    }
+}
+
+/// A dense (groups = 1) convolution without bias; its weights are `[out, in·kh·kw]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conv {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub window: Window,
+    pub weights: Weights,
+}
+
+/// A depthwise convolution (groups = channels, multiplier 1); its weights are `[channels, kh·kw]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Depthwise {
+    pub channels: usize,
+    pub window: Window,
+    pub weights: Weights,
+}
+
+/// A per-channel affine `y[c] = scale[c]·x[c] + bias[c]`: a folded BatchNorm and/or conv bias.
+/// This is what the S/B patch replaces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Affine {
+    pub scale: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// A fully connected layer `y = W·x + b` with `W: [out, in]`; the classifier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linear {
+    pub in_features: usize,
+    pub out_features: usize,
+    pub weights: Weights,
+    pub bias: Vec<f32>,
+}
+
+/// The layer kinds the runtime implements.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Conv(Conv),
+    Depthwise(Depthwise),
+    Affine(Affine),
+    Relu,
+    Relu6,
+    /// Elementwise sum of two values of equal shape (the residual connection).
+    Add,
+    /// Mean over H and W: `[N, C, H, W] → [N, C, 1, 1]`.
+    GlobalPool,
+    Linear(Linear),
+}
+
+impl Op {
+    /// Short lower-case name of the layer kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv(c) if c.window.is_pointwise() => "conv1x1",
+            Op::Conv(_) => "conv",
+            Op::Depthwise(_) => "depthwise",
+            Op::Affine(_) => "affine",
+            Op::Relu => "relu",
+            Op::Relu6 => "relu6",
+            Op::Add => "add",
+            Op::GlobalPool => "global_pool",
+            Op::Linear(_) => "linear",
+        }
+    }
+
+    /// Trainable parameters in the sense of the source model (weights, BN scale and bias).
+    pub fn params(&self) -> usize {
+        match self {
+            Op::Conv(c) => c.weights.len(),
+            Op::Depthwise(d) => d.weights.len(),
+            Op::Affine(a) => a.scale.len() + a.bias.len(),
+            Op::Linear(l) => l.weights.len() + l.bias.len(),
+            _ => 0,
+        }
+    }
+
+    fn resident_bytes(&self) -> usize {
+        match self {
+            Op::Conv(c) => c.weights.resident_bytes(),
+            Op::Depthwise(d) => d.weights.resident_bytes(),
+            Op::Affine(a) => 4 * (a.scale.len() + a.bias.len()),
+            Op::Linear(l) => l.weights.resident_bytes() + 4 * l.bias.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// One layer applied to its input values, producing one output value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// The ONNX node name it came from (for messages).
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<ValueId>,
+    pub output: ValueId,
+}
+
+/// Shape of a value for one sample (the batch dimension is left out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// Parameter counts of each patch kind (see the crate docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PatchableCounts {
+    /// Every affine's scale and bias.
+    pub sb: usize,
+    /// Every affine's bias.
+    pub bias: usize,
+    /// Every depthwise kernel.
+    pub dw: usize,
+    /// The final linear layer's weights and bias.
+    pub logits: usize,
+}
+
+/// A validated, topologically ordered graph with one input (NCHW, `input_channels`) and one
+/// output (the logits of the last node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    pub input_channels: usize,
+    pub num_values: usize,
+    pub output: ValueId,
+}
+
+/// Smallest input height and width the runtime accepts.
+pub const MIN_INPUT_SIZE: usize = 32;
+
+impl Graph {
+    /// Per-value shapes for an input of `h × w`, or an error naming the first node that cannot
+    /// run at that size.
+    pub fn shapes(&self, h: usize, w: usize) -> crate::Result<Vec<Shape>> {
+        if h < MIN_INPUT_SIZE || w < MIN_INPUT_SIZE {
+            return Err(crate::Error::Input(format!(
+                "input {h}×{w} is smaller than the minimum {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE}"
+            )));
+        }
+        let mut shapes = vec![None; self.num_values];
+        shapes[0] = Some(Shape { c: self.input_channels, h, w });
+        for node in &self.nodes {
+            let ins: Vec<Shape> = node.inputs.iter().map(|&i| shapes[i].expect("topological order")).collect();
+            let x = ins[0];
+            let bad = |why: String| crate::Error::node(&node.name, why);
+            let out = match &node.op {
+                Op::Conv(Conv { in_channels: ci, out_channels: co, window, .. })
+                | Op::Depthwise(Depthwise { channels: ci @ co, window, .. }) => {
+                    if x.c != *ci {
+                        return Err(bad(format!("expects {ci} input channels, got {}", x.c)));
+                    }
+                    let (oh, ow) = window
+                        .output_size(x.h, x.w)
+                        .ok_or_else(|| bad(format!("window does not fit a {}×{} input", x.h, x.w)))?;
+                    Shape { c: *co, h: oh, w: ow }
+                }
+                Op::Affine(a) => {
+                    if x.c != a.scale.len() {
+                        return Err(bad(format!("expects {} channels, got {}", a.scale.len(), x.c)));
+                    }
+                    x
+                }
+                Op::Relu | Op::Relu6 => x,
+                Op::Add => {
+                    if ins[1] != x {
+                        return Err(bad(format!("adds shapes {x:?} and {:?}", ins[1])));
+                    }
+                    x
+                }
+                Op::GlobalPool => Shape { c: x.c, h: 1, w: 1 },
+                Op::Linear(l) => {
+                    if x.c * x.h * x.w != l.in_features {
+                        return Err(bad(format!(
+                            "expects {} features, got {}×{}×{}",
+                            l.in_features, x.c, x.h, x.w
+                        )));
+                    }
+                    Shape { c: l.out_features, h: 1, w: 1 }
+                }
+            };
+            shapes[node.output] = Some(out);
+        }
+        Ok(shapes.into_iter().map(|s| s.unwrap_or(Shape { c: 0, h: 0, w: 0 })).collect())
+    }
+
+    /// Number of output classes (channels of the output value).
+    pub fn num_classes(&self) -> usize {
+        match self.nodes.iter().rev().find_map(|n| match &n.op {
+            Op::Linear(l) => Some(l.out_features),
+            _ => None,
+        }) {
+            Some(c) => c,
+            None => 0,
+        }
+    }
+
+    /// Total parameters of the source model (conv and linear weights, BN/affine scale and bias).
+    pub fn params(&self) -> usize {
+        self.nodes.iter().map(|n| n.op.params()).sum()
+    }
+
+    /// Bytes the frozen weights occupy in memory.
+    pub fn resident_bytes(&self) -> usize {
+        self.nodes.iter().map(|n| n.op.resident_bytes()).sum()
+    }
+
+    /// Parameter counts of each patch kind.
+    pub fn patchable(&self) -> PatchableCounts {
+        let mut p = PatchableCounts::default();
+        for n in &self.nodes {
+            match &n.op {
+                Op::Affine(a) => {
+                    p.sb += a.scale.len() + a.bias.len();
+                    p.bias += a.bias.len();
+                }
+                Op::Depthwise(d) => p.dw += d.weights.len(),
+                Op::Linear(l) => p.logits = l.weights.len() + l.bias.len(),
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// A hash of the structure and every frozen value: two graphs with the same fingerprint
+    /// compute the same function. Hex, 16 characters (64 bits of SHA-256).
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"edgepatch-graph-v1");
+        h.update((self.input_channels as u64).to_le_bytes());
+        for n in &self.nodes {
+            h.update(n.op.kind().as_bytes());
+            for &i in &n.inputs {
+                h.update((i as u64).to_le_bytes());
+            }
+            h.update((n.output as u64).to_le_bytes());
+            match &n.op {
+                Op::Conv(c) => {
+                    hash_window(&mut h, &c.window);
+                    h.update((c.in_channels as u64).to_le_bytes());
+                    h.update((c.out_channels as u64).to_le_bytes());
+                    c.weights.hash_into(&mut h);
+                }
+                Op::Depthwise(d) => {
+                    hash_window(&mut h, &d.window);
+                    h.update((d.channels as u64).to_le_bytes());
+                    d.weights.hash_into(&mut h);
+                }
+                Op::Affine(a) => {
+                    hash_f32s(&mut h, &a.scale);
+                    hash_f32s(&mut h, &a.bias);
+                }
+                Op::Linear(l) => {
+                    h.update((l.in_features as u64).to_le_bytes());
+                    h.update((l.out_features as u64).to_le_bytes());
+                    l.weights.hash_into(&mut h);
+                    hash_f32s(&mut h, &l.bias);
+                }
+                _ => {}
+            }
+        }
+        h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn hash_window(h: &mut Sha256, w: &Window) {
+    for v in w.kernel.iter().chain(&w.stride).chain(&w.pads) {
+        h.update((*v as u64).to_le_bytes());
+    }
+}

@@ -1,0 +1,414 @@
+//! ONNX → [`Graph`]. tract-onnx parses the protobuf; this module reads the nodes and
+//! initializers and builds the runtime's IR. It is the only module that names tract types.
+//!
+//! Supported: Conv (groups 1 and depthwise), BatchNormalization, Relu, Clip (ReLU6; bounds as
+//! inputs or attributes), Add (residual, or a bias after MatMul), GlobalAveragePool,
+//! ReduceMean over H and W, Flatten/Reshape/Squeeze after pooling, Gemm, MatMul,
+//! DequantizeLinear on weights, Constant, Identity, Dropout. Every Conv is followed by an
+//! affine in the IR: its BatchNorm folded, or its bias (scale 1), or the identity.
+
+mod tensor;
+
+use std::collections::HashMap;
+
+use tract_onnx::pb::{AttributeProto, NodeProto};
+use tract_onnx::prelude::Framework;
+
+use crate::graph::{Affine, Conv, Depthwise, Graph, Linear, Node, Op, ValueId, Window};
+use crate::{Error, Result};
+use tensor::Const;
+
+/// What an ONNX name refers to while importing.
+#[derive(Debug, Clone)]
+enum Value {
+    Const(Const),
+    /// A runtime value; `flat` when it is `[N, C, 1, 1]` (after pooling or a linear layer).
+    Runtime { id: ValueId, flat: bool },
+}
+
+struct Importer {
+    values: HashMap<String, Value>,
+    uses: HashMap<String, usize>,
+    nodes: Vec<Node>,
+    num_values: usize,
+    input_channels: Option<usize>,
+    opset: i64,
+}
+
+/// Parses ONNX bytes and builds the graph. Errors name the offending node and op.
+pub fn from_bytes(bytes: &[u8]) -> Result<Graph> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| Error::OnnxParse(format!("{e:#}")))?;
+    let graph = proto.graph.as_ref().ok_or_else(|| Error::OnnxParse("no graph in the model".into()))?;
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(1);
+
+    let mut im = Importer {
+        values: HashMap::new(),
+        uses: HashMap::new(),
+        nodes: Vec::new(),
+        num_values: 1,
+        input_channels: None,
+        opset,
+    };
+    for init in &graph.initializer {
+        im.values.insert(init.name.clone(), Value::Const(tensor::decode(init, &init.name)?));
+    }
+    let inputs: Vec<&str> =
+        graph.input.iter().map(|i| i.name.as_str()).filter(|n| !im.values.contains_key(*n)).collect();
+    if inputs.len() != 1 {
+        return Err(Error::InvalidModel(format!("expected one image input, found {}", inputs.len())));
+    }
+    im.values.insert(inputs[0].to_string(), Value::Runtime { id: 0, flat: false });
+    for node in &graph.node {
+        for i in node.input.iter().filter(|i| !i.is_empty()) {
+            *im.uses.entry(i.clone()).or_default() += 1;
+        }
+    }
+    for o in &graph.output {
+        *im.uses.entry(o.name.clone()).or_default() += 1;
+    }
+    for node in &graph.node {
+        im.node(node)?;
+    }
+    if graph.output.len() != 1 {
+        return Err(Error::InvalidModel(format!("expected one output, found {}", graph.output.len())));
+    }
+    let output = match im.values.get(&graph.output[0].name) {
+        Some(Value::Runtime { id, .. }) if *id != 0 => *id,
+        _ => return Err(Error::InvalidModel(format!("output '{}' is not computed", graph.output[0].name))),
+    };
+    let input_channels = im
+        .input_channels
+        .ok_or_else(|| Error::InvalidModel("the input does not feed a convolution".into()))?;
+    let g = Graph { nodes: im.nodes, input_channels, num_values: im.num_values, output };
+    if !g.nodes.iter().any(|n| matches!(n.op, Op::Linear(_))) {
+        return Err(Error::InvalidModel("no classifier (Gemm or MatMul) found".into()));
+    }
+    g.shapes(224, 224)?;
+    Ok(g)
+}
+
+fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
+    attr(node, name).map(|a| a.i).unwrap_or(default)
+}
+
+fn attr_f(node: &NodeProto, name: &str) -> Option<f32> {
+    attr(node, name).map(|a| a.f)
+}
+
+fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(node, name).map(|a| a.ints.clone())
+}
+
+fn positive(node: &str, what: &str, v: &[i64], n: usize) -> Result<Vec<usize>> {
+    if v.len() != n || v.iter().any(|&x| x < 0 || x > 1 << 16) {
+        return Err(Error::node(node, format!("{what} {v:?} unsupported")));
+    }
+    Ok(v.iter().map(|&x| x as usize).collect())
+}
+
+impl Importer {
+    fn get(&self, node: &NodeProto, i: usize) -> Result<&Value> {
+        let name = node.input.get(i).filter(|n| !n.is_empty()).ok_or_else(|| {
+            Error::node(&node.name, format!("{} is missing input {i}", node.op_type))
+        })?;
+        self.values
+            .get(name)
+            .ok_or_else(|| Error::node(&node.name, format!("input '{name}' is used before it is produced")))
+    }
+
+    fn get_opt(&self, node: &NodeProto, i: usize) -> Result<Option<&Value>> {
+        match node.input.get(i) {
+            Some(n) if !n.is_empty() => self.get(node, i).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn runtime(&self, node: &NodeProto, i: usize) -> Result<(ValueId, bool)> {
+        match self.get(node, i)? {
+            Value::Runtime { id, flat } => Ok((*id, *flat)),
+            Value::Const(_) => Err(Error::node(&node.name, format!("input {i} must not be a constant"))),
+        }
+    }
+
+    fn constant(&self, node: &NodeProto, i: usize) -> Result<&Const> {
+        match self.get(node, i)? {
+            Value::Const(c) => Ok(c),
+            Value::Runtime { .. } => Err(Error::node(&node.name, format!("input {i} must be a constant (weights)"))),
+        }
+    }
+
+    fn output(&self, node: &NodeProto) -> Result<String> {
+        match node.output.as_slice() {
+            [o] => Ok(o.clone()),
+            [o, rest @ ..] if rest.iter().all(|r| !self.uses.contains_key(r)) => Ok(o.clone()),
+            _ => Err(Error::node(&node.name, format!("{} with several used outputs", node.op_type))),
+        }
+    }
+
+    fn push(&mut self, node: &NodeProto, op: Op, inputs: Vec<ValueId>, flat: bool) -> Result<()> {
+        let id = self.num_values;
+        self.num_values += 1;
+        let name = if node.name.is_empty() { node.output.first().cloned().unwrap_or_default() } else { node.name.clone() };
+        self.nodes.push(Node { name, op, inputs, output: id });
+        self.values.insert(self.output(node)?, Value::Runtime { id, flat });
+        Ok(())
+    }
+
+    fn alias(&mut self, node: &NodeProto, v: Value) -> Result<()> {
+        self.values.insert(self.output(node)?, v);
+        Ok(())
+    }
+
+    /// The node producing runtime value `id` when it is an affine used only once.
+    fn sole_affine(&mut self, id: ValueId, onnx_name: &str) -> Option<&mut Affine> {
+        if self.uses.get(onnx_name).copied().unwrap_or(0) != 1 {
+            return None;
+        }
+        match self.nodes.last_mut() {
+            Some(Node { op: Op::Affine(a), output, .. }) if *output == id => Some(a),
+            _ => None,
+        }
+    }
+
+    fn node(&mut self, node: &NodeProto) -> Result<()> {
+        if !node.domain.is_empty() && node.domain != "ai.onnx" {
+            return Err(Error::UnsupportedOp { node: node.name.clone(), op: format!("{}::{}", node.domain, node.op_type) });
+        }
+        match node.op_type.as_str() {
+            "Constant" => {
+                let t = attr(node, "value")
+                    .and_then(|a| a.t.as_ref())
+                    .ok_or_else(|| Error::node(&node.name, "Constant without a tensor 'value'"))?;
+                let c = tensor::decode(t, &node.name)?;
+                self.alias(node, Value::Const(c))
+            }
+            "DequantizeLinear" => {
+                let x = self.constant(node, 0)?;
+                let s = self.constant(node, 1)?;
+                let z = match self.get_opt(node, 2)? {
+                    Some(Value::Const(c)) => Some(c),
+                    Some(_) => return Err(Error::node(&node.name, "zero point must be a constant")),
+                    None => None,
+                };
+                let c = tensor::dequantize(&node.name, x, s, z, attr_i(node, "axis", 1))?;
+                self.alias(node, Value::Const(c))
+            }
+            "Identity" | "Dropout" => {
+                let v = self.get(node, 0)?.clone();
+                self.alias(node, v)
+            }
+            "Conv" => self.conv(node),
+            "BatchNormalization" => self.batch_norm(node),
+            "Relu" => {
+                let (x, flat) = self.runtime(node, 0)?;
+                self.push(node, Op::Relu, vec![x], flat)
+            }
+            "Clip" => self.clip(node),
+            "Add" => self.add(node),
+            "GlobalAveragePool" => {
+                let (x, _) = self.runtime(node, 0)?;
+                self.push(node, Op::GlobalPool, vec![x], true)
+            }
+            "ReduceMean" => {
+                let axes = match attr_ints(node, "axes") {
+                    Some(a) => a,
+                    None => self.constant(node, 1)?.to_i64().unwrap_or_default(),
+                };
+                let mut axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + 4 } else { a }).collect();
+                axes.sort();
+                if axes != [2, 3] || attr_i(node, "keepdims", 1) != 1 {
+                    return Err(Error::node(&node.name, "ReduceMean only over H and W with keepdims"));
+                }
+                let (x, _) = self.runtime(node, 0)?;
+                self.push(node, Op::GlobalPool, vec![x], true)
+            }
+            "Flatten" | "Reshape" | "Squeeze" => {
+                let (x, flat) = self.runtime(node, 0)?;
+                if !flat {
+                    return Err(Error::node(&node.name, format!("{} is supported only after pooling", node.op_type)));
+                }
+                if node.op_type == "Flatten" && attr_i(node, "axis", 1) != 1 {
+                    return Err(Error::node(&node.name, "Flatten only with axis 1"));
+                }
+                self.alias(node, Value::Runtime { id: x, flat })
+            }
+            "Gemm" => self.gemm(node),
+            "MatMul" => {
+                let (x, flat) = self.runtime(node, 0)?;
+                let w = self.constant(node, 1)?;
+                if !flat || w.shape.len() != 2 {
+                    return Err(Error::node(&node.name, "MatMul needs pooled features and a 2-D constant weight"));
+                }
+                let (k, m) = (w.shape[0], w.shape[1]);
+                let lin = Linear { in_features: k, out_features: m, weights: tensor::to_weights(w, 1), bias: vec![0.0; m] };
+                self.push(node, Op::Linear(lin), vec![x], true)
+            }
+            op => Err(Error::UnsupportedOp { node: node.name.clone(), op: op.to_string() }),
+        }
+    }
+
+    fn conv(&mut self, node: &NodeProto) -> Result<()> {
+        let (x, _) = self.runtime(node, 0)?;
+        let w = self.constant(node, 1)?;
+        if w.shape.len() != 4 {
+            return Err(Error::node(&node.name, format!("Conv weight of shape {:?}; only 2-D convolutions", w.shape)));
+        }
+        let (co, ci_g, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
+        let group = attr_i(node, "group", 1);
+        let stride = positive(&node.name, "strides", &attr_ints(node, "strides").unwrap_or(vec![1, 1]), 2)?;
+        if let Some(d) = attr_ints(node, "dilations") {
+            if d.iter().any(|&d| d != 1) {
+                return Err(Error::node(&node.name, format!("dilations {d:?} unsupported")));
+            }
+        }
+        let auto_pad = attr(node, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).to_string());
+        let pads = match auto_pad.as_deref() {
+            None | Some("NOTSET") => positive(&node.name, "pads", &attr_ints(node, "pads").unwrap_or(vec![0; 4]), 4)?,
+            Some("VALID") => vec![0; 4],
+            Some(p) if stride == [1, 1] && kh % 2 == 1 && kw % 2 == 1 && p.starts_with("SAME") => {
+                vec![kh / 2, kw / 2, kh / 2, kw / 2]
+            }
+            Some(p) => return Err(Error::node(&node.name, format!("auto_pad {p} with this kernel and stride"))),
+        };
+        if stride.contains(&0) {
+            return Err(Error::node(&node.name, "zero stride"));
+        }
+        let window = Window { kernel: [kh, kw], stride: [stride[0], stride[1]], pads: [pads[0], pads[1], pads[2], pads[3]] };
+        let bias = match self.get_opt(node, 2)? {
+            Some(Value::Const(b)) if b.len() == co => b.to_f32(),
+            Some(_) => return Err(Error::node(&node.name, "Conv bias must be a constant of one value per output channel")),
+            None => vec![0.0; co],
+        };
+        let weights = tensor::to_weights(w, 0);
+        let op = if group == 1 {
+            Op::Conv(Conv { in_channels: ci_g, out_channels: co, window, weights })
+        } else if group as usize == co && ci_g == 1 {
+            Op::Depthwise(Depthwise { channels: co, window, weights })
+        } else {
+            return Err(Error::node(&node.name, format!("group {group} unsupported (only 1 or depthwise)")));
+        };
+        if x == 0 {
+            let ci = ci_g * group as usize;
+            match self.input_channels {
+                Some(c) if c != ci => return Err(Error::node(&node.name, "input used with different channel counts")),
+                _ => self.input_channels = Some(ci),
+            }
+        }
+        let id = self.num_values;
+        self.num_values += 1;
+        self.nodes.push(Node { name: node.name.clone(), op, inputs: vec![x], output: id });
+        self.push(node, Op::Affine(Affine { scale: vec![1.0; co], bias }), vec![id], false)
+    }
+
+    fn batch_norm(&mut self, node: &NodeProto) -> Result<()> {
+        let (x, flat) = self.runtime(node, 0)?;
+        let eps = attr_f(node, "epsilon").unwrap_or(1e-5);
+        let p: Vec<Vec<f32>> = (1..5).map(|i| self.constant(node, i).map(Const::to_f32)).collect::<Result<_>>()?;
+        let c = p[0].len();
+        if p.iter().any(|v| v.len() != c) {
+            return Err(Error::node(&node.name, "BatchNormalization parameters differ in length"));
+        }
+        let scale: Vec<f32> = (0..c).map(|i| p[0][i] / (p[3][i] + eps).sqrt()).collect();
+        let bias: Vec<f32> = (0..c).map(|i| p[1][i] - p[2][i] * scale[i]).collect();
+        let in_name = node.input[0].clone();
+        if let Some(a) = self.sole_affine(x, &in_name) {
+            if a.scale.len() == c {
+                for i in 0..c {
+                    a.bias[i] = scale[i] * a.bias[i] + bias[i];
+                    a.scale[i] *= scale[i];
+                }
+                return self.alias(node, Value::Runtime { id: x, flat });
+            }
+        }
+        self.push(node, Op::Affine(Affine { scale, bias }), vec![x], flat)
+    }
+
+    fn clip(&mut self, node: &NodeProto) -> Result<()> {
+        let (x, flat) = self.runtime(node, 0)?;
+        let bound = |i: usize, name: &str| -> Result<Option<f32>> {
+            if self.opset < 11 {
+                return Ok(attr_f(node, name));
+            }
+            match self.get_opt(node, i)? {
+                None => Ok(None),
+                Some(Value::Const(c)) => c.scalar_f32().map(Some).ok_or_else(|| Error::node(&node.name, "Clip bound must be a scalar f32")),
+                Some(_) => Err(Error::node(&node.name, "Clip bounds must be constants")),
+            }
+        };
+        let (lo, hi) = (bound(1, "min")?, bound(2, "max")?);
+        let op = match (lo, hi) {
+            (Some(l), Some(h)) if l == 0.0 && h == 6.0 => Op::Relu6,
+            (Some(l), None) if l == 0.0 => Op::Relu,
+            _ => return Err(Error::node(&node.name, format!("Clip({lo:?}, {hi:?}) unsupported: only ReLU and ReLU6"))),
+        };
+        self.push(node, op, vec![x], flat)
+    }
+
+    fn add(&mut self, node: &NodeProto) -> Result<()> {
+        let (a, b) = (self.get(node, 0)?.clone(), self.get(node, 1)?.clone());
+        let (id, flat, c, in_name) = match (a, b) {
+            (Value::Runtime { id: x, flat: fx }, Value::Runtime { id: y, flat: fy }) => {
+                return self.push(node, Op::Add, vec![x, y], fx && fy);
+            }
+            (Value::Runtime { id, flat }, Value::Const(c)) => (id, flat, c, node.input[0].clone()),
+            (Value::Const(c), Value::Runtime { id, flat }) => (id, flat, c, node.input[1].clone()),
+            _ => return Err(Error::node(&node.name, "Add of two constants")),
+        };
+        let bias = c.to_f32();
+        let sole_linear = self.uses.get(&in_name).copied() == Some(1);
+        if let (true, Some(Node { op: Op::Linear(l), output, .. })) = (sole_linear, self.nodes.last_mut()) {
+            if *output == id && bias.len() == l.out_features {
+                for (b, v) in l.bias.iter_mut().zip(&bias) {
+                    *b += v;
+                }
+                return self.alias(node, Value::Runtime { id, flat });
+            }
+        }
+        let ch = c.shape.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+        if ch.len() != 1 || bias.len() != ch[0] {
+            return Err(Error::node(&node.name, format!("Add of a constant of shape {:?} unsupported", c.shape)));
+        }
+        let n = bias.len();
+        self.push(node, Op::Affine(Affine { scale: vec![1.0; n], bias }), vec![id], flat)
+    }
+
+    fn gemm(&mut self, node: &NodeProto) -> Result<()> {
+        let (x, flat) = self.runtime(node, 0)?;
+        let w = self.constant(node, 1)?;
+        if !flat || w.shape.len() != 2 || attr_i(node, "transA", 0) != 0 {
+            return Err(Error::node(&node.name, "Gemm needs pooled features, transA = 0 and a 2-D constant weight"));
+        }
+        let trans_b = attr_i(node, "transB", 0) != 0;
+        let (k, m) = if trans_b { (w.shape[1], w.shape[0]) } else { (w.shape[0], w.shape[1]) };
+        let mut weights = tensor::to_weights(w, if trans_b { 0 } else { 1 });
+        let alpha = attr_f(node, "alpha").unwrap_or(1.0);
+        if alpha != 1.0 {
+            weights = match weights {
+                crate::graph::Weights::Int8 { values, scales } => {
+                    crate::graph::Weights::Int8 { values, scales: scales.iter().map(|s| s * alpha).collect() }
+                }
+                crate::graph::Weights::F32(v) => crate::graph::Weights::F32(v.iter().map(|x| x * alpha).collect()),
+            };
+        }
+        let beta = attr_f(node, "beta").unwrap_or(1.0);
+        let bias = match self.get_opt(node, 2)? {
+            None => vec![0.0; m],
+            Some(Value::Const(c)) if c.len() == m => c.to_f32().iter().map(|b| b * beta).collect(),
+            Some(Value::Const(c)) if c.len() == 1 => vec![c.to_f32()[0] * beta; m],
+            Some(_) => return Err(Error::node(&node.name, "Gemm bias must be a constant of one value per output")),
+        };
+        let lin = Linear { in_features: k, out_features: m, weights, bias };
+        self.push(node, Op::Linear(lin), vec![x], true)
+    }
+}

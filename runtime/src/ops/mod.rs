@@ -1,0 +1,75 @@
+//! CPU reference kernels, one file per layer kind. Each takes NCHW f32 activations; frozen
+//! weights are dequantized inside the kernel (int8 values are exact in f32, so the per-channel
+//! quantization scale is applied once per output value, folded into the epilogue).
+
+pub mod activation;
+pub mod add;
+pub mod affine;
+pub mod conv;
+pub mod depthwise;
+pub mod linear;
+pub mod pool;
+
+/// The activation applied after a convolution's affine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+}
+
+impl Activation {
+    /// Applies the activation to one value.
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => x.max(0.0),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+        }
+    }
+}
+
+/// What a convolution kernel applies to each output channel before storing:
+/// `y = act(scale[c]·acc + bias[c])`. `None` scale and bias mean 1 and 0.
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: Option<&'a [f32]>,
+    pub bias: Option<&'a [f32]>,
+    pub act: Activation,
+}
+
+impl Epilogue<'_> {
+    /// The identity epilogue (the raw convolution).
+    pub const NONE: Epilogue<'static> = Epilogue { scale: None, bias: None, act: Activation::Identity };
+
+    /// Finishes one output plane of channel `c` whose accumulators carry an extra factor `q`
+    /// (the weights' dequantization scale).
+    pub(crate) fn finish(&self, c: usize, q: f32, plane: &mut [f32]) {
+        let s = q * self.scale.map_or(1.0, |s| s[c]);
+        let b = self.bias.map_or(0.0, |b| b[c]);
+        let act = self.act;
+        for v in plane.iter_mut() {
+            *v = act.apply(*v * s + b);
+        }
+    }
+}
+
+/// Row `r` of `w` (of length `out.len()`) as f32 *without* its scale, and that scale:
+/// int8 values convert exactly, f32 rows come with scale 1.
+pub(crate) fn raw_row(w: &crate::graph::Weights, r: usize, out: &mut [f32]) -> f32 {
+    use crate::graph::Weights;
+    let n = out.len();
+    match w {
+        Weights::Int8 { values, scales } => {
+            for (o, &q) in out.iter_mut().zip(&values[r * n..(r + 1) * n]) {
+                *o = q as f32;
+            }
+            scales[r]
+        }
+        Weights::F32(v) => {
+            out.copy_from_slice(&v[r * n..(r + 1) * n]);
+            1.0
+        }
+    }
+}
