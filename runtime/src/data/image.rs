@@ -1,10 +1,7 @@
 //! Image decoding and the ImageNet preprocessing of torchvision's MobileNetV2: RGB, resize the
-//! shorter side (bilinear, PIL-equivalent convolution), center crop, `/255`, mean/std, CHW.
+//! shorter side (bilinear, computed exactly as Pillow does), center crop, `/255`, mean/std, CHW.
 
 use std::path::Path;
-
-use fast_image_resize::images::Image;
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 use crate::{Error, Result};
 
@@ -50,15 +47,10 @@ impl Preprocess {
         if nw < self.crop || nh < self.crop {
             return Err(Error::Input(format!("resize {} is smaller than crop {}", self.resize, self.crop)));
         }
-        let src = Image::from_vec_u8(img.width, img.height, img.data.clone(), PixelType::U8x3)
-            .map_err(|e| Error::Input(format!("image buffer: {e}")))?;
-        let mut dst = Image::new(nw, nh, PixelType::U8x3);
-        Resizer::new()
-            .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)))
-            .map_err(|e| Error::Input(format!("resize: {e}")))?;
+        let dst = resize_bilinear(img, nw, nh);
         let (left, top) = (center_offset(nw, self.crop), center_offset(nh, self.crop));
         let c = self.crop as usize;
-        let buf = dst.buffer();
+        let buf = &dst.data;
         let mut out = vec![0f32; 3 * c * c];
         for y in 0..c {
             for x in 0..c {
@@ -70,6 +62,77 @@ impl Preprocess {
         }
         Ok(out)
     }
+}
+
+/// Fixed-point precision of the resampling weights (Pillow's `PRECISION_BITS`).
+const PRECISION_BITS: u32 = 22;
+
+/// Separable bilinear (triangle) resampling weights from `input` to `output` samples, widened
+/// by the scale when downsampling (antialiasing), as Pillow computes them: for each output
+/// sample, the first input index and the fixed-point weights.
+fn bilinear_weights(input: usize, output: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = input as f64 / output as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter_scale;
+    (0..output)
+        .map(|o| {
+            let center = (o as f64 + 0.5) * scale;
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).min(input as i64) as usize;
+            let w: Vec<f64> = (lo..hi)
+                .map(|i| (1.0 - ((i as f64 - center + 0.5) / filter_scale).abs()).max(0.0))
+                .collect();
+            let sum: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&x| {
+                    let x = if sum != 0.0 { x / sum } else { x } * (1u64 << PRECISION_BITS) as f64;
+                    (if x < 0.0 { x - 0.5 } else { x + 0.5 }) as i32
+                })
+                .collect();
+            (lo, fixed)
+        })
+        .collect()
+}
+
+fn clip8(acc: i64) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resizes RGB8 to `w × h`: a horizontal pass into an 8-bit intermediate, then a vertical pass,
+/// each rounding like Pillow's `Image.resize(…, BILINEAR)`, so inputs match the reference.
+pub fn resize_bilinear(img: &Rgb8, w: u32, h: u32) -> Rgb8 {
+    let (sw, sh, w, h) = (img.width as usize, img.height as usize, w as usize, h as usize);
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let horiz = if w == sw { None } else { Some(bilinear_weights(sw, w)) };
+    let mid: Vec<u8> = match &horiz {
+        None => img.data.clone(),
+        Some(cols) => {
+            let mut mid = vec![0u8; sh * w * 3];
+            for (y, row) in mid.chunks_exact_mut(w * 3).enumerate() {
+                let src = &img.data[y * sw * 3..(y + 1) * sw * 3];
+                for (x, (lo, k)) in cols.iter().enumerate() {
+                    for c in 0..3 {
+                        let acc: i64 = k.iter().enumerate().map(|(j, &kw)| src[(lo + j) * 3 + c] as i64 * kw as i64).sum();
+                        row[x * 3 + c] = clip8(acc + half);
+                    }
+                }
+            }
+            mid
+        }
+    };
+    if h == sh {
+        return Rgb8 { width: w as u32, height: h as u32, data: mid };
+    }
+    let rows = bilinear_weights(sh, h);
+    let mut out = vec![0u8; h * w * 3];
+    for (y, (lo, k)) in rows.iter().enumerate() {
+        for i in 0..w * 3 {
+            let acc: i64 = k.iter().enumerate().map(|(j, &kw)| mid[(lo + j) * w * 3 + i] as i64 * kw as i64).sum();
+            out[y * w * 3 + i] = clip8(acc + half);
+        }
+    }
+    Rgb8 { width: w as u32, height: h as u32, data: out }
 }
 
 /// torchvision's center-crop offset: `round((size − crop) / 2)` with Python's half-to-even rounding.

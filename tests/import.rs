@@ -1,0 +1,140 @@
+//! Import: small graphs built in code against tract-onnx, the shipped model's counts, and
+//! malformed or unsupported models rejected with errors (never panics).
+
+use edgepatch::graph::{Op, Weights};
+use edgepatch::{Backbone, Error, Tensor};
+use edgepatch_tests::onnx_builder::{int, tiny_net, OnnxBuilder, TinyNet};
+use edgepatch_tests::{random_values, tract_run, Tolerance};
+
+const PARITY: Tolerance = Tolerance { rel: 1e-4, abs: 1e-5 };
+
+fn variants() -> Vec<TinyNet> {
+    let mut v = Vec::new();
+    for bits in 0..16 {
+        v.push(TinyNet { folded: bits & 1 != 0, clip_attrs: bits & 2 != 0, matmul: bits & 4 != 0, quantized: bits & 8 != 0 });
+    }
+    v
+}
+
+#[test]
+fn tiny_networks_match_tract() {
+    for (i, v) in variants().into_iter().enumerate() {
+        let model = tiny_net(v, 100 + i as u64);
+        let b = Backbone::from_onnx_bytes(&model).unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        for shape in [[2, 3, 32, 32], [1, 3, 45, 37]] {
+            let x = random_values(shape.iter().product(), 7 + i as u64, 2.0);
+            let want = tract_run(&model, shape, &x).expect("tract runs the model");
+            let got = b.forward(Tensor::from_vec(shape, x).unwrap()).unwrap();
+            if let Some((j, g, w)) = PARITY.check(&got.data, &want) {
+                panic!("{v:?} at {shape:?}: logit {j} is {g}, tract says {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn folded_conv_bias_becomes_an_affine_with_unit_scale() {
+    let b = Backbone::from_onnx_bytes(&tiny_net(TinyNet { folded: true, ..Default::default() }, 1)).unwrap();
+    let g = b.graph();
+    let affines: Vec<_> = g.nodes.iter().filter_map(|n| if let Op::Affine(a) = &n.op { Some(a) } else { None }).collect();
+    assert_eq!(affines.len(), 6, "one affine per conv");
+    assert!(affines.iter().all(|a| a.scale.iter().all(|&s| s == 1.0)));
+    assert!(affines.iter().all(|a| a.bias.iter().any(|&b| b != 0.0)));
+    let unfolded = Backbone::from_onnx_bytes(&tiny_net(TinyNet::default(), 1)).unwrap();
+    assert_eq!(unfolded.graph().patchable().sb, g.patchable().sb);
+}
+
+#[test]
+fn quantized_weights_stay_int8() {
+    let b = Backbone::from_onnx_bytes(&tiny_net(TinyNet { quantized: true, ..Default::default() }, 3)).unwrap();
+    for n in &b.graph().nodes {
+        match &n.op {
+            Op::Conv(c) => assert!(matches!(c.weights, Weights::Int8 { .. }), "{}", n.name),
+            Op::Depthwise(d) => assert!(matches!(d.weights, Weights::Int8 { .. }), "{}", n.name),
+            Op::Linear(l) => assert!(matches!(l.weights, Weights::Int8 { .. }), "{}", n.name),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn shipped_model_counts() {
+    let b = Backbone::embedded().unwrap();
+    let g = b.graph();
+    assert_eq!(g.params(), 3_504_872);
+    let p = g.patchable();
+    assert_eq!((p.sb, p.bias, p.dw, p.logits), (34_112, 17_056, 64_224, 1_281_000));
+    assert_eq!(g.num_classes(), 1000);
+    assert_eq!(b.labels()[285], "Egyptian cat");
+    assert!(b.resident_bytes() < 3_800_000, "int8 resident bytes {}", b.resident_bytes());
+    assert_eq!(b.fingerprint(), Backbone::embedded().unwrap().fingerprint());
+    assert_eq!(b.fingerprint().len(), 16);
+    for n in &g.nodes {
+        if let Op::Conv(c) = &n.op {
+            assert!(matches!(c.weights, Weights::Int8 { .. }), "{} is not int8", n.name);
+        }
+    }
+}
+
+#[test]
+fn any_input_size_from_32() {
+    let b = Backbone::from_onnx_bytes(&tiny_net(TinyNet::default(), 4)).unwrap();
+    for (h, w) in [(32, 32), (33, 61), (64, 40)] {
+        let x = Tensor::zeros([1, 3, h, w]);
+        assert_eq!(b.forward(x).unwrap().shape, [1, 5, 1, 1]);
+    }
+    assert!(matches!(b.forward(Tensor::zeros([1, 3, 31, 64])), Err(Error::Input(_))));
+    assert!(matches!(b.forward(Tensor::zeros([1, 4, 64, 64])), Err(Error::Input(_))));
+    assert!(matches!(b.forward(Tensor::zeros([0, 3, 64, 64])), Err(Error::Input(_))));
+}
+
+#[test]
+fn unsupported_op_names_node_and_op() {
+    let mut b = OnnxBuilder::new(13);
+    b.f32("w", &[4, 3, 1, 1], random_values(12, 1, 1.0));
+    b.node("Conv", &["input", "w"], "conv", vec![]);
+    b.node("LeakyRelu", &["conv"], "leaky", vec![]);
+    let err = Backbone::from_onnx_bytes(&b.build("input", "leaky")).unwrap_err();
+    match &err {
+        Error::UnsupportedOp { node, op } => assert_eq!((node.as_str(), op.as_str()), ("leaky", "LeakyRelu")),
+        e => panic!("unexpected error {e}"),
+    }
+    assert!(err.to_string().contains("LeakyRelu") && err.to_string().contains("leaky"));
+}
+
+#[test]
+fn grouped_conv_is_refused() {
+    let mut b = OnnxBuilder::new(13);
+    b.f32("w", &[4, 2, 3, 3], random_values(72, 1, 1.0));
+    b.node("Conv", &["input", "w"], "grouped", vec![int("group", 2)]);
+    let err = Backbone::from_onnx_bytes(&b.build("input", "grouped")).unwrap_err();
+    assert!(matches!(&err, Error::InvalidNode { node, .. } if node == "grouped"), "{err}");
+}
+
+#[test]
+fn model_without_classifier_is_refused() {
+    let mut b = OnnxBuilder::new(13);
+    b.f32("w", &[4, 3, 1, 1], random_values(12, 1, 1.0));
+    b.node("Conv", &["input", "w"], "conv", vec![]);
+    assert!(matches!(Backbone::from_onnx_bytes(&b.build("input", "conv")), Err(Error::InvalidModel(_))));
+}
+
+#[test]
+fn every_truncation_of_a_small_model_is_an_error() {
+    let model = tiny_net(TinyNet { quantized: true, ..Default::default() }, 9);
+    for len in 0..model.len() {
+        assert!(Backbone::from_onnx_bytes(&model[..len]).is_err(), "a {len}-byte prefix was accepted");
+    }
+}
+
+#[test]
+fn truncated_and_random_shipped_model_is_an_error() {
+    let model = edgepatch::backbone::EMBEDDED_MODEL;
+    for len in [0, 1, 10, 1000, model.len() / 2, model.len() - 1] {
+        assert!(Backbone::from_onnx_bytes(&model[..len]).is_err(), "{len}-byte prefix accepted");
+    }
+    for seed in 0..50u64 {
+        let bytes: Vec<u8> = random_values(4096, seed, 1.0).iter().map(|v| (v * 127.0 + 128.0) as u8).collect();
+        assert!(Backbone::from_onnx_bytes(&bytes).is_err());
+    }
+}

@@ -1,0 +1,56 @@
+//! The real model: our engine against tract-onnx on the f32 ONNX, and both shipped and f32
+//! models against the reference outputs in `../shared/reference/mobilenet_v2/expected.json`.
+
+use edgepatch::data::image;
+use edgepatch::session::softmax;
+use edgepatch::{Backbone, Session, Tensor};
+use edgepatch_tests::{f32_model, random_values, reference_dir, tract_run, Tolerance};
+
+const PARITY: Tolerance = Tolerance { rel: 1e-4, abs: 1e-4 };
+
+#[test]
+fn f32_model_matches_tract_at_224_and_96() {
+    let path = f32_model();
+    let bytes = std::fs::read(&path).unwrap();
+    let ours = Backbone::from_onnx_bytes(&bytes).unwrap();
+    for (shape, seed) in [([1, 3, 224, 224], 1u64), ([2, 3, 96, 96], 2)] {
+        let x = random_values(shape.iter().product(), seed, 2.0);
+        let want = tract_run(&bytes, shape, &x).unwrap();
+        let got = ours.forward(Tensor::from_vec(shape, x).unwrap()).unwrap();
+        let worst = got.data.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("{shape:?}: max |ours − tract| {worst:.2e} (max |logit| {scale:.2})");
+        if let Some((i, g, w)) = PARITY.check(&got.data, &want) {
+            panic!("{shape:?}: logit {i} is {g}, tract says {w}");
+        }
+    }
+}
+
+fn check_against_expected(backbone: Backbone, max_prob_diff: f32) {
+    let dir = reference_dir();
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let session = Session::new(backbone);
+    for name in ["chelsea.png", "coffee.png", "camera.png"] {
+        let img = image::load(&dir.join(name)).unwrap();
+        let logits = session.logits(&[img]).unwrap();
+        let p = softmax(&logits.data);
+        let exp_logits: Vec<f32> = expected[name]["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let ep = softmax(&exp_logits);
+        let top1 = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+        let want_top1 = expected[name]["top5"][0]["class"].as_u64().unwrap() as usize;
+        let worst = p.iter().zip(&ep).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        eprintln!("{name}: top-1 {top1} p={:.4} (expected {want_top1} p={:.4}); max |Δprob| {worst:.4}", p[top1], ep[want_top1]);
+        assert_eq!(top1, want_top1, "{name}: top-1");
+        assert!(worst <= max_prob_diff, "{name}: probabilities differ by {worst} > {max_prob_diff}");
+    }
+}
+
+#[test]
+fn shipped_int8_model_matches_reference_outputs() {
+    check_against_expected(Backbone::embedded().unwrap(), 0.03);
+}
+
+#[test]
+fn f32_model_matches_reference_outputs() {
+    check_against_expected(Backbone::from_path(&f32_model()).unwrap(), 0.005);
+}
