@@ -11,7 +11,12 @@ const PARITY: Tolerance = Tolerance { rel: 1e-4, abs: 1e-5 };
 fn variants() -> Vec<TinyNet> {
     let mut v = Vec::new();
     for bits in 0..16 {
-        v.push(TinyNet { folded: bits & 1 != 0, clip_attrs: bits & 2 != 0, matmul: bits & 4 != 0, quantized: bits & 8 != 0 });
+        v.push(TinyNet {
+            folded: bits & 1 != 0,
+            clip_attrs: bits & 2 != 0,
+            matmul: bits & 4 != 0,
+            quantized: bits & 8 != 0,
+        });
     }
     v
 }
@@ -36,7 +41,8 @@ fn tiny_networks_match_tract() {
 fn folded_conv_bias_becomes_an_affine_with_unit_scale() {
     let b = Backbone::from_onnx_bytes(&tiny_net(TinyNet { folded: true, ..Default::default() }, 1)).unwrap();
     let g = b.graph();
-    let affines: Vec<_> = g.nodes.iter().filter_map(|n| if let Op::Affine(a) = &n.op { Some(a) } else { None }).collect();
+    let affines: Vec<_> =
+        g.nodes.iter().filter_map(|n| if let Op::Affine(a) = &n.op { Some(a) } else { None }).collect();
     assert_eq!(affines.len(), 6, "one affine per conv");
     assert!(affines.iter().all(|a| a.scale.iter().all(|&s| s == 1.0)));
     assert!(affines.iter().all(|a| a.bias.iter().any(|&b| b != 0.0)));

@@ -28,18 +28,23 @@ fn f32_model_matches_tract_at_224_and_96() {
 
 fn check_against_expected(backbone: Backbone, max_prob_diff: f32) {
     let dir = reference_dir();
-    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let session = Session::new(backbone);
     for name in ["chelsea.png", "coffee.png", "camera.png"] {
         let img = image::load(&dir.join(name)).unwrap();
         let logits = session.logits(&[img]).unwrap();
         let p = softmax(&logits.data);
-        let exp_logits: Vec<f32> = expected[name]["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let exp_logits: Vec<f32> =
+            expected[name]["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let ep = softmax(&exp_logits);
         let top1 = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
         let want_top1 = expected[name]["top5"][0]["class"].as_u64().unwrap() as usize;
         let worst = p.iter().zip(&ep).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        eprintln!("{name}: top-1 {top1} p={:.4} (expected {want_top1} p={:.4}); max |Δprob| {worst:.4}", p[top1], ep[want_top1]);
+        eprintln!(
+            "{name}: top-1 {top1} p={:.4} (expected {want_top1} p={:.4}); max |Δprob| {worst:.4}",
+            p[top1], ep[want_top1]
+        );
         assert_eq!(top1, want_top1, "{name}: top-1");
         assert!(worst <= max_prob_diff, "{name}: probabilities differ by {worst} > {max_prob_diff}");
     }

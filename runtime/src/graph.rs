@@ -275,10 +275,7 @@ impl Graph {
                 Op::GlobalPool => Shape { c: x.c, h: 1, w: 1 },
                 Op::Linear(l) => {
                     if x.c * x.h * x.w != l.in_features {
-                        return Err(bad(format!(
-                            "expects {} features, got {}×{}×{}",
-                            l.in_features, x.c, x.h, x.w
-                        )));
+                        return Err(bad(format!("expects {} features, got {}×{}×{}", l.in_features, x.c, x.h, x.w)));
                     }
                     Shape { c: l.out_features, h: 1, w: 1 }
                 }
@@ -290,13 +287,14 @@ impl Graph {
 
     /// Number of output classes (channels of the output value).
     pub fn num_classes(&self) -> usize {
-        match self.nodes.iter().rev().find_map(|n| match &n.op {
-            Op::Linear(l) => Some(l.out_features),
-            _ => None,
-        }) {
-            Some(c) => c,
-            None => 0,
-        }
+        self.nodes
+            .iter()
+            .rev()
+            .find_map(|n| match &n.op {
+                Op::Linear(l) => Some(l.out_features),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 
     /// Total parameters of the source model (conv and linear weights, BN/affine scale and bias).

@@ -43,7 +43,7 @@ impl Tolerance {
             .enumerate()
             .filter(|(_, (x, y))| {
                 let bound = (self.rel * x.abs().max(y.abs())).max(self.abs);
-                !((*x - *y).abs() <= bound)
+                (*x - *y).abs() > bound || x.is_nan() || y.is_nan()
             })
             .map(|(i, (x, y))| (i, *x, *y))
             .next()

@@ -2,8 +2,8 @@
 
 use prost::Message;
 use tract_onnx::pb::{
-    attribute_proto, tensor_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TypeProto, ValueInfoProto,
+    attribute_proto, tensor_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    TensorProto, TypeProto, ValueInfoProto,
 };
 
 /// Accumulates nodes and initializers of one graph.
@@ -30,12 +30,22 @@ pub fn int(name: &str, v: i64) -> AttributeProto {
 
 /// An integer-list attribute.
 pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_proto::AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_proto::AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
 }
 
 /// A float attribute.
 pub fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: attribute_proto::AttributeType::Float as i32, f: v, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_proto::AttributeType::Float as i32,
+        f: v,
+        ..Default::default()
+    }
 }
 
 fn value_info(name: &str) -> ValueInfoProto {
@@ -156,10 +166,24 @@ pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
     let params = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
         rnd(n, 1.0).iter().map(|x| lo + (x + 1.0) / 2.0 * (hi - lo)).collect()
     };
-    let conv = |b: &mut OnnxBuilder, x: &str, name: &str, co: usize, ci: usize, k: usize, stride: i64, group: usize, act: bool| -> String {
+    let conv = |b: &mut OnnxBuilder,
+                x: &str,
+                name: &str,
+                co: usize,
+                ci: usize,
+                k: usize,
+                stride: i64,
+                group: usize,
+                act: bool|
+     -> String {
         let w = weight(b, &format!("{name}.w"), &[co, ci / group, k, k]);
         let pad = (k / 2) as i64;
-        let attrs = vec![ints("kernel_shape", &[k as i64, k as i64]), ints("strides", &[stride, stride]), ints("pads", &[pad; 4]), int("group", group as i64)];
+        let attrs = vec![
+            ints("kernel_shape", &[k as i64, k as i64]),
+            ints("strides", &[stride, stride]),
+            ints("pads", &[pad; 4]),
+            int("group", group as i64),
+        ];
         let out = if v.folded {
             let bias = params(co, -0.2, 0.2);
             b.f32(&format!("{name}.b"), &[co], bias);
@@ -168,7 +192,8 @@ pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
         } else {
             b.node("Conv", &[x, &w], name, attrs);
             let bn = format!("{name}.bn");
-            let (g, be, m, var) = (params(co, 0.5, 1.5), params(co, -0.2, 0.2), params(co, -0.3, 0.3), params(co, 0.5, 2.0));
+            let (g, be, m, var) =
+                (params(co, 0.5, 1.5), params(co, -0.2, 0.2), params(co, -0.3, 0.3), params(co, 0.5, 2.0));
             for (suffix, vals) in [("g", g), ("be", be), ("m", m), ("v", var)] {
                 b.f32(&format!("{bn}.{suffix}"), &[co], vals);
             }

@@ -27,12 +27,7 @@ pub struct Preprocess {
 impl Preprocess {
     /// ImageNet evaluation preprocessing for a `crop`-pixel input: resize to `crop·256/224`.
     pub fn imagenet(crop: u32) -> Self {
-        Preprocess {
-            resize: (crop * 256).div_ceil(224),
-            crop,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
-        }
+        Preprocess { resize: (crop * 256).div_ceil(224), crop, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
     }
 
     /// The image as a normalised `[3, crop, crop]` tensor.
@@ -79,9 +74,8 @@ fn bilinear_weights(input: usize, output: usize) -> Vec<(usize, Vec<i32>)> {
             let center = (o as f64 + 0.5) * scale;
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
             let hi = ((center + support + 0.5) as i64).min(input as i64) as usize;
-            let w: Vec<f64> = (lo..hi)
-                .map(|i| (1.0 - ((i as f64 - center + 0.5) / filter_scale).abs()).max(0.0))
-                .collect();
+            let w: Vec<f64> =
+                (lo..hi).map(|i| (1.0 - ((i as f64 - center + 0.5) / filter_scale).abs()).max(0.0)).collect();
             let sum: f64 = w.iter().sum();
             let fixed = w
                 .iter()
@@ -113,7 +107,8 @@ pub fn resize_bilinear(img: &Rgb8, w: u32, h: u32) -> Rgb8 {
                 let src = &img.data[y * sw * 3..(y + 1) * sw * 3];
                 for (x, (lo, k)) in cols.iter().enumerate() {
                     for c in 0..3 {
-                        let acc: i64 = k.iter().enumerate().map(|(j, &kw)| src[(lo + j) * 3 + c] as i64 * kw as i64).sum();
+                        let acc: i64 =
+                            k.iter().enumerate().map(|(j, &kw)| src[(lo + j) * 3 + c] as i64 * kw as i64).sum();
                         row[x * 3 + c] = clip8(acc + half);
                     }
                 }
@@ -154,9 +149,7 @@ pub fn load(path: &Path) -> Result<Rgb8> {
 
 /// Decodes JPEG or PNG bytes into RGB8; the error is a human-readable reason.
 pub fn decode(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let img = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     if img.format().is_none() {
         return Err("unknown image format (JPEG and PNG are supported)".into());
     }

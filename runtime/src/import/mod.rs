@@ -23,7 +23,10 @@ use tensor::Const;
 enum Value {
     Const(Const),
     /// A runtime value; `flat` when it is `[N, C, 1, 1]` (after pooling or a linear layer).
-    Runtime { id: ValueId, flat: bool },
+    Runtime {
+        id: ValueId,
+        flat: bool,
+    },
 }
 
 struct Importer {
@@ -37,9 +40,8 @@ struct Importer {
 
 /// Parses ONNX bytes and builds the graph. Errors name the offending node and op.
 pub fn from_bytes(bytes: &[u8]) -> Result<Graph> {
-    let proto = tract_onnx::onnx()
-        .proto_model_for_read(&mut &bytes[..])
-        .map_err(|e| Error::OnnxParse(format!("{e:#}")))?;
+    let proto =
+        tract_onnx::onnx().proto_model_for_read(&mut &bytes[..]).map_err(|e| Error::OnnxParse(format!("{e:#}")))?;
     let graph = proto.graph.as_ref().ok_or_else(|| Error::OnnxParse("no graph in the model".into()))?;
     let opset = proto
         .opset_import
@@ -83,9 +85,8 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Graph> {
         Some(Value::Runtime { id, .. }) if *id != 0 => *id,
         _ => return Err(Error::InvalidModel(format!("output '{}' is not computed", graph.output[0].name))),
     };
-    let input_channels = im
-        .input_channels
-        .ok_or_else(|| Error::InvalidModel("the input does not feed a convolution".into()))?;
+    let input_channels =
+        im.input_channels.ok_or_else(|| Error::InvalidModel("the input does not feed a convolution".into()))?;
     let g = Graph { nodes: im.nodes, input_channels, num_values: im.num_values, output };
     if !g.nodes.iter().any(|n| matches!(n.op, Op::Linear(_))) {
         return Err(Error::InvalidModel("no classifier (Gemm or MatMul) found".into()));
@@ -111,7 +112,7 @@ fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
 }
 
 fn positive(node: &str, what: &str, v: &[i64], n: usize) -> Result<Vec<usize>> {
-    if v.len() != n || v.iter().any(|&x| x < 0 || x > 1 << 16) {
+    if v.len() != n || v.iter().any(|x| !(0..=1 << 16).contains(x)) {
         return Err(Error::node(node, format!("{what} {v:?} unsupported")));
     }
     Ok(v.iter().map(|&x| x as usize).collect())
@@ -119,9 +120,11 @@ fn positive(node: &str, what: &str, v: &[i64], n: usize) -> Result<Vec<usize>> {
 
 impl Importer {
     fn get(&self, node: &NodeProto, i: usize) -> Result<&Value> {
-        let name = node.input.get(i).filter(|n| !n.is_empty()).ok_or_else(|| {
-            Error::node(&node.name, format!("{} is missing input {i}", node.op_type))
-        })?;
+        let name = node
+            .input
+            .get(i)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::node(&node.name, format!("{} is missing input {i}", node.op_type)))?;
         self.values
             .get(name)
             .ok_or_else(|| Error::node(&node.name, format!("input '{name}' is used before it is produced")))
@@ -159,7 +162,8 @@ impl Importer {
     fn push(&mut self, node: &NodeProto, op: Op, inputs: Vec<ValueId>, flat: bool) -> Result<()> {
         let id = self.num_values;
         self.num_values += 1;
-        let name = if node.name.is_empty() { node.output.first().cloned().unwrap_or_default() } else { node.name.clone() };
+        let name =
+            if node.name.is_empty() { node.output.first().cloned().unwrap_or_default() } else { node.name.clone() };
         self.nodes.push(Node { name, op, inputs, output: id });
         self.values.insert(self.output(node)?, Value::Runtime { id, flat });
         Ok(())
@@ -183,7 +187,10 @@ impl Importer {
 
     fn node(&mut self, node: &NodeProto) -> Result<()> {
         if !node.domain.is_empty() && node.domain != "ai.onnx" {
-            return Err(Error::UnsupportedOp { node: node.name.clone(), op: format!("{}::{}", node.domain, node.op_type) });
+            return Err(Error::UnsupportedOp {
+                node: node.name.clone(),
+                op: format!("{}::{}", node.domain, node.op_type),
+            });
         }
         match node.op_type.as_str() {
             "Constant" => {
@@ -251,7 +258,8 @@ impl Importer {
                     return Err(Error::node(&node.name, "MatMul needs pooled features and a 2-D constant weight"));
                 }
                 let (k, m) = (w.shape[0], w.shape[1]);
-                let lin = Linear { in_features: k, out_features: m, weights: tensor::to_weights(w, 1), bias: vec![0.0; m] };
+                let lin =
+                    Linear { in_features: k, out_features: m, weights: tensor::to_weights(w, 1), bias: vec![0.0; m] };
                 self.push(node, Op::Linear(lin), vec![x], true)
             }
             op => Err(Error::UnsupportedOp { node: node.name.clone(), op: op.to_string() }),
@@ -284,10 +292,13 @@ impl Importer {
         if stride.contains(&0) {
             return Err(Error::node(&node.name, "zero stride"));
         }
-        let window = Window { kernel: [kh, kw], stride: [stride[0], stride[1]], pads: [pads[0], pads[1], pads[2], pads[3]] };
+        let window =
+            Window { kernel: [kh, kw], stride: [stride[0], stride[1]], pads: [pads[0], pads[1], pads[2], pads[3]] };
         let bias = match self.get_opt(node, 2)? {
             Some(Value::Const(b)) if b.len() == co => b.to_f32(),
-            Some(_) => return Err(Error::node(&node.name, "Conv bias must be a constant of one value per output channel")),
+            Some(_) => {
+                return Err(Error::node(&node.name, "Conv bias must be a constant of one value per output channel"))
+            }
             None => vec![0.0; co],
         };
         let weights = tensor::to_weights(w, 0);
@@ -342,14 +353,16 @@ impl Importer {
             }
             match self.get_opt(node, i)? {
                 None => Ok(None),
-                Some(Value::Const(c)) => c.scalar_f32().map(Some).ok_or_else(|| Error::node(&node.name, "Clip bound must be a scalar f32")),
+                Some(Value::Const(c)) => {
+                    c.scalar_f32().map(Some).ok_or_else(|| Error::node(&node.name, "Clip bound must be a scalar f32"))
+                }
                 Some(_) => Err(Error::node(&node.name, "Clip bounds must be constants")),
             }
         };
         let (lo, hi) = (bound(1, "min")?, bound(2, "max")?);
         let op = match (lo, hi) {
-            (Some(l), Some(h)) if l == 0.0 && h == 6.0 => Op::Relu6,
-            (Some(l), None) if l == 0.0 => Op::Relu,
+            (Some(0.0), Some(6.0)) => Op::Relu6,
+            (Some(0.0), None) => Op::Relu,
             _ => return Err(Error::node(&node.name, format!("Clip({lo:?}, {hi:?}) unsupported: only ReLU and ReLU6"))),
         };
         self.push(node, op, vec![x], flat)

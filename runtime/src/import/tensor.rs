@@ -21,7 +21,11 @@ pub(crate) enum ConstData {
     F32(Vec<f32>),
     I64(Vec<i64>),
     /// Integers `q − zero_point` with scales along `axis` (`None`: one scale for all).
-    Quant { values: Vec<i32>, scales: Vec<f32>, axis: Option<usize> },
+    Quant {
+        values: Vec<i32>,
+        scales: Vec<f32>,
+        axis: Option<usize>,
+    },
 }
 
 impl Const {
@@ -90,8 +94,7 @@ fn element_size(data_type: i32) -> Option<usize> {
 /// data length, so that a malformed file gives an error and never a panic or a huge allocation.
 pub(crate) fn decode(t: &TensorProto, what: &str) -> Result<Const> {
     let bad = |why: String| Error::InvalidModel(format!("tensor '{what}': {why}"));
-    let size = element_size(t.data_type)
-        .ok_or_else(|| bad(format!("unsupported ONNX data type {}", t.data_type)))?;
+    let size = element_size(t.data_type).ok_or_else(|| bad(format!("unsupported ONNX data type {}", t.data_type)))?;
     if t.data_location == Some(1) {
         return Err(bad("external data files are not supported; embed the weights".into()));
     }
@@ -114,8 +117,7 @@ pub(crate) fn decode(t: &TensorProto, what: &str) -> Result<Const> {
     if (!t.raw_data.is_empty() && t.raw_data.len() != count * size) || stored != count {
         return Err(bad(format!("holds {stored} values for a shape of {count}")));
     }
-    let tensor = tract_onnx::tensor::load_tensor(&MmapDataResolver, t, None)
-        .map_err(|e| bad(format!("{e:#}")))?;
+    let tensor = tract_onnx::tensor::load_tensor(&MmapDataResolver, t, None).map_err(|e| bad(format!("{e:#}")))?;
     let data = match t.data_type {
         1 => ConstData::F32(values::<f32>(&tensor, what)?),
         7 => ConstData::I64(values::<i64>(&tensor, what)?),
@@ -154,17 +156,17 @@ pub(crate) fn dequantize(node: &str, x: &Const, scale: &Const, zero: Option<&Con
     } else {
         let a = if axis < 0 { axis + rank } else { axis };
         if a < 0 || a >= rank || x.shape[a as usize] != scales.len() {
-            return Err(Error::node(node, format!("{} scales do not match axis {axis} of {:?}", scales.len(), x.shape)));
+            return Err(Error::node(
+                node,
+                format!("{} scales do not match axis {axis} of {:?}", scales.len(), x.shape),
+            ));
         }
         Some(a as usize)
     };
     let (_, inner) = split_at_axis(&x.shape, axis);
     let n = scales.len();
-    let shifted = values
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| q - zeros[if axis.is_some() { (i / inner) % n } else { 0 }])
-        .collect();
+    let shifted =
+        values.iter().enumerate().map(|(i, &q)| q - zeros[if axis.is_some() { (i / inner) % n } else { 0 }]).collect();
     Ok(Const { shape: x.shape.clone(), data: ConstData::Quant { values: shifted, scales, axis } })
 }
 

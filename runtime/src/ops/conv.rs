@@ -60,3 +60,111 @@ pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Depthwise, Weights, Window};
+    use crate::ops::Activation;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed * 97)) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// Plain definition: `y[n, o, oy, ox] = Σ w[o, c, ky, kx] · x[n, g(o)+c, oy·s + ky − p, ox·s + kx − p]`.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(x: &Tensor, w: &[f32], co: usize, ci_per: usize, depthwise: bool, win: &Window) -> Tensor {
+        let [n, _, ih, iw] = x.shape;
+        let (oh, ow) = win.output_size(ih, iw).unwrap();
+        let [kh, kw] = win.kernel;
+        let mut y = Tensor::zeros([n, co, oh, ow]);
+        for b in 0..n {
+            for o in 0..co {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0.0;
+                        for c in 0..ci_per {
+                            let xc = if depthwise { o } else { c };
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * win.stride[0] + ky) as isize - win.pads[0] as isize;
+                                    let ix = (ox * win.stride[1] + kx) as isize - win.pads[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= ih as isize || ix >= iw as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * x.shape[1] + xc) * ih + iy as usize) * iw + ix as usize;
+                                    acc += w[((o * ci_per + c) * kh + ky) * kw + kx] * x.data[xi];
+                                }
+                            }
+                        }
+                        y.data[((b * co + o) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn windows() -> Vec<Window> {
+        vec![
+            Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] },
+            Window { kernel: [3, 3], stride: [1, 1], pads: [1; 4] },
+            Window { kernel: [3, 3], stride: [2, 2], pads: [1; 4] },
+            Window { kernel: [3, 3], stride: [2, 2], pads: [0, 0, 1, 1] },
+            Window { kernel: [5, 3], stride: [1, 2], pads: [2, 1, 2, 0] },
+            Window { kernel: [1, 1], stride: [2, 2], pads: [0; 4] },
+        ]
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1.0), "element {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn dense_conv_matches_definition() {
+        for (k, win) in windows().into_iter().enumerate() {
+            let (n, ci, co) = (2, 5, 11);
+            let x = Tensor::from_vec([n, ci, 13, 9], values(n * ci * 13 * 9, k as u32)).unwrap();
+            let w = values(co * ci * win.kernel[0] * win.kernel[1], 7 + k as u32);
+            let conv = Conv { in_channels: ci, out_channels: co, window: win, weights: Weights::F32(w.clone()) };
+            let want = naive(&x, &w, co, ci, false, &win);
+            close(&forward(&conv, &x, &Epilogue::NONE).data, &want.data);
+        }
+    }
+
+    #[test]
+    fn depthwise_matches_definition() {
+        for (k, win) in windows().into_iter().enumerate() {
+            let (n, c) = (3, 7);
+            let x = Tensor::from_vec([n, c, 10, 15], values(n * c * 150, 3 + k as u32)).unwrap();
+            let w = values(c * win.kernel[0] * win.kernel[1], 11 + k as u32);
+            let dw = Depthwise { channels: c, window: win, weights: Weights::F32(w.clone()) };
+            let want = naive(&x, &w, c, 1, true, &win);
+            close(&crate::ops::depthwise::forward(&dw, &x, &Epilogue::NONE).data, &want.data);
+        }
+    }
+
+    #[test]
+    fn int8_weights_and_epilogue() {
+        let win = Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] };
+        let (ci, co) = (4, 9);
+        let q: Vec<i8> = (0..ci * co).map(|i| (i as i32 * 37 % 255 - 127) as i8).collect();
+        let scales: Vec<f32> = (0..co).map(|o| 0.01 * (o + 1) as f32).collect();
+        let w: Vec<f32> = q.iter().enumerate().map(|(i, &v)| v as f32 * scales[i / ci]).collect();
+        let x = Tensor::from_vec([1, ci, 6, 6], values(ci * 36, 5)).unwrap();
+        let conv =
+            Conv { in_channels: ci, out_channels: co, window: win, weights: Weights::Int8 { values: q, scales } };
+        let (s, b) = (values(co, 1), values(co, 2));
+        let epi = Epilogue { scale: Some(&s), bias: Some(&b), act: Activation::Relu6 };
+        let mut want = naive(&x, &w, co, ci, false, &win);
+        for (i, v) in want.data.iter_mut().enumerate() {
+            let o = i / 36;
+            *v = (*v * s[o] + b[o]).clamp(0.0, 6.0);
+        }
+        close(&forward(&conv, &x, &epi).data, &want.data);
+    }
+}

@@ -8,7 +8,14 @@ use crate::tensor::Tensor;
 
 /// `out[oy, ox] += Σ k[ky, kx] · x[oy·sh + ky − pt, ox·sw + kx − pl]` over one channel plane,
 /// zero padding outside `x`. Shapes: `x: [ih, iw]`, `k: [kh, kw]`, `out: [oh, ow]`.
-pub(crate) fn accumulate_plane(x: &[f32], (ih, iw): (usize, usize), k: &[f32], win: &Window, out: &mut [f32], ow: usize) {
+pub(crate) fn accumulate_plane(
+    x: &[f32],
+    (ih, iw): (usize, usize),
+    k: &[f32],
+    win: &Window,
+    out: &mut [f32],
+    ow: usize,
+) {
     let [kh, kw] = win.kernel;
     let [sh, sw] = win.stride;
     let (pt, pl) = (win.pads[0], win.pads[1]);

@@ -1,1 +1,158 @@
-fn main() {}
+//! Side-by-side inference benchmark: edgepatch's CPU engine vs tract-onnx on the same ONNX file,
+//! latency at batch 1 and throughput at batch 16 (224 px), and each one's peak resident memory.
+//!
+//! `cargo run --release -p edgepatch-bench -- compare [--model cache/mobilenet_v2_f32.onnx] [--reps 20]`
+//! runs every configuration in a fresh child process (so peak RSS is that engine's alone) and
+//! prints a markdown table. `… -- run --engine edgepatch|edgepatch-int8|tract --batch B` is one
+//! configuration (what `compare` spawns), printing one JSON line.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use edgepatch::{Backbone, Tensor};
+use serde_json::json;
+use tract_onnx::prelude::*;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn input(batch: usize) -> Vec<f32> {
+    (0..batch * 3 * 224 * 224).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect()
+}
+
+/// Times `reps` runs after two warm-up runs; returns per-run seconds.
+fn time(reps: usize, mut f: impl FnMut()) -> Vec<f64> {
+    f();
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+fn run(engine: &str, model: &str, batch: usize, reps: usize) -> serde_json::Value {
+    let shape = [batch, 3, 224, 224];
+    let x = input(batch);
+    let times = match engine {
+        "edgepatch" | "edgepatch-int8" => {
+            let b = if engine == "edgepatch" { Backbone::from_path(model.as_ref()) } else { Backbone::embedded() }
+                .expect("model imports");
+            time(reps, || {
+                let out = b.forward(Tensor::from_vec(shape, x.clone()).unwrap()).unwrap();
+                std::hint::black_box(out);
+            })
+        }
+        "tract" => {
+            let plan = tract_onnx::onnx()
+                .model_for_path(model)
+                .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable())
+                .expect("tract loads the model");
+            let t: Tensor4 = tract_ndarray::Array4::from_shape_vec(shape, x.clone()).unwrap();
+            time(reps, || {
+                let out = plan.run(tvec!(tract_onnx::prelude::Tensor::from(t.clone()).into())).unwrap();
+                std::hint::black_box(out);
+            })
+        }
+        e => panic!("unknown engine {e}"),
+    };
+    let ms = median(times) * 1e3;
+    json!({"engine": engine, "batch": batch, "median_ms": ms, "images_per_s": batch as f64 / ms * 1e3, "peak_rss_bytes": peak_rss()})
+}
+
+type Tensor4 = tract_ndarray::Array4<f32>;
+
+fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    format!("{name}, {} logical CPUs", std::thread::available_parallelism().map_or(0, |n| n.get()))
+}
+
+fn compare(model: &str, reps: usize) {
+    let exe = std::env::current_exe().expect("own path");
+    let rows = [
+        ("tract", "1", "tract-onnx 0.23.9, f32 ONNX"),
+        ("edgepatch", "1", "edgepatch, f32 ONNX, 1 thread"),
+        ("edgepatch", "0", "edgepatch, f32 ONNX, all threads"),
+        ("edgepatch-int8", "0", "edgepatch, shipped int8 model, all threads"),
+    ];
+    println!("Machine: {}", cpu_name());
+    println!("Model: {model}, input 224×224, median of {reps} runs after 2 warm-ups; each row a fresh process.\n");
+    println!(
+        "| engine | batch 1 latency (ms) | batch 16 (ms) | batch 16 images/s | peak RSS b1 (MB) | peak RSS b16 (MB) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut base = None;
+    for (engine, threads, label) in rows {
+        let mut res = Vec::new();
+        for batch in [1, 16] {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["run", "--engine", engine, "--model", model, "--batch", &batch.to_string()]);
+            cmd.args(["--reps", &(if batch == 1 { reps } else { reps.div_ceil(4).max(3) }).to_string()]);
+            if threads != "0" {
+                cmd.env("RAYON_NUM_THREADS", threads);
+            }
+            let out = cmd.output().expect("child runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            res.push(serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("child JSON"));
+        }
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap();
+        let (b1, b16) = (f(&res[0], "median_ms"), f(&res[1], "median_ms"));
+        let base_b1 = *base.get_or_insert(b1);
+        println!(
+            "| {label} | {b1:.1} ({:.2}× tract) | {b16:.1} | {:.1} | {:.0} | {:.0} |",
+            base_b1 / b1,
+            f(&res[1], "images_per_s"),
+            f(&res[0], "peak_rss_bytes") / 1e6,
+            f(&res[1], "peak_rss_bytes") / 1e6
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let default_model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../cache/mobilenet_v2_f32.onnx");
+    let model = arg(&args, "--model").unwrap_or(default_model.display().to_string());
+    let reps: usize = arg(&args, "--reps").and_then(|r| r.parse().ok()).unwrap_or(20);
+    match args.get(1).map(String::as_str) {
+        Some("run") => {
+            let engine = arg(&args, "--engine").expect("--engine");
+            let batch: usize = arg(&args, "--batch").and_then(|b| b.parse().ok()).unwrap_or(1);
+            println!("{}", run(&engine, &model, batch, reps));
+        }
+        Some("compare") | None => compare(&model, reps),
+        Some(other) => {
+            eprintln!("unknown command {other}; use `compare` or `run`");
+            std::process::exit(2);
+        }
+    }
+}

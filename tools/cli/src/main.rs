@@ -78,7 +78,10 @@ fn info(model: Option<&Path>, as_json: bool) -> edgepatch::Result<String> {
         })
         .collect();
     let convs = g.nodes.iter().filter(|n| matches!(n.op, Op::Conv(_) | Op::Depthwise(_))).count();
-    let quantized = g.nodes.iter().any(|n| matches!(&n.op, Op::Conv(c) if matches!(c.weights, edgepatch::graph::Weights::Int8 { .. })));
+    let quantized = g
+        .nodes
+        .iter()
+        .any(|n| matches!(&n.op, Op::Conv(c) if matches!(c.weights, edgepatch::graph::Weights::Int8 { .. })));
     if as_json {
         let out = json!({
             "model": model.map_or("embedded:mobilenet_v2_int8".to_string(), |p| p.display().to_string()),
@@ -100,7 +103,13 @@ fn info(model: Option<&Path>, as_json: bool) -> edgepatch::Result<String> {
     outln!(o, "fingerprint  {}", b.fingerprint());
     outln!(o, "input        [N, {}, H, W] (H, W ≥ 32; default 224)", g.input_channels);
     outln!(o, "classes      {}", g.num_classes());
-    outln!(o, "layers       {} ({} convolutions), weights {}", g.nodes.len(), convs, if quantized { "int8" } else { "f32" });
+    outln!(
+        o,
+        "layers       {} ({} convolutions), weights {}",
+        g.nodes.len(),
+        convs,
+        if quantized { "int8" } else { "f32" }
+    );
     outln!(o, "params       {}", g.params());
     outln!(o, "resident     {} bytes", b.resident_bytes());
     outln!(o, "patchable    sb {}  bias {}  dw {}  logits {}", p.sb, p.bias, p.dw, p.logits);
@@ -123,7 +132,8 @@ fn predict(images: &[PathBuf], model: Option<&Path>, top: usize, as_json: bool) 
             .iter()
             .zip(&results)
             .map(|(p, r)| {
-                let top: Vec<_> = r.iter().map(|s| json!({"class": s.class, "label": s.label, "prob": s.prob})).collect();
+                let top: Vec<_> =
+                    r.iter().map(|s| json!({"class": s.class, "label": s.label, "prob": s.prob})).collect();
                 json!({"image": p.display().to_string(), "top": top})
             })
             .collect();

@@ -45,8 +45,24 @@ fn main() {
                 if which == 0 {
                     unsafe {
                         gemm::gemm(
-                            m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1,
-                            k as isize, b.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false,
+                            m,
+                            n,
+                            k,
+                            c.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            false,
+                            a.as_ptr(),
+                            1,
+                            k as isize,
+                            b.as_ptr(),
+                            1,
+                            n as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
                             gemm::Parallelism::None,
                         )
                     }
