@@ -7,13 +7,9 @@ use std::process::{Command, Output};
 use edgepatch_tests::onnx_builder::{tiny_net, OnnxBuilder, TinyNet};
 use edgepatch_tests::{random_values, reference_dir, repo_root};
 
-/// `target/<profile>/edgepatch`, built by `cargo test --workspace` alongside this test.
+/// The binary Cargo built for this test.
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
-    let bin = dir.join(format!("edgepatch{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: run `cargo test --workspace` (it builds the CLI)", bin.display());
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_edgepatch"))
 }
 
 fn run(args: &[&str]) -> Output {

@@ -245,7 +245,13 @@ impl Graph {
         let mut shapes = vec![None; self.num_values];
         shapes[0] = Some(Shape { c: self.input_channels, h, w });
         for node in &self.nodes {
-            let ins: Vec<Shape> = node.inputs.iter().map(|&i| shapes[i].expect("topological order")).collect();
+            let ins: Vec<Shape> = node
+                .inputs
+                .iter()
+                .map(|&i| shapes.get(i).copied().flatten())
+                .collect::<Option<_>>()
+                .filter(|v: &Vec<Shape>| !v.is_empty())
+                .ok_or_else(|| crate::Error::node(&node.name, "reads a value that is not computed before it"))?;
             let x = ins[0];
             let bad = |why: String| crate::Error::node(&node.name, why);
             let out = match &node.op {
@@ -280,7 +286,9 @@ impl Graph {
                     Shape { c: l.out_features, h: 1, w: 1 }
                 }
             };
-            shapes[node.output] = Some(out);
+            *shapes
+                .get_mut(node.output)
+                .ok_or_else(|| crate::Error::node(&node.name, "writes a value outside the graph"))? = Some(out);
         }
         Ok(shapes.into_iter().map(|s| s.unwrap_or(Shape { c: 0, h: 0, w: 0 })).collect())
     }

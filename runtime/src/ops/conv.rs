@@ -1,12 +1,14 @@
 //! Dense convolution (groups = 1): 1×1 as a matrix product through `matrixmultiply` (via
 //! ndarray's safe `general_mat_mul`), any other window (the stem) as direct loops.
 
+use std::borrow::Cow;
+
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::depthwise::accumulate_plane;
 use super::{raw_row, Epilogue};
-use crate::graph::Conv;
+use crate::graph::{Conv, Weights};
 use crate::tensor::Tensor;
 
 /// Output channels per task of the 1×1 path: enough tasks for the thread pool, rows a multiple
@@ -31,17 +33,19 @@ pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
             let xs = ArrayView2::from_shape((ci, hw), x.sample(img)).expect("sample is [Cin, HW]");
             o.par_chunks_mut(blk * hw).enumerate().for_each(|(b, o)| {
                 let rows = o.len() / hw;
-                let mut w = vec![0f32; rows * ci];
-                let q: Vec<f32> = w
-                    .chunks_exact_mut(ci)
-                    .enumerate()
-                    .map(|(r, row)| raw_row(&conv.weights, b * blk + r, row))
-                    .collect();
-                let wv = ArrayView2::from_shape((rows, ci), &w).expect("rows × Cin");
+                let first = b * blk;
+                let (w, q): (Cow<[f32]>, Vec<f32>) = match &conv.weights {
+                    Weights::F32(v) => (Cow::Borrowed(&v[first * ci..(first + rows) * ci]), vec![1.0; rows]),
+                    Weights::Int8 { values, scales } => (
+                        Cow::Owned(values[first * ci..(first + rows) * ci].iter().map(|&v| v as f32).collect()),
+                        scales[first..first + rows].to_vec(),
+                    ),
+                };
+                let wv = ArrayView2::from_shape((rows, ci), &w[..]).expect("rows × Cin");
                 let mut ov = ArrayViewMut2::from_shape((rows, hw), &mut *o).expect("rows × HW");
                 ndarray::linalg::general_mat_mul(1.0, &wv, &xs, 0.0, &mut ov);
                 for (r, plane) in o.chunks_exact_mut(hw).enumerate() {
-                    epi.finish(b * blk + r, q[r], plane);
+                    epi.finish(first + r, q[r], plane);
                 }
             });
         });
@@ -64,7 +68,7 @@ pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Depthwise, Weights, Window};
+    use crate::graph::{Depthwise, Window};
     use crate::ops::Activation;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
