@@ -38,6 +38,11 @@ impl Preprocess {
         }
         let r = self.resize as u64;
         let (nw, nh) = if w <= h { (r, r * h / w) } else { (r * w / h, r) };
+        if nw.max(nh) > MAX_RESIZED_SIDE {
+            return Err(Error::Input(format!(
+                "a {w}×{h} image is too elongated to resize to {r} px on its shorter side"
+            )));
+        }
         let (nw, nh) = (nw as u32, nh.max(1) as u32);
         if nw < self.crop || nh < self.crop {
             return Err(Error::Input(format!("resize {} is smaller than crop {}", self.resize, self.crop)));
@@ -58,6 +63,9 @@ impl Preprocess {
         Ok(out)
     }
 }
+
+/// Longest side an image may have after its shorter side is resized (bounds the memory used).
+const MAX_RESIZED_SIDE: u64 = 1 << 14;
 
 /// Fixed-point precision of the resampling weights (Pillow's `PRECISION_BITS`).
 const PRECISION_BITS: u32 = 22;
@@ -155,4 +163,35 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
     }
     let rgb = img.decode().map_err(|e| e.to_string())?.to_rgb8();
     Ok(Rgb8 { width: rgb.width(), height: rgb.height(), data: rgb.into_raw() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn solid(width: u32, height: u32, v: u8) -> Rgb8 {
+        Rgb8 { width, height, data: vec![v; (width * height * 3) as usize] }
+    }
+
+    #[test]
+    fn constant_image_stays_constant_through_resize() {
+        let out = resize_bilinear(&solid(451, 300, 200), 384, 256);
+        assert!(out.data.iter().all(|&v| v == 200));
+    }
+
+    #[test]
+    fn tiny_and_elongated_images() {
+        let pp = Preprocess::imagenet(224);
+        assert_eq!(pp.apply(&solid(1, 1, 9)).unwrap().len(), 3 * 224 * 224);
+        assert!(matches!(pp.apply(&solid(1, 100_000, 9)), Err(Error::Input(_))));
+        assert!(matches!(pp.apply(&solid(0, 5, 9)), Err(Error::Input(_))));
+    }
+
+    #[test]
+    fn center_offset_rounds_half_to_even() {
+        assert_eq!(center_offset(384, 224), 80);
+        assert_eq!(center_offset(227, 224), 2);
+        assert_eq!(center_offset(229, 224), 2);
+        assert_eq!(center_offset(225, 224), 0);
+    }
 }
