@@ -37,17 +37,32 @@ impl Weights {
         }
     }
 
-    /// Writes row `row` (of length `out.len()`), dequantized, into `out`.
-    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+    /// Row `row` (of length `out.len()`) as f32 *without* its scale, written into `out`, and
+    /// that scale: int8 values convert exactly, f32 rows come with scale 1. Kernels apply the
+    /// scale once per output value.
+    pub fn raw_row(&self, row: usize, out: &mut [f32]) -> f32 {
         let n = out.len();
         match self {
             Weights::Int8 { values, scales } => {
-                let s = scales[row];
                 for (o, &q) in out.iter_mut().zip(&values[row * n..(row + 1) * n]) {
-                    *o = q as f32 * s;
+                    *o = q as f32;
                 }
+                scales[row]
             }
-            Weights::F32(v) => out.copy_from_slice(&v[row * n..(row + 1) * n]),
+            Weights::F32(v) => {
+                out.copy_from_slice(&v[row * n..(row + 1) * n]);
+                1.0
+            }
+        }
+    }
+
+    /// The same weights multiplied by `factor` (folded into the scales when int8).
+    pub fn scaled(self, factor: f32) -> Self {
+        match self {
+            Weights::Int8 { values, scales } => {
+                Weights::Int8 { values, scales: scales.iter().map(|s| s * factor).collect() }
+            }
+            Weights::F32(v) => Weights::F32(v.iter().map(|x| x * factor).collect()),
         }
     }
 

@@ -404,16 +404,9 @@ impl Importer {
         }
         let trans_b = attr_i(node, "transB", 0) != 0;
         let (k, m) = if trans_b { (w.shape[1], w.shape[0]) } else { (w.shape[0], w.shape[1]) };
-        let mut weights = tensor::to_weights(w, if trans_b { 0 } else { 1 });
         let alpha = attr_f(node, "alpha").unwrap_or(1.0);
-        if alpha != 1.0 {
-            weights = match weights {
-                crate::graph::Weights::Int8 { values, scales } => {
-                    crate::graph::Weights::Int8 { values, scales: scales.iter().map(|s| s * alpha).collect() }
-                }
-                crate::graph::Weights::F32(v) => crate::graph::Weights::F32(v.iter().map(|x| x * alpha).collect()),
-            };
-        }
+        let weights = tensor::to_weights(w, if trans_b { 0 } else { 1 });
+        let weights = if alpha == 1.0 { weights } else { weights.scaled(alpha) };
         let beta = attr_f(node, "beta").unwrap_or(1.0);
         let bias = match self.get_opt(node, 2)? {
             None => vec![0.0; m],

@@ -170,6 +170,26 @@ pub(crate) fn dequantize(node: &str, x: &Const, scale: &Const, zero: Option<&Con
     Ok(Const { shape: x.shape.clone(), data: ConstData::Quant { values: shifted, scales, axis } })
 }
 
+/// `[k, m]` row-major → `[m, k]` row-major.
+fn transpose<T: Copy + Default>(v: &[T], k: usize, m: usize) -> Vec<T> {
+    let mut t = vec![T::default(); v.len()];
+    for i in 0..k {
+        for j in 0..m {
+            t[j * k + i] = v[i * m + j];
+        }
+    }
+    t
+}
+
+/// `v` (laid out as `c.shape`) with output channels first.
+fn rows_first<T: Copy + Default>(v: Vec<T>, c: &Const, out_axis: usize) -> Vec<T> {
+    if out_axis == 0 {
+        v
+    } else {
+        transpose(&v, c.shape[0], c.shape[1])
+    }
+}
+
 /// The constant as layer weights with one row per output channel. `out_axis` is the axis of
 /// `c.shape` that indexes output channels (0 for conv kernels and `[out, in]` matrices, 1 for
 /// `[in, out]` matrices, which are transposed). Per-output-channel or per-tensor int8 stays
@@ -177,20 +197,6 @@ pub(crate) fn dequantize(node: &str, x: &Const, scale: &Const, zero: Option<&Con
 pub(crate) fn to_weights(c: &Const, out_axis: usize) -> crate::graph::Weights {
     use crate::graph::Weights;
     let rows = c.shape[out_axis];
-    let row_len = c.len() / rows.max(1);
-    let transposed = |v: &[i32]| -> Vec<i32> {
-        if out_axis == 0 {
-            return v.to_vec();
-        }
-        let (k, m) = (c.shape[0], c.shape[1]);
-        let mut t = vec![0; v.len()];
-        for i in 0..k {
-            for j in 0..m {
-                t[j * k + i] = v[i * m + j];
-            }
-        }
-        t
-    };
     if let ConstData::Quant { values, scales, axis } = &c.data {
         let fits = values.iter().all(|&q| (-128..=127).contains(&q));
         let per_row = match axis {
@@ -199,22 +205,10 @@ pub(crate) fn to_weights(c: &Const, out_axis: usize) -> crate::graph::Weights {
             Some(_) => None,
         };
         if let (true, Some(scales)) = (fits, per_row) {
-            let values = transposed(values).into_iter().map(|q| q as i8).collect();
-            return Weights::Int8 { values, scales };
+            let values = values.iter().map(|&q| q as i8).collect();
+            return Weights::Int8 { values: rows_first(values, c, out_axis), scales };
         }
         log::warn!("weights quantized along another axis or beyond int8: kept as f32");
     }
-    let f = c.to_f32();
-    if out_axis == 0 {
-        return Weights::F32(f);
-    }
-    let (k, m) = (c.shape[0], c.shape[1]);
-    let mut t = vec![0f32; f.len()];
-    for i in 0..k {
-        for j in 0..m {
-            t[j * k + i] = f[i * m + j];
-        }
-    }
-    debug_assert_eq!(row_len * rows, t.len());
-    Weights::F32(t)
+    Weights::F32(rows_first(c.to_f32(), c, out_axis))
 }

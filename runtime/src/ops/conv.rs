@@ -7,7 +7,7 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::depthwise::accumulate_plane;
-use super::{raw_row, Epilogue};
+use super::Epilogue;
 use crate::graph::{Conv, Weights};
 use crate::tensor::Tensor;
 
@@ -54,7 +54,7 @@ pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
         out.data.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
             let (img, oc) = (p / co, p % co);
             let mut w = vec![0f32; ci * kl];
-            let q = raw_row(&conv.weights, oc, &mut w);
+            let q = conv.weights.raw_row(oc, &mut w);
             for (c, k) in w.chunks_exact(kl).enumerate() {
                 let xp = &x.sample(img)[c * ih * iw..(c + 1) * ih * iw];
                 accumulate_plane(xp, (ih, iw), k, &conv.window, plane, ow);

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::{raw_row, Epilogue};
+use super::Epilogue;
 use crate::graph::{Depthwise, Window};
 use crate::tensor::Tensor;
 
@@ -60,7 +60,7 @@ pub fn forward(layer: &Depthwise, x: &Tensor, epi: &Epilogue) -> Tensor {
         let ch = p % c;
         let mut k = [0f32; 64];
         let k = if kl <= 64 { &mut k[..kl] } else { &mut vec![0f32; kl][..] };
-        let q = raw_row(&layer.weights, ch, k);
+        let q = layer.weights.raw_row(ch, k);
         accumulate_plane(&x.data[p * ih * iw..(p + 1) * ih * iw], (ih, iw), k, &layer.window, plane, ow);
         epi.finish(ch, q, plane);
     });

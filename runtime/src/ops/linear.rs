@@ -2,7 +2,6 @@
 
 use rayon::prelude::*;
 
-use super::raw_row;
 use crate::graph::Linear;
 use crate::tensor::Tensor;
 
@@ -28,7 +27,7 @@ pub fn forward(l: &Linear, x: &Tensor) -> Tensor {
         .into_par_iter()
         .map(|o| {
             let mut row = vec![0f32; l.in_features];
-            let q = raw_row(&l.weights, o, &mut row);
+            let q = l.weights.raw_row(o, &mut row);
             (0..n).map(|i| dot(x.sample(i), &row) * q + l.bias[o]).collect()
         })
         .collect();

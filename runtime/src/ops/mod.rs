@@ -54,22 +54,3 @@ impl Epilogue<'_> {
         }
     }
 }
-
-/// Row `r` of `w` (of length `out.len()`) as f32 *without* its scale, and that scale:
-/// int8 values convert exactly, f32 rows come with scale 1.
-pub(crate) fn raw_row(w: &crate::graph::Weights, r: usize, out: &mut [f32]) -> f32 {
-    use crate::graph::Weights;
-    let n = out.len();
-    match w {
-        Weights::Int8 { values, scales } => {
-            for (o, &q) in out.iter_mut().zip(&values[r * n..(r + 1) * n]) {
-                *o = q as f32;
-            }
-            scales[r]
-        }
-        Weights::F32(v) => {
-            out.copy_from_slice(&v[r * n..(r + 1) * n]);
-            1.0
-        }
-    }
-}
