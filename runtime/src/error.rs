@@ -32,6 +32,17 @@ pub enum Error {
     /// An input tensor does not have the shape the model needs.
     #[error("bad input: {0}")]
     Input(String),
+    /// A dataset cannot be read or is unusable (inconsistent files, a class without images).
+    #[error("dataset {spec}: {reason}")]
+    Dataset { spec: String, reason: String },
+
+    /// A patch file or patch cannot be used: corrupt, truncated, of an unknown version, or made
+    /// for another backbone.
+    #[error("patch: {0}")]
+    Patch(String),
+    /// A training configuration that cannot run.
+    #[error("training: {0}")]
+    Train(String),
 }
 
 /// The runtime's result type.
@@ -40,6 +51,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn node(node: &str, reason: impl Into<String>) -> Self {
         Error::InvalidNode { node: node.to_string(), reason: reason.into() }
+    }
+
+    /// A dataset error for `spec`.
+    pub fn dataset(spec: &str, reason: impl Into<String>) -> Self {
+        Error::Dataset { spec: spec.to_string(), reason: reason.into() }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -56,6 +56,17 @@ impl Weights {
         }
     }
 
+    /// Every value as f32 with its row scale applied (`[rows, len / rows]`).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Weights::Int8 { values, scales } => {
+                let row = values.len() / scales.len().max(1);
+                values.iter().enumerate().map(|(i, &q)| q as f32 * scales[i / row]).collect()
+            }
+            Weights::F32(v) => v.clone(),
+        }
+    }
+
     /// The same weights multiplied by `factor` (folded into the scales when int8).
     pub fn scaled(self, factor: f32) -> Self {
         match self {
@@ -257,6 +268,12 @@ impl Graph {
                 "input {h}×{w} is smaller than the minimum {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE}"
             )));
         }
+        self.infer_shapes(h, w)
+    }
+
+    /// [`Graph::shapes`] without the minimum input size (for sub-graphs such as the classifier
+    /// alone, whose input is `[F, 1, 1]`).
+    pub fn infer_shapes(&self, h: usize, w: usize) -> crate::Result<Vec<Shape>> {
         let mut shapes = vec![None; self.num_values];
         shapes[0] = Some(Shape { c: self.input_channels, h, w });
         for node in &self.nodes {

@@ -23,11 +23,14 @@ mod error;
 pub mod graph;
 pub mod import;
 pub mod ops;
+pub mod patch;
 pub mod session;
 pub mod tensor;
+pub mod train;
 
 pub use backbone::Backbone;
 pub use error::{Error, Result};
 pub use graph::Graph;
+pub use patch::{Patch, PatchKinds};
 pub use session::{Scored, Session};
 pub use tensor::Tensor;

@@ -1,11 +1,14 @@
-//! Session: a backbone ready to classify images.
+//! Session: a backbone, optionally with a task patch applied, ready to classify images.
 
 use std::path::Path;
 
 use rayon::prelude::*;
 
 use crate::backbone::Backbone;
-use crate::data::image::{self, Rgb8};
+use crate::backend::cpu::CpuEngine;
+use crate::data::image::{self, Preprocess, Rgb8};
+use crate::graph::Graph;
+use crate::patch::Patch;
 use crate::tensor::Tensor;
 use crate::Result;
 
@@ -17,11 +20,22 @@ pub struct Scored {
     pub prob: f32,
 }
 
-/// Classifies images with a backbone at a fixed input size.
+/// A task: the backbone's graph with a patch applied, and the task's labels.
+#[derive(Debug, Clone)]
+struct Task {
+    graph: Graph,
+    engine: CpuEngine,
+    labels: Vec<String>,
+}
+
+/// Classifies images with a backbone (ImageNet preprocessing at 224 px) or with a task patch
+/// over it (the patch's resolution and the task preprocessing it was trained with).
 #[derive(Debug, Clone)]
 pub struct Session {
     backbone: Backbone,
+    task: Option<Task>,
     size: u32,
+    preprocess: Preprocess,
 }
 
 /// Softmax of one row of logits (max-subtracted).
@@ -35,7 +49,22 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 impl Session {
     /// A session running `backbone` at 224 px.
     pub fn new(backbone: Backbone) -> Self {
-        Session { backbone, size: 224 }
+        Session { backbone, task: None, size: 224, preprocess: Preprocess::imagenet(224) }
+    }
+
+    /// A session running `patch` over `backbone` (refused when the patch was made for another
+    /// backbone).
+    pub fn with_patch(backbone: Backbone, patch: &Patch) -> Result<Self> {
+        let graph = patch.apply(backbone.graph())?;
+        let engine = CpuEngine::new(&graph);
+        let task = Task { graph, engine, labels: patch.labels.clone() };
+        let size = patch.resolution;
+        Ok(Session { backbone, task: Some(task), size, preprocess: Preprocess::task(size) })
+    }
+
+    /// The class names of the outputs.
+    pub fn labels(&self) -> &[String] {
+        self.task.as_ref().map_or(self.backbone.labels(), |t| &t.labels)
     }
 
     /// The backbone.
@@ -45,11 +74,13 @@ impl Session {
 
     /// Logits `[N, classes]` for decoded images (preprocessed in parallel).
     pub fn logits(&self, images: &[Rgb8]) -> Result<Tensor> {
-        let pp = self.backbone.preprocess(self.size);
         let s = self.size as usize;
-        let chw: Vec<Vec<f32>> = images.par_iter().map(|i| pp.apply(i)).collect::<Result<_>>()?;
+        let chw: Vec<Vec<f32>> = images.par_iter().map(|i| self.preprocess.apply(i)).collect::<Result<_>>()?;
         let input = Tensor { shape: [images.len(), 3, s, s], data: chw.concat() };
-        self.backbone.forward(input)
+        match &self.task {
+            Some(t) => t.engine.forward(&t.graph, input),
+            None => self.backbone.forward(input),
+        }
     }
 
     /// Top-`k` classes with softmax probabilities for each image, in order.
@@ -61,10 +92,7 @@ impl Session {
                 let p = softmax(&logits.data[i * classes..(i + 1) * classes]);
                 let mut idx: Vec<usize> = (0..classes).collect();
                 idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
-                idx.iter()
-                    .take(k)
-                    .map(|&c| Scored { class: c, label: self.backbone.labels()[c].clone(), prob: p[c] })
-                    .collect()
+                idx.iter().take(k).map(|&c| Scored { class: c, label: self.labels()[c].clone(), prob: p[c] }).collect()
             })
             .collect())
     }

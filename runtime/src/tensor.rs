@@ -34,4 +34,15 @@ impl Tensor {
         let l = self.sample_len();
         &self.data[n * l..(n + 1) * l]
     }
+
+    /// The `n`-th sample's values, mutable.
+    pub fn sample_mut(&mut self, n: usize) -> &mut [f32] {
+        let l = self.sample_len();
+        &mut self.data[n * l..(n + 1) * l]
+    }
+
+    /// `self += other` elementwise (same shape).
+    pub fn add_assign(&mut self, other: &Tensor) {
+        crate::ops::add::forward(self, other);
+    }
 }

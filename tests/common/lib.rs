@@ -2,6 +2,7 @@
 //! deterministic random inputs and small ONNX graphs built in code.
 #![forbid(unsafe_code)]
 
+pub mod naive;
 pub mod onnx_builder;
 
 use std::path::PathBuf;

@@ -13,6 +13,11 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+/// ImageNet channel means (RGB, in `[0, 1]`).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
 /// How a picture becomes a model input.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Preprocess {
@@ -27,11 +32,24 @@ pub struct Preprocess {
 impl Preprocess {
     /// ImageNet evaluation preprocessing for a `crop`-pixel input: resize to `crop·256/224`.
     pub fn imagenet(crop: u32) -> Self {
-        Preprocess { resize: (crop * 256).div_ceil(224), crop, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] }
+        Preprocess { resize: (crop * 256).div_ceil(224), crop, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    }
+
+    /// Task preprocessing for a `size`-pixel input: the shorter side resized to `size`, then
+    /// center-cropped (a square image is only resized).
+    pub fn task(size: u32) -> Self {
+        Preprocess { resize: size, crop: size, mean: IMAGENET_MEAN, std: IMAGENET_STD }
     }
 
     /// The image as a normalised `[3, crop, crop]` tensor.
     pub fn apply(&self, img: &Rgb8) -> Result<Vec<f32>> {
+        let dst = self.resized(img)?;
+        let (left, top) = (center_offset(dst.width, self.crop), center_offset(dst.height, self.crop));
+        Ok(self.crop_normalize(&dst, left, top, false))
+    }
+
+    /// The image with its shorter side resized to `resize` (at least `crop` on both sides).
+    pub fn resized(&self, img: &Rgb8) -> Result<Rgb8> {
         let (w, h) = (img.width as u64, img.height as u64);
         if w == 0 || h == 0 {
             return Err(Error::Input("empty image".into()));
@@ -47,20 +65,25 @@ impl Preprocess {
         if nw < self.crop || nh < self.crop {
             return Err(Error::Input(format!("resize {} is smaller than crop {}", self.resize, self.crop)));
         }
-        let dst = resize_bilinear(img, nw, nh);
-        let (left, top) = (center_offset(nw, self.crop), center_offset(nh, self.crop));
+        Ok(if (nw, nh) == (img.width, img.height) { img.clone() } else { resize_bilinear(img, nw, nh) })
+    }
+
+    /// The `crop × crop` square at `(left, top)` of a resized image, mirrored left–right when
+    /// `flip`, normalised, as `[3, crop, crop]`.
+    pub fn crop_normalize(&self, img: &Rgb8, left: u32, top: u32, flip: bool) -> Vec<f32> {
         let c = self.crop as usize;
-        let buf = &dst.data;
+        debug_assert!(left + self.crop <= img.width && top + self.crop <= img.height);
         let mut out = vec![0f32; 3 * c * c];
         for y in 0..c {
             for x in 0..c {
-                let p = ((top as usize + y) * nw as usize + left as usize + x) * 3;
+                let sx = if flip { c - 1 - x } else { x };
+                let p = ((top as usize + y) * img.width as usize + left as usize + sx) * 3;
                 for ch in 0..3 {
-                    out[(ch * c + y) * c + x] = (buf[p + ch] as f32 / 255.0 - self.mean[ch]) / self.std[ch];
+                    out[(ch * c + y) * c + x] = (img.data[p + ch] as f32 / 255.0 - self.mean[ch]) / self.std[ch];
                 }
             }
         }
-        Ok(out)
+        out
     }
 }
 

@@ -13,3 +13,41 @@ pub fn forward(a: &Affine, x: &mut Tensor, act: Activation) {
     let plane = x.plane();
     x.data.par_chunks_mut(plane).enumerate().for_each(|(p, v)| epi.finish(p % c, 1.0, v));
 }
+
+/// Input gradient in place: `dy: [N, C, H, W]` becomes `dx = scale[c]·dy`.
+pub fn backward_input(a: &Affine, dy: &mut Tensor) {
+    let c = dy.shape[1];
+    let plane = dy.plane();
+    dy.data.par_chunks_mut(plane).enumerate().for_each(|(p, v)| {
+        let s = a.scale[p % c];
+        v.iter_mut().for_each(|g| *g *= s);
+    });
+}
+
+/// Parameter gradients, added into `dscale[c] += Σ dy·x` (when given; needs the layer input `x`)
+/// and `dbias[c] += Σ dy`, summed over the batch and the plane.
+pub fn backward_params(dy: &Tensor, x: Option<&Tensor>, dscale: Option<&mut [f32]>, dbias: Option<&mut [f32]>) {
+    let [n, c, ..] = dy.shape;
+    let plane = dy.plane();
+    let sums: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut s, mut b) = (0f64, 0f64);
+            for img in 0..n {
+                let p = (img * c + ch) * plane;
+                let g = &dy.data[p..p + plane];
+                b += g.iter().sum::<f32>() as f64;
+                if let Some(x) = x {
+                    s += super::linear::dot(g, &x.data[p..p + plane]) as f64;
+                }
+            }
+            (s as f32, b as f32)
+        })
+        .collect();
+    if let Some(ds) = dscale {
+        ds.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.0);
+    }
+    if let Some(db) = dbias {
+        db.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.1);
+    }
+}

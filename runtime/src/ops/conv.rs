@@ -1,12 +1,13 @@
-//! Dense convolution (groups = 1): 1×1 as a matrix product through `matrixmultiply` (via
-//! ndarray's safe `general_mat_mul`), any other window (the stem) as direct loops.
+//! Dense convolution (groups = 1): forward, input gradient and weight gradient. 1×1 as matrix
+//! products through `matrixmultiply` (via ndarray's safe `general_mat_mul`), any other window
+//! (the stem) as direct loops.
 
 use std::borrow::Cow;
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use super::depthwise::accumulate_plane;
+use super::depthwise::{accumulate_plane, correlate_plane, scatter_plane};
 use super::Epilogue;
 use crate::graph::{Conv, Weights};
 use crate::tensor::Tensor;
@@ -63,6 +64,73 @@ pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
         });
     }
     out
+}
+
+/// Input gradient: `dy: [N, Cout, OH, OW]` → `dx: [N, Cin, ih, iw]`. 1×1 as `Wᵀ·dy` per image,
+/// other windows as the transposed direct convolution.
+pub fn backward_input(conv: &Conv, dy: &Tensor, (ih, iw): (usize, usize)) -> Tensor {
+    let [n, co, _, ow] = dy.shape;
+    let ci = conv.in_channels;
+    let w = conv.weights.to_f32();
+    let mut dx = Tensor::zeros([n, ci, ih, iw]);
+    let (hw, ohw) = (ih * iw, dy.plane());
+    if conv.window.is_pointwise() {
+        let wv = ArrayView2::from_shape((co, ci), &w[..]).expect("Cout × Cin");
+        let blk = rows_per_task(ci, n);
+        dx.data.par_chunks_mut(ci * hw).enumerate().for_each(|(img, o)| {
+            let gs = ArrayView2::from_shape((co, hw), dy.sample(img)).expect("sample is [Cout, HW]");
+            o.par_chunks_mut(blk * hw).enumerate().for_each(|(b, o)| {
+                let rows = o.len() / hw;
+                let wt =
+                    wv.reversed_axes().slice_axis_move(ndarray::Axis(0), ndarray::Slice::from(b * blk..b * blk + rows));
+                let mut ov = ArrayViewMut2::from_shape((rows, hw), o).expect("rows × HW");
+                ndarray::linalg::general_mat_mul(1.0, &wt, &gs, 0.0, &mut ov);
+            });
+        });
+    } else {
+        let kl = conv.window.kernel[0] * conv.window.kernel[1];
+        dx.data.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
+            let (img, c) = (p / ci, p % ci);
+            for o in 0..co {
+                let g = &dy.sample(img)[o * ohw..(o + 1) * ohw];
+                let k = &w[(o * ci + c) * kl..(o * ci + c + 1) * kl];
+                scatter_plane(g, ow, k, &conv.window, plane, (ih, iw));
+            }
+        });
+    }
+    dx
+}
+
+/// Weight gradient `[Cout, Cin·kh·kw]`, added into `dw`: `x` is the layer's input, `dy` the
+/// gradient of its output. 1×1 as `Σₙ dy[n]·x[n]ᵀ`.
+pub fn backward_weight(conv: &Conv, x: &Tensor, dy: &Tensor, dw: &mut [f32]) {
+    let [n, ci, ih, iw] = x.shape;
+    let co = conv.out_channels;
+    let (hw, ohw, ow) = (ih * iw, dy.plane(), dy.shape[3]);
+    if conv.window.is_pointwise() {
+        let blk = rows_per_task(co, 1);
+        dw.par_chunks_mut(blk * ci).enumerate().for_each(|(b, d)| {
+            let rows = d.len() / ci;
+            let mut dv = ArrayViewMut2::from_shape((rows, ci), d).expect("rows × Cin");
+            for img in 0..n {
+                let xs = ArrayView2::from_shape((ci, hw), x.sample(img)).expect("sample is [Cin, HW]");
+                let g = &dy.sample(img)[b * blk * hw..(b * blk + rows) * hw];
+                let gs = ArrayView2::from_shape((rows, hw), g).expect("rows × HW");
+                ndarray::linalg::general_mat_mul(1.0, &gs, &xs.t(), 1.0, &mut dv);
+            }
+        });
+    } else {
+        let kl = conv.window.kernel[0] * conv.window.kernel[1];
+        dw.par_chunks_mut(ci * kl).enumerate().for_each(|(o, d)| {
+            for img in 0..n {
+                let g = &dy.sample(img)[o * ohw..(o + 1) * ohw];
+                for (c, dk) in d.chunks_exact_mut(kl).enumerate() {
+                    let xp = &x.sample(img)[c * hw..(c + 1) * hw];
+                    correlate_plane(xp, (ih, iw), g, ow, &conv.window, dk);
+                }
+            }
+        });
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Depthwise convolution (one kernel per channel), direct loops.
+//! Depthwise convolution (one kernel per channel), direct loops: forward, input gradient and
+//! kernel gradient. The plane helpers also serve the dense stem convolution.
 
 use rayon::prelude::*;
 
@@ -28,8 +29,7 @@ pub(crate) fn accumulate_plane(
             let xrow = &x[(iy - pt) * iw..(iy - pt + 1) * iw];
             for kx in 0..kw {
                 let wv = k[ky * kw + kx];
-                let lo = if pl > kx { (pl - kx).div_ceil(sw) } else { 0 };
-                let hi = if iw + pl > kx { ((iw + pl - kx - 1) / sw + 1).min(ow) } else { 0 };
+                let (lo, hi) = column_range(iw, ow, kx, pl, sw);
                 if lo >= hi {
                     continue;
                 }
@@ -65,4 +65,103 @@ pub fn forward(layer: &Depthwise, x: &Tensor, epi: &Epilogue) -> Tensor {
         epi.finish(ch, q, plane);
     });
     out
+}
+
+/// The transpose of [`accumulate_plane`]: `dx[oy·sh + ky − pt, ox·sw + kx − pl] += k[ky, kx] ·
+/// dy[oy, ox]`, skipping positions in the padding. Shapes: `dy: [oh, ow]`, `dx: [ih, iw]`.
+pub(crate) fn scatter_plane(dy: &[f32], ow: usize, k: &[f32], win: &Window, dx: &mut [f32], (ih, iw): (usize, usize)) {
+    let [kh, kw] = win.kernel;
+    let [sh, sw] = win.stride;
+    let (pt, pl) = (win.pads[0], win.pads[1]);
+    for (oy, grow) in dy.chunks_exact(ow).enumerate() {
+        for ky in 0..kh {
+            let iy = oy * sh + ky;
+            if iy < pt || iy - pt >= ih {
+                continue;
+            }
+            let xrow = &mut dx[(iy - pt) * iw..(iy - pt + 1) * iw];
+            for kx in 0..kw {
+                let wv = k[ky * kw + kx];
+                let (lo, hi) = column_range(iw, ow, kx, pl, sw);
+                for (j, g) in grow.iter().enumerate().take(hi).skip(lo) {
+                    xrow[j * sw + kx - pl] += wv * g;
+                }
+            }
+        }
+    }
+}
+
+/// The kernel gradient of [`accumulate_plane`]: `dk[ky, kx] += Σ dy[oy, ox] · x[oy·sh + ky − pt,
+/// ox·sw + kx − pl]`. Shapes: `x: [ih, iw]`, `dy: [oh, ow]`, `dk: [kh, kw]`.
+pub(crate) fn correlate_plane(
+    x: &[f32],
+    (ih, iw): (usize, usize),
+    dy: &[f32],
+    ow: usize,
+    win: &Window,
+    dk: &mut [f32],
+) {
+    let [kh, kw] = win.kernel;
+    let [sh, sw] = win.stride;
+    let (pt, pl) = (win.pads[0], win.pads[1]);
+    for (oy, grow) in dy.chunks_exact(ow).enumerate() {
+        for ky in 0..kh {
+            let iy = oy * sh + ky;
+            if iy < pt || iy - pt >= ih {
+                continue;
+            }
+            let xrow = &x[(iy - pt) * iw..(iy - pt + 1) * iw];
+            for kx in 0..kw {
+                let (lo, hi) = column_range(iw, ow, kx, pl, sw);
+                let mut acc = 0f32;
+                for (j, g) in grow.iter().enumerate().take(hi).skip(lo) {
+                    acc += g * xrow[j * sw + kx - pl];
+                }
+                dk[ky * kw + kx] += acc;
+            }
+        }
+    }
+}
+
+/// Output columns `lo..hi` whose tap `kx` lands inside a row of width `iw`.
+fn column_range(iw: usize, ow: usize, kx: usize, pl: usize, sw: usize) -> (usize, usize) {
+    let lo = if pl > kx { (pl - kx).div_ceil(sw) } else { 0 };
+    let hi = if iw + pl > kx { ((iw + pl - kx - 1) / sw + 1).min(ow) } else { 0 };
+    (lo, hi.max(lo))
+}
+
+/// Input gradient: `dy: [N, C, OH, OW]` → `dx: [N, C, ih, iw]`.
+pub fn backward_input(layer: &Depthwise, dy: &Tensor, (ih, iw): (usize, usize)) -> Tensor {
+    let [n, c, _, ow] = dy.shape;
+    let kl = layer.window.kernel[0] * layer.window.kernel[1];
+    let w = layer.weights.to_f32();
+    let mut dx = Tensor::zeros([n, c, ih, iw]);
+    let plane = dy.plane();
+    dx.data.par_chunks_mut(ih * iw).enumerate().for_each(|(p, out)| {
+        let ch = p % c;
+        scatter_plane(
+            &dy.data[p * plane..(p + 1) * plane],
+            ow,
+            &w[ch * kl..(ch + 1) * kl],
+            &layer.window,
+            out,
+            (ih, iw),
+        );
+    });
+    dx
+}
+
+/// Kernel gradient `[C, kh·kw]`, added into `dw`: `x` is the layer's input, `dy` the gradient of
+/// its output.
+pub fn backward_weight(layer: &Depthwise, x: &Tensor, dy: &Tensor, dw: &mut [f32]) {
+    let [n, c, ih, iw] = x.shape;
+    let kl = layer.window.kernel[0] * layer.window.kernel[1];
+    let (ow, plane, xplane) = (dy.shape[3], dy.plane(), ih * iw);
+    dw.par_chunks_mut(kl).enumerate().for_each(|(ch, dk)| {
+        for img in 0..n {
+            let p = img * c + ch;
+            let (xs, gs) = (&x.data[p * xplane..(p + 1) * xplane], &dy.data[p * plane..(p + 1) * plane]);
+            correlate_plane(xs, (ih, iw), gs, ow, &layer.window, dk);
+        }
+    });
 }

@@ -39,3 +39,37 @@ pub fn forward(l: &Linear, x: &Tensor) -> Tensor {
     }
     out
 }
+
+/// Input gradient: `dy: [N, out, 1, 1]` → `[N, in, 1, 1]` (`dx = dy·W`).
+pub fn backward_input(l: &Linear, dy: &Tensor) -> Tensor {
+    let n = dy.shape[0];
+    let (fi, fo) = (l.in_features, l.out_features);
+    let w = l.weights.to_f32();
+    let mut dx = Tensor::zeros([n, fi, 1, 1]);
+    dx.data.par_chunks_mut(fi).enumerate().for_each(|(i, row)| {
+        for (o, &g) in dy.sample(i).iter().enumerate().take(fo) {
+            row.iter_mut().zip(&w[o * fi..(o + 1) * fi]).for_each(|(d, w)| *d += g * w);
+        }
+    });
+    dx
+}
+
+/// Parameter gradients added into `dw: [out, in]` (`Σₙ dyᵀ·x`) and `db: [out]` (`Σₙ dy`);
+/// `x` is the layer's input `[N, in, …]`.
+pub fn backward_params(x: &Tensor, dy: &Tensor, dw: Option<&mut [f32]>, db: Option<&mut [f32]>) {
+    let n = dy.shape[0];
+    let (fo, fi) = (dy.sample_len(), x.sample_len());
+    if let Some(dw) = dw {
+        dw.par_chunks_mut(fi).enumerate().for_each(|(o, row)| {
+            for i in 0..n {
+                let g = dy.data[i * fo + o];
+                row.iter_mut().zip(x.sample(i)).for_each(|(d, x)| *d += g * x);
+            }
+        });
+    }
+    if let Some(db) = db {
+        for i in 0..n {
+            db.iter_mut().zip(dy.sample(i)).for_each(|(d, g)| *d += g);
+        }
+    }
+}

@@ -9,3 +9,11 @@ pub fn forward(x: &Tensor) -> Tensor {
     let data = x.data.chunks_exact(plane).map(|p| p.iter().sum::<f32>() / plane as f32).collect();
     Tensor { shape: [n, c, 1, 1], data }
 }
+
+/// Input gradient: `dy: [N, C, 1, 1]` → `[N, C, h, w]`, each plane filled with `dy / (h·w)`.
+pub fn backward(dy: &Tensor, (h, w): (usize, usize)) -> Tensor {
+    let [n, c, ..] = dy.shape;
+    let plane = h * w;
+    let data = dy.data.iter().flat_map(|&g| std::iter::repeat_n(g / plane as f32, plane)).collect();
+    Tensor { shape: [n, c, h, w], data }
+}

@@ -1,0 +1,10 @@
+//! Learning a patch: the tape (forward keeping activations, reverse walk), the loss, the
+//! optimizers and the training loop.
+
+pub mod loss;
+pub mod optim;
+pub mod tape;
+mod trainer;
+
+pub use optim::{OptimizerKind, Schedule};
+pub use trainer::{evaluate, fit, Evaluation, FitReport, Progress, TrainConfig, Trainer};

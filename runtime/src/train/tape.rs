@@ -1,0 +1,284 @@
+//! The training forward pass, which keeps on a tape exactly what the backward pass needs, and
+//! the backward pass, which walks the nodes in reverse and computes gradients only for what
+//! trains (frozen layers pass input gradients through, and only where something upstream
+//! trains).
+//!
+//! Kept per node: a layer's input when its kernel trains (conv, depthwise, classifier); an
+//! affine's input when its scale trains; a 1-bit mask per element for ReLU/ReLU6. Nothing else:
+//! a `bias+logits` patch keeps only masks and the pooled features.
+
+use std::sync::Arc;
+
+use crate::graph::{Graph, Op, Shape};
+use crate::ops::{self, activation::Mask, Activation, Epilogue};
+use crate::patch::{Role, Slot};
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Which parameters of a node train (indices into the gradient list).
+#[derive(Debug, Clone, Copy, Default)]
+struct Trains {
+    scale: Option<usize>,
+    bias: Option<usize>,
+    weights: Option<usize>,
+}
+
+/// What trains in a graph, and which values need gradients; built once per trainer.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    trains: Vec<Trains>,
+    needs_grad: Vec<bool>,
+    last_use: Vec<usize>,
+}
+
+impl Plan {
+    /// Plans training of `slots` (gradient `i` belongs to `slots[i]`).
+    pub fn new(graph: &Graph, slots: &[Slot]) -> Self {
+        let mut trains = vec![Trains::default(); graph.nodes.len()];
+        for (i, s) in slots.iter().enumerate() {
+            let t = &mut trains[s.node];
+            match s.role {
+                Role::Scale => t.scale = Some(i),
+                Role::Bias => t.bias = Some(i),
+                Role::Weights => t.weights = Some(i),
+            }
+        }
+        let mut needs_grad = vec![false; graph.num_values];
+        for (n, t) in graph.nodes.iter().zip(&trains) {
+            let has = t.scale.is_some() || t.bias.is_some() || t.weights.is_some();
+            needs_grad[n.output] = has || n.inputs.iter().any(|&i| needs_grad[i]);
+        }
+        let mut last_use = vec![0; graph.num_values];
+        for (s, n) in graph.nodes.iter().enumerate() {
+            for &v in &n.inputs {
+                last_use[v] = s;
+            }
+        }
+        last_use[graph.output] = usize::MAX;
+        Plan { trains, needs_grad, last_use }
+    }
+}
+
+#[derive(Debug)]
+enum Saved {
+    Nothing,
+    Input(Arc<Tensor>),
+    Mask(Mask),
+}
+
+/// The activations kept by [`forward`] for [`backward`].
+#[derive(Debug)]
+pub struct Tape {
+    saved: Vec<Saved>,
+    shapes: Vec<Shape>,
+    batch: usize,
+}
+
+impl Tape {
+    /// Bytes of activations held.
+    pub fn bytes(&self) -> usize {
+        self.saved
+            .iter()
+            .map(|s| match s {
+                Saved::Nothing => 0,
+                Saved::Input(t) => 4 * t.data.len(),
+                Saved::Mask(m) => m.bytes(),
+            })
+            .sum()
+    }
+}
+
+fn owned(t: Arc<Tensor>) -> Tensor {
+    Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone())
+}
+
+/// Node `s`'s first input `x` as an owned tensor to overwrite: moved out of `values` when this is
+/// its last reader (no copy unless the tape also keeps it), cloned otherwise.
+fn take(
+    values: &mut [Option<Arc<Tensor>>],
+    plan: &Plan,
+    node: &crate::graph::Node,
+    s: usize,
+    x: Arc<Tensor>,
+) -> Tensor {
+    let v = node.inputs[0];
+    if plan.last_use[v] == s && node.inputs.iter().filter(|&&u| u == v).count() == 1 {
+        values[v] = None;
+        owned(x)
+    } else {
+        (*x).clone()
+    }
+}
+
+fn activation(op: &Op) -> Activation {
+    match op {
+        Op::Relu => Activation::Relu,
+        _ => Activation::Relu6,
+    }
+}
+
+/// Forward pass keeping the tape: `input: [N, C, H, W]` → (logits `[N, classes, 1, 1]`, tape).
+pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tape)> {
+    let [n, c, h, w] = input.shape;
+    if n == 0 || c != graph.input_channels {
+        return Err(Error::Input(format!("input of shape {:?} for a {c}-channel model", input.shape)));
+    }
+    let shapes = graph.infer_shapes(h, w)?;
+    let mut values: Vec<Option<Arc<Tensor>>> = vec![None; graph.num_values];
+    values[0] = Some(Arc::new(input));
+    let mut saved = Vec::with_capacity(graph.nodes.len());
+    for (s, node) in graph.nodes.iter().enumerate() {
+        let t = plan.trains[s];
+        let x = values[node.inputs[0]].clone().expect("computed before use");
+        let grad_out = plan.needs_grad[node.output];
+        let mut keep = Saved::Nothing;
+        let out = match &node.op {
+            Op::Conv(conv) => {
+                if t.weights.is_some() {
+                    keep = Saved::Input(x.clone());
+                }
+                ops::conv::forward(conv, &x, &Epilogue::NONE)
+            }
+            Op::Depthwise(dw) => {
+                if t.weights.is_some() {
+                    keep = Saved::Input(x.clone());
+                }
+                ops::depthwise::forward(dw, &x, &Epilogue::NONE)
+            }
+            Op::Linear(l) => {
+                if t.weights.is_some() {
+                    keep = Saved::Input(x.clone());
+                }
+                ops::linear::forward(l, &x)
+            }
+            Op::GlobalPool => ops::pool::forward(&x),
+            Op::Affine(a) => {
+                if t.scale.is_some() {
+                    keep = Saved::Input(x.clone());
+                }
+                let mut y = take(&mut values, plan, node, s, x);
+                ops::affine::forward(a, &mut y, Activation::Identity);
+                y
+            }
+            Op::Relu | Op::Relu6 => {
+                let act = activation(&node.op);
+                if grad_out {
+                    keep = Saved::Mask(ops::activation::mask(act, &x));
+                }
+                let mut y = take(&mut values, plan, node, s, x);
+                ops::activation::forward(act, &mut y);
+                y
+            }
+            Op::Add => {
+                let mut y = take(&mut values, plan, node, s, x);
+                ops::add::forward(&mut y, values[node.inputs[1]].as_ref().expect("computed before use"));
+                y
+            }
+        };
+        for &v in &node.inputs {
+            if plan.last_use[v] == s {
+                values[v] = None;
+            }
+        }
+        saved.push(keep);
+        values[node.output] = Some(Arc::new(out));
+    }
+    let out = values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
+    Ok((owned(out), Tape { saved, shapes, batch: n }))
+}
+
+/// Backward pass: `dlogits` (the loss gradient at the output, `[N, classes, 1, 1]`) → gradients
+/// added into `grads[i]` for each trained slot `i` of the plan.
+pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: &mut [Vec<f32>]) {
+    let mut g: Vec<Option<Tensor>> = vec![None; graph.num_values];
+    g[graph.output] = Some(dlogits);
+    let Tape { mut saved, shapes, batch } = tape;
+    for (s, node) in graph.nodes.iter().enumerate().rev() {
+        let Some(mut dy) = g[node.output].take() else { continue };
+        let t = plan.trains[s];
+        let input = node.inputs[0];
+        let need_dx = plan.needs_grad[input];
+        let ins = shapes[input];
+        let kept = std::mem::replace(&mut saved[s], Saved::Nothing);
+        let kept_input = match &kept {
+            Saved::Input(x) => Some(x.as_ref()),
+            _ => None,
+        };
+        let dx = match &node.op {
+            Op::Conv(conv) => {
+                if let (Some(i), Some(x)) = (t.weights, kept_input) {
+                    ops::conv::backward_weight(conv, x, &dy, &mut grads[i]);
+                }
+                need_dx.then(|| ops::conv::backward_input(conv, &dy, (ins.h, ins.w)))
+            }
+            Op::Depthwise(dw) => {
+                if let (Some(i), Some(x)) = (t.weights, kept_input) {
+                    ops::depthwise::backward_weight(dw, x, &dy, &mut grads[i]);
+                }
+                need_dx.then(|| ops::depthwise::backward_input(dw, &dy, (ins.h, ins.w)))
+            }
+            Op::Linear(l) => {
+                if let Some(x) = kept_input {
+                    let (dw, db) = two_mut(grads, t.weights, t.bias);
+                    ops::linear::backward_params(x, &dy, dw, db);
+                } else if let Some(i) = t.bias {
+                    ops::linear::backward_params(&Tensor::zeros([batch, 0, 1, 1]), &dy, None, Some(&mut grads[i]));
+                }
+                need_dx.then(|| ops::linear::backward_input(l, &dy))
+            }
+            Op::GlobalPool => need_dx.then(|| ops::pool::backward(&dy, (ins.h, ins.w))),
+            Op::Affine(a) => {
+                let (ds, db) = two_mut(grads, t.scale, t.bias);
+                if ds.is_some() || db.is_some() {
+                    ops::affine::backward_params(&dy, kept_input, ds, db);
+                }
+                need_dx.then(|| {
+                    ops::affine::backward_input(a, &mut dy);
+                    dy
+                })
+            }
+            Op::Relu | Op::Relu6 => match &kept {
+                Saved::Mask(m) => {
+                    ops::activation::backward(m, &mut dy);
+                    Some(dy)
+                }
+                _ => None,
+            },
+            Op::Add => {
+                if plan.needs_grad[node.inputs[1]] {
+                    accumulate(&mut g, node.inputs[1], dy.clone());
+                }
+                need_dx.then_some(dy)
+            }
+        };
+        if let Some(dx) = dx {
+            accumulate(&mut g, input, dx);
+        }
+    }
+}
+
+fn accumulate(g: &mut [Option<Tensor>], v: usize, dx: Tensor) {
+    match &mut g[v] {
+        Some(acc) => acc.add_assign(&dx),
+        slot => *slot = Some(dx),
+    }
+}
+
+/// Two distinct gradient buffers by optional index.
+fn two_mut(grads: &mut [Vec<f32>], a: Option<usize>, b: Option<usize>) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            debug_assert_ne!(a, b);
+            if a < b {
+                let (lo, hi) = grads.split_at_mut(b);
+                (Some(&mut lo[a]), Some(&mut hi[0]))
+            } else {
+                let (lo, hi) = grads.split_at_mut(a);
+                (Some(&mut hi[0]), Some(&mut lo[b]))
+            }
+        }
+        (Some(a), None) => (Some(&mut grads[a]), None),
+        (None, Some(b)) => (None, Some(&mut grads[b])),
+        (None, None) => (None, None),
+    }
+}

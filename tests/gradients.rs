@@ -1,0 +1,260 @@
+//! Every backward pass against central finite differences of the plain f64 definitions: each
+//! op's input and parameter gradients, the loss, and whole networks for every patch kind.
+
+use edgepatch::graph::{Affine, Conv, Depthwise, Linear, Weights, Window};
+use edgepatch::ops::{self, Activation};
+use edgepatch::patch::{self, PatchKinds, Role};
+use edgepatch::train::{loss, tape};
+use edgepatch::{Backbone, Tensor};
+use edgepatch_tests::naive::{self, central_difference, sample_indices, Net64, T64};
+use edgepatch_tests::onnx_builder::{tiny_net, TinyNet};
+use edgepatch_tests::random_values;
+
+/// `|analytic − numeric| ≤ rel·max(|a|, |n|) + abs` (analytic in f32, numeric in f64).
+const GRAD_REL: f64 = 2e-3;
+const GRAD_ABS: f64 = 2e-5;
+const H: f64 = 1e-6;
+
+fn check(what: &str, analytic: &[f32], x: &[f64], f: &mut dyn FnMut(&[f64]) -> f64, samples: usize) {
+    assert_eq!(analytic.len(), x.len(), "{what}: gradient length");
+    for i in sample_indices(x.len(), samples, x.len() as u64) {
+        let num = central_difference(f, x, i, H);
+        let a = analytic[i] as f64;
+        let bound = GRAD_REL * a.abs().max(num.abs()) + GRAD_ABS;
+        assert!((a - num).abs() <= bound, "{what}[{i}]: analytic {a:e}, numeric {num:e}");
+    }
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn dot(a: &[f64], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * *y as f64).sum()
+}
+
+fn windows() -> Vec<Window> {
+    vec![
+        Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] },
+        Window { kernel: [3, 3], stride: [1, 1], pads: [1; 4] },
+        Window { kernel: [3, 3], stride: [2, 2], pads: [1; 4] },
+        Window { kernel: [3, 3], stride: [2, 2], pads: [0, 0, 1, 1] },
+        Window { kernel: [3, 2], stride: [1, 2], pads: [2, 1, 0, 0] },
+    ]
+}
+
+fn quantize(w: &[f32], rows: usize) -> Weights {
+    let per = w.len() / rows;
+    let scales: Vec<f32> = w.chunks(per).map(|r| r.iter().fold(1e-6f32, |m, x| m.max(x.abs())) / 127.0).collect();
+    let values = w.iter().enumerate().map(|(i, x)| (x / scales[i / per]).round() as i8).collect();
+    Weights::Int8 { values, scales }
+}
+
+#[test]
+fn conv_gradients() {
+    for (k, win) in windows().into_iter().enumerate() {
+        for int8 in [false, true] {
+            let (n, ci, co, ih, iw) = (2, 3, 5, 7, 6);
+            let shape = [n, ci, ih, iw];
+            let x = random_values(n * ci * ih * iw, 10 + k as u64, 1.0);
+            let w = random_values(co * ci * win.kernel[0] * win.kernel[1], 20 + k as u64, 0.5);
+            let weights = if int8 { quantize(&w, co) } else { Weights::F32(w) };
+            let wf = f64s(&weights.to_f32());
+            let conv = Conv { in_channels: ci, out_channels: co, window: win, weights };
+            let y = ops::conv::forward(&conv, &Tensor::from_vec(shape, x.clone()).unwrap(), &ops::Epilogue::NONE);
+            let r = random_values(y.data.len(), 30 + k as u64, 1.0);
+            let dy = Tensor::from_vec(y.shape, r.clone()).unwrap();
+            let r64 = f64s(&r);
+            let dx = ops::conv::backward_input(&conv, &dy, (ih, iw));
+            let what = format!("conv {win:?} int8 {int8} dx");
+            check(
+                &what,
+                &dx.data,
+                &f64s(&x),
+                &mut |xs| dot(&naive::conv(&T64::new(shape, xs.to_vec()), &wf, co, false, &win).data, &r),
+                40,
+            );
+            let mut dw = vec![0f32; wf.len()];
+            ops::conv::backward_weight(&conv, &Tensor::from_vec(shape, x.clone()).unwrap(), &dy, &mut dw);
+            let x64 = T64::from_f32(shape, &x);
+            check(
+                &format!("conv {win:?} dw"),
+                &dw,
+                &wf,
+                &mut |ws| dot(&naive::conv(&x64, ws, co, false, &win).data, &r),
+                40,
+            );
+            let _ = r64;
+        }
+    }
+}
+
+#[test]
+fn depthwise_gradients() {
+    for (k, win) in windows().into_iter().enumerate() {
+        for int8 in [false, true] {
+            let (n, c, ih, iw) = (2, 5, 9, 8);
+            let shape = [n, c, ih, iw];
+            let x = random_values(n * c * ih * iw, 40 + k as u64, 1.0);
+            let w = random_values(c * win.kernel[0] * win.kernel[1], 50 + k as u64, 0.7);
+            let weights = if int8 { quantize(&w, c) } else { Weights::F32(w) };
+            let wf = f64s(&weights.to_f32());
+            let layer = Depthwise { channels: c, window: win, weights };
+            let y = ops::depthwise::forward(&layer, &Tensor::from_vec(shape, x.clone()).unwrap(), &ops::Epilogue::NONE);
+            let r = random_values(y.data.len(), 60 + k as u64, 1.0);
+            let dy = Tensor::from_vec(y.shape, r.clone()).unwrap();
+            let dx = ops::depthwise::backward_input(&layer, &dy, (ih, iw));
+            let what = format!("depthwise {win:?} int8 {int8} dx");
+            check(
+                &what,
+                &dx.data,
+                &f64s(&x),
+                &mut |xs| dot(&naive::conv(&T64::new(shape, xs.to_vec()), &wf, c, true, &win).data, &r),
+                40,
+            );
+            let mut dw = vec![0f32; wf.len()];
+            ops::depthwise::backward_weight(&layer, &Tensor::from_vec(shape, x.clone()).unwrap(), &dy, &mut dw);
+            let x64 = T64::from_f32(shape, &x);
+            check(
+                &format!("depthwise {win:?} dw"),
+                &dw,
+                &wf,
+                &mut |ws| dot(&naive::conv(&x64, ws, c, true, &win).data, &r),
+                60,
+            );
+        }
+    }
+}
+
+#[test]
+fn affine_activation_pool_linear_gradients() {
+    let shape = [3, 4, 5, 3];
+    let len: usize = shape.iter().product();
+    let x = random_values(len, 70, 4.0).iter().map(|v| v + 2.5).collect::<Vec<f32>>();
+    let a = Affine { scale: random_values(4, 71, 1.5), bias: random_values(4, 72, 0.5) };
+    let r = random_values(len, 73, 1.0);
+    let (s64, b64, x64) = (f64s(&a.scale), f64s(&a.bias), T64::from_f32(shape, &x));
+
+    let mut dx = Tensor::from_vec(shape, r.clone()).unwrap();
+    let (mut ds, mut db) = (vec![0f32; 4], vec![0f32; 4]);
+    ops::affine::backward_params(&dx, Some(&Tensor::from_vec(shape, x.clone()).unwrap()), Some(&mut ds), Some(&mut db));
+    ops::affine::backward_input(&a, &mut dx);
+    check(
+        "affine dx",
+        &dx.data,
+        &x64.data,
+        &mut |xs| dot(&naive::affine(&T64::new(shape, xs.to_vec()), &s64, &b64).data, &r),
+        60,
+    );
+    check("affine ds", &ds, &s64, &mut |s| dot(&naive::affine(&x64, s, &b64).data, &r), 4);
+    check("affine db", &db, &b64, &mut |b| dot(&naive::affine(&x64, &s64, b).data, &r), 4);
+
+    for (act, six) in [(Activation::Relu, false), (Activation::Relu6, true)] {
+        let mask = ops::activation::mask(act, &Tensor::from_vec(shape, x.clone()).unwrap());
+        let mut g = Tensor::from_vec(shape, r.clone()).unwrap();
+        ops::activation::backward(&mask, &mut g);
+        check(
+            &format!("{act:?} dx"),
+            &g.data,
+            &x64.data,
+            &mut |xs| dot(&naive::relu(&T64::new(shape, xs.to_vec()), six).data, &r),
+            200,
+        );
+    }
+
+    let rp = random_values(12, 74, 1.0);
+    let dp = ops::pool::backward(&Tensor::from_vec([3, 4, 1, 1], rp.clone()).unwrap(), (5, 3));
+    check("pool dx", &dp.data, &x64.data, &mut |xs| dot(&naive::pool(&T64::new(shape, xs.to_vec())).data, &rp), 60);
+
+    let (fi, fo, n) = (7, 3, 4);
+    let l = Linear {
+        in_features: fi,
+        out_features: fo,
+        weights: Weights::F32(random_values(fi * fo, 75, 1.0)),
+        bias: random_values(fo, 76, 1.0),
+    };
+    let lx = random_values(n * fi, 77, 1.0);
+    let rl = random_values(n * fo, 78, 1.0);
+    let dy = Tensor::from_vec([n, fo, 1, 1], rl.clone()).unwrap();
+    let (w64, lb64, lx64) = (f64s(&l.weights.to_f32()), f64s(&l.bias), T64::from_f32([n, fi, 1, 1], &lx));
+    let dlx = ops::linear::backward_input(&l, &dy);
+    check(
+        "linear dx",
+        &dlx.data,
+        &lx64.data,
+        &mut |xs| dot(&naive::linear(&T64::new([n, fi, 1, 1], xs.to_vec()), &w64, &lb64).data, &rl),
+        28,
+    );
+    let (mut dw, mut dbl) = (vec![0f32; fi * fo], vec![0f32; fo]);
+    ops::linear::backward_params(
+        &Tensor::from_vec([n, fi, 1, 1], lx.clone()).unwrap(),
+        &dy,
+        Some(&mut dw),
+        Some(&mut dbl),
+    );
+    check("linear dw", &dw, &w64, &mut |w| dot(&naive::linear(&lx64, w, &lb64).data, &rl), 21);
+    check("linear db", &dbl, &lb64, &mut |b| dot(&naive::linear(&lx64, &w64, b).data, &rl), 3);
+}
+
+#[test]
+fn loss_gradient() {
+    for eps in [0.0, 0.1] {
+        let z = random_values(4 * 6, 80, 3.0);
+        let labels = [0, 5, 2, 2];
+        let l = loss::softmax_cross_entropy(&Tensor::from_vec([4, 6, 1, 1], z.clone()).unwrap(), &labels, eps as f32);
+        let want = naive::cross_entropy(&T64::from_f32([4, 6, 1, 1], &z), &labels, eps);
+        assert!((l.value as f64 - want).abs() < 1e-5, "loss {} vs {want}", l.value);
+        check(
+            "loss dz",
+            &l.grad.data,
+            &f64s(&z),
+            &mut |zs| naive::cross_entropy(&T64::new([4, 6, 1, 1], zs.to_vec()), &labels, eps),
+            24,
+        );
+    }
+}
+
+/// Whole networks: the tape's gradients for every trained tensor against finite differences of
+/// the f64 network's loss, for every patch kind, on float and int8 backbones.
+#[test]
+fn whole_network_gradients_for_every_patch_kind() {
+    let kinds = ["logits", "sb", "bias", "dw", "full", "sb+logits", "bias+logits", "dw+logits", "sb+dw+logits"];
+    for quantized in [false, true] {
+        let model = tiny_net(TinyNet { quantized, ..TinyNet::default() }, 900);
+        let backbone = Backbone::from_onnx_bytes(&model).unwrap();
+        for (k, spec) in kinds.iter().enumerate() {
+            let kinds: PatchKinds = spec.parse().unwrap();
+            let mut graph = backbone.graph().clone();
+            let classes = if kinds.new_head() { 3 } else { 5 };
+            if kinds.new_head() {
+                patch::new_head(&mut graph, classes, 7).unwrap();
+            }
+            let slots = patch::slots(&graph, kinds).unwrap();
+            patch::make_trainable(&mut graph, &slots);
+            let plan = tape::Plan::new(&graph, &slots);
+            let shape = [3, 3, 32, 32];
+            let x = random_values(shape.iter().product(), 100 + k as u64, 2.0);
+            let labels = [0, 2, 1];
+            let (logits, t) = tape::forward(&graph, &plan, Tensor::from_vec(shape, x.clone()).unwrap()).unwrap();
+            let l = loss::softmax_cross_entropy(&logits, &labels, 0.0);
+            let mut grads: Vec<Vec<f32>> = slots.iter().map(|&s| vec![0.0; patch::param(&graph, s).len()]).collect();
+            tape::backward(&graph, &plan, t, l.grad, &mut grads);
+            let net = Net64::new(&graph);
+            let x64 = T64::from_f32(shape, &x);
+            let base = naive::cross_entropy(&net.forward(&x64), &labels, 0.0);
+            assert!((base - l.value as f64).abs() < 1e-4, "{spec}: loss {} vs f64 {base}", l.value);
+            for (i, s) in slots.iter().enumerate() {
+                let p0 = net.clone().param(s.node, s.role).clone();
+                let mut f = |p: &[f64]| {
+                    let mut n2 = net.clone();
+                    *n2.param(s.node, s.role) = p.to_vec();
+                    naive::cross_entropy(&n2.forward(&x64), &labels, 0.0)
+                };
+                let what = format!("{spec} (int8 {quantized}) node {} {:?}", s.node, s.role);
+                check(&what, &grads[i], &p0, &mut f, 6);
+            }
+            let roles: Vec<Role> = slots.iter().map(|s| s.role).collect();
+            assert!(!roles.is_empty(), "{spec}: nothing trains");
+        }
+    }
+}

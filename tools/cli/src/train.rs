@@ -1,0 +1,264 @@
+//! `edgepatch train`, `eval` and `patch inspect`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use edgepatch::data::{self, Dataset, Rng};
+use edgepatch::patch::file as patch_file;
+use edgepatch::train::{self, Evaluation, OptimizerKind, TrainConfig};
+use edgepatch::{Backbone, Error, Patch, PatchKinds};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::load;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training data: idx:DIR/PREFIX or folder:DIR.
+    #[arg(long)]
+    pub train: String,
+    /// Test data, scored after training.
+    #[arg(long)]
+    pub test: Option<String>,
+    /// Patch kinds joined by '+': logits, sb, bias, dw, full (e.g. sb+logits).
+    #[arg(long)]
+    pub patch: PatchKinds,
+    /// Where to write the patch file (written atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Train on this many images, taken after a seeded shuffle.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Test on this many images, taken after a seeded shuffle.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Peak learning rate (default depends on the patch kinds and optimizer).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: OptimizerKind,
+    /// L2 weight decay on kernels and classifier weights.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// Fraction of the steps spent warming up the learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub warmup: f32,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 5.0)]
+    pub clip_norm: f32,
+    /// Input height and width: a multiple of 32, at least 32.
+    #[arg(long, default_value_t = 224)]
+    pub resolution: u32,
+    /// Random crops and flips while training.
+    #[arg(long)]
+    pub augment: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// End with one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `n` indices of `ds` after a shuffle seeded by `seed` (all, in order, without a limit).
+pub fn select(ds: &dyn Dataset, limit: Option<usize>, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..ds.len()).collect();
+    if let Some(n) = limit {
+        Rng::new(seed ^ 0x5eed).shuffle(&mut idx);
+        idx.truncate(n);
+    }
+    idx
+}
+
+/// Peak resident memory of this process (VmHWM), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+fn progress_bar(quiet: bool) -> ProgressBar {
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}").expect("valid template"));
+    bar
+}
+
+/// Everything a finished training run reports.
+pub struct Trained {
+    pub patch: Patch,
+    pub summary: Value,
+    pub test: Option<Evaluation>,
+}
+
+/// Trains on `train_ds`, saves to `a.out` and scores on `test_ds`; used by `train` and `demo`
+/// (the dataset specs in `a` are not read).
+pub fn run_training(
+    backbone: &Backbone,
+    train_ds: Arc<dyn Dataset>,
+    test_ds: Option<Arc<dyn Dataset>>,
+    a: &TrainArgs,
+    quiet: bool,
+) -> edgepatch::Result<Trained> {
+    if let Some(t) = &test_ds {
+        if t.classes() != train_ds.classes() {
+            return Err(Error::dataset(t.spec(), "its classes differ from the training set's"));
+        }
+    }
+    let indices = select(train_ds.as_ref(), a.limit, a.seed);
+    let mut config = TrainConfig::new(a.patch);
+    config.epochs = a.epochs;
+    config.batch = a.batch;
+    config.lr = a.lr;
+    config.optimizer = a.optimizer;
+    config.weight_decay = a.weight_decay;
+    config.label_smoothing = a.label_smoothing;
+    config.warmup = a.warmup;
+    config.clip_norm = (a.clip_norm > 0.0).then_some(a.clip_norm);
+    config.resolution = a.resolution;
+    config.augment = a.augment;
+    config.seed = a.seed;
+    let bar = progress_bar(quiet);
+    let (patch, report) = train::fit(backbone, train_ds.clone(), &indices, config.clone(), &mut |p| {
+        bar.set_length(p.total_steps as u64);
+        bar.set_position(p.step as u64);
+        bar.set_message(format!("loss {:.4} · {:.1} img/s", p.loss, p.images_per_second));
+    })?;
+    bar.finish_and_clear();
+    patch_file::save(&patch, &a.out)?;
+    let bytes = std::fs::metadata(&a.out).map_err(|e| Error::Io { path: a.out.clone(), source: e })?.len();
+    let test = match &test_ds {
+        Some(t) => {
+            let idx = select(t.as_ref(), a.test_limit, a.seed);
+            let graph = patch.apply(backbone.graph())?;
+            Some(train::evaluate(&graph, t.clone(), &idx, patch.resolution)?)
+        }
+        None => None,
+    };
+    let summary = json!({
+        "patch": patch.kinds.to_string(),
+        "out": a.out.display().to_string(),
+        "train_images": report.train_images,
+        "test_images": test.as_ref().map_or(0, |e| e.images),
+        "test_accuracy": test.as_ref().map(|e| e.accuracy),
+        "train_accuracy": report.train_accuracy,
+        "final_loss": report.final_loss,
+        "patch_params": patch.params(),
+        "patch_bytes": bytes,
+        "epochs": config.epochs,
+        "batch": config.batch,
+        "lr": config.lr(),
+        "optimizer": config.optimizer.to_string(),
+        "resolution": config.resolution,
+        "augment": config.augment,
+        "seed": config.seed,
+        "steps": report.steps,
+        "seconds": report.seconds,
+        "images_per_second": report.images_per_second,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    Ok(Trained { patch, summary, test })
+}
+
+pub fn train(a: &TrainArgs) -> edgepatch::Result<String> {
+    let backbone = load(a.model.as_deref())?;
+    let train_ds = data::open(&a.train)?;
+    let test_ds = a.test.as_deref().map(data::open).transpose()?;
+    let t = run_training(&backbone, train_ds, test_ds, a, a.json)?;
+    if a.json {
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&t.summary).expect("json")));
+    }
+    let s = &t.summary;
+    let mut o = format!(
+        "trained {} on {} images in {:.1} s ({:.1} img/s): {} values, {} bytes → {}\n",
+        s["patch"].as_str().unwrap_or_default(),
+        s["train_images"],
+        s["seconds"].as_f64().unwrap_or_default(),
+        s["images_per_second"].as_f64().unwrap_or_default(),
+        s["patch_params"],
+        s["patch_bytes"],
+        a.out.display()
+    );
+    if let Some(e) = &t.test {
+        o += &format!("test accuracy {:.4} on {} images\n", e.accuracy, e.images);
+    }
+    Ok(o)
+}
+
+pub fn eval(
+    test: &str,
+    patch_path: &Path,
+    test_limit: Option<usize>,
+    seed: u64,
+    model: Option<&Path>,
+    as_json: bool,
+) -> edgepatch::Result<String> {
+    let backbone = load(model)?;
+    let patch = patch_file::load(patch_path)?;
+    let ds: Arc<dyn Dataset> = data::open(test)?;
+    if ds.classes() != patch.labels.as_slice() {
+        return Err(Error::dataset(
+            test,
+            format!("its classes {:?} are not the patch's {:?}", ds.classes(), patch.labels),
+        ));
+    }
+    let graph = patch.apply(backbone.graph())?;
+    let idx = select(ds.as_ref(), test_limit, seed);
+    let e = train::evaluate(&graph, ds, &idx, patch.resolution)?;
+    if as_json {
+        let per_class: serde_json::Map<String, Value> =
+            patch.labels.iter().zip(&e.per_class).map(|(l, &a)| (l.clone(), json!(a))).collect();
+        let v = json!({"accuracy": e.accuracy, "images": e.images, "per_class": per_class, "confusion": e.confusion});
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&v).expect("json")));
+    }
+    let mut o = format!("accuracy {:.4} on {} images\n", e.accuracy, e.images);
+    for (l, a) in patch.labels.iter().zip(&e.per_class) {
+        o += &format!("  {a:>7.4}  {l}\n");
+    }
+    Ok(o)
+}
+
+pub fn inspect(path: &Path, as_json: bool) -> edgepatch::Result<String> {
+    let patch = patch_file::load(path)?;
+    let bytes = std::fs::metadata(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?.len();
+    let embedded = Backbone::embedded()?;
+    let matches = embedded.fingerprint() == patch.fingerprint;
+    if as_json {
+        let tensors: Vec<Value> = patch
+            .tensors
+            .iter()
+            .map(|t| json!({"node": t.node, "role": format!("{:?}", t.role), "shape": t.shape}))
+            .collect();
+        let v = json!({
+            "kinds": patch.kinds.to_string(),
+            "params": patch.params(),
+            "bytes": bytes,
+            "fingerprint": patch.fingerprint,
+            "embedded_backbone": matches,
+            "resolution": patch.resolution,
+            "labels": patch.labels,
+            "tensors": tensors,
+        });
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&v).expect("json")));
+    }
+    Ok(format!(
+        "kinds        {}\nparams       {}\nbytes        {}\nfingerprint  {}{}\nresolution   {}\nclasses      {}: {}\ntensors      {}\n",
+        patch.kinds,
+        patch.params(),
+        bytes,
+        patch.fingerprint,
+        if matches { " (the embedded MobileNetV2)" } else { "" },
+        patch.resolution,
+        patch.labels.len(),
+        patch.labels.join(", "),
+        patch.tensors.len()
+    ))
+}
