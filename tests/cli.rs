@@ -133,3 +133,140 @@ fn unsupported_op_model() -> Vec<u8> {
     b.node("Softmax", &["conv"], "probs", vec![]);
     b.build("input", "probs")
 }
+
+fn mini(split: &str) -> String {
+    format!("idx:{}/models/datasets/fashion-mnist-mini/{split}", repo_root().display())
+}
+
+/// A training failure: non-zero exit, no panic, the last stderr line is the error naming `needle`.
+fn assert_failed_run(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status 0; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("edgepatch: error:") && last.contains(needle), "last line {last:?}, wanted {needle:?}");
+}
+
+#[test]
+fn train_eval_inspect_and_predict_with_a_patch() {
+    let out = tmp("cli-sb.patch", b"");
+    std::fs::remove_file(&out).unwrap();
+    let o = out.to_str().unwrap();
+    let (train, test) = (mini("train"), mini("t10k"));
+    let args = [
+        "train",
+        "--train",
+        &train,
+        "--test",
+        &test,
+        "--patch",
+        "sb+logits",
+        "--out",
+        o,
+        "--limit",
+        "96",
+        "--test-limit",
+        "64",
+        "--resolution",
+        "32",
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+        "--json",
+    ];
+    let r = json(&run(&args));
+    assert_eq!(r["patch"], "sb+logits");
+    assert_eq!(r["train_images"], 96);
+    assert_eq!(r["test_images"], 64);
+    assert_eq!(r["patch_params"], 34_112 + 1280 * 10 + 10);
+    assert_eq!(r["patch_bytes"].as_u64().unwrap(), std::fs::metadata(&out).unwrap().len());
+    let acc = r["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    for key in ["seconds", "images_per_second", "peak_rss_bytes"] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+
+    let e = json(&run(&["eval", "--test", &test, "--patch", o, "--test-limit", "64", "--json"]));
+    assert_eq!(e["images"], 64);
+    assert!((e["accuracy"].as_f64().unwrap() - acc).abs() < 1e-6, "eval and train disagree");
+    assert_eq!(e["confusion"].as_array().unwrap().len(), 10);
+    assert_eq!(e["per_class"].as_object().unwrap().len(), 10);
+
+    let i = json(&run(&["patch", "inspect", o, "--json"]));
+    assert_eq!(i["kinds"], "sb+logits");
+    assert_eq!(i["resolution"], 32);
+    assert_eq!(i["embedded_backbone"], true);
+    assert_eq!(i["labels"][9], "Ankle boot");
+
+    let cat = reference_dir().join("chelsea.png");
+    let p = json(&run(&["predict", cat.to_str().unwrap(), "--patch", o, "--top", "3", "--json"]));
+    let top = p[0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    let labels: Vec<&str> = i["labels"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(labels.contains(&top[0]["label"].as_str().unwrap()), "a Fashion-MNIST label: {top:?}");
+
+    let mut bytes = std::fs::read(&out).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    let cut = tmp("cli-cut.patch", &bytes);
+    assert_clean_error(&run(&["eval", "--test", &test, "--patch", cut.to_str().unwrap()]), "truncated");
+    assert_clean_error(&run(&["patch", "inspect", cut.to_str().unwrap()]), "truncated");
+    let model = tmp("cli-tiny.onnx", &tiny_net(TinyNet::default(), 3));
+    let other = run(&["predict", cat.to_str().unwrap(), "--patch", o, "--model", model.to_str().unwrap()]);
+    assert_clean_error(&other, "made for backbone");
+}
+
+#[test]
+fn a_failed_training_leaves_the_old_patch_in_place() {
+    let dir = std::env::temp_dir().join(format!("edgepatch-cli-fail-{}", std::process::id()));
+    for c in ["a", "b"] {
+        std::fs::create_dir_all(dir.join(c)).unwrap();
+        for i in 0..3 {
+            let px = random_values(36 * 36 * 3, i + 1, 1.0).iter().map(|v| ((v + 1.0) * 120.0) as u8).collect();
+            image::RgbImage::from_raw(36, 36, px).unwrap().save(dir.join(c).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    std::fs::write(dir.join("b/zz-broken.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
+    let out = dir.join("task.patch");
+    std::fs::write(&out, b"the old patch").unwrap();
+    let folder = format!("folder:{}", dir.display());
+    let args =
+        ["train", "--train", &folder, "--patch", "bias+logits", "--out", out.to_str().unwrap(), "--resolution", "32"];
+    assert_failed_run(&run(&args), "zz-broken.jpg");
+    assert_eq!(std::fs::read(&out).unwrap(), b"the old patch");
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.len(), 3, "left behind: {names:?}");
+
+    std::fs::remove_file(dir.join("b/zz-broken.jpg")).unwrap();
+    std::fs::create_dir_all(dir.join("c")).unwrap();
+    assert_failed_run(&run(&args), "'c' has no JPEG or PNG");
+    std::fs::remove_dir_all(dir.join("c")).unwrap();
+    let bad_res = ["train", "--train", &folder, "--patch", "sb+logits", "--out", "x.patch", "--resolution", "50"];
+    assert_failed_run(&run(&bad_res), "multiple of 32");
+    let kinds = run(&["train", "--train", &folder, "--patch", "sb+wings", "--out", "x.patch"]);
+    let err = String::from_utf8_lossy(&kinds.stderr);
+    assert!(!kinds.status.success() && err.contains("unknown patch kind 'wings'"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn demo_runs_from_the_binary_alone() {
+    let dir = std::env::temp_dir().join(format!("edgepatch-cli-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(binary())
+        .args(["demo", "--epochs", "1", "--resolution", "32", "--json"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let d = json(&out);
+    let runs = d["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["patch"], "logits");
+    assert_eq!(runs[1]["patch"], "sb+logits");
+    assert_eq!(runs[1]["train_images"], 2000);
+    assert_eq!(runs[1]["test_images"], 1000);
+    assert_eq!(d["predictions"].as_array().unwrap().len(), 8);
+    assert!(dir.join("edgepatch-demo.patch").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

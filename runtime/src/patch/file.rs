@@ -12,7 +12,7 @@
 //!     20    4 resolution (u32 LE)
 //!     24    4 header length H (u32 LE)
 //!     28    8 body length B (u64 LE)
-//!     36    4 CRC-32 (IEEE) of the header and body bytes (u32 LE)
+//!     36    4 CRC-32 (IEEE) of bytes 0..36, the header and the body (u32 LE)
 //!     40    H postcard Header { labels: Vec<String>, tensors: Vec<{ node: u32, role: u8, shape: Vec<u32> }> }
 //!   40+H    B postcard Body { values: Vec<Vec<f32>> }, one vector per tensor, in header order
 //! ```
@@ -92,9 +92,6 @@ pub fn write<W: Write>(patch: &Patch, w: &mut W) -> Result<()> {
     if h.len() as u64 > MAX_HEADER_LEN as u64 || b.len() as u64 > MAX_BODY_LEN {
         return Err(Error::Patch("patch too large for the format".into()));
     }
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&h);
-    crc.update(&b);
     let mut prefix = [0u8; PREFIX_LEN];
     prefix[..8].copy_from_slice(&MAGIC);
     prefix[8..10].copy_from_slice(&VERSION.to_le_bytes());
@@ -103,6 +100,10 @@ pub fn write<W: Write>(patch: &Patch, w: &mut W) -> Result<()> {
     prefix[20..24].copy_from_slice(&patch.resolution.to_le_bytes());
     prefix[24..28].copy_from_slice(&(h.len() as u32).to_le_bytes());
     prefix[28..36].copy_from_slice(&(b.len() as u64).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&prefix[..36]);
+    crc.update(&h);
+    crc.update(&b);
     prefix[36..40].copy_from_slice(&crc.finalize().to_le_bytes());
     let io = |_| Error::Patch("write failed".into());
     w.write_all(&prefix).map_err(io)?;
@@ -166,6 +167,7 @@ pub fn read<R: Read>(r: &mut R) -> Result<Patch> {
     let mut b = vec![0u8; body_len as usize];
     read_exact(r, &mut b, "body")?;
     let mut crc = crc32fast::Hasher::new();
+    crc.update(&prefix[..36]);
     crc.update(&h);
     crc.update(&b);
     if crc.finalize() != crc_want {

@@ -76,7 +76,13 @@ pub fn demo(out: &Path, epochs: usize, resolution: u32, as_json: bool) -> edgepa
     );
     let logits_out = PathBuf::from(format!("{}.logits", out.display()));
     for (kinds, path) in [("logits", logits_out.as_path()), ("sb+logits", out)] {
-        let t = run_training(&backbone, train.clone(), Some(test.clone()), &args(kinds, path, epochs, resolution), as_json)?;
+        let t = run_training(
+            &backbone,
+            train.clone(),
+            Some(test.clone()),
+            &args(kinds, path, epochs, resolution),
+            as_json,
+        )?;
         let s = &t.summary;
         let acc = t.test.as_ref().map_or(0.0, |e| e.accuracy);
         o += &format!(
