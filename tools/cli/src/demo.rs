@@ -39,6 +39,7 @@ fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
         epochs,
         limit: None,
         test_limit: None,
+        validate: 0,
         batch: 32,
         lr: None,
         optimizer: edgepatch::train::OptimizerKind::Sgd,

@@ -35,6 +35,10 @@ pub struct TrainArgs {
     /// Test on this many images, taken after a seeded shuffle.
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// Hold out this many training images (after the seeded shuffle, never trained on) and
+    /// report the accuracy on them: for choosing a learning rate without touching the test set.
+    #[arg(long, default_value_t = 0)]
+    pub validate: usize,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Peak learning rate (default depends on the patch kinds and optimizer).
@@ -79,6 +83,27 @@ pub fn select(ds: &dyn Dataset, limit: Option<usize>, seed: u64) -> Vec<usize> {
     idx
 }
 
+/// Training indices (`limit` of them, or all not held out) and `validate` held-out indices,
+/// disjoint, from one seeded shuffle; without either, all images in order.
+pub fn split(
+    ds: &dyn Dataset,
+    limit: Option<usize>,
+    validate: usize,
+    seed: u64,
+) -> edgepatch::Result<(Vec<usize>, Vec<usize>)> {
+    if validate == 0 {
+        return Ok((select(ds, limit, seed), Vec::new()));
+    }
+    if validate >= ds.len() {
+        return Err(Error::dataset(ds.spec(), format!("cannot hold out {validate} of {} images", ds.len())));
+    }
+    let mut idx: Vec<usize> = (0..ds.len()).collect();
+    Rng::new(seed ^ 0x5eed).shuffle(&mut idx);
+    let held: Vec<usize> = idx.split_off(ds.len() - validate);
+    idx.truncate(limit.unwrap_or(usize::MAX));
+    Ok((idx, held))
+}
+
 /// Peak resident memory of this process (VmHWM), where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -113,7 +138,7 @@ pub fn run_training(
             return Err(Error::dataset(t.spec(), "its classes differ from the training set's"));
         }
     }
-    let indices = select(train_ds.as_ref(), a.limit, a.seed);
+    let (indices, held_out) = split(train_ds.as_ref(), a.limit, a.validate, a.seed)?;
     let mut config = TrainConfig::new(a.patch);
     config.epochs = a.epochs;
     config.batch = a.batch;
@@ -143,6 +168,12 @@ pub fn run_training(
         }
         None => None,
     };
+    let validation = if held_out.is_empty() {
+        None
+    } else {
+        let graph = patch.apply(backbone.graph())?;
+        Some(train::evaluate(&graph, train_ds.clone(), &held_out, patch.resolution)?)
+    };
     let summary = json!({
         "patch": patch.kinds.to_string(),
         "out": a.out.display().to_string(),
@@ -150,6 +181,8 @@ pub fn run_training(
         "test_images": test.as_ref().map_or(0, |e| e.images),
         "test_accuracy": test.as_ref().map(|e| e.accuracy),
         "train_accuracy": report.train_accuracy,
+        "validation_images": held_out.len(),
+        "validation_accuracy": validation.as_ref().map(|e| e.accuracy),
         "final_loss": report.final_loss,
         "patch_params": patch.params(),
         "patch_bytes": bytes,
@@ -187,6 +220,9 @@ pub fn train(a: &TrainArgs) -> edgepatch::Result<String> {
         s["patch_bytes"],
         a.out.display()
     );
+    if let Some(v) = t.summary["validation_accuracy"].as_f64() {
+        o += &format!("validation accuracy {v:.4} on {} held-out training images\n", t.summary["validation_images"]);
+    }
     if let Some(e) = &t.test {
         o += &format!("test accuracy {:.4} on {} images\n", e.accuracy, e.images);
     }
