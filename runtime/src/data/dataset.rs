@@ -250,3 +250,45 @@ impl Dataset for Folder {
         image::load(&self.files[i].0)
     }
 }
+
+/// Decoded images held in memory with their labels (what an app feeding a trainer builds).
+pub struct Memory {
+    spec: String,
+    images: Vec<(Rgb8, usize)>,
+    classes: Vec<String>,
+}
+
+impl Memory {
+    /// A dataset of `images` (each with a label `< classes.len()`); every class needs an image.
+    pub fn new(spec: &str, images: Vec<(Rgb8, usize)>, classes: Vec<String>) -> Result<Self> {
+        if let Some((_, l)) = images.iter().find(|(_, l)| *l >= classes.len()) {
+            return Err(Error::dataset(spec, format!("label {l} for {} classes", classes.len())));
+        }
+        if let Some((img, _)) = images.iter().find(|(i, _)| i.data.len() != i.width as usize * i.height as usize * 3) {
+            return Err(Error::dataset(
+                spec,
+                format!("a {}×{} image with {} bytes", img.width, img.height, img.data.len()),
+            ));
+        }
+        check_classes(spec, images.iter().map(|(_, l)| *l), &classes)?;
+        Ok(Memory { spec: spec.to_string(), images, classes })
+    }
+}
+
+impl Dataset for Memory {
+    fn spec(&self) -> &str {
+        &self.spec
+    }
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+    fn label(&self, i: usize) -> usize {
+        self.images[i].1
+    }
+    fn image(&self, i: usize) -> Result<Rgb8> {
+        Ok(self.images[i].0.clone())
+    }
+}

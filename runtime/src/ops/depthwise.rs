@@ -33,14 +33,14 @@ pub(crate) fn accumulate_plane(
                 if lo >= hi {
                     continue;
                 }
+                let start = lo * sw + kx - pl;
                 if sw == 1 {
-                    let start = lo + kx - pl;
                     for (o, xv) in orow[lo..hi].iter_mut().zip(&xrow[start..start + hi - lo]) {
                         *o += wv * xv;
                     }
                 } else {
-                    for (j, o) in orow[lo..hi].iter_mut().enumerate() {
-                        *o += wv * xrow[(lo + j) * sw + kx - pl];
+                    for (o, xv) in orow[lo..hi].iter_mut().zip(xrow[start..].iter().step_by(sw)) {
+                        *o += wv * xv;
                     }
                 }
             }
@@ -83,8 +83,18 @@ pub(crate) fn scatter_plane(dy: &[f32], ow: usize, k: &[f32], win: &Window, dx: 
             for kx in 0..kw {
                 let wv = k[ky * kw + kx];
                 let (lo, hi) = column_range(iw, ow, kx, pl, sw);
-                for (j, g) in grow.iter().enumerate().take(hi).skip(lo) {
-                    xrow[j * sw + kx - pl] += wv * g;
+                if lo >= hi {
+                    continue;
+                }
+                let start = lo * sw + kx - pl;
+                if sw == 1 {
+                    for (d, g) in xrow[start..start + hi - lo].iter_mut().zip(&grow[lo..hi]) {
+                        *d += wv * g;
+                    }
+                } else {
+                    for (d, g) in xrow[start..].iter_mut().step_by(sw).zip(&grow[lo..hi]) {
+                        *d += wv * g;
+                    }
                 }
             }
         }
@@ -113,11 +123,15 @@ pub(crate) fn correlate_plane(
             let xrow = &x[(iy - pt) * iw..(iy - pt + 1) * iw];
             for kx in 0..kw {
                 let (lo, hi) = column_range(iw, ow, kx, pl, sw);
-                let mut acc = 0f32;
-                for (j, g) in grow.iter().enumerate().take(hi).skip(lo) {
-                    acc += g * xrow[j * sw + kx - pl];
+                if lo >= hi {
+                    continue;
                 }
-                dk[ky * kw + kx] += acc;
+                let start = lo * sw + kx - pl;
+                dk[ky * kw + kx] += if sw == 1 {
+                    super::linear::dot(&grow[lo..hi], &xrow[start..start + hi - lo])
+                } else {
+                    grow[lo..hi].iter().zip(xrow[start..].iter().step_by(sw)).map(|(g, x)| g * x).sum::<f32>()
+                };
             }
         }
     }
