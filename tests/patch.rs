@@ -147,7 +147,7 @@ fn a_patch_with_zero_steps_reproduces_the_backbone() {
         for kinds in ["sb", "bias", "dw", "sb+dw", "full"] {
             let mut config = TrainConfig::new(kinds.parse().unwrap());
             config.resolution = 64;
-            let patch = Trainer::new(&b, config, labels.clone()).unwrap().patch();
+            let patch = Trainer::new(&b, config, labels.clone()).unwrap().patch().unwrap();
             let patch = file::from_bytes(&file::to_bytes(&patch).unwrap()).unwrap();
             let got = logits(&patch.apply(b.graph()).unwrap(), &x);
             let want = if patch.kinds.new_head() {
@@ -176,7 +176,7 @@ fn a_patch_for_another_backbone_is_refused() {
     let (a, b) = (backbone(false), backbone(true));
     let mut config = TrainConfig::new("sb+logits".parse().unwrap());
     config.resolution = 64;
-    let patch = Trainer::new(&a, config, vec!["x".into(), "y".into()]).unwrap().patch();
+    let patch = Trainer::new(&a, config, vec!["x".into(), "y".into()]).unwrap().patch().unwrap();
     assert!(patch.apply(a.graph()).is_ok());
     match patch.apply(b.graph()) {
         Err(Error::Patch(m)) => assert!(m.contains("made for backbone"), "{m}"),

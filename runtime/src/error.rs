@@ -43,6 +43,11 @@ pub enum Error {
     /// A training configuration that cannot run.
     #[error("training: {0}")]
     Train(String),
+
+    /// No usable GPU, a GPU that failed (validation, out of memory, device lost), or an
+    /// operation the GPU backend does not implement.
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 /// The runtime's result type.

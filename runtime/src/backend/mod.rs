@@ -1,3 +1,102 @@
-//! Execution backends. The CPU backend is the reference; a GPU backend joins it later.
+//! Execution backends: the CPU reference and, with the `gpu` feature, a wgpu compute backend.
+//! Training steps run through [`StepBackend`], which both implement.
 
 pub mod cpu;
+#[cfg(feature = "gpu")]
+pub mod gpu;
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::graph::Graph;
+use crate::patch::Slot;
+use crate::tensor::Tensor;
+use crate::train::StepStats;
+use crate::{Error, Result};
+
+/// Where to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// A hardware GPU when one is present, else the CPU (with one logged line saying why).
+    Auto,
+    /// The CPU reference backend.
+    #[default]
+    Cpu,
+    /// A GPU adapter (any, software ones such as lavapipe included); an error when there is none.
+    Gpu,
+}
+
+impl FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu),
+            _ => Err(Error::Input(format!("unknown device '{s}' (auto, gpu or cpu)"))),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+        })
+    }
+}
+
+/// The GPU to use for `device`, or `None` for the CPU. `Auto` takes only a hardware adapter
+/// (a software rasteriser is slower than the CPU backend) and logs why it falls back.
+#[cfg(feature = "gpu")]
+pub fn resolve(device: Device) -> Result<Option<std::sync::Arc<gpu::Gpu>>> {
+    match device {
+        Device::Cpu => Ok(None),
+        Device::Gpu => gpu::Gpu::shared().map(Some),
+        Device::Auto => match gpu::Gpu::shared() {
+            Ok(g) if g.info().is_hardware() => Ok(Some(g)),
+            Ok(g) => {
+                log::info!("using the CPU: the only GPU adapter is a software one ({})", g.info().name);
+                Ok(None)
+            }
+            Err(e) => {
+                log::info!("using the CPU: {e}");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// Without the `gpu` feature: the CPU, and an error when a GPU is asked for.
+#[cfg(not(feature = "gpu"))]
+pub fn resolve(device: Device) -> Result<Option<std::convert::Infallible>> {
+    match device {
+        Device::Gpu => Err(Error::Gpu("this build has no GPU backend (the `gpu` feature is off)".into())),
+        Device::Auto => {
+            log::info!("using the CPU: this build has no GPU backend");
+            Ok(None)
+        }
+        Device::Cpu => Ok(None),
+    }
+}
+
+/// Runs the optimisation steps of one patch: the CPU reference ([`crate::train::CpuStep`]) and the
+/// GPU (`gpu::GpuTrainer`) give the same results within floating-point tolerance.
+pub trait StepBackend: Send {
+    /// One step on `input` (images `[N, 3, R, R]`, or features for a head-only CPU trainer)
+    /// with `labels`, at learning rate `lr`, on `graph`'s trained `slots`.
+    fn step(
+        &mut self,
+        graph: &mut Graph,
+        slots: &[Slot],
+        input: Tensor,
+        labels: &[usize],
+        lr: f32,
+    ) -> Result<StepStats>;
+    /// Brings the trained values into `graph` (a no-op where they live there already).
+    fn sync(&self, graph: &mut Graph) -> Result<()>;
+    /// Where the steps run, for messages.
+    fn device(&self) -> String;
+}

@@ -7,4 +7,4 @@ pub mod tape;
 mod trainer;
 
 pub use optim::{OptimizerKind, Schedule};
-pub use trainer::{evaluate, fit, Evaluation, FitReport, Progress, TrainConfig, Trainer};
+pub use trainer::{evaluate, fit, CpuStep, Evaluation, FitReport, Progress, StepStats, TrainConfig, Trainer};

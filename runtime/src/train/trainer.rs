@@ -9,6 +9,7 @@ use super::optim::{clip_global_norm, Optimizer, OptimizerKind, Schedule};
 use super::tape::{self, Plan};
 use crate::backbone::Backbone;
 use crate::backend::cpu::CpuEngine;
+use crate::backend::{Device, StepBackend};
 use crate::data::{Dataset, Loader, Rng, Transform};
 use crate::graph::{Graph, Node, Op};
 use crate::patch::{self, Patch, PatchKinds, PatchTensor, Role, Slot};
@@ -35,10 +36,12 @@ pub struct TrainConfig {
     pub resolution: u32,
     pub augment: bool,
     pub seed: u64,
+    /// Where the steps run.
+    pub device: Device,
 }
 
 impl TrainConfig {
-    /// Defaults for `kinds`: 3 epochs, batch 32, SGD, warm-up 5%, clipping at norm 5, 224 px.
+    /// Defaults for `kinds`: 3 epochs, batch 32, SGD, warm-up 5%, clipping at norm 5, 224 px, CPU.
     pub fn new(kinds: PatchKinds) -> Self {
         TrainConfig {
             kinds,
@@ -53,6 +56,7 @@ impl TrainConfig {
             resolution: 224,
             augment: false,
             seed: 0,
+            device: Device::Cpu,
         }
     }
 
@@ -105,10 +109,92 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
-/// A patch being trained over a frozen backbone.
+/// The CPU reference implementation of a training step: the tape's forward and backward,
+/// the loss, global-norm clipping and the optimizer update, on the graph's own parameters.
+pub struct CpuStep {
+    plan: Plan,
+    grads: Vec<Vec<f32>>,
+    optimizer: Box<dyn Optimizer>,
+    label_smoothing: f32,
+    clip_norm: Option<f32>,
+    weight_decay: f32,
+}
+
+impl CpuStep {
+    /// Plans steps of `slots` of `graph` under `config`.
+    pub fn new(graph: &Graph, slots: &[Slot], config: &TrainConfig) -> Self {
+        let lens: Vec<usize> = slots.iter().map(|&s| patch::param(graph, s).len()).collect();
+        CpuStep {
+            plan: Plan::new(graph, slots),
+            grads: lens.iter().map(|&n| vec![0.0; n]).collect(),
+            optimizer: config.optimizer.build(&lens),
+            label_smoothing: config.label_smoothing,
+            clip_norm: config.clip_norm,
+            weight_decay: config.weight_decay,
+        }
+    }
+}
+
+impl StepBackend for CpuStep {
+    fn step(
+        &mut self,
+        graph: &mut Graph,
+        slots: &[Slot],
+        input: Tensor,
+        labels: &[usize],
+        lr: f32,
+    ) -> Result<StepStats> {
+        let (logits, tape) = tape::forward(graph, &self.plan, input)?;
+        let loss = softmax_cross_entropy(&logits, labels, self.label_smoothing);
+        if !loss.value.is_finite() {
+            return Err(Error::Train(format!("the loss is {}: lower the learning rate (now {lr})", loss.value)));
+        }
+        self.grads.iter_mut().for_each(|g| g.fill(0.0));
+        tape::backward(graph, &self.plan, tape, loss.grad, &mut self.grads);
+        let grad_norm = clip_global_norm(&mut self.grads, self.clip_norm.unwrap_or(f32::INFINITY));
+        for (i, &slot) in slots.iter().enumerate() {
+            let wd = if slot.role == Role::Weights { self.weight_decay } else { 0.0 };
+            self.optimizer.update(i, patch::param_mut(graph, slot), &self.grads[i], lr, wd);
+        }
+        self.optimizer.finish_step();
+        Ok(StepStats { loss: loss.value, correct: loss.correct, grad_norm })
+    }
+
+    fn sync(&self, _graph: &mut Graph) -> Result<()> {
+        Ok(())
+    }
+
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+}
+
+#[cfg(feature = "gpu")]
+impl StepBackend for crate::backend::gpu::GpuTrainer {
+    fn step(
+        &mut self,
+        _graph: &mut Graph,
+        _slots: &[Slot],
+        input: Tensor,
+        labels: &[usize],
+        lr: f32,
+    ) -> Result<StepStats> {
+        crate::backend::gpu::GpuTrainer::step(self, &input, labels, lr)
+    }
+
+    fn sync(&self, graph: &mut Graph) -> Result<()> {
+        crate::backend::gpu::GpuTrainer::sync(self, graph)
+    }
+
+    fn device(&self) -> String {
+        format!("gpu ({})", self.device_name())
+    }
+}
+
+/// A patch being trained over a frozen backbone, on the CPU or the GPU.
 ///
-/// When only the classifier trains, the trainer holds the classifier alone and takes pooled
-/// features `[N, F, 1, 1]` (see [`Trainer::features`]); otherwise it takes images
+/// When only the classifier trains on the CPU, the trainer holds the classifier alone and
+/// takes pooled features `[N, F, 1, 1]` (see [`Trainer::features`]); otherwise it takes images
 /// `[N, 3, R, R]` and keeps a working copy of the graph whose trained parameters are f32.
 pub struct Trainer {
     config: TrainConfig,
@@ -119,16 +205,18 @@ pub struct Trainer {
     node_offset: usize,
     features: Option<(CpuEngine, Graph)>,
     slots: Vec<Slot>,
-    plan: Plan,
-    grads: Vec<Vec<f32>>,
-    optimizer: Box<dyn Optimizer>,
+    params: usize,
+    backend: Box<dyn StepBackend>,
 }
 
 impl Trainer {
-    /// A trainer for a task with `labels` (its class names) over `backbone`.
+    /// A trainer for a task with `labels` (its class names) over `backbone`, on
+    /// `config.device`.
     pub fn new(backbone: &Backbone, config: TrainConfig, labels: Vec<String>) -> Result<Self> {
         config.check()?;
         let kinds = config.kinds;
+        #[cfg_attr(not(feature = "gpu"), allow(unused_variables))]
+        let gpu = crate::backend::resolve(config.device)?;
         let mut graph = backbone.graph().clone();
         if kinds.new_head() {
             patch::new_head(&mut graph, labels.len(), config.seed)?;
@@ -141,7 +229,7 @@ impl Trainer {
         }
         let mut node_offset = 0;
         let mut features = None;
-        if kinds.head_only() {
+        if kinds.head_only() && gpu.is_none() {
             let head = patch::head_index(&graph)?;
             let node = graph.nodes[head].clone();
             let feature_graph = Graph {
@@ -162,16 +250,29 @@ impl Trainer {
         }
         let slots = patch::slots(&graph, kinds)?;
         patch::make_trainable(&mut graph, &slots);
-        let lens: Vec<usize> = slots.iter().map(|&s| patch::param(&graph, s).len()).collect();
-        let plan = Plan::new(&graph, &slots);
-        let optimizer = config.optimizer.build(&lens);
+        let params = slots.iter().map(|&s| patch::param(&graph, s).len()).sum();
+        let backend: Box<dyn StepBackend> = match gpu {
+            #[cfg(feature = "gpu")]
+            Some(gpu) => {
+                let settings = crate::backend::gpu::train::GpuSettings {
+                    optimizer: config.optimizer,
+                    weight_decay: config.weight_decay,
+                    label_smoothing: config.label_smoothing,
+                    clip_norm: config.clip_norm,
+                    resolution: config.resolution as usize,
+                };
+                Box::new(crate::backend::gpu::GpuTrainer::new(gpu, &graph, &slots, settings)?)
+            }
+            _ => Box::new(CpuStep::new(&graph, &slots, &config)),
+        };
         log::info!(
-            "training {} ({} values in {} tensors) with {} at lr {}",
+            "training {} ({} values in {} tensors) with {} at lr {} on the {}",
             kinds,
-            lens.iter().sum::<usize>(),
-            lens.len(),
+            params,
+            slots.len(),
             config.optimizer,
-            config.lr()
+            config.lr(),
+            backend.device()
         );
         Ok(Trainer {
             config,
@@ -180,10 +281,9 @@ impl Trainer {
             graph,
             node_offset,
             features,
-            grads: lens.iter().map(|&n| vec![0.0; n]).collect(),
             slots,
-            plan,
-            optimizer,
+            params,
+            backend,
         })
     }
 
@@ -194,7 +294,12 @@ impl Trainer {
 
     /// Number of trained values.
     pub fn params(&self) -> usize {
-        self.grads.iter().map(Vec::len).sum()
+        self.params
+    }
+
+    /// Where the steps run (`cpu`, or `gpu (adapter name)`).
+    pub fn device(&self) -> String {
+        self.backend.device()
     }
 
     /// True when the trainer takes pooled features instead of images.
@@ -214,27 +319,12 @@ impl Trainer {
         if labels.len() != input.shape[0] || labels.iter().any(|&l| l >= self.labels.len()) {
             return Err(Error::Train("labels do not match the batch or the task's classes".into()));
         }
-        let (logits, tape) = tape::forward(&self.graph, &self.plan, input)?;
-        let loss = softmax_cross_entropy(&logits, labels, self.config.label_smoothing);
-        if !loss.value.is_finite() {
-            return Err(Error::Train(format!("the loss is {}: lower the learning rate (now {lr})", loss.value)));
-        }
-        self.grads.iter_mut().for_each(|g| g.fill(0.0));
-        tape::backward(&self.graph, &self.plan, tape, loss.grad, &mut self.grads);
-        let grad_norm = match self.config.clip_norm {
-            Some(max) => clip_global_norm(&mut self.grads, max),
-            None => clip_global_norm(&mut self.grads, f32::INFINITY),
-        };
-        for (i, &slot) in self.slots.iter().enumerate() {
-            let wd = if slot.role == Role::Weights { self.config.weight_decay } else { 0.0 };
-            self.optimizer.update(i, patch::param_mut(&mut self.graph, slot), &self.grads[i], lr, wd);
-        }
-        self.optimizer.finish_step();
-        Ok(StepStats { loss: loss.value, correct: loss.correct, grad_norm })
+        self.backend.step(&mut self.graph, &self.slots, input, labels, lr)
     }
 
-    /// The patch as trained so far.
-    pub fn patch(&self) -> Patch {
+    /// The patch as trained so far (read back from the device when training on a GPU).
+    pub fn patch(&mut self) -> Result<Patch> {
+        self.backend.sync(&mut self.graph)?;
         let tensors = self
             .slots
             .iter()
@@ -245,13 +335,13 @@ impl Trainer {
                 values: patch::param(&self.graph, s).to_vec(),
             })
             .collect();
-        Patch {
+        Ok(Patch {
             kinds: self.config.kinds,
             fingerprint: self.fingerprint.clone(),
             resolution: self.config.resolution,
             labels: self.labels.clone(),
             tensors,
-        }
+        })
     }
 }
 
@@ -362,7 +452,7 @@ pub fn fit(
         seconds,
         images_per_second: seen as f64 / seconds.max(1e-9),
     };
-    Ok((trainer.patch(), report))
+    Ok((trainer.patch()?, report))
 }
 
 /// Scores of a patch (or the backbone) on a labelled set.

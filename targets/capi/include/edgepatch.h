@@ -33,6 +33,9 @@
 // Training could not run (configuration, data, divergence).
 #define EP_ERR_TRAIN 6
 
+// The GPU is absent, failed or was lost.
+#define EP_ERR_DEVICE 7
+
 // An internal error (a caught panic): the handle should be freed.
 #define EP_ERR_INTERNAL 99
 

@@ -36,6 +36,8 @@ pub const EP_ERR_IMAGE: i32 = 4;
 pub const EP_ERR_IO: i32 = 5;
 /// Training could not run (configuration, data, divergence).
 pub const EP_ERR_TRAIN: i32 = 6;
+/// The GPU is absent, failed or was lost.
+pub const EP_ERR_DEVICE: i32 = 7;
 /// An internal error (a caught panic): the handle should be freed.
 pub const EP_ERR_INTERNAL: i32 = 99;
 
@@ -61,6 +63,7 @@ fn code(e: &Error) -> i32 {
         Error::Image { .. } | Error::Input(_) => EP_ERR_IMAGE,
         Error::Patch(_) => EP_ERR_PATCH,
         Error::Dataset { .. } | Error::Train(_) => EP_ERR_TRAIN,
+        Error::Gpu(_) => EP_ERR_DEVICE,
     }
 }
 

@@ -1,0 +1,24 @@
+// Reference: train::optim::Adam::update.  g' = factor·g + wd·p; m ← β1·m + (1−β1)·g'; v ← β2·v + (1−β2)·g'²;
+// p ← p − lr·(m/c1)/(√(v/c2) + ε) with c1 = 1 − β1^t, c2 = 1 − β2^t.
+// Skips the step when scalars[4] (ok) is 0. Bindings: 0 p [L], 1 g [L], 2 s [2L] (m then v), 3 scalars, 4 uniform. Folded grid.
+struct U { len: u32, decay_end: u32, lr: f32, wd: f32, beta1: f32, beta2: f32, eps: f32, c1: f32, c2: f32 }
+@group(0) @binding(0) var<storage, read_write> p: array<f32>;
+@group(0) @binding(1) var<storage, read> g: array<f32>;
+@group(0) @binding(2) var<storage, read_write> s: array<f32>;
+@group(0) @binding(3) var<storage, read> scalars: array<f32>;
+@group(0) @binding(4) var<uniform> u: U;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_index(wid, nwg, lid);
+    if (i >= u.len || scalars[4] == 0.0) {
+        return;
+    }
+    let wd = select(0.0, u.wd, i < u.decay_end);
+    let grad = g[i] * scalars[0] + wd * p[i];
+    let m = u.beta1 * s[i] + (1.0 - u.beta1) * grad;
+    let v = u.beta2 * s[u.len + i] + (1.0 - u.beta2) * grad * grad;
+    s[i] = m;
+    s[u.len + i] = v;
+    p[i] = p[i] - u.lr * (m / u.c1) / (sqrt(v / u.c2) + u.eps);
+}

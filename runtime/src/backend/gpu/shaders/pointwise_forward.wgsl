@@ -1,0 +1,67 @@
+// Reference: ops::conv::forward for a 1×1 kernel (and ops::linear::forward's product, P = 1).
+// y[n, co, p] = wscale[co] · Σ_ci weight(co·ci_len + ci) · x[n, ci, p]
+// Bindings: 0 x [N, Ci, P], 1 w (weights, see `weight`), 2 wscale [Co], 3 y [N, Co, P], 4 uniform.
+// Tiles of 64 output channels × 64 positions, 16 reduction steps at a time; grid (P/64, Co/64, N).
+struct U { n: u32, ci: u32, co: u32, p: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> wscale: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> u: U;
+var<workgroup> ta: array<f32, 1024>;
+var<workgroup> tb: array<f32, 1024>;
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let n = wid.z;
+    let p0 = wid.x * 64u;
+    let c0 = wid.y * 64u;
+    let t = lid.y * 16u + lid.x;
+    var acc: array<f32, 16>;
+    for (var k0 = 0u; k0 < u.ci; k0 += 16u) {
+        for (var r = 0u; r < 4u; r++) {
+            let e = t + r * 256u;
+            let cc = e / 16u;
+            let kw = e % 16u;
+            var wv = 0.0;
+            if (c0 + cc < u.co && k0 + kw < u.ci) {
+                wv = weight((c0 + cc) * u.ci + k0 + kw);
+            }
+            ta[kw * 64u + cc] = wv;
+            let kx = e / 64u;
+            let pp = e % 64u;
+            var xv = 0.0;
+            if (p0 + pp < u.p && k0 + kx < u.ci) {
+                xv = x[(n * u.ci + k0 + kx) * u.p + p0 + pp];
+            }
+            tb[kx * 64u + pp] = xv;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < 16u; k++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = ta[k * 64u + lid.y + 16u * i];
+                b[i] = tb[k * 64u + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] += a[i] * b[j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let co = c0 + lid.y + 16u * i;
+        if (co < u.co) {
+            let s = wscale[co];
+            for (var j = 0u; j < 4u; j++) {
+                let p = p0 + lid.x + 16u * j;
+                if (p < u.p) {
+                    y[(n * u.co + co) * u.p + p] = acc[i * 4u + j] * s;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The WGSL kernels against their CPU references on random problems (odd sizes, stride 2,
+//! channel counts that are not multiples of the workgroup tile, int8 and f32 weights, a
+//! dispatch above 65,535 workgroups), and whole training runs on the GPU against the CPU.
+//!
+//! Without an adapter these tests print a message and pass; with `EDGEPATCH_REQUIRE_GPU=1`
+//! (set by CI, which installs lavapipe) a missing adapter fails them.
+
+#![cfg(feature = "gpu")]
+
+use std::sync::Arc;
+
+use edgepatch::backend::gpu::{kernels::host, Gpu};
+use edgepatch::backend::Device;
+use edgepatch::graph::{Conv, Depthwise, Linear, Weights, Window};
+use edgepatch::ops::{self, Activation, Epilogue};
+use edgepatch::train::{loss, OptimizerKind, TrainConfig, Trainer};
+use edgepatch::{Backbone, Tensor};
+use edgepatch_tests::onnx_builder::{tiny_net, TinyNet};
+use edgepatch_tests::{random_values, Tolerance};
+
+/// Elementwise results (one rounding per operation).
+const ELEMENTWISE: Tolerance = Tolerance { rel: 1e-6, abs: 1e-6 };
+/// Sums of products (the GPU sums in another order).
+const REDUCTION: Tolerance = Tolerance { rel: 1e-4, abs: 1e-5 };
+
+fn gpu() -> Option<Arc<Gpu>> {
+    match Gpu::shared() {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var("EDGEPATCH_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("EDGEPATCH_REQUIRE_GPU=1 but no GPU adapter: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping the GPU tests: {e}");
+            None
+        }
+    }
+}
+
+fn close(what: &str, tol: Tolerance, got: &[f32], want: &[f32]) {
+    if let Some((i, x, y)) = tol.check(got, want) {
+        panic!("{what}: element {i}: GPU {x}, CPU {y} (tolerance {tol:?})");
+    }
+}
+
+fn tensor(shape: [usize; 4], seed: u64) -> Tensor {
+    Tensor::from_vec(shape, random_values(shape.iter().product(), seed, 1.0)).unwrap()
+}
+
+fn quantize(w: &[f32], rows: usize) -> Weights {
+    let per = w.len() / rows;
+    let scales: Vec<f32> = w.chunks(per).map(|r| r.iter().fold(1e-6f32, |m, x| m.max(x.abs())) / 127.0).collect();
+    let values = w.iter().enumerate().map(|(i, x)| (x / scales[i / per]).round() as i8).collect();
+    Weights::Int8 { values, scales }
+}
+
+fn weights(n: usize, rows: usize, seed: u64, int8: bool) -> Weights {
+    let w = random_values(n, seed, 0.5);
+    if int8 {
+        quantize(&w, rows)
+    } else {
+        Weights::F32(w)
+    }
+}
+
+#[test]
+fn convolutions_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let windows = [
+        Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] },
+        Window { kernel: [3, 3], stride: [2, 2], pads: [1; 4] },
+        Window { kernel: [3, 3], stride: [2, 2], pads: [0, 0, 1, 1] },
+        Window { kernel: [3, 2], stride: [1, 2], pads: [2, 1, 0, 0] },
+    ];
+    for (k, win) in windows.iter().enumerate() {
+        for (n, ci, co, h, w) in [(2, 3, 5, 9, 7), (1, 70, 67, 11, 13), (3, 17, 130, 5, 5)] {
+            for int8 in [false, true] {
+                let seed = (k * 100 + ci) as u64;
+                let conv = Conv {
+                    in_channels: ci,
+                    out_channels: co,
+                    window: *win,
+                    weights: weights(co * ci * win.kernel[0] * win.kernel[1], co, seed, int8),
+                };
+                let x = tensor([n, ci, h, w], seed + 1);
+                let what = format!("conv {win:?} {n}×{ci}→{co} {h}×{w} int8 {int8}");
+                let want = ops::conv::forward(&conv, &x, &Epilogue::NONE);
+                let got = host::conv_forward(&g, &conv, &x).unwrap();
+                assert_eq!(got.shape, want.shape, "{what}");
+                close(&what, REDUCTION, &got.data, &want.data);
+                if win.is_pointwise() {
+                    let dy = tensor(want.shape, seed + 2);
+                    let want = ops::conv::backward_input(&conv, &dy, (h, w));
+                    let got = host::pointwise_backward_input(&g, &conv, &dy).unwrap();
+                    close(&format!("{what} backward_input"), REDUCTION, &got.data, &want.data);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn depthwise_matches_the_cpu() {
+    let Some(g) = gpu() else { return };
+    for (k, (stride, pads)) in
+        [([1, 1], [1; 4]), ([2, 2], [1; 4]), ([2, 2], [0, 0, 1, 1]), ([1, 2], [0, 1, 2, 0])].into_iter().enumerate()
+    {
+        for (n, c, h, w) in [(2, 5, 9, 7), (1, 67, 14, 15), (3, 3, 5, 4)] {
+            for int8 in [false, true] {
+                let seed = (k * 1000 + c * 10 + h) as u64;
+                let dw = Depthwise {
+                    channels: c,
+                    window: Window { kernel: [3, 3], stride, pads },
+                    weights: weights(9 * c, c, seed, int8),
+                };
+                let what = format!("depthwise stride {stride:?} pads {pads:?} {n}×{c}×{h}×{w} int8 {int8}");
+                let x = tensor([n, c, h, w], seed + 1);
+                let want = ops::depthwise::forward(&dw, &x, &Epilogue::NONE);
+                let got = host::depthwise_forward(&g, &dw, &x).unwrap();
+                assert_eq!(got.shape, want.shape, "{what}");
+                close(&what, REDUCTION, &got.data, &want.data);
+                let dy = tensor(want.shape, seed + 2);
+                let want_dx = ops::depthwise::backward_input(&dw, &dy, (h, w));
+                let got_dx = host::depthwise_backward_input(&g, &dw, &dy, (h, w)).unwrap();
+                close(&format!("{what} backward_input"), REDUCTION, &got_dx.data, &want_dx.data);
+                if !int8 {
+                    let mut want_dw = vec![0.0; 9 * c];
+                    ops::depthwise::backward_weight(&dw, &x, &dy, &mut want_dw);
+                    let got_dw = host::depthwise_backward_weight(&g, &dw, &x, &dy).unwrap();
+                    close(&format!("{what} backward_weight"), REDUCTION, &got_dw, &want_dw);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn affine_activation_pool_add_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    for (n, c, h, w) in [(2, 5, 9, 7), (3, 300, 4, 3)] {
+        let x = Tensor::from_vec([n, c, h, w], random_values(n * c * h * w, 11, 8.0)).unwrap();
+        let scale = random_values(c, 12, 1.5);
+        let bias = random_values(c, 13, 2.0);
+        let a = edgepatch::graph::Affine { scale: scale.clone(), bias: bias.clone() };
+        for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+            let what = format!("affine {act:?} {n}×{c}×{h}×{w}");
+            let mut want = x.clone();
+            ops::affine::forward(&a, &mut want, act);
+            let y = host::affine_forward(&g, &scale, &bias, &x, act).unwrap();
+            close(&what, ELEMENTWISE, &y.data, &want.data);
+
+            let dy = tensor(x.shape, 14);
+            let mut pre = x.clone();
+            ops::affine::forward(&a, &mut pre, Activation::Identity);
+            let mut dz = dy.clone();
+            ops::activation::backward(&ops::activation::mask(act, &pre), &mut dz);
+            let mut want_dx = dz.clone();
+            ops::affine::backward_input(&a, &mut want_dx);
+            let got_dx = host::affine_backward_input(&g, &scale, &dy, &y, act).unwrap();
+            close(&format!("{what} backward_input"), ELEMENTWISE, &got_dx.data, &want_dx.data);
+            let (mut ds, mut db) = (vec![0.0; c], vec![0.0; c]);
+            ops::affine::backward_params(&dz, Some(&x), Some(&mut ds), Some(&mut db));
+            let (gs, gb) = host::affine_backward_params(&g, &dy, &y, &x, act).unwrap();
+            close(&format!("{what} dscale"), REDUCTION, &gs, &ds);
+            close(&format!("{what} dbias"), REDUCTION, &gb, &db);
+        }
+        let p = host::pool_forward(&g, &x).unwrap();
+        close("pool", REDUCTION, &p.data, &ops::pool::forward(&x).data);
+        let dy = tensor([n, c, 1, 1], 15);
+        let dx = host::pool_backward(&g, &dy, (h, w)).unwrap();
+        close("pool backward", ELEMENTWISE, &dx.data, &ops::pool::backward(&dy, (h, w)).data);
+        let b = tensor(x.shape, 16);
+        let mut want = x.clone();
+        ops::add::forward(&mut want, &b);
+        close("add", ELEMENTWISE, &host::add_forward(&g, &x, &b).unwrap().data, &want.data);
+    }
+}
+
+#[test]
+fn classifier_and_loss_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    for (n, f, o, int8) in [(3, 70, 10, false), (5, 129, 67, true), (1, 1280, 1000, true)] {
+        let l = Linear {
+            in_features: f,
+            out_features: o,
+            weights: weights(o * f, o, 21, int8),
+            bias: random_values(o, 22, 0.3),
+        };
+        let x = tensor([n, f, 1, 1], 23);
+        let what = format!("linear {n}×{f}→{o} int8 {int8}");
+        close(&what, REDUCTION, &host::linear_forward(&g, &l, &x).unwrap().data, &ops::linear::forward(&l, &x).data);
+        let dy = tensor([n, o, 1, 1], 24);
+        let (mut dw, mut db) = (vec![0.0; o * f], vec![0.0; o]);
+        ops::linear::backward_params(&x, &dy, Some(&mut dw), Some(&mut db));
+        close(&format!("{what} dW"), REDUCTION, &host::linear_backward_weight(&g, &x, &dy).unwrap(), &dw);
+        let conv = Conv {
+            in_channels: f,
+            out_channels: o,
+            window: Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] },
+            weights: l.weights.clone(),
+        };
+        let got = host::pointwise_backward_input(&g, &conv, &dy).unwrap();
+        close(&format!("{what} dx"), REDUCTION, &got.data, &ops::linear::backward_input(&l, &dy).data);
+    }
+    for (n, k, smoothing) in [(4, 10, 0.0), (7, 1000, 0.1), (1, 3, 0.2)] {
+        let z = Tensor::from_vec([n, k, 1, 1], random_values(n * k, 31, 6.0)).unwrap();
+        let labels: Vec<usize> = (0..n).map(|i| (i * 7) % k).collect();
+        let want = loss::softmax_cross_entropy(&z, &labels, smoothing);
+        let (losses, correct, grad) = host::softmax_cross_entropy(&g, &z, &labels, smoothing).unwrap();
+        let mean = losses.iter().sum::<f32>() / n as f32;
+        close("loss", REDUCTION, &[mean], &[want.value]);
+        assert_eq!(correct.iter().sum::<f32>() as usize, want.correct);
+        close("loss gradient", REDUCTION, &grad.data, &want.grad.data);
+    }
+}
+
+#[test]
+fn dispatches_above_65535_workgroups_are_folded() {
+    let Some(g) = gpu() else { return };
+    let n = 65_535 * 256 + 1000;
+    let groups = host::groups_for(&g, n);
+    assert!(groups[1] > 1, "{groups:?} for {n} elements");
+    let a: Vec<f32> = (0..n).map(|i| (i % 1013) as f32).collect();
+    let b: Vec<f32> = (0..n).map(|i| (i % 17) as f32 * 0.5).collect();
+    let y = host::add_large(&g, &a, &b).unwrap();
+    for i in [0, 1, 65_535 * 256 - 1, 65_535 * 256, n - 1] {
+        assert_eq!(y[i], a[i] + b[i], "element {i}");
+    }
+    assert!(y.iter().zip(a.iter().zip(&b)).all(|(y, (a, b))| *y == a + b));
+}
+
+fn batch(n: usize, res: usize, seed: u64) -> (Tensor, Vec<usize>) {
+    let plane = res * res;
+    let noise = random_values(n * 3 * plane, seed, 1.0);
+    let data = noise
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + [-1.0f32, 0.0, 1.0][(i / plane) % 3] * ((i / (3 * plane)) % 3) as f32)
+        .collect();
+    (Tensor::from_vec([n, 3, res, res], data).unwrap(), (0..n).map(|i| i % 3).collect())
+}
+
+/// The same steps on the CPU and the GPU give the same patch (1e-3 relative) and losses.
+#[test]
+fn training_on_the_gpu_matches_the_cpu() {
+    let Some(_) = gpu() else { return };
+    let b = Backbone::from_onnx_bytes(&tiny_net(TinyNet { quantized: true, ..TinyNet::default() }, 7)).unwrap();
+    let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    for (kinds, opt, lr, wd, smoothing) in [
+        ("sb+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0),
+        ("bias+logits", OptimizerKind::Adam, 0.01, 0.0, 0.1),
+        ("dw+logits", OptimizerKind::RmsProp, 0.003, 1e-3, 0.0),
+        ("sb+dw+logits", OptimizerKind::Sgd, 0.05, 1e-3, 0.0),
+        ("logits", OptimizerKind::Adam, 0.05, 1e-3, 0.0),
+        ("sb", OptimizerKind::Sgd, 0.05, 0.0, 0.0),
+    ] {
+        let mut patches = Vec::new();
+        let mut losses = Vec::new();
+        for device in [Device::Cpu, Device::Gpu] {
+            let mut config = TrainConfig::new(kinds.parse().unwrap());
+            config.optimizer = opt;
+            config.resolution = 32;
+            config.weight_decay = wd;
+            config.label_smoothing = smoothing;
+            config.clip_norm = Some(2.0);
+            config.device = device;
+            let names = if kinds == "sb" { (0..5).map(|i| i.to_string()).collect() } else { names.clone() };
+            let mut t = Trainer::new(&b, config, names).unwrap();
+            let mut l = Vec::new();
+            for step in 0..6 {
+                let (x, labels) = batch(if step == 5 { 3 } else { 6 }, 32, step as u64);
+                let input = if t.takes_features() { t.features(x).unwrap() } else { x };
+                l.push(t.step(input, &labels, lr).unwrap().loss);
+            }
+            patches.push(t.patch().unwrap());
+            losses.push(l);
+        }
+        close(&format!("{kinds} losses"), Tolerance { rel: 1e-3, abs: 1e-5 }, &losses[1], &losses[0]);
+        for (g, c) in patches[1].tensors.iter().zip(&patches[0].tensors) {
+            assert_eq!((g.node, g.role), (c.node, c.role));
+            let what = format!("{kinds} with {opt}: node {} {:?}", c.node, c.role);
+            close(&what, Tolerance { rel: 1e-3, abs: 1e-5 }, &g.values, &c.values);
+        }
+    }
+}
