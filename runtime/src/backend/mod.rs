@@ -99,4 +99,8 @@ pub trait StepBackend: Send {
     fn sync(&self, graph: &mut Graph) -> Result<()>;
     /// Where the steps run, for messages.
     fn device(&self) -> String;
+    /// Bytes of device buffers held, for a GPU.
+    fn device_bytes(&self) -> Option<u64> {
+        None
+    }
 }

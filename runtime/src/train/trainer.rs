@@ -189,6 +189,10 @@ impl StepBackend for crate::backend::gpu::GpuTrainer {
     fn device(&self) -> String {
         format!("gpu ({})", self.device_name())
     }
+
+    fn device_bytes(&self) -> Option<u64> {
+        Some(self.buffer_bytes())
+    }
 }
 
 /// A patch being trained over a frozen backbone, on the CPU or the GPU.
@@ -300,6 +304,11 @@ impl Trainer {
     /// Where the steps run (`cpu`, or `gpu (adapter name)`).
     pub fn device(&self) -> String {
         self.backend.device()
+    }
+
+    /// Bytes of GPU buffers held (`None` on the CPU).
+    pub fn gpu_buffer_bytes(&self) -> Option<u64> {
+        self.backend.device_bytes()
     }
 
     /// True when the trainer takes pooled features instead of images.

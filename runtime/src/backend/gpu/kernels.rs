@@ -117,6 +117,7 @@ impl Range {
 /// One recorded dispatch: a pipeline, its bind group (whose uniform may be rewritten between
 /// steps) and the workgroup grid.
 pub(crate) struct Call {
+    pub kernel: Kernel,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     pub uniform: wgpu::Buffer,
@@ -132,7 +133,11 @@ pub(crate) fn align(n: usize) -> usize {
 
 /// f32 or u32 values as the little-endian bytes a buffer holds.
 pub(crate) fn bytes_of<T: Copy + Into<Word>>(v: &[T]) -> Vec<u8> {
-    v.iter().flat_map(|&x| x.into().0.to_le_bytes()).collect()
+    let mut out = Vec::with_capacity(4 * v.len());
+    for &x in v {
+        out.extend_from_slice(&x.into().0.to_le_bytes());
+    }
+    out
 }
 
 /// One 32-bit word of a buffer or a uniform.
@@ -152,7 +157,7 @@ impl From<u32> for Word {
 
 /// Little-endian f32 values from buffer bytes.
 pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    bytemuck::pod_collect_to_vec(bytes)
 }
 
 impl Gpu {
@@ -229,7 +234,7 @@ impl Gpu {
             Groups::Flat(n) => [n.max(1), 1, 1],
             Groups::Grid(g) => g,
         };
-        Call { pipeline, bind_group, uniform, groups }
+        Call { kernel, pipeline, bind_group, uniform, groups }
     }
 
     /// Records `calls` in one compute pass of `encoder`.

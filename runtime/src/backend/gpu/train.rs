@@ -247,9 +247,10 @@ impl GpuTrainer {
             let p = self.plan(n)?;
             self.programs.insert(n, p);
         }
+        let started = std::time::Instant::now();
         let p = &self.programs[&n];
         let q = &self.gpu.queue;
-        q.write_buffer(&p.input.buf, p.input.offset, &bytes_of(&input.data));
+        q.write_buffer(&p.input.buf, p.input.offset, bytemuck::cast_slice(&input.data));
         q.write_buffer(
             &p.labels.buf,
             p.labels.offset,
@@ -260,7 +261,9 @@ impl GpuTrainer {
         self.gpu.record(&mut encoder, &p.calls);
         let staging = self.gpu.stage(&mut encoder, &p.scalars);
         q.submit([encoder.finish()]);
+        let submitted = started.elapsed();
         let s = f32s(&self.gpu.read_staged(&staging)?);
+        log::debug!("GPU step: {:?} to upload, record and submit, {:?} in all", submitted, started.elapsed());
         if s[4] == 0.0 {
             return Err(Error::Train(format!(
                 "the loss is {} (gradient norm {}): lower the learning rate (now {lr})",
@@ -292,6 +295,28 @@ impl GpuTrainer {
             bytes[4 * i..4 * i + 4].copy_from_slice(&w.0.to_le_bytes());
         }
         bytes.to_vec()
+    }
+
+    /// Wall time per kernel of one step on `input` (each call submitted and waited for alone,
+    /// so each includes one submission's latency), slowest first: `(kernel, calls, ms)`. The
+    /// step's updates are applied as in [`GpuTrainer::step`].
+    pub fn profile(&mut self, input: &Tensor, labels: &[usize], lr: f32) -> Result<Vec<(&'static str, usize, f64)>> {
+        self.step(input, labels, lr)?;
+        let p = &self.programs[&input.shape[0]];
+        let mut by: HashMap<&'static str, (usize, f64)> = HashMap::new();
+        for c in &p.calls {
+            let t = std::time::Instant::now();
+            let mut encoder = self.gpu.encoder();
+            self.gpu.record(&mut encoder, std::slice::from_ref(c));
+            self.gpu.queue.submit([encoder.finish()]);
+            self.gpu.wait()?;
+            let e = by.entry(c.kernel.name()).or_default();
+            e.0 += 1;
+            e.1 += t.elapsed().as_secs_f64() * 1e3;
+        }
+        let mut v: Vec<_> = by.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(v)
     }
 
     /// The trained values, one vector per slot (in slot order).
@@ -714,12 +739,7 @@ impl GpuTrainer {
 
     /// Buffers for every value, gradient and temporary, shared between those whose lifetimes
     /// (first to last call that names them) do not overlap.
-    fn allocate(
-        &self,
-        calls: &[PlannedCall],
-        shapes: &[Shape],
-        n: usize,
-    ) -> Result<(Allocation, u64)> {
+    fn allocate(&self, calls: &[PlannedCall], shapes: &[Shape], n: usize) -> Result<(Allocation, u64)> {
         let mut life: HashMap<(u8, usize), (usize, usize, usize)> = HashMap::new();
         for c in calls {
             for r in &c.refs {

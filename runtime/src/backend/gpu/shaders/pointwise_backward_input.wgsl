@@ -17,7 +17,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let p0 = wid.x * 64u;
     let c0 = wid.y * 64u;
     let t = lid.y * 16u + lid.x;
-    var acc: array<f32, 16>;
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
     for (var k0 = 0u; k0 < u.co; k0 += 16u) {
         for (var r = 0u; r < 4u; r++) {
             let e = t + r * 256u;
@@ -36,34 +39,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
         for (var k = 0u; k < 16u; k++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = ta[k * 64u + lid.y + 16u * i];
-                b[i] = tb[k * 64u + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] += a[i] * b[j];
-                }
-            }
+            let base = k * 64u;
+            let a = vec4<f32>(ta[base + lid.y], ta[base + lid.y + 16u], ta[base + lid.y + 32u], ta[base + lid.y + 48u]);
+            let b = vec4<f32>(tb[base + lid.x], tb[base + lid.x + 16u], tb[base + lid.x + 32u], tb[base + lid.x + 48u]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let ci = c0 + lid.y + 16u * i;
-        if (ci < u.ci) {
-            for (var j = 0u; j < 4u; j++) {
-                let p = p0 + lid.x + 16u * j;
-                if (p < u.p) {
-                    let o = (n * u.ci + ci) * u.p + p;
-                    var v = acc[i * 4u + j];
-                    if (u.accumulate != 0u) {
-                        v += dx[o];
-                    }
-                    dx[o] = v;
-                }
+    store(n, c0 + lid.y, p0 + lid.x, acc0);
+    store(n, c0 + lid.y + 16u, p0 + lid.x, acc1);
+    store(n, c0 + lid.y + 32u, p0 + lid.x, acc2);
+    store(n, c0 + lid.y + 48u, p0 + lid.x, acc3);
+}
+
+// Writes (or adds) one row of four input gradients (positions p, p + 16, p + 32, p + 48) of channel `ci`.
+fn store(n: u32, ci: u32, p: u32, v: vec4<f32>) {
+    if (ci >= u.ci) {
+        return;
+    }
+    let row = (n * u.ci + ci) * u.p;
+    for (var j = 0u; j < 4u; j++) {
+        let o = row + p + 16u * j;
+        if (p + 16u * j < u.p) {
+            var r = v[j];
+            if (u.accumulate != 0u) {
+                r += dx[o];
             }
+            dx[o] = r;
         }
     }
 }

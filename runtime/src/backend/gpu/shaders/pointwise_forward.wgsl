@@ -1,14 +1,15 @@
 // Reference: ops::conv::forward for a 1×1 kernel (and ops::linear::forward's product, P = 1).
 // y[n, co, p] = wscale[co] · Σ_ci weight(co·ci_len + ci) · x[n, ci, p]
 // Bindings: 0 x [N, Ci, P], 1 w (weights, see `weight`), 2 wscale [Co], 3 y [N, Co, P], 4 uniform.
-// Tiles of 64 output channels × 64 positions, 16 reduction steps at a time; grid (P/64, Co/64, N).
+// Tiles of 64 output channels × 64 positions, 16 reduction steps at a time (each invocation
+// accumulates 4 × 4 outputs in registers); grid (P/64, Co/64, N).
 struct U { n: u32, ci: u32, co: u32, p: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> wscale: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> u: U;
-var<workgroup> ta: array<f32, 1024>;
+var<workgroup> ta: array<f32, 1040>;
 var<workgroup> tb: array<f32, 1024>;
 
 @compute @workgroup_size(16, 16)
@@ -17,7 +18,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let p0 = wid.x * 64u;
     let c0 = wid.y * 64u;
     let t = lid.y * 16u + lid.x;
-    var acc: array<f32, 16>;
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
     for (var k0 = 0u; k0 < u.ci; k0 += 16u) {
         for (var r = 0u; r < 4u; r++) {
             let e = t + r * 256u;
@@ -27,7 +31,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if (c0 + cc < u.co && k0 + kw < u.ci) {
                 wv = weight((c0 + cc) * u.ci + k0 + kw);
             }
-            ta[kw * 64u + cc] = wv;
+            ta[kw * 65u + cc] = wv;
             let kx = e / 64u;
             let pp = e % 64u;
             var xv = 0.0;
@@ -38,30 +42,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
         for (var k = 0u; k < 16u; k++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = ta[k * 64u + lid.y + 16u * i];
-                b[i] = tb[k * 64u + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] += a[i] * b[j];
-                }
-            }
+            let base = k * 64u;
+            let ka = k * 65u;
+            let a = vec4<f32>(ta[ka + lid.y], ta[ka + lid.y + 16u], ta[ka + lid.y + 32u], ta[ka + lid.y + 48u]);
+            let b = vec4<f32>(tb[base + lid.x], tb[base + lid.x + 16u], tb[base + lid.x + 32u], tb[base + lid.x + 48u]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let co = c0 + lid.y + 16u * i;
-        if (co < u.co) {
-            let s = wscale[co];
-            for (var j = 0u; j < 4u; j++) {
-                let p = p0 + lid.x + 16u * j;
-                if (p < u.p) {
-                    y[(n * u.co + co) * u.p + p] = acc[i * 4u + j] * s;
-                }
-            }
+    store(n, c0 + lid.y, p0 + lid.x, acc0);
+    store(n, c0 + lid.y + 16u, p0 + lid.x, acc1);
+    store(n, c0 + lid.y + 32u, p0 + lid.x, acc2);
+    store(n, c0 + lid.y + 48u, p0 + lid.x, acc3);
+}
+
+// Writes one row of four outputs (positions p, p + 16, p + 32, p + 48) of channel `co`.
+fn store(n: u32, co: u32, p: u32, v: vec4<f32>) {
+    if (co >= u.co) {
+        return;
+    }
+    let s = wscale[co];
+    let row = (n * u.co + co) * u.p;
+    for (var j = 0u; j < 4u; j++) {
+        if (p + 16u * j < u.p) {
+            y[row + p + 16u * j] = v[j] * s;
         }
     }
 }
