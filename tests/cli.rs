@@ -270,3 +270,56 @@ fn demo_runs_from_the_binary_alone() {
     assert!(dir.join("edgepatch-demo.patch").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `train --device gpu` (lavapipe in CI) gives a patch that the CPU scores as it scores the same
+/// training run on the CPU; `info --devices` lists the adapter. Skipped without an adapter
+/// unless `EDGEPATCH_REQUIRE_GPU=1`.
+#[test]
+fn a_patch_trained_on_the_gpu_scores_like_one_trained_on_the_cpu() {
+    let adapters = json(&run(&["info", "--devices", "--json"]));
+    if adapters["adapters"].as_array().unwrap().is_empty() {
+        assert_ne!(
+            std::env::var("EDGEPATCH_REQUIRE_GPU").as_deref(),
+            Ok("1"),
+            "EDGEPATCH_REQUIRE_GPU=1 but no adapter"
+        );
+        eprintln!("skipping: no GPU adapter");
+        return;
+    }
+    let (train, test) = (mini("train"), mini("t10k"));
+    let mut acc = Vec::new();
+    for device in ["cpu", "gpu"] {
+        let out = tmp(&format!("cli-{device}.patch"), b"");
+        let o = out.to_str().unwrap();
+        let args = [
+            "train",
+            "--train",
+            &train,
+            "--patch",
+            "sb+logits",
+            "--out",
+            o,
+            "--limit",
+            "64",
+            "--resolution",
+            "32",
+            "--epochs",
+            "1",
+            "--batch",
+            "16",
+            "--device",
+            device,
+            "--json",
+        ];
+        let r = json(&run(&args));
+        assert!(r["device"].as_str().unwrap().starts_with(device), "{}", r["device"]);
+        assert_eq!(r["gpu_buffer_bytes"].is_null(), device == "cpu");
+        let e =
+            json(&run(&["eval", "--test", &test, "--patch", o, "--test-limit", "200", "--device", "cpu", "--json"]));
+        let g =
+            json(&run(&["eval", "--test", &test, "--patch", o, "--test-limit", "200", "--device", "gpu", "--json"]));
+        assert_eq!(e["accuracy"], g["accuracy"], "the same patch scored on the CPU and the GPU");
+        acc.push(e["accuracy"].as_f64().unwrap());
+    }
+    assert!((acc[0] - acc[1]).abs() <= 0.01, "CPU-trained {} vs GPU-trained {}", acc[0], acc[1]);
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::backbone::Backbone;
-use crate::backend::cpu::CpuEngine;
+use crate::backend::{Device, Engine};
 use crate::data::image::{self, Preprocess, Rgb8};
 use crate::graph::Graph;
 use crate::patch::Patch;
@@ -24,7 +24,7 @@ pub struct Scored {
 #[derive(Debug, Clone)]
 struct Task {
     graph: Graph,
-    engine: CpuEngine,
+    engine: Engine,
     labels: Vec<String>,
 }
 
@@ -52,11 +52,28 @@ impl Session {
         Session { backbone, task: None, size: 224, preprocess: Preprocess::imagenet(224) }
     }
 
+    /// A session running `backbone` at 224 px on `device`.
+    pub fn new_on(backbone: Backbone, device: Device) -> Result<Self> {
+        let engine = Engine::new(backbone.graph(), device)?;
+        let task = Task { graph: backbone.graph().clone(), engine, labels: backbone.labels().to_vec() };
+        Ok(Session { backbone, task: Some(task), size: 224, preprocess: Preprocess::imagenet(224) })
+    }
+
+    /// Where the forward passes run (`cpu` or `gpu (adapter)`).
+    pub fn device(&self) -> String {
+        self.task.as_ref().map_or("cpu".into(), |t| t.engine.device())
+    }
+
     /// A session running `patch` over `backbone` (refused when the patch was made for another
     /// backbone).
     pub fn with_patch(backbone: Backbone, patch: &Patch) -> Result<Self> {
+        Self::with_patch_on(backbone, patch, Device::Cpu)
+    }
+
+    /// [`Session::with_patch`] computing on `device`.
+    pub fn with_patch_on(backbone: Backbone, patch: &Patch, device: Device) -> Result<Self> {
         let graph = patch.apply(backbone.graph())?;
-        let engine = CpuEngine::new(&graph);
+        let engine = Engine::new(&graph, device)?;
         let task = Task { graph, engine, labels: patch.labels.clone() };
         let size = patch.resolution;
         Ok(Session { backbone, task: Some(task), size, preprocess: Preprocess::task(size) })

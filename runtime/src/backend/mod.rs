@@ -55,17 +55,27 @@ pub fn resolve(device: Device) -> Result<Option<std::sync::Arc<gpu::Gpu>>> {
     match device {
         Device::Cpu => Ok(None),
         Device::Gpu => gpu::Gpu::shared().map(Some),
-        Device::Auto => match gpu::Gpu::shared() {
-            Ok(g) if g.info().is_hardware() => Ok(Some(g)),
-            Ok(g) => {
-                log::info!("using the CPU: the only GPU adapter is a software one ({})", g.info().name);
-                Ok(None)
+        Device::Auto => {
+            let seen = gpu::adapters();
+            if !seen.iter().any(gpu::AdapterInfo::is_hardware) {
+                match seen.first() {
+                    Some(a) => log::info!("using the CPU: the only GPU adapters are software ones ({})", a.name),
+                    None => log::info!("using the CPU: no GPU adapter"),
+                }
+                return Ok(None);
             }
-            Err(e) => {
-                log::info!("using the CPU: {e}");
-                Ok(None)
+            match gpu::Gpu::shared() {
+                Ok(g) if g.info().is_hardware() => Ok(Some(g)),
+                Ok(g) => {
+                    log::info!("using the CPU: the preferred GPU adapter is a software one ({})", g.info().name);
+                    Ok(None)
+                }
+                Err(e) => {
+                    log::info!("using the CPU: {e}");
+                    Ok(None)
+                }
             }
-        },
+        }
     }
 }
 
@@ -102,5 +112,48 @@ pub trait StepBackend: Send {
     /// Bytes of device buffers held, for a GPU.
     fn device_bytes(&self) -> Option<u64> {
         None
+    }
+}
+
+/// Forward passes of one graph on the CPU, or on a GPU when one was chosen.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    cpu: cpu::CpuEngine,
+    #[cfg(feature = "gpu")]
+    gpu: Option<std::sync::Arc<std::sync::Mutex<gpu::GpuTrainer>>>,
+}
+
+impl Engine {
+    /// An engine for `graph` on `device` (see [`resolve`]).
+    pub fn new(graph: &Graph, device: Device) -> Result<Self> {
+        #[cfg_attr(not(feature = "gpu"), allow(unused_variables))]
+        let chosen = resolve(device)?;
+        Ok(Engine {
+            cpu: cpu::CpuEngine::new(graph),
+            #[cfg(feature = "gpu")]
+            gpu: match chosen {
+                Some(g) => Some(std::sync::Arc::new(std::sync::Mutex::new(gpu::GpuTrainer::inference(g, graph)?))),
+                None => None,
+            },
+        })
+    }
+
+    /// Logits `[N, classes, 1, 1]` for `input: [N, C, H, W]`; `graph` must be the graph the
+    /// engine was made for.
+    pub fn forward(&self, graph: &Graph, input: Tensor) -> Result<Tensor> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return g.lock().unwrap_or_else(|p| p.into_inner()).forward(&input);
+        }
+        self.cpu.forward(graph, input)
+    }
+
+    /// `cpu`, or `gpu (adapter name)`.
+    pub fn device(&self) -> String {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            return format!("gpu ({})", g.lock().unwrap_or_else(|p| p.into_inner()).device_name());
+        }
+        "cpu".into()
     }
 }

@@ -7,4 +7,6 @@ pub mod tape;
 mod trainer;
 
 pub use optim::{OptimizerKind, Schedule};
-pub use trainer::{evaluate, fit, CpuStep, Evaluation, FitReport, Progress, StepStats, TrainConfig, Trainer};
+pub use trainer::{
+    evaluate, evaluate_on, fit, CpuStep, Evaluation, FitReport, Progress, StepStats, TrainConfig, Trainer,
+};

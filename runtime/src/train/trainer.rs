@@ -377,6 +377,10 @@ pub struct FitReport {
     /// Wall time of the training loop (feature caching included, evaluation excluded).
     pub seconds: f64,
     pub images_per_second: f64,
+    /// Where the steps ran (`cpu` or `gpu (adapter)`).
+    pub device: String,
+    /// Bytes of GPU buffers the trainer held (`None` on the CPU).
+    pub gpu_buffer_bytes: Option<u64>,
 }
 
 /// Trains a patch on `indices` of `train` for `config.epochs` epochs (reshuffled each epoch from
@@ -460,6 +464,8 @@ pub fn fit(
         train_accuracy: (correct as f64 / indices.len() as f64) as f32,
         seconds,
         images_per_second: seen as f64 / seconds.max(1e-9),
+        device: trainer.device(),
+        gpu_buffer_bytes: trainer.gpu_buffer_bytes(),
     };
     Ok((trainer.patch()?, report))
 }
@@ -475,13 +481,25 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<usize>>,
 }
 
-/// Evaluates `graph` (a backbone with a patch applied) on `indices` of `ds` at `resolution`.
+/// Evaluates `graph` (a backbone with a patch applied) on `indices` of `ds` at `resolution`,
+/// on the CPU.
 pub fn evaluate(graph: &Graph, ds: Arc<dyn Dataset>, indices: &[usize], resolution: u32) -> Result<Evaluation> {
+    evaluate_on(graph, ds, indices, resolution, Device::Cpu)
+}
+
+/// [`evaluate`] computing on `device`.
+pub fn evaluate_on(
+    graph: &Graph,
+    ds: Arc<dyn Dataset>,
+    indices: &[usize],
+    resolution: u32,
+    device: Device,
+) -> Result<Evaluation> {
     let k = graph.num_classes();
     if ds.classes().len() != k {
         return Err(Error::dataset(ds.spec(), format!("has {} classes, the model {k}", ds.classes().len())));
     }
-    let engine = CpuEngine::new(graph);
+    let engine = crate::backend::Engine::new(graph, device)?;
     let t = Transform { resolution, augment: false };
     let mut confusion = vec![vec![0usize; k]; k];
     let batch = 32;

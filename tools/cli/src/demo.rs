@@ -51,6 +51,7 @@ fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
         augment: false,
         seed: 0,
         model: None,
+        device: edgepatch::backend::Device::Auto,
         json: false,
     }
 }

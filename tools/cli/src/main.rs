@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use edgepatch::backend::Device;
 use edgepatch::graph::Op;
 use edgepatch::patch::file as patch_file;
 use edgepatch::{Backbone, Session};
@@ -39,6 +40,9 @@ enum Command {
         /// An ONNX model; the shipped int8 MobileNetV2 when absent.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// List the GPU adapters wgpu sees (name, backend, type) instead.
+        #[arg(long)]
+        devices: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -57,11 +61,14 @@ enum Command {
         /// A task patch: classify with the task's classes.
         #[arg(long)]
         patch: Option<PathBuf>,
+        /// Where to compute: auto (a hardware GPU when present), gpu or cpu.
+        #[arg(long, default_value = "auto")]
+        device: Device,
         /// Print a JSON array, one object per image.
         #[arg(long)]
         json: bool,
     },
-    /// Learn a patch for a task on the CPU and save it.
+    /// Learn a patch for a task (on the CPU or a GPU) and save it.
     Train(Box<train::TrainArgs>),
     /// Score a patch on a labelled set: accuracy, per class, confusion matrix.
     Eval {
@@ -79,6 +86,9 @@ enum Command {
         /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Where to compute: auto (a hardware GPU when present), gpu or cpu.
+        #[arg(long, default_value = "auto")]
+        device: Device,
         #[arg(long)]
         json: bool,
     },
@@ -176,21 +186,50 @@ fn info(model: Option<&Path>, as_json: bool) -> edgepatch::Result<String> {
     Ok(o)
 }
 
+/// The GPU adapters wgpu sees.
+fn devices(as_json: bool) -> String {
+    #[cfg(feature = "gpu")]
+    let list: Vec<_> = edgepatch::backend::gpu::adapters()
+        .into_iter()
+        .map(|a| json!({"name": a.name, "backend": a.backend, "type": a.device_type, "hardware": a.is_hardware()}))
+        .collect();
+    #[cfg(not(feature = "gpu"))]
+    let list: Vec<serde_json::Value> = Vec::new();
+    if as_json {
+        return format!("{}\n", serde_json::to_string_pretty(&json!({"adapters": list})).expect("json"));
+    }
+    if list.is_empty() {
+        return "no GPU adapters\n".into();
+    }
+    list.iter()
+        .map(|a| {
+            format!(
+                "{} ({}, {})\n",
+                a["name"].as_str().unwrap_or_default(),
+                a["backend"].as_str().unwrap_or_default(),
+                a["type"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 fn predict(
     images: &[PathBuf],
     model: Option<&Path>,
     patch: Option<&Path>,
     top: usize,
+    device: Device,
     as_json: bool,
 ) -> edgepatch::Result<String> {
     let mut o = String::new();
     let backbone = load(model)?;
+    let decoded = images.iter().map(|p| edgepatch::data::image::load(p)).collect::<edgepatch::Result<Vec<_>>>()?;
     let session = match patch {
-        Some(p) => Session::with_patch(backbone, &patch_file::load(p)?)?,
-        None => Session::new(backbone),
+        Some(p) => Session::with_patch_on(backbone, &patch_file::load(p)?, device)?,
+        None if device == Device::Cpu => Session::new(backbone),
+        None => Session::new_on(backbone, device)?,
     };
-    let paths: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
-    let results = session.classify_files(&paths, top.max(1))?;
+    let results = session.classify(&decoded, top.max(1))?;
     if as_json {
         let arr: Vec<_> = images
             .iter()
@@ -217,13 +256,14 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Info { model, json } => info(model.as_deref(), *json),
-        Command::Predict { images, model, patch, top, json } => {
-            predict(images, model.as_deref(), patch.as_deref(), *top, *json)
+        Command::Info { devices: true, json, .. } => Ok(devices(*json)),
+        Command::Info { model, json, .. } => info(model.as_deref(), *json),
+        Command::Predict { images, model, patch, top, device, json } => {
+            predict(images, model.as_deref(), patch.as_deref(), *top, *device, *json)
         }
         Command::Train(args) => train::train(args),
-        Command::Eval { test, patch, test_limit, seed, model, json } => {
-            train::eval(test, patch, *test_limit, *seed, model.as_deref(), *json)
+        Command::Eval { test, patch, test_limit, seed, model, device, json } => {
+            train::eval(test, patch, *test_limit, *seed, model.as_deref(), *device, *json)
         }
         Command::Demo { out, epochs, resolution, json } => demo::demo(out, *epochs, *resolution, *json),
         Command::Patch(PatchCommand::Inspect { file, json }) => train::inspect(file, *json),

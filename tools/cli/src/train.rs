@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Args;
+use edgepatch::backend::Device;
 use edgepatch::data::{self, Dataset, Rng};
 use edgepatch::patch::file as patch_file;
 use edgepatch::train::{self, Evaluation, OptimizerKind, TrainConfig};
@@ -68,6 +69,9 @@ pub struct TrainArgs {
     /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Where to train and evaluate: auto (a hardware GPU when present), gpu or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: Device,
     /// End with one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -151,6 +155,7 @@ pub fn run_training(
     config.resolution = a.resolution;
     config.augment = a.augment;
     config.seed = a.seed;
+    config.device = a.device;
     let bar = progress_bar(quiet);
     let (patch, report) = train::fit(backbone, train_ds.clone(), &indices, config.clone(), &mut |p| {
         bar.set_length(p.total_steps as u64);
@@ -164,7 +169,7 @@ pub fn run_training(
         Some(t) => {
             let idx = select(t.as_ref(), a.test_limit, a.seed);
             let graph = patch.apply(backbone.graph())?;
-            Some(train::evaluate(&graph, t.clone(), &idx, patch.resolution)?)
+            Some(train::evaluate_on(&graph, t.clone(), &idx, patch.resolution, a.device)?)
         }
         None => None,
     };
@@ -172,7 +177,7 @@ pub fn run_training(
         None
     } else {
         let graph = patch.apply(backbone.graph())?;
-        Some(train::evaluate(&graph, train_ds.clone(), &held_out, patch.resolution)?)
+        Some(train::evaluate_on(&graph, train_ds.clone(), &held_out, patch.resolution, a.device)?)
     };
     let summary = json!({
         "patch": patch.kinds.to_string(),
@@ -197,6 +202,8 @@ pub fn run_training(
         "seconds": report.seconds,
         "images_per_second": report.images_per_second,
         "peak_rss_bytes": peak_rss_bytes(),
+        "device": report.device,
+        "gpu_buffer_bytes": report.gpu_buffer_bytes,
     });
     Ok(Trained { patch, summary, test })
 }
@@ -211,11 +218,12 @@ pub fn train(a: &TrainArgs) -> edgepatch::Result<String> {
     }
     let s = &t.summary;
     let mut o = format!(
-        "trained {} on {} images in {:.1} s ({:.1} img/s): {} values, {} bytes → {}\n",
+        "trained {} on {} images in {:.1} s ({:.1} img/s, {}): {} values, {} bytes → {}\n",
         s["patch"].as_str().unwrap_or_default(),
         s["train_images"],
         s["seconds"].as_f64().unwrap_or_default(),
         s["images_per_second"].as_f64().unwrap_or_default(),
+        s["device"].as_str().unwrap_or_default(),
         s["patch_params"],
         s["patch_bytes"],
         a.out.display()
@@ -235,6 +243,7 @@ pub fn eval(
     test_limit: Option<usize>,
     seed: u64,
     model: Option<&Path>,
+    device: Device,
     as_json: bool,
 ) -> edgepatch::Result<String> {
     let backbone = load(model)?;
@@ -248,7 +257,7 @@ pub fn eval(
     }
     let graph = patch.apply(backbone.graph())?;
     let idx = select(ds.as_ref(), test_limit, seed);
-    let e = train::evaluate(&graph, ds, &idx, patch.resolution)?;
+    let e = train::evaluate_on(&graph, ds, &idx, patch.resolution, device)?;
     if as_json {
         let per_class: serde_json::Map<String, Value> =
             patch.labels.iter().zip(&e.per_class).map(|(l, &a)| (l.clone(), json!(a))).collect();
