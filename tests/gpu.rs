@@ -87,8 +87,14 @@ fn convolutions_match_the_cpu() {
                 let got = host::conv_forward(&g, &conv, &x).unwrap();
                 assert_eq!(got.shape, want.shape, "{what}");
                 close(&what, REDUCTION, &got.data, &want.data);
+                let dy = tensor(want.shape, seed + 2);
+                if !int8 {
+                    let mut want_dw = vec![0.0; conv.weights.len()];
+                    ops::conv::backward_weight(&conv, &x, &dy, &mut want_dw);
+                    let got_dw = host::conv_backward_weight(&g, &conv, &x, &dy).unwrap();
+                    close(&format!("{what} backward_weight"), REDUCTION, &got_dw, &want_dw);
+                }
                 if win.is_pointwise() {
-                    let dy = tensor(want.shape, seed + 2);
                     let want = ops::conv::backward_input(&conv, &dy, (h, w));
                     let got = host::pointwise_backward_input(&g, &conv, &dy).unwrap();
                     close(&format!("{what} backward_input"), REDUCTION, &got.data, &want.data);
@@ -252,6 +258,8 @@ fn training_on_the_gpu_matches_the_cpu() {
         ("sb+dw+logits", OptimizerKind::Sgd, 0.05, 1e-3, 0.0),
         ("logits", OptimizerKind::Adam, 0.05, 1e-3, 0.0),
         ("sb", OptimizerKind::Sgd, 0.05, 0.0, 0.0),
+        ("full", OptimizerKind::Sgd, 0.02, 1e-3, 0.0),
+        ("full", OptimizerKind::Adam, 0.001, 0.0, 0.0),
     ] {
         let mut patches = Vec::new();
         let mut losses = Vec::new();

@@ -40,6 +40,8 @@ macro_rules! kernels {
 kernels! {
     PointwiseForward => "pointwise_forward", weights: true;
     PointwiseBackwardInput => "pointwise_backward_input", weights: true;
+    PointwiseBackwardWeight => "pointwise_backward_weight", weights: false;
+    ConvBackwardWeight => "conv_backward_weight", weights: false;
     LinearBackwardWeight => "linear_backward_weight", weights: false;
     ConvForward => "conv_forward", weights: true;
     DepthwiseForward => "depthwise_forward", weights: true;
@@ -422,6 +424,24 @@ pub mod host {
         Ok(tensor(shape, gpu.run(&[call], &dx)?))
     }
 
+    /// The kernel gradient of `conv` (raw weights) `[Co·Ci·KH·KW]`: the tiled kernel for 1×1,
+    /// one workgroup per weight otherwise.
+    pub fn conv_backward_weight(gpu: &Gpu, conv: &Conv, x: &Tensor, dy: &Tensor) -> Result<Vec<f32>> {
+        let [n, ci, h, w] = x.shape;
+        let (co, oh, ow) = (dy.shape[1], dy.shape[2], dy.shape[3]);
+        let len = co * ci * conv.window.kernel[0] * conv.window.kernel[1];
+        let (xb, g, d) = (upload(gpu, &x.data)?, upload(gpu, &dy.data)?, out(gpu, len)?);
+        let call = if conv.window.is_pointwise() {
+            pointwise_backward_weight_call(gpu, &xb, &g, &d, n, ci, co, h * w)
+        } else {
+            let words = window_words(&[ci, co], n, (h, w), (oh, ow), &conv.window);
+            gpu.call(Kernel::ConvBackwardWeight, WeightFormat::F32, &[&xb, &g, &d], &words, Groups::Flat(len as u32))
+        };
+        let mut v = gpu.run(&[call], &d)?;
+        v.truncate(len);
+        Ok(v)
+    }
+
     /// `dw` on `x: [N, C, H, W]`.
     pub fn depthwise_forward(gpu: &Gpu, dw: &Depthwise, x: &Tensor) -> Result<Tensor> {
         let [n, c, h, w] = x.shape;
@@ -679,4 +699,25 @@ pub(crate) fn pointwise_backward_input_call(
     let grid = [(p as u32).div_ceil(64), (ci as u32).div_ceil(64), n as u32];
     let words = [n, ci, co, p, accumulate as usize].map(|v| Word(v as u32));
     gpu.call(Kernel::PointwiseBackwardInput, w.format, &[dy, &w.w, &w.scale, dx], &words, Groups::Grid(grid))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pointwise_backward_weight_call(
+    gpu: &Gpu,
+    x: &Range,
+    dy: &Range,
+    dw: &Range,
+    n: usize,
+    ci: usize,
+    co: usize,
+    p: usize,
+) -> Call {
+    let grid = [(ci as u32).div_ceil(64), (co as u32).div_ceil(64), 1];
+    gpu.call(
+        Kernel::PointwiseBackwardWeight,
+        WeightFormat::F32,
+        &[x, dy, dw],
+        &[n, ci, co, p].map(|v| Word(v as u32)),
+        Groups::Grid(grid),
+    )
 }

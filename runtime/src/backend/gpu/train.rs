@@ -106,14 +106,6 @@ impl GpuTrainer {
     /// Uploads `graph` (whose trained slots hold their starting values, kernels made f32 by
     /// [`patch::make_trainable`]) and prepares training of `slots`.
     pub fn new(gpu: Arc<Gpu>, graph: &Graph, slots: &[Slot], settings: GpuSettings) -> Result<Self> {
-        for s in slots {
-            if s.role == Role::Weights && matches!(graph.nodes[s.node].op, Op::Conv(_)) {
-                return Err(Error::Gpu(
-                    "training dense convolution kernels (patch kind full) is not implemented on the GPU: use the CPU"
-                        .into(),
-                ));
-            }
-        }
         let mut order: Vec<usize> = (0..slots.len()).collect();
         order.sort_by_key(|&i| (slots[i].role != Role::Weights, slots[i].node, slots[i].role != Role::Scale));
         let mut layout = vec![(0, 0); slots.len()];

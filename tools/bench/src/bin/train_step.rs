@@ -1,6 +1,6 @@
 //! One training step of a patch on the shipped MobileNetV2, CPU against GPU, side by side.
 //!
-//! `cargo run --release -p edgepatch-bench --bin train_step -- [--kinds sb+logits]
+//! `cargo run --release -p edgepatch-bench --bin train_step -- [--kinds sb+logits,bias+logits,…]
 //! [--batch 16] [--resolutions 224,96] [--reps 10] [--devices cpu,gpu] [--json]`
 //!
 //! Per device and resolution: two warm-up steps (the GPU plans its program in the first), then
@@ -33,7 +33,7 @@ fn batch(n: usize, res: usize, seed: u64) -> (Tensor, Vec<usize>) {
 fn main() {
     env_logger_init();
     let args: Vec<String> = std::env::args().collect();
-    let kinds = arg(&args, "--kinds").unwrap_or_else(|| "sb+logits".into());
+    let kind_list = arg(&args, "--kinds").unwrap_or_else(|| "sb+logits".into());
     let n: usize = arg(&args, "--batch").and_then(|v| v.parse().ok()).unwrap_or(16);
     let reps: usize = arg(&args, "--reps").and_then(|v| v.parse().ok()).unwrap_or(10);
     let resolutions: Vec<usize> = arg(&args, "--resolutions")
@@ -50,59 +50,61 @@ fn main() {
     let backbone = Backbone::embedded().expect("the embedded model");
     let labels: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("# {kinds}, batch {n}, {reps} timed steps after 2 warm-up steps; {threads} CPU threads\n");
-    println!("| device | px | median step (ms) | fastest (ms) | images/s | GPU buffers (MiB) | first loss |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for &res in &resolutions {
-        for &device in &devices {
-            let mut config = TrainConfig::new(kinds.parse().expect("patch kinds"));
-            config.batch = n;
-            config.resolution = res as u32;
-            config.device = device;
-            config.lr = Some(0.001);
-            let mut trainer = match Trainer::new(&backbone, config, labels.clone()) {
-                Ok(t) => t,
-                Err(e) => {
-                    println!("| {device} | {res} | {e} | | | | |");
-                    continue;
+    println!("# batch {n}, {reps} timed steps after 2 warm-up steps; {threads} CPU threads\n");
+    println!("| patch | device | px | median step (ms) | fastest (ms) | images/s | GPU buffers (MiB) | first loss |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for kinds in kind_list.split(',') {
+        for &res in &resolutions {
+            for &device in &devices {
+                let mut config = TrainConfig::new(kinds.parse().expect("patch kinds"));
+                config.batch = n;
+                config.resolution = res as u32;
+                config.device = device;
+                config.lr = Some(0.001);
+                let mut trainer = match Trainer::new(&backbone, config, labels.clone()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        println!("| {kinds} | {device} | {res} | {e} | | | | |");
+                        continue;
+                    }
+                };
+                let name = trainer.device();
+                let mut first = f32::NAN;
+                let mut times = Vec::new();
+                for i in 0..reps + 2 {
+                    let (x, y) = batch(n, res, i as u64);
+                    let x = if trainer.takes_features() { trainer.features(x).expect("features") } else { x };
+                    let t = Instant::now();
+                    let s = trainer.step(x, &y, 0.001).expect("a step");
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    if i == 0 {
+                        first = s.loss;
+                    }
+                    if i >= 2 {
+                        times.push(ms);
+                    }
                 }
-            };
-            let name = trainer.device();
-            let mut first = f32::NAN;
-            let mut times = Vec::new();
-            for i in 0..reps + 2 {
-                let (x, y) = batch(n, res, i as u64);
-                let x = if trainer.takes_features() { trainer.features(x).expect("features") } else { x };
-                let t = Instant::now();
-                let s = trainer.step(x, &y, 0.001).expect("a step");
-                let ms = t.elapsed().as_secs_f64() * 1e3;
-                if i == 0 {
-                    first = s.loss;
-                }
-                if i >= 2 {
-                    times.push(ms);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
-            let bytes =
-                trainer.gpu_buffer_bytes().map_or("–".into(), |b| format!("{:.0}", b as f64 / (1 << 20) as f64));
-            println!(
-                "| {name} | {res} | {median:.1} | {:.1} | {:.1} | {bytes} | {first:.5} |",
-                times[0],
-                n as f64 / median * 1e3
-            );
-            if json {
+                times.sort_by(f64::total_cmp);
+                let median = times[times.len() / 2];
+                let bytes =
+                    trainer.gpu_buffer_bytes().map_or("–".into(), |b| format!("{:.0}", b as f64 / (1 << 20) as f64));
                 println!(
-                    "{}",
-                    serde_json::json!({"device": name, "resolution": res, "batch": n, "kinds": kinds,
-                        "median_ms": median, "fastest_ms": times[0], "first_loss": first})
+                    "| {kinds} | {name} | {res} | {median:.1} | {:.1} | {:.1} | {bytes} | {first:.5} |",
+                    times[0],
+                    n as f64 / median * 1e3
                 );
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"device": name, "resolution": res, "batch": n, "kinds": kinds,
+                        "median_ms": median, "fastest_ms": times[0], "first_loss": first})
+                    );
+                }
             }
-        }
-        if args.iter().any(|a| a == "--profile") {
-            if let Err(e) = profile(&backbone, &kinds, n, res) {
-                println!("profile: {e}");
+            if args.iter().any(|a| a == "--profile") {
+                if let Err(e) = profile(&backbone, kinds, n, res) {
+                    println!("profile: {e}");
+                }
             }
         }
     }

@@ -209,6 +209,39 @@ impl GpuTrainer {
                 let acc = written[x];
                 match &node.op {
                     Op::Conv(c) => {
+                        if let Some(i) = trains(s, Role::Weights) {
+                            let refs = vec![value(x), dy.clone(), fixed(self.grad_range(i))];
+                            if c.window.is_pointwise() {
+                                let grid =
+                                    [c.in_channels.div_ceil(64), c.out_channels.div_ceil(64), 1].map(|v| v as u32);
+                                let words = u(&[n, c.in_channels, c.out_channels, xs.h * xs.w]);
+                                push(
+                                    Kernel::PointwiseBackwardWeight,
+                                    WeightFormat::F32,
+                                    refs,
+                                    words,
+                                    Groups::Grid(grid),
+                                    time,
+                                );
+                            } else {
+                                let len = c.out_channels * c.in_channels * c.window.kernel[0] * c.window.kernel[1];
+                                let words = window_words(
+                                    &[c.in_channels, c.out_channels],
+                                    n,
+                                    (xs.h, xs.w),
+                                    (ys.h, ys.w),
+                                    &c.window,
+                                );
+                                push(
+                                    Kernel::ConvBackwardWeight,
+                                    WeightFormat::F32,
+                                    refs,
+                                    words,
+                                    Groups::Flat(len as u32),
+                                    time,
+                                );
+                            }
+                        }
                         if need_dx {
                             if !c.window.is_pointwise() {
                                 return Err(Error::Gpu(format!(
