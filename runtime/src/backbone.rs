@@ -9,7 +9,9 @@ use crate::graph::Graph;
 use crate::tensor::Tensor;
 use crate::{import, Error, Result};
 
-/// The shipped int8 MobileNetV2 (QDQ ONNX), compiled into the library.
+/// The shipped int8 MobileNetV2 (QDQ ONNX), compiled into the library (feature
+/// `embedded-model`, on by default; 3.9 MB).
+#[cfg(feature = "embedded-model")]
 pub static EMBEDDED_MODEL: &[u8] =
     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/mobilenet_v2/mobilenet_v2_int8.onnx"));
 
@@ -28,8 +30,17 @@ pub struct Backbone {
 
 impl Backbone {
     /// The shipped int8 MobileNetV2 with the ImageNet labels.
+    #[cfg(feature = "embedded-model")]
     pub fn embedded() -> Result<Self> {
         Self::from_onnx_bytes(EMBEDDED_MODEL)
+    }
+
+    /// Without the `embedded-model` feature: an error asking for a model file.
+    #[cfg(not(feature = "embedded-model"))]
+    pub fn embedded() -> Result<Self> {
+        Err(Error::InvalidModel(
+            "this build has no embedded model (the `embedded-model` feature is off): load a model file".into(),
+        ))
     }
 
     /// Imports an ONNX file.
