@@ -56,25 +56,33 @@ pub fn resolve(device: Device) -> Result<Option<std::sync::Arc<gpu::Gpu>>> {
         Device::Cpu => Ok(None),
         Device::Gpu => gpu::Gpu::shared().map(Some),
         Device::Auto => {
-            let seen = gpu::adapters();
-            if !seen.iter().any(gpu::AdapterInfo::is_hardware) {
-                match seen.first() {
-                    Some(a) => log::info!("using the CPU: the only GPU adapters are software ones ({})", a.name),
-                    None => log::info!("using the CPU: no GPU adapter"),
-                }
-                return Ok(None);
-            }
-            match gpu::Gpu::shared() {
-                Ok(g) if g.info().is_hardware() => Ok(Some(g)),
-                Ok(g) => {
-                    log::info!("using the CPU: the preferred GPU adapter is a software one ({})", g.info().name);
-                    Ok(None)
-                }
-                Err(e) => {
-                    log::info!("using the CPU: {e}");
-                    Ok(None)
-                }
-            }
+            static AUTO: std::sync::OnceLock<Option<std::sync::Arc<gpu::Gpu>>> = std::sync::OnceLock::new();
+            Ok(AUTO.get_or_init(choose_auto).clone())
+        }
+    }
+}
+
+/// The decision of `Device::Auto`, made once per process (enumerating adapters loads the
+/// drivers): a hardware GPU, or `None` with one logged line saying why.
+#[cfg(feature = "gpu")]
+fn choose_auto() -> Option<std::sync::Arc<gpu::Gpu>> {
+    let seen = gpu::adapters();
+    if !seen.iter().any(gpu::AdapterInfo::is_hardware) {
+        match seen.first() {
+            Some(a) => log::info!("using the CPU: the only GPU adapters are software ones ({})", a.name),
+            None => log::info!("using the CPU: no GPU adapter"),
+        }
+        return None;
+    }
+    match gpu::Gpu::shared() {
+        Ok(g) if g.info().is_hardware() => Some(g),
+        Ok(g) => {
+            log::info!("using the CPU: the preferred GPU adapter is a software one ({})", g.info().name);
+            None
+        }
+        Err(e) => {
+            log::info!("using the CPU: {e}");
+            None
         }
     }
 }
