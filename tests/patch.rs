@@ -2,7 +2,7 @@
 //! by golden bytes, and every corruption or mismatch is refused with an error (never a panic).
 
 use edgepatch::graph::Graph;
-use edgepatch::patch::file::{self, PREFIX_LEN};
+use edgepatch::patch::file::{self, ValueType, PREFIX_LEN};
 use edgepatch::patch::{Patch, PatchTensor, Role};
 use edgepatch::train::{TrainConfig, Trainer};
 use edgepatch::{Backbone, Error, PatchKinds, Tensor};
@@ -22,18 +22,20 @@ fn tiny_patch() -> Patch {
     }
 }
 
-/// The format, byte for byte: prefix (magic, version 1, kinds, reserved, fingerprint,
-/// resolution, header and body lengths, CRC-32), postcard header, postcard body.
+/// Format version 2, byte for byte: prefix (magic, version, kinds, value type, fingerprint,
+/// resolution, header and body lengths, CRC-32), postcard header, postcard body; `{v}`, `{t}`,
+/// `{body_len}`, `{crc}` and `{body}` vary with the version and value type (CRCs computed
+/// independently with Python's zlib.crc32).
 const GOLDEN: &str = concat!(
     "4544474550544348",
-    "0100",
+    "{v}00",
     "02",
-    "00",
+    "{t}",
     "0123456789abcdef",
     "40000000",
     "12000000",
-    "1300000000000000",
-    "8457abc2",
+    "{body_len}00000000000000",
+    "{crc}",
     "02",
     "03636174",
     "03646f67",
@@ -46,14 +48,24 @@ const GOLDEN: &str = concat!(
     "01",
     "01",
     "02",
-    "02",
-    "02",
-    "0000803f",
-    "0000003f",
-    "02",
-    "00000000",
-    "000000c0",
+    "{body}",
 );
+
+const BODY_F32: &str = "02020000803f0000003f0200000000000000c0";
+const BODY_F16: &str = "0202003c003802000000c0";
+
+fn golden(version: u8, value_type: u8, crc: &str, body: &str) -> String {
+    GOLDEN
+        .replace("{v}", &format!("{version:02x}"))
+        .replace("{t}", &format!("{value_type:02x}"))
+        .replace("{body_len}", &format!("{:02x}", body.len() / 2))
+        .replace("{crc}", crc)
+        .replace("{body}", body)
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -63,8 +75,38 @@ fn hex(b: &[u8]) -> String {
 fn golden_bytes_and_round_trip() {
     let p = tiny_patch();
     let bytes = file::to_bytes(&p).unwrap();
-    assert_eq!(hex(&bytes), GOLDEN);
-    assert_eq!(file::from_bytes(&bytes).unwrap(), p);
+    assert_eq!(hex(&bytes), golden(2, 0, "efa6e498", BODY_F32));
+    assert_eq!(file::from_bytes_typed(&bytes).unwrap(), (p.clone(), ValueType::F32));
+    let half = file::to_bytes_as(&p, ValueType::F16).unwrap();
+    assert_eq!(hex(&half), golden(2, 1, "633e207e", BODY_F16));
+    assert_eq!(file::from_bytes_typed(&half).unwrap(), (p.clone(), ValueType::F16));
+}
+
+#[test]
+fn version_1_files_still_read() {
+    let v1 = unhex(&golden(1, 0, "8457abc2", BODY_F32));
+    assert_eq!(file::from_bytes_typed(&v1).unwrap(), (tiny_patch(), ValueType::F32));
+    let mut v1_with_type = v1.clone();
+    v1_with_type[11] = 1;
+    assert!(patch_err(&v1_with_type).contains("reserved"));
+}
+
+#[test]
+fn f16_storage_rounds_to_nearest_and_refuses_what_it_cannot_hold() {
+    let mut p = tiny_patch();
+    p.tensors[0].values = vec![0.1, 1.0 / 3.0];
+    let back = file::from_bytes(&file::to_bytes_as(&p, ValueType::F16).unwrap()).unwrap();
+    assert_eq!(back, p.stored_as(ValueType::F16));
+    for (a, b) in back.tensors[0].values.iter().zip(&p.tensors[0].values) {
+        assert!((a - b).abs() <= b.abs() * 2f32.powi(-11), "{a} vs {b}");
+        assert_ne!(a, b);
+    }
+    p.tensors[0].values[0] = 70_000.0;
+    match file::to_bytes_as(&p, ValueType::F16) {
+        Err(Error::Patch(m)) => assert!(m.contains("non-finite"), "{m}"),
+        other => panic!("f16 overflow was not refused: {other:?}"),
+    }
+    assert!(file::to_bytes(&p).is_ok());
 }
 
 fn patch_err(bytes: &[u8]) -> String {
@@ -77,7 +119,13 @@ fn patch_err(bytes: &[u8]) -> String {
 
 #[test]
 fn every_truncation_and_every_byte_flip_is_refused() {
-    let bytes = file::to_bytes(&tiny_patch()).unwrap();
+    for value_type in [ValueType::F32, ValueType::F16] {
+        every_truncation_and_every_byte_flip_is_refused_for(value_type);
+    }
+}
+
+fn every_truncation_and_every_byte_flip_is_refused_for(value_type: ValueType) {
+    let bytes = file::to_bytes_as(&tiny_patch(), value_type).unwrap();
     for n in 0..bytes.len() {
         patch_err(&bytes[..n]);
     }
@@ -102,7 +150,8 @@ fn header_fields_are_checked_with_clear_messages() {
         b
     };
     assert!(patch_err(&with(0, b"NOTPATCH")).contains("magic"));
-    assert!(patch_err(&with(8, &[2, 0])).contains("version 2"));
+    assert!(patch_err(&with(8, &[3, 0])).contains("version 3"));
+    assert!(patch_err(&with(11, &[2])).contains("value type 2"));
     assert!(patch_err(&with(10, &[0x40])).contains("kinds"));
     assert!(patch_err(&with(24, &u32::MAX.to_le_bytes())).contains("limits"));
     assert!(patch_err(&with(28, &(u64::MAX).to_le_bytes())).contains("limits"));
@@ -116,7 +165,17 @@ fn header_fields_are_checked_with_clear_messages() {
 fn non_finite_values_are_refused() {
     let mut p = tiny_patch();
     p.tensors[0].values[1] = f32::NAN;
-    assert!(patch_err(&file::to_bytes(&p).unwrap()).contains("non-finite"));
+    match file::to_bytes(&p) {
+        Err(Error::Patch(m)) => assert!(m.contains("non-finite"), "{m}"),
+        other => panic!("a NaN was encoded: {other:?}"),
+    }
+    for (bad, body) in [("0000c07f", BODY_F32), ("0000807f", BODY_F32), ("007c", BODY_F16)] {
+        let (good, t) = if body == BODY_F16 { ("0038", 1) } else { ("0000003f", 0) };
+        let mut bytes = unhex(&golden(2, t, "00000000", &body.replacen(good, bad, 1)));
+        let crc = crc32fast::hash(&[&bytes[..36], &bytes[PREFIX_LEN..]].concat());
+        bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+        assert!(patch_err(&bytes).contains("non-finite"), "{bad}");
+    }
 }
 
 #[test]

@@ -1,60 +1,18 @@
-//! The patch file, format version 1: a fixed 40-byte prefix, then a postcard header (labels and
-//! tensor descriptors), then a postcard body (the values), read and written through the
-//! `embedded-io` traits so that the codec needs no file system.
+//! Patch files: the `edgepatch-format` codec (format version 2, reading version 1; layout in
+//! that crate's documentation) plus the file system: atomic saves and loads that name the file.
 //!
-//! ```text
-//! offset size field
-//!      0    8 magic "EDGEPTCH"
-//!      8    2 format version (u16 LE) = 1
-//!     10    1 patch kinds (bit set, see PatchKinds::bits)
-//!     11    1 reserved, 0
-//!     12    8 backbone fingerprint (64 bits, big-endian as printed in hex)
-//!     20    4 resolution (u32 LE)
-//!     24    4 header length H (u32 LE)
-//!     28    8 body length B (u64 LE)
-//!     36    4 CRC-32 (IEEE) of bytes 0..36, the header and the body (u32 LE)
-//!     40    H postcard Header { labels: Vec<String>, tensors: Vec<{ node: u32, role: u8, shape: Vec<u32> }> }
-//!   40+H    B postcard Body { values: Vec<Vec<f32>> }, one vector per tensor, in header order
-//! ```
-//! Every length is checked against limits and against the header before anything is allocated.
+//! Encoding refuses values the chosen type cannot hold; decoding checks every length against
+//! limits and the header before allocating, the checksum, every value, the kinds and the roles.
 
-use embedded_io::{Read, ReadExactError, Write};
-use serde::{Deserialize, Serialize};
+use edgepatch_format::{RawPatch, RawTensor};
+pub use edgepatch_format::{ValueType, MAGIC, MAX_BODY_LEN, MAX_HEADER_LEN, PREFIX_LEN, VERSION};
+use embedded_io::{Read, Write};
 
 use super::{Patch, PatchKinds, PatchTensor, Role};
 use crate::{Error, Result};
 
-/// The first bytes of every patch file.
-pub const MAGIC: [u8; 8] = *b"EDGEPTCH";
-/// The format version this code writes.
-pub const VERSION: u16 = 1;
-/// Bytes in the fixed prefix.
-pub const PREFIX_LEN: usize = 40;
-/// Largest header accepted (labels and tensor descriptors).
-pub const MAX_HEADER_LEN: u32 = 4 << 20;
-/// Largest body accepted: 64 M values (more than a fully fine-tuned MobileNetV2 needs).
-pub const MAX_BODY_LEN: u64 = 256 << 20;
-
-#[derive(Serialize, Deserialize)]
-struct TensorDesc {
-    node: u32,
-    role: u8,
-    shape: Vec<u32>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Header {
-    labels: Vec<String>,
-    tensors: Vec<TensorDesc>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Body {
-    values: Vec<Vec<f32>>,
-}
-
-fn postcard_err(what: &str, e: postcard::Error) -> Error {
-    Error::Patch(format!("cannot encode or decode the {what}: {e}"))
+fn format_err(e: edgepatch_format::FormatError) -> Error {
+    Error::Patch(e.to_string())
 }
 
 fn fingerprint_bytes(fp: &str) -> Result<[u8; 8]> {
@@ -69,134 +27,65 @@ fn fingerprint_bytes(fp: &str) -> Result<[u8; 8]> {
     Ok(out)
 }
 
-/// The encoded file as bytes (what [`write`] writes).
-pub fn to_bytes(patch: &Patch) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    write(patch, &mut out)?;
-    Ok(out)
-}
-
-/// Encodes `patch` into `w`.
-pub fn write<W: Write>(patch: &Patch, w: &mut W) -> Result<()> {
-    let header = Header {
+fn to_raw(patch: &Patch, value_type: ValueType) -> Result<RawPatch> {
+    Ok(RawPatch {
+        kinds: patch.kinds.bits(),
+        fingerprint: fingerprint_bytes(&patch.fingerprint)?,
+        resolution: patch.resolution,
+        value_type,
         labels: patch.labels.clone(),
         tensors: patch
             .tensors
             .iter()
-            .map(|t| TensorDesc { node: t.node, role: t.role.code(), shape: t.shape.clone() })
+            .map(|t| RawTensor { node: t.node, role: t.role.code(), shape: t.shape.clone(), values: t.values.clone() })
             .collect(),
-    };
-    let body = Body { values: patch.tensors.iter().map(|t| t.values.clone()).collect() };
-    let h = postcard::to_allocvec(&header).map_err(|e| postcard_err("header", e))?;
-    let b = postcard::to_allocvec(&body).map_err(|e| postcard_err("body", e))?;
-    if h.len() as u64 > MAX_HEADER_LEN as u64 || b.len() as u64 > MAX_BODY_LEN {
-        return Err(Error::Patch("patch too large for the format".into()));
-    }
-    let mut prefix = [0u8; PREFIX_LEN];
-    prefix[..8].copy_from_slice(&MAGIC);
-    prefix[8..10].copy_from_slice(&VERSION.to_le_bytes());
-    prefix[10] = patch.kinds.bits();
-    prefix[12..20].copy_from_slice(&fingerprint_bytes(&patch.fingerprint)?);
-    prefix[20..24].copy_from_slice(&patch.resolution.to_le_bytes());
-    prefix[24..28].copy_from_slice(&(h.len() as u32).to_le_bytes());
-    prefix[28..36].copy_from_slice(&(b.len() as u64).to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&prefix[..36]);
-    crc.update(&h);
-    crc.update(&b);
-    prefix[36..40].copy_from_slice(&crc.finalize().to_le_bytes());
-    let io = |_| Error::Patch("write failed".into());
-    w.write_all(&prefix).map_err(io)?;
-    w.write_all(&h).map_err(io)?;
-    w.write_all(&b).map_err(io)?;
-    w.flush().map_err(io)
-}
-
-fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
-    r.read_exact(buf).map_err(|e| match e {
-        ReadExactError::UnexpectedEof => Error::Patch(format!("truncated file (in the {what})")),
-        ReadExactError::Other(e) => Error::Patch(format!("read failed in the {what}: {e:?}")),
     })
 }
 
-/// Bytes of `n` as a postcard varint.
-fn varint_len(n: u64) -> u64 {
-    let mut len = 1;
-    while len < 10 && n >> (7 * len) != 0 {
-        len += 1;
-    }
-    len
+fn from_raw(raw: RawPatch) -> Result<(Patch, ValueType)> {
+    let tensors = raw
+        .tensors
+        .into_iter()
+        .map(|t| Ok(PatchTensor { node: t.node, role: Role::from_code(t.role)?, shape: t.shape, values: t.values }))
+        .collect::<Result<_>>()?;
+    let patch = Patch {
+        kinds: PatchKinds::from_bits(raw.kinds)?,
+        fingerprint: raw.fingerprint.iter().map(|b| format!("{b:02x}")).collect(),
+        resolution: raw.resolution,
+        labels: raw.labels,
+        tensors,
+    };
+    Ok((patch, raw.value_type))
+}
+
+/// The encoded file with f32 values (what [`write`] writes).
+pub fn to_bytes(patch: &Patch) -> Result<Vec<u8>> {
+    to_bytes_as(patch, ValueType::F32)
+}
+
+/// The encoded file with values stored as `value_type` (f16 refuses values beyond ±65504).
+pub fn to_bytes_as(patch: &Patch, value_type: ValueType) -> Result<Vec<u8>> {
+    edgepatch_format::encode(&to_raw(patch, value_type)?).map_err(format_err)
+}
+
+/// Encodes `patch` with f32 values into `w`.
+pub fn write<W: Write>(patch: &Patch, w: &mut W) -> Result<()> {
+    edgepatch_format::write(&to_raw(patch, ValueType::F32)?, w).map_err(format_err)
 }
 
 /// Decodes a patch from `r`, which must hold exactly one patch file from its start.
 pub fn read<R: Read>(r: &mut R) -> Result<Patch> {
-    let mut prefix = [0u8; PREFIX_LEN];
-    read_exact(r, &mut prefix, "fixed prefix")?;
-    if prefix[..8] != MAGIC {
-        return Err(Error::Patch("not an edgepatch patch file (bad magic)".into()));
-    }
-    let le32 = |i: usize| u32::from_le_bytes(prefix[i..i + 4].try_into().expect("4 bytes"));
-    let version = u16::from_le_bytes([prefix[8], prefix[9]]);
-    if version != VERSION {
-        return Err(Error::Patch(format!("format version {version} is not supported (this build reads {VERSION})")));
-    }
-    let kinds = PatchKinds::from_bits(prefix[10])?;
-    if prefix[11] != 0 {
-        return Err(Error::Patch("reserved byte is not zero".into()));
-    }
-    let fingerprint: String = prefix[12..20].iter().map(|b| format!("{b:02x}")).collect();
-    let resolution = le32(20);
-    let header_len = le32(24);
-    let body_len = u64::from_le_bytes(prefix[28..36].try_into().expect("8 bytes"));
-    let crc_want = le32(36);
-    if header_len > MAX_HEADER_LEN || body_len > MAX_BODY_LEN {
-        return Err(Error::Patch(format!("header ({header_len} B) or body ({body_len} B) over the format's limits")));
-    }
-    let mut h = vec![0u8; header_len as usize];
-    read_exact(r, &mut h, "header")?;
-    let header: Header = postcard::from_bytes(&h).map_err(|e| postcard_err("header", e))?;
-    let mut expect = varint_len(header.tensors.len() as u64);
-    for t in &header.tensors {
-        let n = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64)).filter(|&n| n <= MAX_BODY_LEN / 4);
-        let n = n.ok_or_else(|| Error::Patch("a tensor shape is over the format's limits".into()))?;
-        expect += varint_len(n) + 4 * n;
-    }
-    if expect != body_len {
-        return Err(Error::Patch(format!("body length {body_len} does not match the tensor shapes ({expect})")));
-    }
-    let mut b = vec![0u8; body_len as usize];
-    read_exact(r, &mut b, "body")?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&prefix[..36]);
-    crc.update(&h);
-    crc.update(&b);
-    if crc.finalize() != crc_want {
-        return Err(Error::Patch("checksum mismatch: the file is corrupt".into()));
-    }
-    let body: Body = postcard::from_bytes(&b).map_err(|e| postcard_err("body", e))?;
-    if body.values.len() != header.tensors.len() {
-        return Err(Error::Patch("body and header disagree on the tensor count".into()));
-    }
-    let mut tensors = Vec::with_capacity(header.tensors.len());
-    for (d, values) in header.tensors.into_iter().zip(body.values) {
-        if values.len() as u64 != d.shape.iter().map(|&x| x as u64).product::<u64>() {
-            return Err(Error::Patch("a tensor's values do not match its shape".into()));
-        }
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(Error::Patch(format!("tensor for node {} holds non-finite values", d.node)));
-        }
-        tensors.push(PatchTensor { node: d.node, role: Role::from_code(d.role)?, shape: d.shape, values });
-    }
-    let mut extra = [0u8; 1];
-    if r.read(&mut extra).map_err(|e| Error::Patch(format!("read failed: {e:?}")))? != 0 {
-        return Err(Error::Patch("trailing bytes after the body".into()));
-    }
-    Ok(Patch { kinds, fingerprint, resolution, labels: header.labels, tensors })
+    Ok(from_raw(edgepatch_format::read(r).map_err(format_err)?)?.0)
 }
 
 /// Decodes a patch from bytes.
-pub fn from_bytes(mut bytes: &[u8]) -> Result<Patch> {
-    read(&mut bytes)
+pub fn from_bytes(bytes: &[u8]) -> Result<Patch> {
+    Ok(from_bytes_typed(bytes)?.0)
+}
+
+/// Decodes a patch from bytes, with the type its values were stored as.
+pub fn from_bytes_typed(bytes: &[u8]) -> Result<(Patch, ValueType)> {
+    from_raw(edgepatch_format::decode(bytes).map_err(format_err)?)
 }
 
 /// Reads a patch file.
@@ -212,8 +101,17 @@ pub fn load(path: &std::path::Path) -> Result<Patch> {
 /// over `path` and the directory synced, so `path` holds the old file or the new one, never a
 /// part of either.
 pub fn save(patch: &Patch, path: &std::path::Path) -> Result<()> {
+    save_as(patch, path, ValueType::F32)
+}
+
+/// [`save`] with values stored as `value_type`.
+pub fn save_as(patch: &Patch, path: &std::path::Path, value_type: ValueType) -> Result<()> {
+    write_atomic(path, &to_bytes_as(patch, value_type)?)
+}
+
+/// Writes `bytes` to `path` atomically (see [`save`]).
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write as _;
-    let bytes = to_bytes(patch)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -222,7 +120,7 @@ pub fn save(patch: &Patch, path: &std::path::Path) -> Result<()> {
     let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;

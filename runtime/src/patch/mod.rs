@@ -277,6 +277,15 @@ impl Patch {
         Ok(Patch { kinds, fingerprint: fingerprint.to_string(), resolution, labels, tensors })
     }
 
+    /// The patch as it reads back after its values are stored as `value_type`.
+    pub fn stored_as(&self, value_type: file::ValueType) -> Patch {
+        let mut p = self.clone();
+        for t in &mut p.tensors {
+            t.values.iter_mut().for_each(|v| *v = value_type.round(*v));
+        }
+        p
+    }
+
     /// Number of values.
     pub fn params(&self) -> usize {
         self.tensors.iter().map(|t| t.values.len()).sum()
