@@ -8,6 +8,7 @@ use crate::backbone::Backbone;
 use crate::backend::{Device, Engine};
 use crate::data::image::{self, Preprocess, Rgb8};
 use crate::graph::Graph;
+use crate::patch::store::Store;
 use crate::patch::Patch;
 use crate::tensor::Tensor;
 use crate::Result;
@@ -26,14 +27,18 @@ struct Task {
     graph: Graph,
     engine: Engine,
     labels: Vec<String>,
+    /// Nodes whose values differ from the backbone's (those the patch names).
+    patched: Vec<usize>,
 }
 
 /// Classifies images with a backbone (ImageNet preprocessing at 224 px) or with a task patch
-/// over it (the patch's resolution and the task preprocessing it was trained with).
+/// over it (the patch's resolution and the task preprocessing it was trained with), and switches
+/// between task patches without reloading the backbone.
 #[derive(Debug, Clone)]
 pub struct Session {
     backbone: Backbone,
     task: Option<Task>,
+    device: Device,
     size: u32,
     preprocess: Preprocess,
 }
@@ -49,14 +54,19 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
 impl Session {
     /// A session running `backbone` at 224 px.
     pub fn new(backbone: Backbone) -> Self {
-        Session { backbone, task: None, size: 224, preprocess: Preprocess::imagenet(224) }
+        Session { backbone, task: None, device: Device::Cpu, size: 224, preprocess: Preprocess::imagenet(224) }
     }
 
     /// A session running `backbone` at 224 px on `device`.
     pub fn new_on(backbone: Backbone, device: Device) -> Result<Self> {
-        let engine = Engine::new(backbone.graph(), device)?;
-        let task = Task { graph: backbone.graph().clone(), engine, labels: backbone.labels().to_vec() };
-        Ok(Session { backbone, task: Some(task), size: 224, preprocess: Preprocess::imagenet(224) })
+        let mut s = Session::new(backbone);
+        s.device = device;
+        if device != Device::Cpu {
+            let engine = Engine::new(s.backbone.graph(), device)?;
+            let labels = s.backbone.labels().to_vec();
+            s.task = Some(Task { graph: s.backbone.graph().clone(), engine, labels, patched: Vec::new() });
+        }
+        Ok(s)
     }
 
     /// Where the forward passes run (`cpu` or `gpu (adapter)`).
@@ -72,11 +82,65 @@ impl Session {
 
     /// [`Session::with_patch`] computing on `device`.
     pub fn with_patch_on(backbone: Backbone, patch: &Patch, device: Device) -> Result<Self> {
-        let graph = patch.apply(backbone.graph())?;
-        let engine = Engine::new(&graph, device)?;
-        let task = Task { graph, engine, labels: patch.labels.clone() };
-        let size = patch.resolution;
-        Ok(Session { backbone, task: Some(task), size, preprocess: Preprocess::task(size) })
+        let mut s = Session { device, ..Session::new(backbone) };
+        s.set_patch(patch)?;
+        Ok(s)
+    }
+
+    /// Switches to `patch`: only the nodes the previous and the new patch name are rewritten
+    /// (the backbone is neither reloaded nor copied again), and the outputs then equal a fresh
+    /// session's with `patch`. A patch that does not fit (another backbone, a tensor of the
+    /// wrong shape) is refused before anything changes; a GPU that fails while taking up the
+    /// new values leaves the session running the backbone, on the CPU, and returns the error.
+    pub fn set_patch(&mut self, patch: &Patch) -> Result<()> {
+        patch.check(self.backbone.graph(), self.backbone.fingerprint())?;
+        let old = self.task.take();
+        self.size = 224;
+        self.preprocess = Preprocess::imagenet(224);
+        let mut task = match old {
+            Some(mut t) => {
+                for &n in &t.patched {
+                    t.graph.nodes[n] = self.backbone.graph().nodes[n].clone();
+                }
+                patch.write_into(&mut t.graph);
+                t.engine.update(&t.graph)?;
+                t
+            }
+            None => {
+                let mut graph = self.backbone.graph().clone();
+                patch.write_into(&mut graph);
+                let engine = Engine::new(&graph, self.device)?;
+                Task { graph, engine, labels: Vec::new(), patched: Vec::new() }
+            }
+        };
+        task.patched = patch.nodes();
+        task.labels = patch.labels.clone();
+        self.task = Some(task);
+        self.size = patch.resolution;
+        self.preprocess = Preprocess::task(patch.resolution);
+        Ok(())
+    }
+
+    /// Switches to the task stored as `name` in `store` (see [`Session::set_patch`]).
+    pub fn set_task(&mut self, store: &Store, name: &str) -> Result<()> {
+        self.set_patch(&store.get(name)?)
+    }
+
+    /// Back to the backbone's own classes at 224 px.
+    pub fn clear_patch(&mut self) -> Result<()> {
+        let task = self.task.take();
+        self.size = 224;
+        self.preprocess = Preprocess::imagenet(224);
+        if let Some(mut t) = task.filter(|_| self.device != Device::Cpu) {
+            for &n in &t.patched {
+                t.graph.nodes[n] = self.backbone.graph().nodes[n].clone();
+            }
+            t.patched.clear();
+            t.labels = self.backbone.labels().to_vec();
+            t.engine.update(&t.graph)?;
+            self.task = Some(t);
+        }
+        Ok(())
     }
 
     /// The class names of the outputs.

@@ -86,6 +86,28 @@ impl ValueType {
     }
 }
 
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ValueType::F32 => "f32",
+            ValueType::F16 => "f16",
+        })
+    }
+}
+
+/// `f32` or `f16`.
+impl core::str::FromStr for ValueType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(ValueType::F32),
+            "f16" => Ok(ValueType::F16),
+            _ => Err(alloc::format!("unknown value type '{s}' (expected f32 or f16)")),
+        }
+    }
+}
+
 /// One tensor: the new value of parameter `role` of graph node `node`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawTensor {

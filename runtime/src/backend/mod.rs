@@ -156,6 +156,19 @@ impl Engine {
         self.cpu.forward(graph, input)
     }
 
+    /// Takes up `graph`, which has the structure of the graph the engine was made for and new
+    /// parameter values (another patch): nothing to do on the CPU, a re-upload on a GPU.
+    pub fn update(&mut self, graph: &Graph) -> Result<()> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &mut self.gpu {
+            let gpu = g.lock().unwrap_or_else(|p| p.into_inner()).gpu();
+            *g = std::sync::Arc::new(std::sync::Mutex::new(gpu::GpuTrainer::inference(gpu, graph)?));
+        }
+        #[cfg(not(feature = "gpu"))]
+        let _ = graph;
+        Ok(())
+    }
+
     /// `cpu`, or `gpu (adapter name)`.
     pub fn device(&self) -> String {
         #[cfg(feature = "gpu")]

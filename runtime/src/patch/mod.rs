@@ -5,6 +5,7 @@
 //! (`full`), or the classifier (`logits`, a new head sized for the task's classes).
 
 pub mod file;
+pub mod store;
 
 use std::fmt;
 use std::str::FromStr;
@@ -294,56 +295,93 @@ impl Patch {
     /// The backbone's graph with this patch applied. Refuses a patch made for another backbone
     /// and any tensor that does not fit the node it names.
     pub fn apply(&self, base: &Graph) -> Result<Graph> {
-        let fp = base.fingerprint();
-        if fp != self.fingerprint {
+        self.check(base, &base.fingerprint())?;
+        let mut g = base.clone();
+        self.write_into(&mut g);
+        Ok(g)
+    }
+
+    /// The nodes whose parameters the patch replaces, ascending, without repeats.
+    pub fn nodes(&self) -> Vec<usize> {
+        let mut n: Vec<usize> = self.tensors.iter().map(|t| t.node as usize).collect();
+        n.sort_unstable();
+        n.dedup();
+        n
+    }
+
+    /// Checks, without changing anything, that the patch was made for the backbone with
+    /// `fingerprint` (whose graph is `base`) and that every tensor fits the node it names; after
+    /// it, [`Patch::write_into`] cannot fail.
+    pub fn check(&self, base: &Graph, fingerprint: &str) -> Result<()> {
+        if fingerprint != self.fingerprint {
             return Err(Error::Patch(format!(
-                "the patch was made for backbone {}, this backbone is {fp}",
+                "the patch was made for backbone {}, this backbone is {fingerprint}",
                 self.fingerprint
             )));
         }
-        let mut g = base.clone();
-        let head = head_index(&g).ok();
+        let head = head_index(base).ok();
+        let mut head_shape = head.map(|h| {
+            let Op::Linear(l) = &base.nodes[h].op else { unreachable!("head_index checks the op") };
+            (l.out_features, l.bias.len())
+        });
         for t in &self.tensors {
             let node = t.node as usize;
             let bad = |why: &str| Error::Patch(format!("tensor for node {node} ({:?}): {why}", t.role));
-            let n = g.nodes.get_mut(node).ok_or_else(|| bad("no such node"))?;
+            let n = base.nodes.get(node).ok_or_else(|| bad("no such node"))?;
             if t.shape.iter().map(|&d| d as usize).product::<usize>() != t.values.len() {
                 return Err(bad("shape and value count disagree"));
             }
             if Some(node) == head && self.kinds.new_head() {
-                let Op::Linear(l) = &mut n.op else { unreachable!("head_index checks the op") };
+                let Op::Linear(l) = &n.op else { unreachable!("head_index checks the op") };
+                let (outputs, biases) = head_shape.as_mut().expect("a head exists");
                 match (t.role, t.shape.as_slice()) {
-                    (Role::Weights, &[o, i]) if i as usize == l.in_features => {
-                        l.out_features = o as usize;
-                        l.weights = Weights::F32(t.values.clone());
-                    }
-                    (Role::Bias, &[_]) => l.bias = t.values.clone(),
+                    (Role::Weights, &[o, i]) if i as usize == l.in_features => *outputs = o as usize,
+                    (Role::Bias, &[b]) => *biases = b as usize,
                     _ => return Err(bad("does not fit the classifier")),
                 }
                 continue;
             }
-            let slot = Slot { node, role: t.role };
             let allowed = matches!(
                 (&n.op, t.role),
                 (Op::Affine(_), Role::Scale | Role::Bias)
                     | (Op::Depthwise(_) | Op::Conv(_) | Op::Linear(_), Role::Weights)
                     | (Op::Linear(_), Role::Bias)
             );
-            if !allowed || slot_shape(&g, slot) != t.shape {
+            if !allowed || slot_shape(base, Slot { node, role: t.role }) != t.shape {
                 return Err(bad("does not fit the node"));
             }
-            make_trainable(&mut g, &[slot]);
-            param_mut(&mut g, slot).copy_from_slice(&t.values);
         }
-        if let Some(h) = head {
-            let Op::Linear(l) = &g.nodes[h].op else { unreachable!("head_index checks the op") };
-            if l.bias.len() != l.out_features || l.weights.len() != l.out_features * l.in_features {
+        if let Some((outputs, biases)) = head_shape {
+            if outputs != biases {
                 return Err(Error::Patch("the classifier's weights and bias disagree".into()));
             }
-            if self.labels.len() != l.out_features {
-                return Err(Error::Patch(format!("{} labels for {} outputs", self.labels.len(), l.out_features)));
+            if self.labels.len() != outputs {
+                return Err(Error::Patch(format!("{} labels for {outputs} outputs", self.labels.len())));
             }
         }
-        Ok(g)
+        Ok(())
+    }
+
+    /// Writes the patch's values into `graph`, a copy of the graph [`Patch::check`] accepted
+    /// (other patches' values may be in it: only the nodes in [`Patch::nodes`] change).
+    pub fn write_into(&self, graph: &mut Graph) {
+        let head = head_index(graph).ok();
+        for t in &self.tensors {
+            let node = t.node as usize;
+            if Some(node) == head && self.kinds.new_head() {
+                let Op::Linear(l) = &mut graph.nodes[node].op else { unreachable!("head_index checks the op") };
+                match t.role {
+                    Role::Weights => {
+                        l.out_features = t.shape[0] as usize;
+                        l.weights = Weights::F32(t.values.clone());
+                    }
+                    _ => l.bias = t.values.clone(),
+                }
+                continue;
+            }
+            let slot = Slot { node, role: t.role };
+            make_trainable(graph, &[slot]);
+            param_mut(graph, slot).copy_from_slice(&t.values);
+        }
     }
 }

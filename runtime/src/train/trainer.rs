@@ -38,6 +38,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Where the steps run.
     pub device: Device,
+    /// Sequential transfer: start from this patch's values (same kinds, same backbone) instead
+    /// of the backbone's; its classifier is kept when its labels equal the task's, else new.
+    pub init: Option<Patch>,
 }
 
 impl TrainConfig {
@@ -57,6 +60,7 @@ impl TrainConfig {
             augment: false,
             seed: 0,
             device: Device::Cpu,
+            init: None,
         }
     }
 
@@ -230,6 +234,23 @@ impl Trainer {
                 labels.len(),
                 graph.num_classes()
             )));
+        }
+        if let Some(init) = &config.init {
+            if init.kinds != kinds {
+                return Err(Error::Train(format!(
+                    "the initial patch is {}, this run trains {kinds}: the kinds must be the same",
+                    init.kinds
+                )));
+            }
+            init.check(backbone.graph(), backbone.fingerprint())?;
+            let mut init = init.clone();
+            if kinds.new_head() && init.labels != labels {
+                let head = patch::head_index(&graph)?;
+                init.tensors.retain(|t| t.node as usize != head);
+                init.labels = labels.clone();
+                log::info!("starting from the initial patch with a new classifier (its classes differ)");
+            }
+            init.write_into(&mut graph);
         }
         let mut node_offset = 0;
         let mut features = None;

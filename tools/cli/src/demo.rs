@@ -36,6 +36,8 @@ fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
         test: Some("embedded:fashion-mnist-mini/t10k".into()),
         patch: kinds.parse::<PatchKinds>().expect("a valid kind"),
         out: out.to_path_buf(),
+        patch_dtype: edgepatch::patch::file::ValueType::F32,
+        init_from: None,
         epochs,
         limit: None,
         test_limit: None,

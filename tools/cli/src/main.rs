@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod store;
 mod train;
 
 use std::io::Write;
@@ -11,7 +12,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use edgepatch::backend::Device;
 use edgepatch::graph::Op;
-use edgepatch::patch::file as patch_file;
+use edgepatch::patch::file::{self as patch_file, ValueType};
+use edgepatch::patch::store::Store;
 use edgepatch::{Backbone, Session};
 use serde_json::json;
 
@@ -59,8 +61,14 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         top: usize,
         /// A task patch: classify with the task's classes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "store")]
         patch: Option<PathBuf>,
+        /// A patch store (with --task): classify with one of its tasks.
+        #[arg(long, requires = "task")]
+        store: Option<PathBuf>,
+        /// The task's name in --store.
+        #[arg(long, requires = "store")]
+        task: Option<String>,
         /// Where to compute: auto (a hardware GPU when present), gpu or cpu.
         #[arg(long, default_value = "auto")]
         device: Device,
@@ -108,6 +116,38 @@ enum Command {
     /// Work with patch files.
     #[command(subcommand)]
     Patch(PatchCommand),
+    /// A patch store: a directory of named task patches with an index; every write is atomic.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// The tasks in a store.
+    List {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a patch file as task NAME (replacing any task of that name); creates the store.
+    Add {
+        dir: PathBuf,
+        name: String,
+        file: PathBuf,
+        /// Store the values as f32 or f16 (default: as in the file).
+        #[arg(long)]
+        values: Option<ValueType>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove task NAME.
+    Remove { dir: PathBuf, name: String },
+    /// Check the index and decode every patch it names (exit status 1 on any problem).
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -213,10 +253,17 @@ fn devices(as_json: bool) -> String {
         .collect()
 }
 
+/// Where a prediction's patch comes from.
+enum PatchSource<'a> {
+    None,
+    File(&'a Path),
+    Store(&'a Path, &'a str),
+}
+
 fn predict(
     images: &[PathBuf],
     model: Option<&Path>,
-    patch: Option<&Path>,
+    patch: PatchSource<'_>,
     top: usize,
     device: Device,
     as_json: bool,
@@ -225,9 +272,10 @@ fn predict(
     let backbone = load(model)?;
     let decoded = images.iter().map(|p| edgepatch::data::image::load(p)).collect::<edgepatch::Result<Vec<_>>>()?;
     let session = match patch {
-        Some(p) => Session::with_patch_on(backbone, &patch_file::load(p)?, device)?,
-        None if device == Device::Cpu => Session::new(backbone),
-        None => Session::new_on(backbone, device)?,
+        PatchSource::File(p) => Session::with_patch_on(backbone, &patch_file::load(p)?, device)?,
+        PatchSource::Store(dir, task) => Session::with_patch_on(backbone, &Store::open(dir)?.get(task)?, device)?,
+        PatchSource::None if device == Device::Cpu => Session::new(backbone),
+        PatchSource::None => Session::new_on(backbone, device)?,
     };
     let results = session.classify(&decoded, top.max(1))?;
     if as_json {
@@ -258,8 +306,13 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Info { devices: true, json, .. } => Ok(devices(*json)),
         Command::Info { model, json, .. } => info(model.as_deref(), *json),
-        Command::Predict { images, model, patch, top, device, json } => {
-            predict(images, model.as_deref(), patch.as_deref(), *top, *device, *json)
+        Command::Predict { images, model, patch, store, task, top, device, json } => {
+            let source = match (patch, store, task) {
+                (Some(p), _, _) => PatchSource::File(p),
+                (None, Some(s), Some(t)) => PatchSource::Store(s, t),
+                _ => PatchSource::None,
+            };
+            predict(images, model.as_deref(), source, *top, *device, *json)
         }
         Command::Train(args) => train::train(args),
         Command::Eval { test, patch, test_limit, seed, model, device, json } => {
@@ -267,6 +320,12 @@ fn main() -> ExitCode {
         }
         Command::Demo { out, epochs, resolution, json } => demo::demo(out, *epochs, *resolution, *json),
         Command::Patch(PatchCommand::Inspect { file, json }) => train::inspect(file, *json),
+        Command::Store(StoreCommand::List { dir, json }) => store::list(dir, *json),
+        Command::Store(StoreCommand::Add { dir, name, file, values, json }) => {
+            store::add(dir, name, file, *values, *json)
+        }
+        Command::Store(StoreCommand::Remove { dir, name }) => store::remove(dir, name),
+        Command::Store(StoreCommand::Verify { dir, json }) => store::verify(dir, *json),
     };
     match result {
         Ok(text) => {

@@ -186,6 +186,11 @@ impl GpuTrainer {
         Ok(trainer)
     }
 
+    /// The device context.
+    pub fn gpu(&self) -> Arc<Gpu> {
+        self.gpu.clone()
+    }
+
     /// The adapter's name.
     pub fn device_name(&self) -> &str {
         &self.gpu.info().name

@@ -1,0 +1,358 @@
+//! A patch store: a directory of task patches and an index naming them.
+//!
+//! ```text
+//! DIR/index.json          {"format": 1, "generation": G, "entries": [Entry, …]}
+//! DIR/NAME.GEN.patch      one patch file per entry (never rewritten: a new version gets a new GEN)
+//! DIR/.lock               writers hold an exclusive lock on it; readers take no lock
+//! ```
+//!
+//! Every write is atomic and ordered so that a crash or a failed write at any point leaves the
+//! old state or the new one: a new patch file is written and synced under a name nothing refers
+//! to yet, then the index is written to a temporary file, synced and renamed over `index.json`
+//! (and the directory synced), and only then is the replaced file deleted. A crash leaves at most
+//! unreferenced files, which [`Store::verify`] reports and the next write removes. Readers read
+//! the index (always whole, thanks to the rename), then the file it names; a file deleted by a
+//! concurrent writer in between makes them read the new index once more.
+
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::file::{self as patch_file, ValueType};
+use super::Patch;
+use crate::{Error, Result};
+
+/// The index file's name inside the store directory.
+pub const INDEX: &str = "index.json";
+const LOCK: &str = ".lock";
+const INDEX_TMP: &str = ".index.json.tmp";
+const FORMAT: u32 = 1;
+/// Longest task name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// One task in the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The task's name: letters, digits, `-`, `_` and `.` (not first), at most 64 bytes.
+    pub name: String,
+    /// The patch file, relative to the store directory.
+    pub file: String,
+    /// Size of the patch file.
+    pub bytes: u64,
+    /// The CRC-32 the patch file carries (its bytes 36..40).
+    pub crc32: u32,
+    /// Patch kinds, as `sb+logits`.
+    pub kinds: String,
+    /// The backbone fingerprint the patch was made for.
+    pub fingerprint: String,
+    pub resolution: u32,
+    pub classes: usize,
+    pub params: usize,
+    /// `f32` or `f16`.
+    pub values: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Index {
+    format: u32,
+    /// Incremented by every write; names new patch files.
+    generation: u64,
+    entries: Vec<Entry>,
+}
+
+/// What [`Store::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Entries whose files decode and match the index.
+    pub entries: usize,
+    /// Files in the directory that no entry names (left by an interrupted write; removed by the
+    /// next write).
+    pub unreferenced: Vec<String>,
+}
+
+/// The file operations a write performs, so that tests can make them fail.
+pub trait StoreIo {
+    /// Creates `path` (which must not exist), writes `bytes` and syncs it to disk.
+    fn write_new(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Renames `from` over `to`.
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Deletes a file.
+    fn remove(&mut self, path: &Path) -> io::Result<()>;
+    /// Syncs a directory (its entries) to disk.
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsIo;
+
+impl StoreIo for OsIo {
+    fn write_new(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut f = File::options().write(true).create_new(true).open(path)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        match File::open(dir) {
+            Ok(d) => d.sync_all().or(Ok(())),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// A patch store in a directory (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Refuses names that are empty, too long, start with `.` or hold anything but ASCII letters,
+/// digits, `-`, `_` and `.`.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Patch(format!(
+            "task name '{name}' is not allowed (1 to {MAX_NAME_LEN} ASCII letters, digits, '-', '_' or '.', not starting with '.')"
+        )))
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir`, which must hold an index.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let store = Store { dir: dir.to_path_buf() };
+        store.read_index()?;
+        Ok(store)
+    }
+
+    /// Opens the store in `dir`, creating the directory and an empty index when absent.
+    pub fn open_or_create(dir: &Path) -> Result<Self> {
+        let store = Store { dir: dir.to_path_buf() };
+        if !dir.join(INDEX).exists() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let _lock = store.lock()?;
+            if !dir.join(INDEX).exists() {
+                store.write_index(&mut OsIo, &Index { format: FORMAT, ..Index::default() })?;
+            }
+        }
+        store.read_index()?;
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn read_index(&self) -> Result<Index> {
+        let path = self.dir.join(INDEX);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Patch(format!("{}: not a valid store index: {e}", path.display())))?;
+        if index.format != FORMAT {
+            return Err(Error::Patch(format!("{}: store format {} is not supported", path.display(), index.format)));
+        }
+        let mut names: Vec<&str> = index.entries.iter().map(|e| e.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::Patch(format!("{}: task '{}' is listed twice", path.display(), w[0])));
+        }
+        for e in &index.entries {
+            check_name(&e.name)?;
+            if e.file.contains(['/', '\\']) || e.file.starts_with('.') {
+                return Err(Error::Patch(format!("{}: entry '{}' names file '{}'", path.display(), e.name, e.file)));
+            }
+        }
+        Ok(index)
+    }
+
+    fn write_index(&self, io: &mut dyn StoreIo, index: &Index) -> Result<()> {
+        let tmp = self.dir.join(INDEX_TMP);
+        let path = self.dir.join(INDEX);
+        let json = serde_json::to_vec_pretty(index).map_err(|e| Error::Patch(format!("store index: {e}")))?;
+        std::fs::remove_file(&tmp).ok();
+        io.write_new(&tmp, &json).map_err(|e| Error::io(&tmp, e))?;
+        io.rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        io.sync_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))
+    }
+
+    /// Holds the writers' lock until dropped (released by the OS if the process dies).
+    fn lock(&self) -> Result<File> {
+        let path = self.dir.join(LOCK);
+        let f =
+            File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        f.lock().map_err(|e| Error::io(&path, e))?;
+        Ok(f)
+    }
+
+    /// The tasks, in the order they were added.
+    pub fn list(&self) -> Result<Vec<Entry>> {
+        Ok(self.read_index()?.entries)
+    }
+
+    /// The patch stored as `name`.
+    pub fn get(&self, name: &str) -> Result<Patch> {
+        Ok(self.get_bytes(name)?.1)
+    }
+
+    /// The index entry, the patch and the file's bytes of task `name`.
+    pub fn get_bytes(&self, name: &str) -> Result<(Entry, Patch, Vec<u8>)> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let index = self.read_index()?;
+            let entry = index
+                .entries
+                .into_iter()
+                .find(|e| e.name == name)
+                .ok_or_else(|| Error::Patch(format!("no task '{name}' in the store {}", self.dir.display())))?;
+            let path = self.dir.join(&entry.file);
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let patch = self.check_file(&entry, &bytes)?;
+                    return Ok((entry, patch, bytes));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => continue,
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+    }
+
+    fn check_file(&self, entry: &Entry, bytes: &[u8]) -> Result<Patch> {
+        let path = self.dir.join(&entry.file);
+        let named = |m: String| Error::Patch(format!("{} (task '{}'): {m}", path.display(), entry.name));
+        let patch = patch_file::from_bytes(bytes).map_err(|e| named(e.to_string()))?;
+        let crc = u32::from_le_bytes(bytes[36..40].try_into().expect("a decoded file has a prefix"));
+        if bytes.len() as u64 != entry.bytes || crc != entry.crc32 {
+            return Err(named("the file is not the one the index names (size or checksum differ)".into()));
+        }
+        Ok(patch)
+    }
+
+    /// Stores `patch` as `name` with values stored as `value_type`, replacing any patch of that
+    /// name (atomically: see the module documentation).
+    pub fn add(&self, name: &str, patch: &Patch, value_type: ValueType) -> Result<Entry> {
+        self.add_bytes_with(&mut OsIo, name, &patch_file::to_bytes_as(patch, value_type)?)
+    }
+
+    /// Stores the encoded patch file `bytes` as `name` (decoded first: a bad file is refused).
+    pub fn add_bytes(&self, name: &str, bytes: &[u8]) -> Result<Entry> {
+        self.add_bytes_with(&mut OsIo, name, bytes)
+    }
+
+    /// [`Store::add_bytes`] through `io`.
+    pub fn add_bytes_with(&self, io: &mut dyn StoreIo, name: &str, bytes: &[u8]) -> Result<Entry> {
+        check_name(name)?;
+        let (patch, value_type) = patch_file::from_bytes_typed(bytes)?;
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        self.remove_unreferenced(io, &index);
+        index.generation += 1;
+        let entry = Entry {
+            name: name.to_string(),
+            file: format!("{name}.{}.patch", index.generation),
+            bytes: bytes.len() as u64,
+            crc32: u32::from_le_bytes(bytes[36..40].try_into().expect("a decoded file has a prefix")),
+            kinds: patch.kinds.to_string(),
+            fingerprint: patch.fingerprint.clone(),
+            resolution: patch.resolution,
+            classes: patch.labels.len(),
+            params: patch.params(),
+            values: value_type.to_string(),
+        };
+        let path = self.dir.join(&entry.file);
+        std::fs::remove_file(&path).ok();
+        io.write_new(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        let old = match index.entries.iter_mut().find(|e| e.name == name) {
+            Some(e) => Some(std::mem::replace(e, entry.clone())),
+            None => {
+                index.entries.push(entry.clone());
+                None
+            }
+        };
+        self.write_index(io, &index)?;
+        if let Some(old) = old {
+            self.remove_file(io, &old.file);
+        }
+        Ok(entry)
+    }
+
+    /// Removes task `name` (an error when absent).
+    pub fn remove(&self, name: &str) -> Result<Entry> {
+        self.remove_with(&mut OsIo, name)
+    }
+
+    /// [`Store::remove`] through `io`.
+    pub fn remove_with(&self, io: &mut dyn StoreIo, name: &str) -> Result<Entry> {
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        self.remove_unreferenced(io, &index);
+        let at = index
+            .entries
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or_else(|| Error::Patch(format!("no task '{name}' in the store {}", self.dir.display())))?;
+        let old = index.entries.remove(at);
+        index.generation += 1;
+        self.write_index(io, &index)?;
+        self.remove_file(io, &old.file);
+        Ok(old)
+    }
+
+    fn remove_file(&self, io: &mut dyn StoreIo, file: &str) {
+        if let Err(e) = io.remove(&self.dir.join(file)).and_then(|()| io.sync_dir(&self.dir)) {
+            log::warn!("store {}: could not remove {file} ({e}); the next write retries", self.dir.display());
+        }
+    }
+
+    /// Files of the store's own kinds (`*.patch`, the index's temporary) that the index does not name.
+    fn unreferenced(&self, index: &Index) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for item in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let item = item.map_err(|e| Error::io(&self.dir, e))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            let ours = name.ends_with(".patch") || name == INDEX_TMP;
+            if ours && !index.entries.iter().any(|e| e.file == name) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove_unreferenced(&self, io: &mut dyn StoreIo, index: &Index) {
+        for name in self.unreferenced(index).unwrap_or_default() {
+            if name != INDEX_TMP {
+                self.remove_file(io, &name);
+            }
+        }
+    }
+
+    /// Checks the index and every patch it names (decoded in full: checksum, lengths, values;
+    /// size and checksum equal to the index's). Unreferenced files are reported, not errors.
+    pub fn verify(&self) -> Result<Verified> {
+        let index = self.read_index()?;
+        for e in &index.entries {
+            let path = self.dir.join(&e.file);
+            let bytes = std::fs::read(&path).map_err(|err| Error::io(&path, err))?;
+            self.check_file(e, &bytes)?;
+        }
+        Ok(Verified { entries: index.entries.len(), unreferenced: self.unreferenced(&index)? })
+    }
+}
