@@ -323,3 +323,128 @@ fn a_patch_trained_on_the_gpu_scores_like_one_trained_on_the_cpu() {
     }
     assert!((acc[0] - acc[1]).abs() <= 0.01, "CPU-trained {} vs GPU-trained {}", acc[0], acc[1]);
 }
+
+#[test]
+fn sequential_transfer_f16_patches_and_a_store_that_survives_kills() {
+    let dir = std::env::temp_dir().join(format!("edgepatch-cli-store-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let (first, second) = (dir.join("first.patch"), dir.join("second.patch"));
+    let train = mini("train");
+    let test = mini("t10k");
+    let base = |out: &PathBuf, seed: &'static str| -> Vec<String> {
+        [
+            "train",
+            "--train",
+            &train,
+            "--test",
+            &test,
+            "--test-limit",
+            "50",
+            "--patch",
+            "sb+logits",
+            "--limit",
+            "48",
+            "--resolution",
+            "32",
+            "--epochs",
+            "1",
+            "--batch",
+            "16",
+            "--device",
+            "cpu",
+            "--json",
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let run_owned = |args: &[String]| run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = json(&run_owned(&base(&first, "1")));
+    assert_eq!(a["patch_dtype"], "f32");
+    let mut args = base(&second, "2");
+    args.extend(["--init-from", first.to_str().unwrap(), "--patch-dtype", "f16"].map(String::from));
+    let b = json(&run_owned(&args));
+    assert_eq!(b["patch_dtype"], "f16");
+    assert_eq!(b["init_from"], first.to_str().unwrap());
+    let (bytes_a, bytes_b) = (a["patch_bytes"].as_u64().unwrap(), b["patch_bytes"].as_u64().unwrap());
+    assert!(bytes_b * 2 < bytes_a + 2000 && bytes_b * 2 > bytes_a - 2000, "f16 {bytes_b} B vs f32 {bytes_a} B");
+    let e = json(&run(&[
+        "eval",
+        "--test",
+        &test,
+        "--patch",
+        second.to_str().unwrap(),
+        "--test-limit",
+        "50",
+        "--seed",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(e["accuracy"], b["test_accuracy"], "the reported accuracy is the stored f16 patch's");
+    let mut wrong = base(&dir.join("x.patch"), "3");
+    wrong[8] = "dw+logits".into();
+    wrong.extend(["--init-from".into(), first.to_str().unwrap().into()]);
+    assert_failed_run(&run_owned(&wrong), "the kinds must be the same");
+
+    let store = dir.join("store");
+    let s = store.to_str().unwrap();
+    let (fa, fb) = (first.to_str().unwrap(), second.to_str().unwrap());
+    json(&run(&["store", "add", s, "task", fa, "--json"]));
+    let crcs: Vec<u64> = [fa, fb]
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).unwrap();
+            u32::from_le_bytes(bytes[36..40].try_into().unwrap()) as u64
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    json(&run(&["store", "add", s, "task", fb, "--json"]));
+    let full = start.elapsed().as_micros() as u64;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let (mut killed, mut finished, mut leftovers) = (0, 0, 0);
+    for i in 0..60 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mut child = Command::new(binary())
+            .args(["store", "add", s, "task", if i % 2 == 0 { fa } else { fb }])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(state % (2 * full + 1)));
+        match child.try_wait().unwrap() {
+            Some(_) => finished += 1,
+            None => {
+                child.kill().unwrap();
+                killed += 1;
+            }
+        }
+        child.wait().unwrap();
+        let v = json(&run(&["store", "verify", s, "--json"]));
+        assert_eq!(v["tasks"], 1, "after run {i}");
+        leftovers += !v["unreferenced"].as_array().unwrap().is_empty() as usize;
+        let l = json(&run(&["store", "list", s, "--json"]));
+        assert!(crcs.contains(&l["tasks"][0]["crc32"].as_u64().unwrap()), "after run {i}: {l}");
+    }
+    eprintln!(
+        "store add: {killed} killed before exiting ({leftovers} left unreferenced files), {finished} finished (a full add took {full} µs)"
+    );
+    assert!(killed >= 10, "only {killed} of 60 runs were killed mid-way");
+
+    json(&run(&["store", "add", s, "task", fb, "--json"]));
+    let cat = reference_dir().join("chelsea.png");
+    let c = cat.to_str().unwrap();
+    let by_task = json(&run(&["predict", c, "--store", s, "--task", "task", "--json", "--device", "cpu"]));
+    let by_file = json(&run(&["predict", c, "--patch", fb, "--json", "--device", "cpu"]));
+    assert_eq!(by_task[0]["top"], by_file[0]["top"]);
+    assert_clean_error(&run(&["predict", c, "--store", s, "--task", "nope"]), "no task 'nope'");
+    assert_clean_error(&run(&["store", "remove", s, "nope"]), "no task 'nope'");
+    std::fs::write(store.join("index.json"), b"{ not json").unwrap();
+    assert_clean_error(&run(&["store", "verify", s]), "not a valid store index");
+    std::fs::remove_dir_all(&dir).ok();
+}
