@@ -9,7 +9,7 @@ use crate::backend::{Device, Engine};
 use crate::data::image::{self, Preprocess, Rgb8};
 use crate::graph::Graph;
 use crate::patch::store::Store;
-use crate::patch::Patch;
+use crate::patch::{Patch, Slot};
 use crate::tensor::Tensor;
 use crate::Result;
 
@@ -27,8 +27,9 @@ struct Task {
     graph: Graph,
     engine: Engine,
     labels: Vec<String>,
-    /// Nodes whose values differ from the backbone's (those the patch names).
-    patched: Vec<usize>,
+    /// The parameters whose values differ from the backbone's (those the patch names), in node
+    /// order.
+    patched: Vec<Slot>,
 }
 
 /// Classifies images with a backbone (ImageNet preprocessing at 224 px) or with a task patch
@@ -99,7 +100,11 @@ impl Session {
         self.preprocess = Preprocess::imagenet(224);
         let mut task = match old {
             Some(mut t) => {
-                for &n in &t.patched {
+                let incoming = patch.slots();
+                let mut stale: Vec<usize> =
+                    t.patched.iter().filter(|s| !incoming.contains(s)).map(|s| s.node).collect();
+                stale.dedup();
+                for n in stale {
                     t.graph.nodes[n] = self.backbone.graph().nodes[n].clone();
                 }
                 patch.write_into(&mut t.graph);
@@ -113,7 +118,7 @@ impl Session {
                 Task { graph, engine, labels: Vec::new(), patched: Vec::new() }
             }
         };
-        task.patched = patch.nodes();
+        task.patched = patch.slots();
         task.labels = patch.labels.clone();
         self.task = Some(task);
         self.size = patch.resolution;
@@ -132,7 +137,7 @@ impl Session {
         self.size = 224;
         self.preprocess = Preprocess::imagenet(224);
         if let Some(mut t) = task.filter(|_| self.device != Device::Cpu) {
-            for &n in &t.patched {
+            for n in t.patched.iter().map(|s| s.node) {
                 t.graph.nodes[n] = self.backbone.graph().nodes[n].clone();
             }
             t.patched.clear();

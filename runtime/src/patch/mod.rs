@@ -209,9 +209,9 @@ fn f32_weights_mut(w: &mut Weights) -> &mut [f32] {
 pub fn make_trainable(graph: &mut Graph, slots: &[Slot]) {
     for s in slots.iter().filter(|s| s.role == Role::Weights) {
         match &mut graph.nodes[s.node].op {
-            Op::Depthwise(d) => d.weights = Weights::F32(d.weights.to_f32()),
-            Op::Conv(c) => c.weights = Weights::F32(c.weights.to_f32()),
-            Op::Linear(l) => l.weights = Weights::F32(l.weights.to_f32()),
+            Op::Depthwise(d) if !matches!(d.weights, Weights::F32(_)) => d.weights = Weights::F32(d.weights.to_f32()),
+            Op::Conv(c) if !matches!(c.weights, Weights::F32(_)) => c.weights = Weights::F32(c.weights.to_f32()),
+            Op::Linear(l) if !matches!(l.weights, Weights::F32(_)) => l.weights = Weights::F32(l.weights.to_f32()),
             _ => {}
         }
     }
@@ -301,12 +301,12 @@ impl Patch {
         Ok(g)
     }
 
-    /// The nodes whose parameters the patch replaces, ascending, without repeats.
-    pub fn nodes(&self) -> Vec<usize> {
-        let mut n: Vec<usize> = self.tensors.iter().map(|t| t.node as usize).collect();
-        n.sort_unstable();
-        n.dedup();
-        n
+    /// The parameters the patch replaces, in node order, without repeats.
+    pub fn slots(&self) -> Vec<Slot> {
+        let mut s: Vec<Slot> = self.tensors.iter().map(|t| Slot { node: t.node as usize, role: t.role }).collect();
+        s.sort_by_key(|s| (s.node, s.role.code()));
+        s.dedup();
+        s
     }
 
     /// Checks, without changing anything, that the patch was made for the backbone with
