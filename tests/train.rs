@@ -225,3 +225,96 @@ fn bad_configurations_are_refused() {
     let blowup = Tensor::from_vec([1, 3, 32, 32], vec![f32::NAN; 3 * 32 * 32]).unwrap();
     assert!(matches!(t.step(blowup, &[0], 0.1), Err(Error::Train(_))));
 }
+
+/// An in-memory dataset of `classes` colours with noise, `per` images each.
+fn colours(spec: &str, classes: usize, per: usize, seed: u64) -> Arc<dyn Dataset> {
+    let mut images = Vec::new();
+    for c in 0..classes {
+        for i in 0..per {
+            let noise = random_values(36 * 36 * 3, seed * 1000 + (c * 100 + i) as u64, 50.0);
+            let base = [[200.0, 40.0, 40.0], [40.0, 200.0, 40.0], [40.0, 40.0, 200.0], [200.0, 200.0, 40.0]][c % 4];
+            let data = noise.iter().enumerate().map(|(k, n)| (base[k % 3] + n).clamp(0.0, 255.0) as u8).collect();
+            images.push((edgepatch::data::image::Rgb8 { width: 36, height: 36, data }, c));
+        }
+    }
+    let names = (0..classes).map(|c| format!("{spec} {c}")).collect();
+    Arc::new(data::dataset::Memory::new(spec, images, names).unwrap())
+}
+
+#[test]
+fn multi_task_training_equals_training_each_task_alone_and_groups_share_a_patch() {
+    let b = backbone();
+    let config = |kinds: &str, resolution: u32, seed: u64, epochs: usize| {
+        let mut c = TrainConfig::new(kinds.parse().unwrap());
+        (c.resolution, c.seed, c.epochs, c.batch, c.lr) = (resolution, seed, epochs, 5, Some(0.05));
+        c
+    };
+    let (a, d, e) = (colours("a", 3, 6, 1), colours("d", 4, 5, 2), colours("e", 3, 7, 3));
+    let all = |ds: &Arc<dyn Dataset>| (0..ds.len()).collect::<Vec<_>>();
+    let tasks = vec![
+        train::TaskSpec {
+            name: "a".into(),
+            train: a.clone(),
+            indices: all(&a),
+            config: config("sb+logits", 32, 1, 3),
+            group: None,
+        },
+        train::TaskSpec {
+            name: "d".into(),
+            train: d.clone(),
+            indices: all(&d),
+            config: config("logits", 64, 2, 2),
+            group: None,
+        },
+        train::TaskSpec {
+            name: "e".into(),
+            train: e.clone(),
+            indices: all(&e),
+            config: config("dw+logits", 32, 3, 2),
+            group: None,
+        },
+    ];
+    let mut order = Vec::new();
+    let multi = train::fit_multi(&b, tasks, &mut |k, _| order.push(k)).unwrap();
+    assert_eq!(order.len(), 3 * 4 + 2 * 4 + 2 * 5, "every step of every task, once");
+    assert!(order[..6].contains(&0) && order[..6].contains(&1) && order[..6].contains(&2), "interleaved: {order:?}");
+    for (r, (ds, c)) in multi.iter().zip([
+        (a.clone(), config("sb+logits", 32, 1, 3)),
+        (d.clone(), config("logits", 64, 2, 2)),
+        (e.clone(), config("dw+logits", 32, 3, 2)),
+    ]) {
+        let (alone, report) = train::fit(&b, ds.clone(), &all(&ds), c, &mut |_| {}).unwrap();
+        assert_eq!(r.patch, alone, "task {}: the multi-task patch differs from the one trained alone", r.name);
+        assert_eq!((r.report.steps, r.report.final_loss), (report.steps, report.final_loss), "task {}", r.name);
+    }
+
+    // One patch shared by two resolutions of one task (the multi-resolution experiment).
+    let shared = |name: &str, res: u32| train::TaskSpec {
+        name: name.into(),
+        train: a.clone(),
+        indices: all(&a),
+        config: config("sb+logits", res, 1, 2),
+        group: Some("a-any".into()),
+    };
+    let r = train::fit_multi(&b, vec![shared("a32", 32), shared("a64", 64)], &mut |_, _| {}).unwrap();
+    assert_eq!((r[0].patch.resolution, r[1].patch.resolution), (32, 64));
+    assert_eq!(r[0].patch.tensors, r[1].patch.tensors, "one patch for the group");
+    assert_eq!(r[0].report.steps + r[1].report.steps, 2 * 2 * 4);
+    let alone = train::fit(&b, a.clone(), &all(&a), config("sb+logits", 32, 1, 2), &mut |_| {}).unwrap().0;
+    assert_ne!(r[0].patch.tensors, alone.tensors, "the shared patch also saw 64 px batches");
+    for p in [&r[0].patch, &r[1].patch] {
+        let acc = train::evaluate(&p.apply(b.graph()).unwrap(), a.clone(), &all(&a), p.resolution).unwrap().accuracy;
+        assert!(acc > 0.6, "shared patch at {} px: accuracy {acc}", p.resolution);
+    }
+
+    let bad = |tasks: Vec<train::TaskSpec>| match train::fit_multi(&b, tasks, &mut |_, _| {}) {
+        Err(err) => err.to_string(),
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(bad(vec![shared("x", 32), shared("x", 64)]).contains("given twice"));
+    let mut other = shared("y", 32);
+    other.train = d.clone();
+    other.indices = all(&d);
+    assert!(bad(vec![shared("x", 32), other]).contains("classes differ"));
+    assert!(bad(vec![]).contains("no tasks"));
+}

@@ -8,5 +8,6 @@ mod trainer;
 
 pub use optim::{OptimizerKind, Schedule};
 pub use trainer::{
-    evaluate, evaluate_on, fit, CpuStep, Evaluation, FitReport, Progress, StepStats, TrainConfig, Trainer,
+    evaluate, evaluate_on, fit, fit_multi, CpuStep, Evaluation, FitReport, Progress, StepStats, TaskResult, TaskSpec,
+    TrainConfig, Trainer,
 };

@@ -413,82 +413,257 @@ pub fn fit(
     config: TrainConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Patch, FitReport)> {
-    if indices.is_empty() {
-        return Err(Error::dataset(train.spec(), "no training images"));
+    let task = TaskSpec { name: "task".into(), train, indices: indices.to_vec(), config, group: None };
+    let mut out = fit_multi(backbone, vec![task], &mut |_, p| progress(p))?;
+    let r = out.pop().expect("one result per task");
+    Ok((r.patch, r.report))
+}
+
+/// One task of a multi-task run ([`fit_multi`]).
+pub struct TaskSpec {
+    pub name: String,
+    pub train: Arc<dyn Dataset>,
+    /// The training images (indices into `train`).
+    pub indices: Vec<usize>,
+    pub config: TrainConfig,
+    /// Tasks naming the same group train one patch together (the first task's kinds, optimizer
+    /// and learning rate; the same classes; each task its own data and resolution). `None`: the
+    /// task trains a patch of its own.
+    pub group: Option<String>,
+}
+
+/// A task's outcome: its patch (shared within a group, with the task's resolution) and report.
+pub struct TaskResult {
+    pub name: String,
+    pub patch: Patch,
+    pub report: FitReport,
+}
+
+/// One task's batches, epoch after epoch, in the order [`fit`] has always used (each epoch a
+/// shuffle of the indices from one generator seeded by the task's seed).
+struct Stream {
+    group: usize,
+    train: Arc<dyn Dataset>,
+    indices: Vec<usize>,
+    batch: usize,
+    transform: Transform,
+    seed: u64,
+    epochs: usize,
+    rng: Rng,
+    epoch: usize,
+    loader: Option<Loader>,
+    /// Feature width, features of every training image in `indices` order, and each image's
+    /// position there (head-only trainers without augmentation).
+    cached: Option<(usize, Vec<f32>, std::collections::HashMap<usize, usize>)>,
+    /// The epoch's order and how far into it the cached path is.
+    order: Vec<usize>,
+    at: usize,
+    steps: usize,
+    total: usize,
+    loss_sum: f64,
+    correct: usize,
+    last_epoch: (f64, usize),
+}
+
+impl Stream {
+    fn done(&self) -> bool {
+        self.steps == self.total
     }
-    let mut trainer = Trainer::new(backbone, config.clone(), train.classes().to_vec())?;
-    let transform = Transform { resolution: config.resolution, augment: config.augment };
-    let steps_per_epoch = indices.len().div_ceil(config.batch);
-    let total = steps_per_epoch * config.epochs;
-    let schedule = Schedule { base: config.lr(), warmup: (total as f32 * config.warmup).round() as usize, total };
-    let start = Instant::now();
-    let cached = if trainer.takes_features() && !config.augment {
-        let mut feats = Vec::with_capacity(indices.len());
-        for b in Loader::new(train.clone(), indices.to_vec(), 64, transform, config.seed) {
-            feats.push(trainer.features(b?.input)?);
+
+    fn start_epoch(&mut self) {
+        self.order = self.indices.clone();
+        self.rng.shuffle(&mut self.order);
+        self.at = 0;
+        if self.cached.is_none() {
+            let seed = self.seed ^ ((self.epoch as u64 + 1) << 32);
+            self.loader = Some(Loader::new(self.train.clone(), self.order.clone(), self.batch, self.transform, seed));
         }
-        let f = feats[0].shape[1];
-        log::info!("cached the features of {} images in {:.1} s", indices.len(), start.elapsed().as_secs_f64());
-        Some((f, feats.into_iter().flat_map(|t| t.data).collect::<Vec<f32>>()))
-    } else {
-        None
-    };
-    let position: std::collections::HashMap<usize, usize> = indices.iter().enumerate().map(|(p, &i)| (i, p)).collect();
-    let mut rng = Rng::new(config.seed);
-    let (mut step, mut seen) = (0, 0usize);
-    let (mut loss_sum, mut correct) = (0f64, 0usize);
-    for epoch in 0..config.epochs {
-        let mut order = indices.to_vec();
-        rng.shuffle(&mut order);
-        let epoch_seed = config.seed ^ ((epoch as u64 + 1) << 32);
-        (loss_sum, correct) = (0.0, 0);
-        let mut run = |input: Tensor, labels: &[usize], trainer: &mut Trainer| -> Result<()> {
-            let lr = schedule.at(step);
-            let s = trainer.step(input, labels, lr)?;
-            loss_sum += s.loss as f64 * labels.len() as f64;
-            correct += s.correct;
-            step += 1;
-            seen += labels.len();
-            let ips = seen as f32 / start.elapsed().as_secs_f32().max(1e-9);
-            progress(Progress { epoch, step, total_steps: total, loss: s.loss, lr, images_per_second: ips });
-            Ok(())
-        };
-        if let Some((f, feats)) = &cached {
-            for chunk in order.chunks(config.batch) {
+    }
+
+    /// The next batch (images, or features for a head-only trainer), and whether it ends an epoch.
+    fn next(&mut self, trainer: &Trainer) -> Result<(Tensor, Vec<usize>, bool)> {
+        if self.at == 0 && self.loader.is_none() {
+            self.start_epoch();
+        }
+        let (input, labels) = match &self.cached {
+            Some((f, feats, position)) => {
+                let chunk = &self.order[self.at..(self.at + self.batch).min(self.order.len())];
                 let mut data = Vec::with_capacity(chunk.len() * f);
                 for i in chunk {
                     let p = position[i];
                     data.extend_from_slice(&feats[p * f..(p + 1) * f]);
                 }
-                let labels: Vec<usize> = chunk.iter().map(|&i| train.label(i)).collect();
-                run(Tensor { shape: [chunk.len(), *f, 1, 1], data }, &labels, &mut trainer)?;
+                let labels = chunk.iter().map(|&i| self.train.label(i)).collect();
+                (Tensor { shape: [chunk.len(), *f, 1, 1], data }, labels)
             }
-        } else {
-            for b in Loader::new(train.clone(), order, config.batch, transform, epoch_seed) {
-                let b = b?;
+            None => {
+                let loader = self.loader.as_mut().expect("an epoch is running");
+                let b = loader.next().ok_or_else(|| Error::Train("the data loader stopped early".into()))??;
                 let input = if trainer.takes_features() { trainer.features(b.input)? } else { b.input };
-                run(input, &b.labels, &mut trainer)?;
+                (input, b.labels)
+            }
+        };
+        self.at += labels.len();
+        let end = self.at >= self.order.len();
+        if end {
+            self.loader = None;
+            self.at = 0;
+            self.epoch += 1;
+        }
+        Ok((input, labels, end))
+    }
+}
+
+/// Trains K tasks over one backbone, interleaving their batches: at every step the task
+/// furthest behind (by the fraction of its steps done) goes next, so all finish together. Each
+/// group (a task alone, or the tasks sharing a group name) has its own trainer, patch, optimizer
+/// state and warm-up + cosine schedule over the group's steps. A task alone trains exactly as
+/// [`fit`] trains it (same batches, same order, same values). `progress` gets the task index.
+pub fn fit_multi(
+    backbone: &Backbone,
+    tasks: Vec<TaskSpec>,
+    progress: &mut dyn FnMut(usize, Progress),
+) -> Result<Vec<TaskResult>> {
+    if tasks.is_empty() {
+        return Err(Error::Train("no tasks".into()));
+    }
+    let mut names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Train(format!("task '{}' is given twice", w[0])));
+    }
+    let mut group_of = Vec::new();
+    let mut leaders: Vec<usize> = Vec::new();
+    for (k, t) in tasks.iter().enumerate() {
+        if t.indices.is_empty() {
+            return Err(Error::dataset(t.train.spec(), format!("task '{}' has no training images", t.name)));
+        }
+        let joined = t.group.as_ref().and_then(|g| leaders.iter().position(|&l| tasks[l].group.as_ref() == Some(g)));
+        match joined {
+            Some(g) => {
+                let lead = &tasks[leaders[g]];
+                if lead.config.kinds != t.config.kinds || lead.train.classes() != t.train.classes() {
+                    return Err(Error::Train(format!(
+                        "task '{}' shares a patch with '{}' but its patch kinds or classes differ",
+                        t.name, lead.name
+                    )));
+                }
+                group_of.push(g);
+            }
+            None => {
+                group_of.push(leaders.len());
+                leaders.push(k);
             }
         }
-        log::info!(
-            "epoch {}: loss {:.4}, train accuracy {:.4}",
-            epoch + 1,
-            loss_sum / indices.len() as f64,
-            correct as f64 / indices.len() as f64
-        );
+    }
+    let start = Instant::now();
+    let mut trainers = leaders
+        .iter()
+        .map(|&l| Trainer::new(backbone, tasks[l].config.clone(), tasks[l].train.classes().to_vec()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut streams = Vec::with_capacity(tasks.len());
+    for (k, t) in tasks.iter().enumerate() {
+        let c = &t.config;
+        let transform = Transform { resolution: c.resolution, augment: c.augment };
+        let trainer = &trainers[group_of[k]];
+        let cached = if trainer.takes_features() && !c.augment {
+            let mut feats = Vec::with_capacity(t.indices.len());
+            for b in Loader::new(t.train.clone(), t.indices.clone(), 64, transform, c.seed) {
+                feats.push(trainer.features(b?.input)?);
+            }
+            let f = feats[0].shape[1];
+            log::info!("{}: cached the features of {} images", t.name, t.indices.len());
+            let position = t.indices.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+            Some((f, feats.into_iter().flat_map(|x| x.data).collect::<Vec<f32>>(), position))
+        } else {
+            None
+        };
+        streams.push(Stream {
+            group: group_of[k],
+            train: t.train.clone(),
+            indices: t.indices.clone(),
+            batch: c.batch,
+            transform,
+            seed: c.seed,
+            epochs: c.epochs,
+            rng: Rng::new(c.seed),
+            epoch: 0,
+            loader: None,
+            cached,
+            order: Vec::new(),
+            at: 0,
+            steps: 0,
+            total: t.indices.len().div_ceil(c.batch) * c.epochs,
+            loss_sum: 0.0,
+            correct: 0,
+            last_epoch: (0.0, 0),
+        });
+    }
+    let schedules: Vec<Schedule> = leaders
+        .iter()
+        .enumerate()
+        .map(|(g, &l)| {
+            let total: usize = streams.iter().filter(|s| s.group == g).map(|s| s.total).sum();
+            let c = &tasks[l].config;
+            Schedule { base: c.lr(), warmup: (total as f32 * c.warmup).round() as usize, total }
+        })
+        .collect();
+    let mut group_steps = vec![0usize; leaders.len()];
+    let total: usize = streams.iter().map(|s| s.total).sum();
+    let (mut step, mut seen) = (0usize, 0usize);
+    while let Some(k) = (0..streams.len()).filter(|&k| !streams[k].done()).min_by(|&a, &b| {
+        let f = |s: &Stream| (s.steps + 1) as f64 / s.total as f64;
+        f(&streams[a]).total_cmp(&f(&streams[b])).then(a.cmp(&b))
+    }) {
+        let s = &mut streams[k];
+        let g = s.group;
+        let (input, labels, epoch_end) = s.next(&trainers[g])?;
+        let lr = schedules[g].at(group_steps[g]);
+        let stats = trainers[g].step(input, &labels, lr)?;
+        group_steps[g] += 1;
+        step += 1;
+        seen += labels.len();
+        s.steps += 1;
+        s.loss_sum += stats.loss as f64 * labels.len() as f64;
+        s.correct += stats.correct;
+        let epoch = s.epoch - epoch_end as usize;
+        if epoch_end {
+            let n = s.indices.len();
+            log::info!(
+                "{}: epoch {}/{}: loss {:.4}, train accuracy {:.4}",
+                tasks[k].name,
+                epoch + 1,
+                s.epochs,
+                s.loss_sum / n as f64,
+                s.correct as f64 / n as f64
+            );
+            s.last_epoch = (s.loss_sum, s.correct);
+            (s.loss_sum, s.correct) = (0.0, 0);
+        }
+        let ips = seen as f32 / start.elapsed().as_secs_f32().max(1e-9);
+        progress(k, Progress { epoch, step, total_steps: total, loss: stats.loss, lr, images_per_second: ips });
     }
     let seconds = start.elapsed().as_secs_f64();
-    let report = FitReport {
-        train_images: indices.len(),
-        steps: step,
-        final_loss: (loss_sum / indices.len() as f64) as f32,
-        train_accuracy: (correct as f64 / indices.len() as f64) as f32,
-        seconds,
-        images_per_second: seen as f64 / seconds.max(1e-9),
-        device: trainer.device(),
-        gpu_buffer_bytes: trainer.gpu_buffer_bytes(),
-    };
-    Ok((trainer.patch()?, report))
+    let patches = trainers.iter_mut().map(Trainer::patch).collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(tasks.len());
+    for (k, (t, s)) in tasks.into_iter().zip(&streams).enumerate() {
+        let g = group_of[k];
+        let mut patch = patches[g].clone();
+        patch.resolution = t.config.resolution;
+        let n = s.indices.len() as f64;
+        let report = FitReport {
+            train_images: s.indices.len(),
+            steps: s.steps,
+            final_loss: (s.last_epoch.0 / n) as f32,
+            train_accuracy: (s.last_epoch.1 as f64 / n) as f32,
+            seconds,
+            images_per_second: seen as f64 / seconds.max(1e-9),
+            device: trainers[g].device(),
+            gpu_buffer_bytes: trainers[g].gpu_buffer_bytes(),
+        };
+        out.push(TaskResult { name: t.name, patch, report });
+    }
+    Ok(out)
 }
 
 /// Scores of a patch (or the backbone) on a labelled set.

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod multi;
 mod store;
 mod train;
 
@@ -78,6 +79,8 @@ enum Command {
     },
     /// Learn a patch for a task (on the CPU or a GPU) and save it.
     Train(Box<train::TrainArgs>),
+    /// Learn K task patches at once over the shared backbone and write them into a patch store.
+    TrainMulti(Box<multi::MultiArgs>),
     /// Score a patch on a labelled set: accuracy, per class, confusion matrix.
     Eval {
         /// Test data: idx:DIR/PREFIX or folder:DIR.
@@ -315,6 +318,7 @@ fn main() -> ExitCode {
             predict(images, model.as_deref(), source, *top, *device, *json)
         }
         Command::Train(args) => train::train(args),
+        Command::TrainMulti(args) => multi::train_multi(args),
         Command::Eval { test, patch, test_limit, seed, model, device, json } => {
             train::eval(test, patch, *test_limit, *seed, model.as_deref(), *device, *json)
         }

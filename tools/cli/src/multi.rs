@@ -1,0 +1,229 @@
+//! `edgepatch train-multi`: K tasks over one frozen backbone, one patch each (or one per group of
+//! tasks sharing it), trained together and written into a patch store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use edgepatch::backend::Device;
+use edgepatch::data::{self, Dataset};
+use edgepatch::patch::file::ValueType;
+use edgepatch::patch::store::Store;
+use edgepatch::train::{self, OptimizerKind, TaskSpec, TrainConfig};
+use edgepatch::{Error, PatchKinds};
+use serde_json::{json, Value};
+
+use crate::load;
+use crate::train::{peak_rss_bytes, select, split};
+
+#[derive(Args)]
+pub struct MultiArgs {
+    /// A task: NAME=TRAIN[,test=SPEC][,patch=KINDS][,resolution=R][,limit=N][,test-limit=N]
+    /// [,lr=X][,seed=N][,share=GROUP]; data specs as for `train` (idx:DIR/PREFIX, folder:DIR).
+    /// Tasks with the same `share` group train one patch together (same kinds and classes).
+    #[arg(long = "task", required = true)]
+    pub tasks: Vec<String>,
+    /// The patch store to write every task's patch into (created when absent).
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Patch kinds for tasks that do not name theirs.
+    #[arg(long, default_value = "sb+logits")]
+    pub patch: PatchKinds,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Peak learning rate for tasks that do not name theirs (default depends on the kinds).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub warmup: f32,
+    #[arg(long, default_value_t = 5.0)]
+    pub clip_norm: f32,
+    /// Input size for tasks that do not name theirs.
+    #[arg(long, default_value_t = 224)]
+    pub resolution: u32,
+    #[arg(long)]
+    pub augment: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// How the stored patches keep their values: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    pub patch_dtype: ValueType,
+    /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "auto")]
+    pub device: Device,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One parsed `--task`.
+struct Task {
+    name: String,
+    train: Arc<dyn Dataset>,
+    test: Option<Arc<dyn Dataset>>,
+    limit: Option<usize>,
+    test_limit: Option<usize>,
+    share: Option<String>,
+    config: TrainConfig,
+}
+
+fn parse_task(spec: &str, a: &MultiArgs) -> edgepatch::Result<Task> {
+    let bad = |why: String| Error::Train(format!("--task '{spec}': {why}"));
+    let mut parts = spec.split(',');
+    let (name, train) =
+        parts.next().and_then(|p| p.split_once('=')).ok_or_else(|| bad("expected NAME=TRAIN first".into()))?;
+    edgepatch::patch::store::check_name(name)?;
+    let mut config = TrainConfig::new(a.patch);
+    config.epochs = a.epochs;
+    config.batch = a.batch;
+    config.lr = a.lr;
+    config.optimizer = a.optimizer;
+    config.weight_decay = a.weight_decay;
+    config.label_smoothing = a.label_smoothing;
+    config.warmup = a.warmup;
+    config.clip_norm = (a.clip_norm > 0.0).then_some(a.clip_norm);
+    config.resolution = a.resolution;
+    config.augment = a.augment;
+    config.seed = a.seed;
+    config.device = a.device;
+    let (mut test, mut limit, mut test_limit, mut share) = (None, None, None, None);
+    for p in parts {
+        let (k, v) = p.split_once('=').ok_or_else(|| bad(format!("'{p}' is not KEY=VALUE")))?;
+        let num = |v: &str| v.parse::<usize>().map_err(|_| bad(format!("{k}={v} is not a count")));
+        match k {
+            "test" => test = Some(data::open(v)?),
+            "patch" => config.kinds = v.parse()?,
+            "resolution" => config.resolution = v.parse().map_err(|_| bad(format!("resolution={v}")))?,
+            "limit" => limit = Some(num(v)?),
+            "test-limit" => test_limit = Some(num(v)?),
+            "lr" => config.lr = Some(v.parse().map_err(|_| bad(format!("lr={v}")))?),
+            "seed" => config.seed = v.parse().map_err(|_| bad(format!("seed={v}")))?,
+            "share" => share = Some(v.to_string()),
+            _ => return Err(bad(format!("unknown key '{k}'"))),
+        }
+    }
+    let train = data::open(train)?;
+    if let Some(t) = &test {
+        if t.classes() != train.classes() {
+            return Err(Error::dataset(t.spec(), format!("task '{name}': its classes differ from the training set's")));
+        }
+    }
+    Ok(Task { name: name.to_string(), train, test, limit, test_limit, share, config })
+}
+
+pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
+    let backbone = load(a.model.as_deref())?;
+    let tasks = a.tasks.iter().map(|t| parse_task(t, a)).collect::<edgepatch::Result<Vec<_>>>()?;
+    let store = Store::open_or_create(&a.out_dir)?;
+    let specs = tasks
+        .iter()
+        .map(|t| {
+            Ok(TaskSpec {
+                name: t.name.clone(),
+                train: t.train.clone(),
+                indices: split(t.train.as_ref(), t.limit, 0, t.config.seed)?.0,
+                config: t.config.clone(),
+                group: t.share.clone(),
+            })
+        })
+        .collect::<edgepatch::Result<Vec<_>>>()?;
+    let bar = indicatif::ProgressBar::new(0);
+    if a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}").expect("valid template"),
+    );
+    let results = train::fit_multi(&backbone, specs, &mut |k, p| {
+        bar.set_length(p.total_steps as u64);
+        bar.set_position(p.step as u64);
+        bar.set_message(format!("{} loss {:.4} · {:.1} img/s", tasks[k].name, p.loss, p.images_per_second));
+    })?;
+    bar.finish_and_clear();
+    let mut rows: Vec<Value> = Vec::new();
+    let mut total_bytes = 0u64;
+    for (t, r) in tasks.iter().zip(&results) {
+        let entry = store.add(&t.name, &r.patch, a.patch_dtype)?;
+        total_bytes += entry.bytes;
+        let patch = r.patch.stored_as(a.patch_dtype);
+        let test = match &t.test {
+            Some(ds) => {
+                let idx = select(ds.as_ref(), t.test_limit, t.config.seed);
+                let graph = patch.apply(backbone.graph())?;
+                Some(train::evaluate_on(&graph, ds.clone(), &idx, patch.resolution, a.device)?)
+            }
+            None => None,
+        };
+        rows.push(json!({
+            "name": t.name,
+            "patch": patch.kinds.to_string(),
+            "share": t.share,
+            "resolution": patch.resolution,
+            "classes": patch.labels.len(),
+            "train_images": r.report.train_images,
+            "steps": r.report.steps,
+            "final_loss": r.report.final_loss,
+            "train_accuracy": r.report.train_accuracy,
+            "test_images": test.as_ref().map_or(0, |e| e.images),
+            "test_accuracy": test.as_ref().map(|e| e.accuracy),
+            "patch_params": patch.params(),
+            "patch_bytes": entry.bytes,
+            "file": a.out_dir.join(&entry.file).display().to_string(),
+        }));
+    }
+    let report = &results[0].report;
+    let k = tasks.len() as u64;
+    let model_params = backbone.graph().params() as u64;
+    let summary = json!({
+        "tasks": rows,
+        "store": a.out_dir.display().to_string(),
+        "seconds": report.seconds,
+        "images_per_second": report.images_per_second,
+        "device": report.device,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "patch_dtype": a.patch_dtype.to_string(),
+        "total_patch_bytes": total_bytes,
+        "backbone_params": model_params,
+        "backbone_resident_bytes": backbone.resident_bytes(),
+        "k_fine_tuned_f32_bytes": k * model_params * 4,
+        "k_fine_tuned_int8_bytes": k * backbone.resident_bytes() as u64,
+    });
+    if a.json {
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&summary).expect("json")));
+    }
+    let mut o = format!(
+        "trained {} tasks in {:.1} s ({:.1} img/s, {}) into the store {}\n",
+        k,
+        report.seconds,
+        report.images_per_second,
+        report.device,
+        a.out_dir.display()
+    );
+    for r in &rows {
+        o += &format!(
+            "  {:<20} {:<14} {:>4} px  {:>9} values {:>10} B  test accuracy {}\n",
+            r["name"].as_str().unwrap_or_default(),
+            r["patch"].as_str().unwrap_or_default(),
+            r["resolution"],
+            r["patch_params"],
+            r["patch_bytes"],
+            r["test_accuracy"].as_f64().map_or("-".into(), |x| format!("{x:.4}")),
+        );
+    }
+    o += &format!(
+        "{} patch bytes for {k} tasks over one backbone ({} B resident), against {} B for {k} fine-tuned f32 models\n",
+        total_bytes,
+        backbone.resident_bytes(),
+        k * model_params * 4
+    );
+    Ok(o)
+}
