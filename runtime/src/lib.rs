@@ -20,6 +20,7 @@ pub mod backbone;
 pub mod backend;
 pub mod data;
 mod error;
+pub mod export;
 pub mod graph;
 pub mod import;
 pub mod ops;

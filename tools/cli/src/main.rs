@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edgepatch::backend::Device;
+use edgepatch::export::ExportWeights;
 use edgepatch::graph::Op;
 use edgepatch::patch::file::{self as patch_file, ValueType};
 use edgepatch::patch::store::Store;
@@ -113,6 +114,29 @@ enum Command {
         epochs: usize,
         #[arg(long, default_value_t = 64)]
         resolution: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fold a task patch into the backbone and write a standard ONNX model for the task.
+    Export {
+        /// The patch file.
+        #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+        patch: Option<PathBuf>,
+        /// A patch store (with --task) holding the patch.
+        #[arg(long, requires = "task")]
+        store: Option<PathBuf>,
+        /// The task's name in --store.
+        #[arg(long, requires = "store")]
+        task: Option<String>,
+        /// Where to write the model (atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Kernels as int8 behind DequantizeLinear (frozen ones; trained ones stay f32) or all f32.
+        #[arg(long, default_value = "int8")]
+        weights: ExportWeights,
+        /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
+        #[arg(long)]
+        model: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -303,6 +327,41 @@ fn predict(
     Ok(o)
 }
 
+fn export(
+    source: PatchSource<'_>,
+    out: &Path,
+    weights: ExportWeights,
+    model: Option<&Path>,
+    as_json: bool,
+) -> edgepatch::Result<String> {
+    let backbone = load(model)?;
+    let patch = match source {
+        PatchSource::File(p) => patch_file::load(p)?,
+        PatchSource::Store(dir, task) => Store::open(dir)?.get(task)?,
+        PatchSource::None => return Err(edgepatch::Error::Patch("export needs --patch or --store with --task".into())),
+    };
+    let bytes = edgepatch::export::patched_onnx(backbone.graph(), &patch, weights)?;
+    patch_file::write_atomic(out, &bytes)?;
+    if as_json {
+        let v = json!({"out": out.display().to_string(), "bytes": bytes.len(), "weights": format!("{weights:?}").to_lowercase(),
+            "patch": patch.kinds.to_string(), "classes": patch.labels.len(), "resolution": patch.resolution});
+        return Ok(format!(
+            "{}
+",
+            serde_json::to_string_pretty(&v).expect("json")
+        ));
+    }
+    Ok(format!(
+        "wrote {} ({} bytes, {} kernels): the backbone with the {} patch, {} classes, input [N, 3, {r}, {r}] → logits\n",
+        out.display(),
+        bytes.len(),
+        format!("{weights:?}").to_lowercase(),
+        patch.kinds,
+        patch.labels.len(),
+        r = patch.resolution
+    ))
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -323,6 +382,14 @@ fn main() -> ExitCode {
             train::eval(test, patch, *test_limit, *seed, model.as_deref(), *device, *json)
         }
         Command::Demo { out, epochs, resolution, json } => demo::demo(out, *epochs, *resolution, *json),
+        Command::Export { patch, store, task, out, weights, model, json } => {
+            let source = match (patch, store, task) {
+                (Some(p), _, _) => PatchSource::File(p),
+                (None, Some(s), Some(t)) => PatchSource::Store(s, t),
+                _ => PatchSource::None,
+            };
+            export(source, out, *weights, model.as_deref(), *json)
+        }
         Command::Patch(PatchCommand::Inspect { file, json }) => train::inspect(file, *json),
         Command::Store(StoreCommand::List { dir, json }) => store::list(dir, *json),
         Command::Store(StoreCommand::Add { dir, name, file, values, json }) => {

@@ -19,7 +19,8 @@ use crate::train::{peak_rss_bytes, select, split};
 #[derive(Args)]
 pub struct MultiArgs {
     /// A task: NAME=TRAIN[,test=SPEC][,patch=KINDS][,resolution=R][,limit=N][,test-limit=N]
-    /// [,lr=X][,seed=N][,share=GROUP]; data specs as for `train` (idx:DIR/PREFIX, folder:DIR).
+    /// [,validate=N][,epochs=N][,batch=N][,lr=X][,seed=N][,share=GROUP]; data specs as for
+    /// `train` (idx:DIR/PREFIX, folder:DIR); `validate` holds out training images as `train` does.
     /// Tasks with the same `share` group train one patch together (same kinds and classes).
     #[arg(long = "task", required = true)]
     pub tasks: Vec<String>,
@@ -72,6 +73,7 @@ struct Task {
     test: Option<Arc<dyn Dataset>>,
     limit: Option<usize>,
     test_limit: Option<usize>,
+    validate: usize,
     share: Option<String>,
     config: TrainConfig,
 }
@@ -95,7 +97,7 @@ fn parse_task(spec: &str, a: &MultiArgs) -> edgepatch::Result<Task> {
     config.augment = a.augment;
     config.seed = a.seed;
     config.device = a.device;
-    let (mut test, mut limit, mut test_limit, mut share) = (None, None, None, None);
+    let (mut test, mut limit, mut test_limit, mut share, mut validate) = (None, None, None, None, 0);
     for p in parts {
         let (k, v) = p.split_once('=').ok_or_else(|| bad(format!("'{p}' is not KEY=VALUE")))?;
         let num = |v: &str| v.parse::<usize>().map_err(|_| bad(format!("{k}={v} is not a count")));
@@ -105,6 +107,9 @@ fn parse_task(spec: &str, a: &MultiArgs) -> edgepatch::Result<Task> {
             "resolution" => config.resolution = v.parse().map_err(|_| bad(format!("resolution={v}")))?,
             "limit" => limit = Some(num(v)?),
             "test-limit" => test_limit = Some(num(v)?),
+            "validate" => validate = num(v)?,
+            "epochs" => config.epochs = num(v)?,
+            "batch" => config.batch = num(v)?,
             "lr" => config.lr = Some(v.parse().map_err(|_| bad(format!("lr={v}")))?),
             "seed" => config.seed = v.parse().map_err(|_| bad(format!("seed={v}")))?,
             "share" => share = Some(v.to_string()),
@@ -117,7 +122,7 @@ fn parse_task(spec: &str, a: &MultiArgs) -> edgepatch::Result<Task> {
             return Err(Error::dataset(t.spec(), format!("task '{name}': its classes differ from the training set's")));
         }
     }
-    Ok(Task { name: name.to_string(), train, test, limit, test_limit, share, config })
+    Ok(Task { name: name.to_string(), train, test, limit, test_limit, validate, share, config })
 }
 
 pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
@@ -130,7 +135,7 @@ pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
             Ok(TaskSpec {
                 name: t.name.clone(),
                 train: t.train.clone(),
-                indices: split(t.train.as_ref(), t.limit, 0, t.config.seed)?.0,
+                indices: split(t.train.as_ref(), t.limit, t.validate, t.config.seed)?.0,
                 config: t.config.clone(),
                 group: t.share.clone(),
             })
@@ -170,6 +175,8 @@ pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
             "resolution": patch.resolution,
             "classes": patch.labels.len(),
             "train_images": r.report.train_images,
+            "epochs": t.config.epochs,
+            "lr": t.config.lr(),
             "steps": r.report.steps,
             "final_loss": r.report.final_loss,
             "train_accuracy": r.report.train_accuracy,
