@@ -170,6 +170,17 @@ pub extern "C" fn ep_runtime_free(rt: *mut EpRuntime) {
     }
 }
 
+/// Keeps `p` under `name` after checking that it fits the backbone; when `name` is active, the
+/// session switches to it.
+fn keep_patch(rt: &mut EpRuntime, name: &str, p: Patch) -> edgepatch::Result<()> {
+    p.check(rt.backbone.graph(), rt.backbone.fingerprint())?;
+    if rt.active.as_deref() == Some(name) {
+        rt.session.set_patch(&p)?;
+    }
+    rt.patches.insert(name.to_string(), p);
+    Ok(())
+}
+
 /// Loads a patch file's bytes under `name` (replacing a patch of that name), after checking it
 /// fits the runtime's backbone. It does not become active.
 #[no_mangle]
@@ -178,12 +189,7 @@ pub extern "C" fn ep_patch_load_bytes(rt: *mut EpRuntime, name: *const c_char, p
         let rt = handle(rt, "runtime")?;
         let name = cstr(name, "name")?;
         let p = patch_file::from_bytes(bytes(patch, len, "patch")?)?;
-        p.apply(rt.backbone.graph())?;
-        if rt.active.as_deref() == Some(name) {
-            rt.session = Session::with_patch(rt.backbone.clone(), &p)?;
-        }
-        rt.patches.insert(name.to_string(), p);
-        Ok(())
+        Ok(keep_patch(rt, name, p)?)
     })
 }
 
@@ -194,12 +200,7 @@ pub extern "C" fn ep_patch_load_path(rt: *mut EpRuntime, name: *const c_char, pa
         let rt = handle(rt, "runtime")?;
         let name = cstr(name, "name")?;
         let p = patch_file::load(std::path::Path::new(cstr(path, "path")?))?;
-        p.apply(rt.backbone.graph())?;
-        if rt.active.as_deref() == Some(name) {
-            rt.session = Session::with_patch(rt.backbone.clone(), &p)?;
-        }
-        rt.patches.insert(name.to_string(), p);
-        Ok(())
+        Ok(keep_patch(rt, name, p)?)
     })
 }
 
@@ -211,7 +212,7 @@ pub extern "C" fn ep_patch_unload(rt: *mut EpRuntime, name: *const c_char) -> i3
         let name = cstr(name, "name")?;
         rt.patches.remove(name).ok_or_else(|| arg(format!("no patch named '{name}'")))?;
         if rt.active.as_deref() == Some(name) {
-            rt.session = Session::new(rt.backbone.clone());
+            rt.session.clear_patch()?;
             rt.active = None;
         }
         Ok(())
@@ -224,12 +225,12 @@ pub extern "C" fn ep_patch_activate(rt: *mut EpRuntime, name: *const c_char) -> 
     guard(|| {
         let rt = handle(rt, "runtime")?;
         if name.is_null() {
-            rt.session = Session::new(rt.backbone.clone());
+            rt.session.clear_patch()?;
             rt.active = None;
         } else {
             let name = cstr(name, "name")?;
             let p = rt.patches.get(name).ok_or_else(|| arg(format!("no patch named '{name}'")))?;
-            rt.session = Session::with_patch(rt.backbone.clone(), p)?;
+            rt.session.set_patch(p)?;
             rt.active = Some(name.to_string());
         }
         Ok(())
