@@ -284,8 +284,12 @@ pub fn eval(
 }
 
 pub fn inspect(path: &Path, as_json: bool) -> edgepatch::Result<String> {
-    let patch = patch_file::load(path)?;
-    let bytes = std::fs::metadata(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?.len();
+    let data = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let (patch, values) = patch_file::from_bytes_typed(&data).map_err(|e| match e {
+        Error::Patch(m) => Error::Patch(format!("{}: {m}", path.display())),
+        e => e,
+    })?;
+    let bytes = data.len();
     let matches = Backbone::embedded().is_ok_and(|b| b.fingerprint() == patch.fingerprint);
     if as_json {
         let tensors: Vec<Value> = patch
@@ -297,6 +301,7 @@ pub fn inspect(path: &Path, as_json: bool) -> edgepatch::Result<String> {
             "kinds": patch.kinds.to_string(),
             "params": patch.params(),
             "bytes": bytes,
+            "values": values.to_string(),
             "fingerprint": patch.fingerprint,
             "embedded_backbone": matches,
             "resolution": patch.resolution,
@@ -306,7 +311,7 @@ pub fn inspect(path: &Path, as_json: bool) -> edgepatch::Result<String> {
         return Ok(format!("{}\n", serde_json::to_string_pretty(&v).expect("json")));
     }
     Ok(format!(
-        "kinds        {}\nparams       {}\nbytes        {}\nfingerprint  {}{}\nresolution   {}\nclasses      {}: {}\ntensors      {}\n",
+        "kinds        {}\nparams       {} ({values})\nbytes        {}\nfingerprint  {}{}\nresolution   {}\nclasses      {}: {}\ntensors      {}\n",
         patch.kinds,
         patch.params(),
         bytes,
