@@ -290,3 +290,42 @@ fn training_on_the_gpu_matches_the_cpu() {
         }
     }
 }
+
+#[test]
+fn a_gpu_session_switches_patches_like_a_cpu_session() {
+    if gpu().is_none() {
+        return;
+    }
+    use edgepatch::data::image::Rgb8;
+    use edgepatch::Session;
+    let b = Backbone::from_onnx_bytes(&tiny_net(TinyNet { quantized: true, ..TinyNet::default() }, 4)).unwrap();
+    let patch = |kinds: &str, classes: usize, seed: u64| {
+        let mut config = TrainConfig::new(kinds.parse().unwrap());
+        config.resolution = 64;
+        config.seed = seed;
+        let labels = (0..classes).map(|i| i.to_string()).collect();
+        let mut p = Trainer::new(&b, config, labels).unwrap().patch().unwrap();
+        for (i, t) in p.tensors.iter_mut().enumerate() {
+            let noise = random_values(t.values.len(), seed * 50 + i as u64, 0.2);
+            t.values.iter_mut().zip(noise).for_each(|(v, n)| *v += n);
+        }
+        p
+    };
+    let images: Vec<Rgb8> = (0..2u64)
+        .map(|i| Rgb8 {
+            width: 70,
+            height: 64,
+            data: random_values(70 * 64 * 3, i + 8, 1.0).iter().map(|v| ((v + 1.0) * 127.0) as u8).collect(),
+        })
+        .collect();
+    let (p, q) = (patch("sb+logits", 3, 1), patch("dw+logits", 6, 2));
+    let mut on_gpu = Session::with_patch_on(b.clone(), &p, Device::Gpu).unwrap();
+    assert!(on_gpu.device().starts_with("gpu"), "{}", on_gpu.device());
+    for which in [&q, &p, &q] {
+        on_gpu.set_patch(which).unwrap();
+        let want = Session::with_patch(b.clone(), which).unwrap().logits(&images).unwrap().data;
+        close("logits after a switch", REDUCTION, &on_gpu.logits(&images).unwrap().data, &want);
+    }
+    on_gpu.clear_patch().unwrap();
+    assert!(on_gpu.device().starts_with("gpu"));
+}
