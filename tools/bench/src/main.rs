@@ -4,7 +4,10 @@
 //! `cargo run --release -p edgepatch-bench -- compare [--model cache/mobilenet_v2_f32.onnx] [--reps 20]`
 //! runs every configuration in a fresh child process (so peak RSS is that engine's alone) and
 //! prints a markdown table. `… -- run --engine edgepatch|edgepatch-int8|tract --batch B` is one
-//! configuration (what `compare` spawns), printing one JSON line.
+//! configuration (what `compare` spawns), printing one JSON line. `… -- train --kinds K --batch B
+//! --resolution R [--reps N]` times CPU training steps (one JSON line); `… -- dump-graph --out DIR`
+//! writes the shipped model for tools/bench/torch_bench.py. tools/bench/run.py drives them all
+//! beside PyTorch and onnxruntime.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -138,6 +141,95 @@ fn compare(model: &str, reps: usize) {
     }
 }
 
+/// One training configuration on the CPU: `steps` timed steps (each: the frozen features for a
+/// head-only patch, then forward, backward and the update) after two warm-up steps, on fixed
+/// random batches of 10 classes. One JSON line.
+fn train(kinds: &str, batch: usize, resolution: usize, steps: usize) -> serde_json::Value {
+    let backbone = Backbone::embedded().expect("the embedded model");
+    let mut config = edgepatch::train::TrainConfig::new(kinds.parse().expect("patch kinds"));
+    config.batch = batch;
+    config.resolution = resolution as u32;
+    config.lr = Some(0.001);
+    let labels: Vec<String> = (0..10).map(|i| format!("class {i}")).collect();
+    let mut trainer = edgepatch::train::Trainer::new(&backbone, config, labels).expect("a trainer");
+    let x = Tensor::from_vec(
+        [batch, 3, resolution, resolution],
+        (0..batch * 3 * resolution * resolution).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect(),
+    )
+    .expect("shape");
+    let y: Vec<usize> = (0..batch).map(|i| i % 10).collect();
+    let mut losses = Vec::new();
+    let times = time(steps, || {
+        let input = if trainer.takes_features() { trainer.features(x.clone()).expect("features") } else { x.clone() };
+        losses.push(trainer.step(input, &y, 0.001).expect("a step").loss);
+    });
+    let ms = median(times) * 1e3;
+    json!({"engine": "edgepatch", "kinds": kinds, "batch": batch, "resolution": resolution,
+        "median_step_ms": ms, "images_per_s": batch as f64 / ms * 1e3, "peak_rss_bytes": peak_rss(),
+        "first_loss": losses[0], "threads": rayon::current_num_threads()})
+}
+
+/// Writes the shipped model for tools/bench/torch_bench.py: `graph.json` (the nodes in order:
+/// op, input and output value ids, shapes, offsets into the weights) and `weights.bin` (f32 LE;
+/// int8 kernels dequantized), so that PyTorch runs the same network with the same values.
+fn dump_graph(out: &std::path::Path) {
+    use edgepatch::graph::Op;
+    let backbone = Backbone::embedded().expect("the embedded model");
+    let g = backbone.graph();
+    let mut weights: Vec<f32> = Vec::new();
+    let mut put = |v: &[f32]| {
+        let at = weights.len();
+        weights.extend_from_slice(v);
+        json!([at, v.len()])
+    };
+    let nodes: Vec<serde_json::Value> = g
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut o = json!({"op": n.op.kind(), "inputs": n.inputs, "output": n.output});
+            match &n.op {
+                Op::Conv(c) => {
+                    o["in"] = json!(c.in_channels);
+                    o["out"] = json!(c.out_channels);
+                    o["kernel"] = json!(c.window.kernel);
+                    o["stride"] = json!(c.window.stride);
+                    o["pads"] = json!(c.window.pads);
+                    o["weight"] = put(&c.weights.to_f32());
+                }
+                Op::Depthwise(d) => {
+                    o["channels"] = json!(d.channels);
+                    o["kernel"] = json!(d.window.kernel);
+                    o["stride"] = json!(d.window.stride);
+                    o["pads"] = json!(d.window.pads);
+                    o["weight"] = put(&d.weights.to_f32());
+                }
+                Op::Affine(a) => {
+                    o["scale"] = put(&a.scale);
+                    o["bias"] = put(&a.bias);
+                }
+                Op::Linear(l) => {
+                    o["in"] = json!(l.in_features);
+                    o["out"] = json!(l.out_features);
+                    o["weight"] = put(&l.weights.to_f32());
+                    o["bias"] = put(&l.bias);
+                }
+                _ => {}
+            }
+            o
+        })
+        .collect();
+    std::fs::create_dir_all(out).expect("output directory");
+    let graph = json!({"fingerprint": backbone.fingerprint(), "input_channels": g.input_channels,
+        "output": g.output, "nodes": nodes});
+    std::fs::write(out.join("graph.json"), serde_json::to_vec(&graph).expect("json")).expect("write graph.json");
+    let bytes: Vec<u8> = weights.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(out.join("weights.bin"), bytes).expect("write weights.bin");
+    let logits = backbone.forward(Tensor::from_vec([1, 3, 224, 224], input(1)).expect("shape")).expect("forward");
+    let bytes: Vec<u8> = logits.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(out.join("logits.bin"), bytes).expect("write logits.bin");
+    println!("{}", json!({"nodes": g.nodes.len(), "weights": weights.len(), "out": out.display().to_string()}));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let default_model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../cache/mobilenet_v2_f32.onnx");
@@ -149,9 +241,16 @@ fn main() {
             let batch: usize = arg(&args, "--batch").and_then(|b| b.parse().ok()).unwrap_or(1);
             println!("{}", run(&engine, &model, batch, reps));
         }
+        Some("train") => {
+            let kinds = arg(&args, "--kinds").unwrap_or_else(|| "sb+logits".into());
+            let batch: usize = arg(&args, "--batch").and_then(|b| b.parse().ok()).unwrap_or(16);
+            let res: usize = arg(&args, "--resolution").and_then(|b| b.parse().ok()).unwrap_or(224);
+            println!("{}", train(&kinds, batch, res, reps));
+        }
+        Some("dump-graph") => dump_graph(std::path::Path::new(&arg(&args, "--out").expect("--out DIR"))),
         Some("compare") | None => compare(&model, reps),
         Some(other) => {
-            eprintln!("unknown command {other}; use `compare` or `run`");
+            eprintln!("unknown command {other}; use `compare`, `run`, `train` or `dump-graph`");
             std::process::exit(2);
         }
     }

@@ -92,7 +92,7 @@ fn main() {
         }
     }
     if json {
-        println!("\n[{}]", rows.join(",\n"));
+        println!("\n[{}]", rows.join(","));
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks on this machine, in one run: CPU training of patches (edgepatch vs
+PyTorch on the same network and weights), inference (edgepatch vs tract-onnx vs onnxruntime
+vs PyTorch), and patch load / switch times. Every configuration runs in a fresh process, so
+each peak resident memory is that engine's alone. Writes the tables into BENCHMARKS.md between
+the `side-by-side` markers and prints them.
+
+    bash tools/bench/run.sh [--quick]      # installs the peers, builds, then runs this
+
+Options: --quick (a smoke: one kind, small batches and images, one timed step), --steps N
+(timed training steps per configuration, default 5), --reps N (inference runs, default 20 at
+batch 1 and a quarter of that at batch 16), --no-write.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("EDGEPATCH_CACHE", ROOT / "cache"))
+BENCH = ROOT / "target/release/edgepatch-bench"
+INT8 = ROOT / "models/mobilenet_v2/mobilenet_v2_int8.onnx"
+TORCH_PY = "/usr/bin/python3"
+VENV_PY = str(CACHE / "venv/bin/python")
+
+
+def run(cmd, env=None):
+    print("+", " ".join(str(c) for c in cmd), file=sys.stderr, flush=True)
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(str(c) for c in cmd)}\n{p.stderr.strip()}")
+    return [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{") or line.startswith("[")]
+
+
+def cpu():
+    name = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    flags = Path("/proc/cpuinfo").read_text()
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name}, {os.cpu_count()} logical CPUs ({simd})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    graph = CACHE / "bench" / "graph"
+    run([BENCH, "dump-graph", "--out", graph])
+    check = run([TORCH_PY, ROOT / "tools/bench/torch_bench.py", graph, "--check"])[0]
+    torch_version = run([TORCH_PY, "-c", "import json, torch; print(json.dumps({'v': torch.__version__}))"])[0]["v"]
+    if a.quick:
+        kinds, batches, sizes, steps, reps = ["sb+logits"], [2], [64], 1, 2
+    else:
+        kinds, batches, sizes, steps, reps = ["sb+logits", "dw+logits", "bias+logits", "logits"], [8, 16, 32], [224, 128], a.steps, a.reps
+    train = []
+    for res in sizes:
+        for b in batches:
+            for k in kinds:
+                ep = run([BENCH, "train", "--kinds", k, "--batch", b, "--resolution", res, "--reps", steps])[0]
+                pt = run([TORCH_PY, ROOT / "tools/bench/torch_bench.py", graph, "--train", k, "--batch", b,
+                          "--resolution", res, "--steps", steps])[0]
+                train.append((k, b, res, ep, pt))
+    infer = []
+    for b in [1, 16]:
+        r = reps if b == 1 else max(3, reps // 4)
+        row = {
+            "edgepatch": run([BENCH, "run", "--engine", "edgepatch-int8", "--batch", b, "--reps", r])[0],
+            "tract": run([BENCH, "run", "--engine", "tract", "--model", INT8, "--batch", b, "--reps", r])[0],
+            "onnxruntime": run([VENV_PY, ROOT / "tools/bench/ort_bench.py", INT8, "--batch", b, "--steps", r])[0],
+            "pytorch": run([TORCH_PY, ROOT / "tools/bench/torch_bench.py", graph, "--infer", "--batch", b,
+                            "--steps", r])[0],
+        }
+        infer.append((b, row))
+    switch = run([BENCH.parent / "patch_switch", "--kinds", "sb+logits", "--reps", 20 if a.quick else 200, "--json"])
+    switch = switch[-1] if isinstance(switch[-1], list) else []
+
+    cmd = "bash tools/bench/run.sh" + (" --quick" if a.quick else "")
+    L = [f"Machine: {cpu()}. {datetime.date.today()}, `{cmd}` (each configuration a fresh process; medians). "
+         f"Peers: PyTorch {torch_version} (Debian's python3-torch, {os.cpu_count()} threads), onnxruntime "
+         f"(PyPI, {os.cpu_count()} intra-op threads), tract-onnx 0.23.9 (single-threaded, its default); edgepatch uses "
+         f"rayon's pool ({os.cpu_count()} threads). PyTorch runs the same network with the same weights "
+         f"(`edgepatch-bench dump-graph`; its logits differ from edgepatch's by at most {check['max_abs_diff']:.1e}).",
+         "",
+         "### Training a patch on the CPU (images/s and peak resident memory; ratio = edgepatch / PyTorch)",
+         "",
+         f"{steps} timed step{'s' if steps > 1 else ''} after 2 warm-ups on a fixed random batch, 10 classes; SGD momentum 0.9, gradient "
+         "norm clipped at 5; BatchNorm in eval mode (edgepatch: the folded affine); `requires_grad` only on the "
+         "patch's parameters. A step is forward, backward and update (for `logits`, the frozen features too).",
+         "",
+         "| patch | batch | px | edgepatch img/s | PyTorch img/s | speed ratio | edgepatch MB | PyTorch MB | memory ratio |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for k, b, res, ep, pt in train:
+        L.append(f"| {k} | {b} | {res} | {ep['images_per_s']:.1f} | {pt['images_per_s']:.1f} | "
+                 f"{ep['images_per_s'] / pt['images_per_s']:.2f}× | {ep['peak_rss_bytes'] / 1e6:.0f} | "
+                 f"{pt['peak_rss_bytes'] / 1e6:.0f} | {ep['peak_rss_bytes'] / pt['peak_rss_bytes']:.2f} |")
+    L += ["", "### Inference, shipped int8 MobileNetV2, 224 px (ms; ratio = engine / edgepatch)", "",
+          "PyTorch runs the dequantized f32 weights (the same values); the others run the int8 QDQ ONNX file.", "",
+          "| batch | edgepatch | tract-onnx | onnxruntime | PyTorch | peak MB (edgepatch / tract / ort / torch) |",
+          "|---:|---:|---:|---:|---:|---|"]
+    for b, row in infer:
+        e = row["edgepatch"]["median_ms"]
+        cells = [f"{row[k]['median_ms']:.1f} ({row[k]['median_ms'] / e:.2f}×)" for k in ["tract", "onnxruntime", "pytorch"]]
+        mem = " / ".join(f"{row[k]['peak_rss_bytes'] / 1e6:.0f}" for k in ["edgepatch", "tract", "onnxruntime", "pytorch"])
+        L.append(f"| {b} | {e:.1f} | {' | '.join(cells)} | {mem} |")
+    if switch:
+        L += ["", "### Patch load and switch (`sb+logits`, 10 classes; µs)", "", "| operation | bytes | median | fastest |",
+              "|---|---:|---:|---:|"]
+        for r in switch:
+            L.append(f"| {r['operation']} | {r['bytes'] or ''} | {r['median_us']:.1f} | {r['fastest_us']:.1f} |")
+    text = "\n".join(L)
+    print(text)
+    if a.no_write:
+        return
+    path = ROOT / "BENCHMARKS.md"
+    doc = path.read_text()
+    start, end = "<!-- side-by-side:start -->", "<!-- side-by-side:end -->"
+    block = f"{start}\n{text}\n{end}"
+    if start in doc:
+        doc = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
+    else:
+        doc = doc.rstrip() + "\n\n## Side by side: training, inference, patch switching\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# One command for the side-by-side benchmarks (tools/bench/run.py): installs the peers on a fresh
+# machine (Debian's python3-torch; onnxruntime in the model build's venv), builds the benchmark
+# binaries and runs them. Usage: bash tools/bench/run.sh [--quick] [--steps N] [--reps N] [--no-write]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+/usr/bin/python3 -c "import torch" 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-torch; }
+"${EDGEPATCH_CACHE:-$root/cache}/venv/bin/python" -c "import onnxruntime" 2>/dev/null || bash models/mobilenet_v2/build.sh
+cargo build --release -q -p edgepatch-bench --bins
+exec python3 tools/bench/run.py "$@"
