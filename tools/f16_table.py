@@ -53,11 +53,11 @@ def main():
                 if j.exists():
                     r = json.loads(j.read_text())
                     if "error" not in r:
-                        runs.append(r)
+                        runs.append((lr, r))
             if not runs:
                 sys.exit(f"no transfer-table runs for {task} {kinds}: run tools/transfer_table.py first")
-            best = max(runs, key=lambda r: (r["validation_accuracy"], -r["lr"]))
-            f32 = CACHE / "transfer" / task / f"{kinds}-{best['lr']}.patch"
+            lr, best = max(runs, key=lambda x: (x[1]["validation_accuracy"], -x[0]))
+            f32 = CACHE / "transfer" / task / f"{kinds}-{lr}.patch"
             name = f"{task}-{kinds.replace('+', '_')}"
             entry = run([a.binary, "store", "add", str(store), name, str(f32), "--values", "f16", "--json"])
             f16 = store / entry["file"]
