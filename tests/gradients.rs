@@ -40,6 +40,7 @@ fn windows() -> Vec<Window> {
         Window { kernel: [3, 3], stride: [2, 2], pads: [1; 4] },
         Window { kernel: [3, 3], stride: [2, 2], pads: [0, 0, 1, 1] },
         Window { kernel: [3, 2], stride: [1, 2], pads: [2, 1, 0, 0] },
+        Window { kernel: [2, 2], stride: [2, 1], pads: [3, 2, 2, 3] },
     ]
 }
 

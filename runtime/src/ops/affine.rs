@@ -2,16 +2,18 @@
 
 use rayon::prelude::*;
 
-use super::{Activation, Epilogue};
+use super::Activation;
 use crate::graph::Affine;
 use crate::tensor::Tensor;
 
 /// Forward on `[N, C, H, W]`, in place, followed by `act`.
 pub fn forward(a: &Affine, x: &mut Tensor, act: Activation) {
     let c = x.shape[1];
-    let epi = Epilogue { scale: Some(&a.scale), bias: Some(&a.bias), act };
     let plane = x.plane();
-    x.data.par_chunks_mut(plane).enumerate().for_each(|(p, v)| epi.finish(p % c, 1.0, v));
+    x.data
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(p, v)| crate::simd::epilogue(v, a.scale[p % c], a.bias[p % c], act));
 }
 
 /// Input gradient in place: `dy: [N, C, H, W]` becomes `dx = scale[c]·dy`.
@@ -49,5 +51,49 @@ pub fn backward_params(dy: &Tensor, x: Option<&Tensor>, dscale: Option<&mut [f32
     }
     if let Some(db) = dbias {
         db.iter_mut().zip(&sums).for_each(|(d, s)| *d += s.1);
+    }
+}
+
+/// Forward of the affine followed by `act` into a new tensor, `y = act(scale[c]·x + bias[c])`,
+/// leaving `x: [N, C, H, W]` for the backward pass ([`backward_act`]).
+pub fn forward_act(a: &Affine, x: &Tensor, act: Activation) -> Tensor {
+    let c = x.shape[1];
+    let plane = x.plane();
+    let mut y = Tensor::zeros(x.shape);
+    y.data.par_chunks_mut(plane).zip(x.data.par_chunks(plane)).enumerate().for_each(|(p, (y, x))| {
+        crate::simd::affine_act(y, x, a.scale[p % c], a.bias[p % c], act);
+    });
+    y
+}
+
+/// Backward of [`forward_act`] from its input `x`: `dy` (the gradient of `y`) is masked where
+/// `act` passed nothing, the parameter gradients are added into `dscale[c] += Σ g·x` and
+/// `dbias[c] += Σ g` (when given), and `dy` becomes the input gradient `scale[c]·g` when
+/// `need_dx` (otherwise its contents are unspecified).
+pub fn backward_act(
+    a: &Affine,
+    x: &Tensor,
+    act: Activation,
+    dy: &mut Tensor,
+    dscale: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+    need_dx: bool,
+) {
+    let [n, c, ..] = dy.shape;
+    let plane = dy.plane();
+    let sums: Vec<(f32, f32)> = dy
+        .data
+        .par_chunks_mut(plane)
+        .zip(x.data.par_chunks(plane))
+        .enumerate()
+        .map(|(p, (d, x))| crate::simd::affine_act_backward(d, x, a.scale[p % c], a.bias[p % c], act, need_dx))
+        .collect();
+    let channel =
+        |ch: usize, f: fn(&(f32, f32)) -> f32| (0..n).map(|i| f(&sums[i * c + ch]) as f64).sum::<f64>() as f32;
+    if let Some(ds) = dscale {
+        ds.iter_mut().enumerate().for_each(|(ch, d)| *d += channel(ch, |s| s.0));
+    }
+    if let Some(db) = dbias {
+        db.iter_mut().enumerate().for_each(|(ch, d)| *d += channel(ch, |s| s.1));
     }
 }

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use super::depthwise::{accumulate_plane, correlate_plane, scatter_plane};
+use super::depthwise::{convolve, convolve_transposed, correlate, Padded};
 use super::Epilogue;
 use crate::graph::{Conv, Weights};
 use crate::tensor::Tensor;
@@ -52,16 +52,18 @@ pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
         });
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
-        out.data.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
-            let (img, oc) = (p / co, p % co);
-            let mut w = vec![0f32; ci * kl];
-            let q = conv.weights.raw_row(oc, &mut w);
-            for (c, k) in w.chunks_exact(kl).enumerate() {
-                let xp = &x.sample(img)[c * ih * iw..(c + 1) * ih * iw];
-                accumulate_plane(xp, (ih, iw), k, &conv.window, plane, ow);
-            }
-            epi.finish(oc, q, plane);
-        });
+        let pads = padded_inputs(x, &conv.window, (oh, ow));
+        out.data.par_chunks_mut(hw).enumerate().for_each_init(
+            || vec![0f32; ci * kl],
+            |w, (p, plane)| {
+                let (img, oc) = (p / co, p % co);
+                let q = conv.weights.raw_row(oc, w);
+                for (c, k) in w.chunks_exact(kl).enumerate() {
+                    convolve(&pads[img * ci + c], k, &conv.window, plane, ow, c > 0);
+                }
+                epi.finish(oc, q, plane);
+            },
+        );
     }
     out
 }
@@ -89,12 +91,13 @@ pub fn backward_input(conv: &Conv, dy: &Tensor, (ih, iw): (usize, usize)) -> Ten
         });
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
-        dx.data.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
+        let oh = dy.shape[2];
+        dx.data.par_chunks_mut(hw).enumerate().for_each_init(Padded::default, |pad, (p, plane)| {
             let (img, c) = (p / ci, p % ci);
             for o in 0..co {
-                let g = &dy.sample(img)[o * ohw..(o + 1) * ohw];
+                pad.dilated(&dy.sample(img)[o * ohw..(o + 1) * ohw], (oh, ow), &conv.window, (ih, iw));
                 let k = &w[(o * ci + c) * kl..(o * ci + c + 1) * kl];
-                scatter_plane(g, ow, k, &conv.window, plane, (ih, iw));
+                convolve_transposed(pad, k, &conv.window, plane, iw, o > 0);
             }
         });
     }
@@ -121,16 +124,29 @@ pub fn backward_weight(conv: &Conv, x: &Tensor, dy: &Tensor, dw: &mut [f32]) {
         });
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
-        dw.par_chunks_mut(ci * kl).enumerate().for_each(|(o, d)| {
+        let pads = padded_inputs(x, &conv.window, (dy.shape[2], ow));
+        dw.par_chunks_mut(ci * kl).enumerate().for_each_init(Vec::new, |acc, (o, d)| {
             for img in 0..n {
                 let g = &dy.sample(img)[o * ohw..(o + 1) * ohw];
                 for (c, dk) in d.chunks_exact_mut(kl).enumerate() {
-                    let xp = &x.sample(img)[c * hw..(c + 1) * hw];
-                    correlate_plane(xp, (ih, iw), g, ow, &conv.window, dk);
+                    correlate(&pads[img * ci + c], g, ow, &conv.window, dk, acc);
                 }
             }
         });
     }
+}
+
+/// Every channel plane of `x: [N, C, H, W]` laid out for `win` (index `n·C + c`).
+fn padded_inputs(x: &Tensor, win: &crate::graph::Window, out: (usize, usize)) -> Vec<Padded> {
+    let [_, _, ih, iw] = x.shape;
+    x.data
+        .par_chunks(ih * iw)
+        .map(|plane| {
+            let mut p = Padded::default();
+            p.input(plane, (ih, iw), win, out);
+            p
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -187,6 +203,7 @@ mod tests {
             Window { kernel: [3, 3], stride: [2, 2], pads: [0, 0, 1, 1] },
             Window { kernel: [5, 3], stride: [1, 2], pads: [2, 1, 2, 0] },
             Window { kernel: [1, 1], stride: [2, 2], pads: [0; 4] },
+            Window { kernel: [2, 2], stride: [2, 1], pads: [3, 2, 2, 3] },
         ]
     }
 

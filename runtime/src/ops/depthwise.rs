@@ -1,50 +1,167 @@
-//! Depthwise convolution (one kernel per channel), direct loops: forward, input gradient and
-//! kernel gradient. The plane helpers also serve the dense stem convolution.
+//! Depthwise convolution (one kernel per channel): forward, input gradient and kernel gradient.
+//! Each channel plane is first laid out by [`Padded`] (zero padding materialised, columns split
+//! by stride) so that every kernel tap reads one contiguous run per output row; the loops over a
+//! row are the vectorised [`crate::simd`] kernels. The plane helpers also serve the dense stem
+//! convolution.
 
 use rayon::prelude::*;
 
 use super::Epilogue;
 use crate::graph::{Depthwise, Window};
+use crate::simd;
 use crate::tensor::Tensor;
 
-/// `out[oy, ox] += Σ k[ky, kx] · x[oy·sh + ky − pt, ox·sw + kx − pl]` over one channel plane,
-/// zero padding outside `x`. Shapes: `x: [ih, iw]`, `k: [kh, kw]`, `out: [oh, ow]`.
-pub(crate) fn accumulate_plane(
-    x: &[f32],
-    (ih, iw): (usize, usize),
-    k: &[f32],
-    win: &Window,
-    out: &mut [f32],
-    ow: usize,
-) {
-    let [kh, kw] = win.kernel;
-    let [sh, sw] = win.stride;
-    let (pt, pl) = (win.pads[0], win.pads[1]);
-    for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
-        for ky in 0..kh {
-            let iy = oy * sh + ky;
-            if iy < pt || iy - pt >= ih {
+/// One channel plane laid out for a window: `rows` padded rows, each split into `phases` (the
+/// column stride) runs of `width` values; padded column `p` is at phase `p % phases`, index
+/// `p / phases`. Reused across planes as scratch.
+#[derive(Debug, Default)]
+pub(crate) struct Padded {
+    data: Vec<f32>,
+    rows: usize,
+    width: usize,
+    phases: usize,
+}
+
+impl Padded {
+    fn reset(&mut self, rows: usize, width: usize, phases: usize) {
+        (self.rows, self.width, self.phases) = (rows, width, phases);
+        self.data.clear();
+        self.data.resize(rows * width * phases, 0.0);
+    }
+
+    fn put(&mut self, r: usize, p: usize, v: f32) {
+        let (ph, i) = (p % self.phases, p / self.phases);
+        self.data[(ph * self.rows + r) * self.width + i] = v;
+    }
+
+    /// Row `r` of phase `ph`, from index `i` on.
+    fn run(&self, ph: usize, r: usize, i: usize) -> &[f32] {
+        let at = (ph * self.rows + r) * self.width;
+        &self.data[at + i..at + self.width]
+    }
+
+    /// Lays out the input plane `x: [ih, iw]` of a window producing `ow` columns and `oh` rows:
+    /// padded row `r` is input row `r − pt`, padded column `p` input column `p − pl`, zero outside.
+    pub(crate) fn input(&mut self, x: &[f32], (ih, iw): (usize, usize), win: &Window, (oh, ow): (usize, usize)) {
+        let [kh, kw] = win.kernel;
+        let [sh, sw] = win.stride;
+        let (pt, pl) = (win.pads[0], win.pads[1]);
+        self.reset((oh - 1) * sh + kh, ow.next_multiple_of(simd::LANES) + (kw - 1) / sw, sw);
+        let cols = self.width * sw;
+        for r in pt..(ih + pt).min(self.rows) {
+            let xrow = &x[(r - pt) * iw..(r - pt + 1) * iw];
+            let (lo, hi) = (pl, (iw + pl).min(cols));
+            if lo >= hi {
                 continue;
             }
-            let xrow = &x[(iy - pt) * iw..(iy - pt + 1) * iw];
-            for kx in 0..kw {
-                let wv = k[ky * kw + kx];
-                let (lo, hi) = column_range(iw, ow, kx, pl, sw);
-                if lo >= hi {
-                    continue;
-                }
-                let start = lo * sw + kx - pl;
-                if sw == 1 {
-                    for (o, xv) in orow[lo..hi].iter_mut().zip(&xrow[start..start + hi - lo]) {
-                        *o += wv * xv;
-                    }
-                } else {
-                    for (o, xv) in orow[lo..hi].iter_mut().zip(xrow[start..].iter().step_by(sw)) {
-                        *o += wv * xv;
-                    }
+            if sw == 1 {
+                let at = r * self.width;
+                self.data[at + lo..at + hi].copy_from_slice(&xrow[..hi - lo]);
+            } else {
+                for (p, &v) in (lo..hi).zip(xrow) {
+                    self.put(r, p, v);
                 }
             }
         }
+    }
+
+    /// Lays out `dy: [oh, ow]` for the transposed window as a stride-1 correlation: `dy[oy, ox]`
+    /// goes to row `oy·sh + kh − 1 − pt`, column `ox·sw + kw − 1 − pl` of an `(ih + kh − 1) ×
+    /// (iw + kw − 1)` plane, zero elsewhere (positions outside it feed no input pixel).
+    pub(crate) fn dilated(&mut self, dy: &[f32], (oh, ow): (usize, usize), win: &Window, (ih, iw): (usize, usize)) {
+        let [kh, kw] = win.kernel;
+        let [sh, sw] = win.stride;
+        let (pt, pl) = (win.pads[0] as isize, win.pads[1] as isize);
+        self.reset(ih + kh - 1, iw.next_multiple_of(simd::LANES) + kw - 1, 1);
+        for oy in 0..oh {
+            let r = (oy * sh) as isize + kh as isize - 1 - pt;
+            if r < 0 || r >= self.rows as isize {
+                continue;
+            }
+            let at = r as usize * self.width;
+            for ox in 0..ow {
+                let c = (ox * sw) as isize + kw as isize - 1 - pl;
+                if c >= 0 && (c as usize) < iw + kw - 1 {
+                    self.data[at + c as usize] = dy[oy * ow + ox];
+                }
+            }
+        }
+    }
+}
+
+/// `out[oy, ox] (+)= Σ k[ky, kx] · x[oy·sh + ky − pt, ox·sw + kx − pl]` (zero outside `x`) over
+/// one plane laid out by [`Padded::input`]; `k: [kh, kw]`, `out: [oh, ow]`, overwritten unless
+/// `accumulate`.
+pub(crate) fn convolve(p: &Padded, k: &[f32], win: &Window, out: &mut [f32], ow: usize, accumulate: bool) {
+    let [kh, kw] = win.kernel;
+    let [sh, sw] = win.stride;
+    let mut src: Vec<&[f32]> = Vec::with_capacity(kh * kw);
+    for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
+        src.clear();
+        for ky in 0..kh {
+            for kx in 0..kw {
+                src.push(p.run(kx % sw, oy * sh + ky, kx / sw));
+            }
+        }
+        simd::taps(orow, &src, k, accumulate);
+    }
+}
+
+/// The transpose of [`convolve`]: `dx[oy·sh + ky − pt, ox·sw + kx − pl] (+)= k[ky, kx] ·
+/// dy[oy, ox]` over `dy` laid out by [`Padded::dilated`]; `dx: [ih, iw]`, overwritten unless
+/// `accumulate`. Taps that read an all-zero row of the dilated plane are skipped.
+pub(crate) fn convolve_transposed(p: &Padded, k: &[f32], win: &Window, dx: &mut [f32], iw: usize, accumulate: bool) {
+    let [kh, kw] = win.kernel;
+    let sh = win.stride[0];
+    let first = kh as isize - 1 - win.pads[0] as isize;
+    let mut src: Vec<&[f32]> = Vec::with_capacity(kh * kw);
+    let mut w: Vec<f32> = Vec::with_capacity(kh * kw);
+    for (iy, row) in dx.chunks_exact_mut(iw).enumerate() {
+        src.clear();
+        w.clear();
+        for a in 0..kh {
+            let r = (iy + a) as isize - first;
+            if r < 0 || r % sh as isize != 0 {
+                continue;
+            }
+            for b in 0..kw {
+                src.push(p.run(0, iy + a, b));
+                w.push(k[(kh - 1 - a) * kw + kw - 1 - b]);
+            }
+        }
+        if src.is_empty() {
+            if !accumulate {
+                row.fill(0.0);
+            }
+        } else {
+            simd::taps(row, &src, &w, accumulate);
+        }
+    }
+}
+
+/// The kernel gradient of [`convolve`]: `dk[ky, kx] += Σ dy[oy, ox] · x[oy·sh + ky − pt,
+/// ox·sw + kx − pl]` over `x` laid out by [`Padded::input`]; `dy: [oh, ow]`, `dk: [kh, kw]`.
+/// `acc` is scratch.
+pub(crate) fn correlate(p: &Padded, dy: &[f32], ow: usize, win: &Window, dk: &mut [f32], acc: &mut Vec<Vec<f32>>) {
+    let [kh, kw] = win.kernel;
+    let [sh, sw] = win.stride;
+    acc.resize_with(kh * kw, Vec::new);
+    for a in acc.iter_mut() {
+        a.clear();
+        a.resize(ow.next_multiple_of(simd::LANES), 0.0);
+    }
+    let mut src: Vec<&[f32]> = Vec::with_capacity(kh * kw);
+    for (oy, g) in dy.chunks_exact(ow).enumerate() {
+        src.clear();
+        for ky in 0..kh {
+            for kx in 0..kw {
+                src.push(p.run(kx % sw, oy * sh + ky, kx / sw));
+            }
+        }
+        simd::tap_products(&mut acc[..kh * kw], &src, g);
+    }
+    for (d, a) in dk.iter_mut().zip(acc.iter()) {
+        *d += a[..ow].iter().sum::<f32>();
     }
 }
 
@@ -56,111 +173,30 @@ pub fn forward(layer: &Depthwise, x: &Tensor, epi: &Epilogue) -> Tensor {
     let (oh, ow) = layer.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
     let mut out = Tensor::zeros([n, c, oh, ow]);
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
-    out.data.par_chunks_mut(oh * ow).enumerate().for_each(|(p, plane)| {
-        let ch = p % c;
-        let mut k = [0f32; 64];
-        let k = if kl <= 64 { &mut k[..kl] } else { &mut vec![0f32; kl][..] };
-        let q = layer.weights.raw_row(ch, k);
-        accumulate_plane(&x.data[p * ih * iw..(p + 1) * ih * iw], (ih, iw), k, &layer.window, plane, ow);
-        epi.finish(ch, q, plane);
-    });
+    out.data.par_chunks_mut(oh * ow).enumerate().for_each_init(
+        || (Padded::default(), vec![0f32; kl]),
+        |(pad, k), (p, plane)| {
+            let ch = p % c;
+            let q = layer.weights.raw_row(ch, k);
+            pad.input(&x.data[p * ih * iw..(p + 1) * ih * iw], (ih, iw), &layer.window, (oh, ow));
+            convolve(pad, k, &layer.window, plane, ow, false);
+            epi.finish(ch, q, plane);
+        },
+    );
     out
-}
-
-/// The transpose of [`accumulate_plane`]: `dx[oy·sh + ky − pt, ox·sw + kx − pl] += k[ky, kx] ·
-/// dy[oy, ox]`, skipping positions in the padding. Shapes: `dy: [oh, ow]`, `dx: [ih, iw]`.
-pub(crate) fn scatter_plane(dy: &[f32], ow: usize, k: &[f32], win: &Window, dx: &mut [f32], (ih, iw): (usize, usize)) {
-    let [kh, kw] = win.kernel;
-    let [sh, sw] = win.stride;
-    let (pt, pl) = (win.pads[0], win.pads[1]);
-    for (oy, grow) in dy.chunks_exact(ow).enumerate() {
-        for ky in 0..kh {
-            let iy = oy * sh + ky;
-            if iy < pt || iy - pt >= ih {
-                continue;
-            }
-            let xrow = &mut dx[(iy - pt) * iw..(iy - pt + 1) * iw];
-            for kx in 0..kw {
-                let wv = k[ky * kw + kx];
-                let (lo, hi) = column_range(iw, ow, kx, pl, sw);
-                if lo >= hi {
-                    continue;
-                }
-                let start = lo * sw + kx - pl;
-                if sw == 1 {
-                    for (d, g) in xrow[start..start + hi - lo].iter_mut().zip(&grow[lo..hi]) {
-                        *d += wv * g;
-                    }
-                } else {
-                    for (d, g) in xrow[start..].iter_mut().step_by(sw).zip(&grow[lo..hi]) {
-                        *d += wv * g;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The kernel gradient of [`accumulate_plane`]: `dk[ky, kx] += Σ dy[oy, ox] · x[oy·sh + ky − pt,
-/// ox·sw + kx − pl]`. Shapes: `x: [ih, iw]`, `dy: [oh, ow]`, `dk: [kh, kw]`.
-pub(crate) fn correlate_plane(
-    x: &[f32],
-    (ih, iw): (usize, usize),
-    dy: &[f32],
-    ow: usize,
-    win: &Window,
-    dk: &mut [f32],
-) {
-    let [kh, kw] = win.kernel;
-    let [sh, sw] = win.stride;
-    let (pt, pl) = (win.pads[0], win.pads[1]);
-    for (oy, grow) in dy.chunks_exact(ow).enumerate() {
-        for ky in 0..kh {
-            let iy = oy * sh + ky;
-            if iy < pt || iy - pt >= ih {
-                continue;
-            }
-            let xrow = &x[(iy - pt) * iw..(iy - pt + 1) * iw];
-            for kx in 0..kw {
-                let (lo, hi) = column_range(iw, ow, kx, pl, sw);
-                if lo >= hi {
-                    continue;
-                }
-                let start = lo * sw + kx - pl;
-                dk[ky * kw + kx] += if sw == 1 {
-                    super::linear::dot(&grow[lo..hi], &xrow[start..start + hi - lo])
-                } else {
-                    grow[lo..hi].iter().zip(xrow[start..].iter().step_by(sw)).map(|(g, x)| g * x).sum::<f32>()
-                };
-            }
-        }
-    }
-}
-
-/// Output columns `lo..hi` whose tap `kx` lands inside a row of width `iw`.
-fn column_range(iw: usize, ow: usize, kx: usize, pl: usize, sw: usize) -> (usize, usize) {
-    let lo = if pl > kx { (pl - kx).div_ceil(sw) } else { 0 };
-    let hi = if iw + pl > kx { ((iw + pl - kx - 1) / sw + 1).min(ow) } else { 0 };
-    (lo, hi.max(lo))
 }
 
 /// Input gradient: `dy: [N, C, OH, OW]` → `dx: [N, C, ih, iw]`.
 pub fn backward_input(layer: &Depthwise, dy: &Tensor, (ih, iw): (usize, usize)) -> Tensor {
-    let [n, c, _, ow] = dy.shape;
+    let [n, c, oh, ow] = dy.shape;
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
     let w = layer.weights.to_f32();
     let mut dx = Tensor::zeros([n, c, ih, iw]);
     let plane = dy.plane();
-    dx.data.par_chunks_mut(ih * iw).enumerate().for_each(|(p, out)| {
+    dx.data.par_chunks_mut(ih * iw).enumerate().for_each_init(Padded::default, |pad, (p, out)| {
         let ch = p % c;
-        scatter_plane(
-            &dy.data[p * plane..(p + 1) * plane],
-            ow,
-            &w[ch * kl..(ch + 1) * kl],
-            &layer.window,
-            out,
-            (ih, iw),
-        );
+        pad.dilated(&dy.data[p * plane..(p + 1) * plane], (oh, ow), &layer.window, (ih, iw));
+        convolve_transposed(pad, &w[ch * kl..(ch + 1) * kl], &layer.window, out, iw, false);
     });
     dx
 }
@@ -170,12 +206,16 @@ pub fn backward_input(layer: &Depthwise, dy: &Tensor, (ih, iw): (usize, usize)) 
 pub fn backward_weight(layer: &Depthwise, x: &Tensor, dy: &Tensor, dw: &mut [f32]) {
     let [n, c, ih, iw] = x.shape;
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
-    let (ow, plane, xplane) = (dy.shape[3], dy.plane(), ih * iw);
-    dw.par_chunks_mut(kl).enumerate().for_each(|(ch, dk)| {
-        for img in 0..n {
-            let p = img * c + ch;
-            let (xs, gs) = (&x.data[p * xplane..(p + 1) * xplane], &dy.data[p * plane..(p + 1) * plane]);
-            correlate_plane(xs, (ih, iw), gs, ow, &layer.window, dk);
-        }
-    });
+    let (oh, ow, plane, xplane) = (dy.shape[2], dy.shape[3], dy.plane(), ih * iw);
+    dw.par_chunks_mut(kl).enumerate().for_each_init(
+        || (Padded::default(), Vec::new()),
+        |(pad, acc), (ch, dk)| {
+            for img in 0..n {
+                let p = img * c + ch;
+                let (xs, gs) = (&x.data[p * xplane..(p + 1) * xplane], &dy.data[p * plane..(p + 1) * plane]);
+                pad.input(xs, (ih, iw), &layer.window, (oh, ow));
+                correlate(pad, gs, ow, &layer.window, dk, acc);
+            }
+        },
+    );
 }

@@ -48,9 +48,6 @@ impl Epilogue<'_> {
     pub(crate) fn finish(&self, c: usize, q: f32, plane: &mut [f32]) {
         let s = q * self.scale.map_or(1.0, |s| s[c]);
         let b = self.bias.map_or(0.0, |b| b[c]);
-        let act = self.act;
-        for v in plane.iter_mut() {
-            *v = act.apply(*v * s + b);
-        }
+        crate::simd::epilogue(plane, s, b, self.act);
     }
 }

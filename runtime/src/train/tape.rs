@@ -29,6 +29,9 @@ pub struct Plan {
     trains: Vec<Trains>,
     needs_grad: Vec<bool>,
     last_use: Vec<usize>,
+    /// For an affine whose only reader is the activation node after it: that activation, run
+    /// in the same pass (the activation node is then skipped).
+    fused: Vec<Option<Activation>>,
 }
 
 impl Plan {
@@ -55,7 +58,25 @@ impl Plan {
             }
         }
         last_use[graph.output] = usize::MAX;
-        Plan { trains, needs_grad, last_use }
+        let mut readers = vec![0usize; graph.num_values];
+        graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|&v| readers[v] += 1);
+        let fused = (0..graph.nodes.len())
+            .map(|s| {
+                let (node, next) = (&graph.nodes[s], graph.nodes.get(s + 1)?);
+                let fits = matches!(node.op, Op::Affine(_))
+                    && matches!(next.op, Op::Relu | Op::Relu6)
+                    && next.inputs == [node.output]
+                    && readers[node.output] == 1
+                    && node.output != graph.output;
+                fits.then(|| activation(&next.op))
+            })
+            .collect();
+        Plan { trains, needs_grad, last_use, fused }
+    }
+
+    /// True for an activation node run inside the affine before it.
+    fn absorbed(&self, s: usize) -> bool {
+        s > 0 && self.fused[s - 1].is_some()
     }
 }
 
@@ -128,9 +149,14 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
     values[0] = Some(Arc::new(input));
     let mut saved = Vec::with_capacity(graph.nodes.len());
     for (s, node) in graph.nodes.iter().enumerate() {
+        if plan.absorbed(s) {
+            saved.push(Saved::Nothing);
+            continue;
+        }
         let t = plan.trains[s];
         let x = values[node.inputs[0]].clone().expect("computed before use");
-        let grad_out = plan.needs_grad[node.output];
+        let output = if plan.fused[s].is_some() { graph.nodes[s + 1].output } else { node.output };
+        let grad_out = plan.needs_grad[output];
         let mut keep = Saved::Nothing;
         let out = match &node.op {
             Op::Conv(conv) => {
@@ -152,14 +178,29 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                 ops::linear::forward(l, &x)
             }
             Op::GlobalPool => ops::pool::forward(&x),
-            Op::Affine(a) => {
-                if t.scale.is_some() {
-                    keep = Saved::Input(x.clone());
+            Op::Affine(a) => match plan.fused[s] {
+                Some(act) if t.scale.is_some() => {
+                    let y = ops::affine::forward_act(a, &x, act);
+                    keep = Saved::Input(x);
+                    y
                 }
-                let mut y = take(&mut values, plan, node, s, x);
-                ops::affine::forward(a, &mut y, Activation::Identity);
-                y
-            }
+                Some(act) => {
+                    let mut y = take(&mut values, plan, node, s, x);
+                    ops::affine::forward(a, &mut y, act);
+                    if grad_out {
+                        keep = Saved::Mask(ops::activation::mask(act, &y));
+                    }
+                    y
+                }
+                None => {
+                    if t.scale.is_some() {
+                        keep = Saved::Input(x.clone());
+                    }
+                    let mut y = take(&mut values, plan, node, s, x);
+                    ops::affine::forward(a, &mut y, Activation::Identity);
+                    y
+                }
+            },
             Op::Relu | Op::Relu6 => {
                 let act = activation(&node.op);
                 if grad_out {
@@ -181,7 +222,7 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
             }
         }
         saved.push(keep);
-        values[node.output] = Some(Arc::new(out));
+        values[output] = Some(Arc::new(out));
     }
     let out = values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
     Ok((owned(out), Tape { saved, shapes, batch: n }))
@@ -194,7 +235,11 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
     g[graph.output] = Some(dlogits);
     let Tape { mut saved, shapes, batch } = tape;
     for (s, node) in graph.nodes.iter().enumerate().rev() {
-        let Some(mut dy) = g[node.output].take() else { continue };
+        if plan.absorbed(s) {
+            continue;
+        }
+        let output = if plan.fused[s].is_some() { graph.nodes[s + 1].output } else { node.output };
+        let Some(mut dy) = g[output].take() else { continue };
         let t = plan.trains[s];
         let input = node.inputs[0];
         let need_dx = plan.needs_grad[input];
@@ -227,7 +272,16 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
                 need_dx.then(|| ops::linear::backward_input(l, &dy))
             }
             Op::GlobalPool => need_dx.then(|| ops::pool::backward(&dy, (ins.h, ins.w))),
+            Op::Affine(a) if plan.fused[s].is_some() && kept_input.is_some() => {
+                let (ds, db) = two_mut(grads, t.scale, t.bias);
+                let act = plan.fused[s].expect("fused");
+                ops::affine::backward_act(a, kept_input.expect("kept"), act, &mut dy, ds, db, need_dx);
+                need_dx.then_some(dy)
+            }
             Op::Affine(a) => {
+                if let (Some(_), Saved::Mask(m)) = (plan.fused[s], &kept) {
+                    ops::activation::backward(m, &mut dy);
+                }
                 let (ds, db) = two_mut(grads, t.scale, t.bias);
                 if ds.is_some() || db.is_some() {
                     ops::affine::backward_params(&dy, kept_input, ds, db);

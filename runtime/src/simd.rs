@@ -1,0 +1,246 @@
+//! The hot inner loops of the CPU kernels, compiled once per x86-64 feature level (AVX-512,
+//! AVX2 + FMA, baseline) and dispatched at run time; on other architectures (aarch64 has NEON
+//! as its baseline) only the portable version exists.
+//!
+//! This is the only module allowed `unsafe`: calling a `#[target_feature]` function is unsafe
+//! because the CPU must have the feature, which [`level`] checks first. Every loop is plain safe
+//! slice code that the compiler vectorises; each output element is computed by the same
+//! sequence of f32 operations at every level (no reassociation, no fused multiply-add), so the
+//! results are bit-identical whichever version runs.
+
+use crate::ops::Activation;
+
+/// The widest vector instruction set of this CPU that the kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// The level the kernels dispatch to (detected once; `EDGEPATCH_SIMD=portable|avx2` lowers it).
+pub fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("EDGEPATCH_SIMD").as_deref() {
+            Ok("portable") => Level::Portable,
+            Ok("avx2") => Level::Avx2,
+            _ => Level::Avx512,
+        };
+        let found = detect();
+        match (cap, found) {
+            (Level::Portable, _) | (_, Level::Portable) => Level::Portable,
+            (Level::Avx2, _) | (_, Level::Avx2) => Level::Avx2,
+            _ => Level::Avx512,
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Level {
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
+        Level::Avx512
+    } else if has!("avx2") && has!("fma") {
+        Level::Avx2
+    } else {
+        Level::Portable
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Level {
+    Level::Portable
+}
+
+/// Defines a public function whose body is compiled at each feature level and dispatched by
+/// [`level`].
+macro_rules! multiversion {
+    ($(#[$m:meta])* pub fn $name:ident($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        pub fn $name($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            fn body($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                fn avx512($($a: $t),*) $(-> $r)? { body($($a),*) }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($a: $t),*) $(-> $r)? { body($($a),*) }
+                match level() {
+                    // SAFETY: `level` returned this level only after detecting its features.
+                    Level::Avx512 => return unsafe { avx512($($a),*) },
+                    // SAFETY: as above.
+                    Level::Avx2 => return unsafe { avx2($($a),*) },
+                    Level::Portable => {}
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
+
+/// Lanes per block of the row kernels; sources padded to a multiple of it let every block run
+/// at full vector width.
+pub const LANES: usize = 16;
+
+multiversion! {
+    /// `out[i] (+)= Σₜ w[t]·src[t][i]` for `i < out.len()`, the taps summed in order; `out` is
+    /// overwritten unless `accumulate`. Every `src[t]` holds at least `out.len()` values (at least
+    /// `out.len()` rounded up to [`LANES`] for the fast path) and `w.len() == src.len()`.
+    pub fn taps(out: &mut [f32], src: &[&[f32]], w: &[f32], accumulate: bool) {
+        let n = out.len();
+        let full = n.next_multiple_of(LANES);
+        if let (Ok(s), Ok(w)) = (<&[&[f32]; 9]>::try_from(src), <&[f32; 9]>::try_from(w)) {
+            if s.iter().all(|s| s.len() >= full) {
+                let [w0, w1, w2, w3, w4, w5, w6, w7, w8] = *w;
+                for j in (0..full).step_by(LANES) {
+                    let m = (n - j).min(LANES);
+                    let mut acc = [0f32; LANES];
+                    if accumulate {
+                        acc[..m].copy_from_slice(&out[j..j + m]);
+                    }
+                    let r = |t: usize| -> &[f32; LANES] { s[t][j..j + LANES].try_into().expect("LANES values") };
+                    let (a, b, c, d, e, f, g, h, k) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7), r(8));
+                    for i in 0..LANES {
+                        acc[i] = acc[i] + w0 * a[i] + w1 * b[i] + w2 * c[i] + w3 * d[i] + w4 * e[i] + w5 * f[i]
+                            + w6 * g[i] + w7 * h[i] + w8 * k[i];
+                    }
+                    out[j..j + m].copy_from_slice(&acc[..m]);
+                }
+                return;
+            }
+        }
+        if !accumulate {
+            out.fill(0.0);
+        }
+        for (s, &wv) in src.iter().zip(w) {
+            for (o, x) in out.iter_mut().zip(&s[..n]) {
+                *o += wv * x;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `acc[t][i] += g[i]·src[t][i]` for every tap `t` and `i < g.len()` (a kernel gradient's
+    /// products, summed later); `acc[t]` and `src[t]` hold at least `g.len()` rounded up to
+    /// [`LANES`] values (the lanes past `g.len()` get zero added).
+    pub fn tap_products(acc: &mut [Vec<f32>], src: &[&[f32]], g: &[f32]) {
+        let n = g.len();
+        for j in (0..n).step_by(LANES) {
+            let m = (n - j).min(LANES);
+            let mut gb = [0f32; LANES];
+            gb[..m].copy_from_slice(&g[j..j + m]);
+            for (a, s) in acc.iter_mut().zip(src) {
+                let a: &mut [f32; LANES] = (&mut a[j..j + LANES]).try_into().expect("LANES values");
+                let x: &[f32; LANES] = s[j..j + LANES].try_into().expect("LANES values");
+                for i in 0..LANES {
+                    a[i] += x[i] * gb[i];
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `y[i] += a·x[i]` (same lengths).
+    pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        for (y, x) in y.iter_mut().zip(x) {
+            *y += a * x;
+        }
+    }
+}
+
+multiversion! {
+    /// `v[i] = act(v[i]·s + b)`.
+    pub fn epilogue(v: &mut [f32], s: f32, b: f32, act: Activation) {
+        match act {
+            Activation::Identity => v.iter_mut().for_each(|x| *x = *x * s + b),
+            Activation::Relu => v.iter_mut().for_each(|x| *x = (*x * s + b).max(0.0)),
+            Activation::Relu6 => v.iter_mut().for_each(|x| *x = (*x * s + b).clamp(0.0, 6.0)),
+        }
+    }
+}
+
+multiversion! {
+    /// `y[i] = act(x[i]·s + b)` (same lengths).
+    pub fn affine_act(y: &mut [f32], x: &[f32], s: f32, b: f32, act: Activation) {
+        match act {
+            Activation::Identity => y.iter_mut().zip(x).for_each(|(y, x)| *y = *x * s + b),
+            Activation::Relu => y.iter_mut().zip(x).for_each(|(y, x)| *y = (*x * s + b).max(0.0)),
+            Activation::Relu6 => y.iter_mut().zip(x).for_each(|(y, x)| *y = (*x * s + b).clamp(0.0, 6.0)),
+        }
+    }
+}
+
+/// Where `act` passes its gradient at input `z` (its derivative, 0 or 1).
+#[inline(always)]
+pub fn passes(act: Activation, z: f32) -> bool {
+    match act {
+        Activation::Identity => true,
+        Activation::Relu => z > 0.0,
+        Activation::Relu6 => z > 0.0 && z < 6.0,
+    }
+}
+
+multiversion! {
+    /// The backward of `y = act(x·s + b)` over one channel plane (same lengths): `g = dy` where
+    /// `act` passes its gradient at `z = x·s + b` (recomputed exactly as the forward computed it)
+    /// and 0 elsewhere; `dy` is overwritten with `s·g` when `write_dx`. Returns `(Σ g·x, Σ g)`,
+    /// each summed in [`LANES`] partial sums.
+    pub fn affine_act_backward(dy: &mut [f32], x: &[f32], s: f32, b: f32, act: Activation, write_dx: bool) -> (f32, f32) {
+        let (mut sx, mut sg) = ([0f32; LANES], [0f32; LANES]);
+        let mut block = |d: &mut [f32], x: &[f32]| {
+            for i in 0..d.len() {
+                let g = if passes(act, x[i] * s + b) { d[i] } else { 0.0 };
+                sx[i] += g * x[i];
+                sg[i] += g;
+                if write_dx {
+                    d[i] = s * g;
+                }
+            }
+        };
+        let mut dc = dy.chunks_exact_mut(LANES);
+        let mut xc = x.chunks_exact(LANES);
+        for (d, x) in (&mut dc).zip(&mut xc) {
+            let d: &mut [f32; LANES] = d.try_into().expect("LANES values");
+            let x: &[f32; LANES] = x.try_into().expect("LANES values");
+            block(d, x);
+        }
+        block(dc.into_remainder(), xc.remainder());
+        (sx.iter().sum(), sg.iter().sum())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_agree_bit_for_bit() {
+        let x: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 997) as f32 / 300.0 - 1.3).collect();
+        let srcs: Vec<&[f32]> = (0..9).map(|t| &x[t..]).collect();
+        let w: Vec<f32> = (0..9).map(|t| 0.3 - t as f32 * 0.07).collect();
+        let mut out = vec![0.5f32; 991];
+        taps(&mut out, &srcs, &w, true);
+        for (i, o) in out.iter().enumerate() {
+            let mut want = 0.5f32;
+            for t in 0..9 {
+                want += w[t] * x[i + t];
+            }
+            assert_eq!(*o, want, "tap sum {i}");
+        }
+        let mut out5 = vec![0f32; 991];
+        taps(&mut out5, &srcs[..5], &w[..5], false);
+        for (i, o) in out5.iter().enumerate() {
+            let want = (0..5).fold(0f32, |a, t| a + w[t] * x[i + t]);
+            assert_eq!(*o, want, "five taps {i}");
+        }
+        let mut v = x.clone();
+        epilogue(&mut v, 2.5, -0.25, Activation::Relu6);
+        for (a, b) in v.iter().zip(&x) {
+            assert_eq!(*a, (b * 2.5 - 0.25).clamp(0.0, 6.0));
+        }
+    }
+}
