@@ -27,7 +27,7 @@ fn patch(b: &Backbone, kinds: &str, classes: usize, seed: u64) -> Patch {
 }
 
 fn logits(g: &Graph, shape: [usize; 4], x: &[f32]) -> Vec<f32> {
-    CpuEngine::new(g).forward(g, Tensor::from_vec(shape, x.to_vec()).unwrap()).unwrap().data
+    CpuEngine::new(g).forward(g, Tensor::from_vec(shape, x.to_vec()).unwrap()).unwrap().into_data()
 }
 
 fn check(b: &Backbone, p: &Patch, shape: [usize; 4]) {

@@ -323,7 +323,7 @@ fn a_gpu_session_switches_patches_like_a_cpu_session() {
     assert!(on_gpu.device().starts_with("gpu"), "{}", on_gpu.device());
     for which in [&q, &p, &q] {
         on_gpu.set_patch(which).unwrap();
-        let want = Session::with_patch(b.clone(), which).unwrap().logits(&images).unwrap().data;
+        let want = Session::with_patch(b.clone(), which).unwrap().logits(&images).unwrap().into_data();
         close("logits after a switch", REDUCTION, &on_gpu.logits(&images).unwrap().data, &want);
     }
     on_gpu.clear_patch().unwrap();

@@ -193,7 +193,7 @@ fn backbone(quantized: bool) -> Backbone {
 
 fn logits(g: &Graph, x: &[f32]) -> Vec<f32> {
     let engine = edgepatch::backend::cpu::CpuEngine::new(g);
-    engine.forward(g, Tensor::from_vec([2, 3, 40, 40], x.to_vec()).unwrap()).unwrap().data
+    engine.forward(g, Tensor::from_vec([2, 3, 40, 40], x.to_vec()).unwrap()).unwrap().into_data()
 }
 
 #[test]

@@ -306,9 +306,9 @@ fn switching_patches_equals_a_fresh_session_with_each() {
     ];
     let x = images();
     let fresh: Vec<Vec<f32>> =
-        patches.iter().map(|p| Session::with_patch(b.clone(), p).unwrap().logits(&x).unwrap().data).collect();
+        patches.iter().map(|p| Session::with_patch(b.clone(), p).unwrap().logits(&x).unwrap().into_data()).collect();
     let mut session = Session::new(b.clone());
-    let backbone_logits = session.logits(&x).unwrap().data;
+    let backbone_logits = session.logits(&x).unwrap().into_data();
     for round in 0..2 {
         for (i, p) in patches.iter().enumerate().rev().skip(round) {
             session.set_patch(p).unwrap();
@@ -343,10 +343,10 @@ fn a_session_switches_by_store_name() {
     let x = images();
     let mut s = Session::new(b.clone());
     s.set_task(&store, "q").unwrap();
-    let want = Session::with_patch(b.clone(), &q.stored_as(ValueType::F16)).unwrap().logits(&x).unwrap().data;
+    let want = Session::with_patch(b.clone(), &q.stored_as(ValueType::F16)).unwrap().logits(&x).unwrap().into_data();
     assert_eq!(s.logits(&x).unwrap().data, want);
     s.set_task(&store, "p").unwrap();
-    assert_eq!(s.logits(&x).unwrap().data, Session::with_patch(b, &p).unwrap().logits(&x).unwrap().data);
+    assert_eq!(s.logits(&x).unwrap().data, Session::with_patch(b, &p).unwrap().logits(&x).unwrap().into_data());
     assert!(s.set_task(&store, "absent").is_err());
     assert_eq!(s.labels(), p.labels.as_slice());
     std::fs::remove_dir_all(&dir).ok();

@@ -93,21 +93,7 @@ multiversion! {
         let full = n.next_multiple_of(LANES);
         if let (Ok(s), Ok(w)) = (<&[&[f32]; 9]>::try_from(src), <&[f32; 9]>::try_from(w)) {
             if s.iter().all(|s| s.len() >= full) {
-                let [w0, w1, w2, w3, w4, w5, w6, w7, w8] = *w;
-                for j in (0..full).step_by(LANES) {
-                    let m = (n - j).min(LANES);
-                    let mut acc = [0f32; LANES];
-                    if accumulate {
-                        acc[..m].copy_from_slice(&out[j..j + m]);
-                    }
-                    let r = |t: usize| -> &[f32; LANES] { s[t][j..j + LANES].try_into().expect("LANES values") };
-                    let (a, b, c, d, e, f, g, h, k) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7), r(8));
-                    for i in 0..LANES {
-                        acc[i] = acc[i] + w0 * a[i] + w1 * b[i] + w2 * c[i] + w3 * d[i] + w4 * e[i] + w5 * f[i]
-                            + w6 * g[i] + w7 * h[i] + w8 * k[i];
-                    }
-                    out[j..j + m].copy_from_slice(&acc[..m]);
-                }
+                nine(out, s, w, accumulate);
                 return;
             }
         }
@@ -118,6 +104,63 @@ multiversion! {
             for (o, x) in out.iter_mut().zip(&s[..n]) {
                 *o += wv * x;
             }
+        }
+    }
+}
+
+/// [`taps`] with nine sources of at least `out.len()` rounded up to [`LANES`] values each.
+#[inline(always)]
+fn nine(out: &mut [f32], s: &[&[f32]; 9], w: &[f32; 9], accumulate: bool) {
+    let n = out.len();
+    let [w0, w1, w2, w3, w4, w5, w6, w7, w8] = *w;
+    for j in (0..n.next_multiple_of(LANES)).step_by(LANES) {
+        let m = (n - j).min(LANES);
+        let mut acc = [0f32; LANES];
+        if accumulate {
+            acc[..m].copy_from_slice(&out[j..j + m]);
+        }
+        let r = |t: usize| -> &[f32; LANES] { s[t][j..j + LANES].try_into().expect("LANES values") };
+        let (a, b, c, d, e, f, g, h, k) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7), r(8));
+        for i in 0..LANES {
+            acc[i] = acc[i]
+                + w0 * a[i]
+                + w1 * b[i]
+                + w2 * c[i]
+                + w3 * d[i]
+                + w4 * e[i]
+                + w5 * f[i]
+                + w6 * g[i]
+                + w7 * h[i]
+                + w8 * k[i];
+        }
+        out[j..j + m].copy_from_slice(&acc[..m]);
+    }
+}
+
+/// A padded plane's layout for a window (`ops::depthwise::Padded`): `sw` column phases, each
+/// `rows × width` values, phase-major; the window's strides `sh`, `sw`.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub rows: usize,
+    pub width: usize,
+    pub sh: usize,
+    pub sw: usize,
+}
+
+multiversion! {
+    /// A 3×3 window over a whole plane laid out as `l`: `out[oy·ow + ox] (+)= Σ k[3·ky + kx] ·
+    /// src[((kx mod sw)·rows + oy·sh + ky)·width + ⌊kx / sw⌋ + ox]`, overwritten unless
+    /// `accumulate`. Needs `width ≥ ⌊2 / sw⌋ + ow` rounded up to [`LANES`].
+    pub fn conv3x3(out: &mut [f32], ow: usize, src: &[f32], l: Layout, k: &[f32; 9], accumulate: bool) {
+        let Layout { rows, width, sh, sw } = l;
+        let full = ow.next_multiple_of(LANES);
+        for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
+            let s: [&[f32]; 9] = std::array::from_fn(|t| {
+                let (ky, kx) = (t / 3, t % 3);
+                let at = ((kx % sw) * rows + oy * sh + ky) * width + kx / sw;
+                &src[at..at + full]
+            });
+            nine(orow, &s, k, accumulate);
         }
     }
 }

@@ -59,7 +59,7 @@ pub fn backward_params(dy: &Tensor, x: Option<&Tensor>, dscale: Option<&mut [f32
 pub fn forward_act(a: &Affine, x: &Tensor, act: Activation) -> Tensor {
     let c = x.shape[1];
     let plane = x.plane();
-    let mut y = Tensor::zeros(x.shape);
+    let mut y = Tensor::scratch(x.shape);
     y.data.par_chunks_mut(plane).zip(x.data.par_chunks(plane)).enumerate().for_each(|(p, (y, x))| {
         crate::simd::affine_act(y, x, a.scale[p % c], a.bias[p % c], act);
     });

@@ -26,7 +26,7 @@ pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
     debug_assert_eq!(ci, conv.in_channels);
     let (oh, ow) = conv.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
     let co = conv.out_channels;
-    let mut out = Tensor::zeros([n, co, oh, ow]);
+    let mut out = Tensor::scratch([n, co, oh, ow]);
     let hw = oh * ow;
     if conv.window.is_pointwise() {
         let blk = rows_per_task(co, n);
@@ -74,7 +74,7 @@ pub fn backward_input(conv: &Conv, dy: &Tensor, (ih, iw): (usize, usize)) -> Ten
     let [n, co, _, ow] = dy.shape;
     let ci = conv.in_channels;
     let w = conv.weights.to_f32();
-    let mut dx = Tensor::zeros([n, ci, ih, iw]);
+    let mut dx = Tensor::scratch([n, ci, ih, iw]);
     let (hw, ohw) = (ih * iw, dy.plane());
     if conv.window.is_pointwise() {
         let wv = ArrayView2::from_shape((co, ci), &w[..]).expect("Cout × Cin");

@@ -29,9 +29,9 @@ impl Padded {
         self.data.resize(rows * width * phases, 0.0);
     }
 
-    fn put(&mut self, r: usize, p: usize, v: f32) {
-        let (ph, i) = (p % self.phases, p / self.phases);
-        self.data[(ph * self.rows + r) * self.width + i] = v;
+    fn layout(&self, sh: usize, sw: usize) -> simd::Layout {
+        debug_assert_eq!(sw, self.phases);
+        simd::Layout { rows: self.rows, width: self.width, sh, sw }
     }
 
     /// Row `r` of phase `ph`, from index `i` on.
@@ -54,12 +54,15 @@ impl Padded {
             if lo >= hi {
                 continue;
             }
-            if sw == 1 {
-                let at = r * self.width;
-                self.data[at + lo..at + hi].copy_from_slice(&xrow[..hi - lo]);
-            } else {
-                for (p, &v) in (lo..hi).zip(xrow) {
-                    self.put(r, p, v);
+            for j in 0..sw.min(hi - lo) {
+                let (ph, first) = ((pl + j) % sw, (pl + j) / sw);
+                let count = (hi - lo - j).div_ceil(sw);
+                let at = (ph * self.rows + r) * self.width + first;
+                let dst = &mut self.data[at..at + count];
+                if sw == 1 {
+                    dst.copy_from_slice(&xrow[..count]);
+                } else {
+                    dst.iter_mut().zip(xrow[j..].iter().step_by(sw)).for_each(|(d, v)| *d = *v);
                 }
             }
         }
@@ -79,10 +82,16 @@ impl Padded {
                 continue;
             }
             let at = r as usize * self.width;
-            for ox in 0..ow {
-                let c = (ox * sw) as isize + kw as isize - 1 - pl;
+            let first = kw as isize - 1 - pl;
+            let g = &dy[oy * ow..(oy + 1) * ow];
+            if sw == 1 && first >= 0 && first as usize + ow < iw + kw {
+                self.data[at + first as usize..at + first as usize + ow].copy_from_slice(g);
+                continue;
+            }
+            for (ox, &v) in g.iter().enumerate() {
+                let c = (ox * sw) as isize + first;
                 if c >= 0 && (c as usize) < iw + kw - 1 {
-                    self.data[at + c as usize] = dy[oy * ow + ox];
+                    self.data[at + c as usize] = v;
                 }
             }
         }
@@ -95,6 +104,12 @@ impl Padded {
 pub(crate) fn convolve(p: &Padded, k: &[f32], win: &Window, out: &mut [f32], ow: usize, accumulate: bool) {
     let [kh, kw] = win.kernel;
     let [sh, sw] = win.stride;
+    if let Ok(k9) = <&[f32; 9]>::try_from(k) {
+        if win.kernel == [3, 3] {
+            simd::conv3x3(out, ow, &p.data, p.layout(sh, sw), k9, accumulate);
+            return;
+        }
+    }
     let mut src: Vec<&[f32]> = Vec::with_capacity(kh * kw);
     for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
         src.clear();
@@ -113,6 +128,11 @@ pub(crate) fn convolve(p: &Padded, k: &[f32], win: &Window, out: &mut [f32], ow:
 pub(crate) fn convolve_transposed(p: &Padded, k: &[f32], win: &Window, dx: &mut [f32], iw: usize, accumulate: bool) {
     let [kh, kw] = win.kernel;
     let sh = win.stride[0];
+    if win.kernel == [3, 3] && sh == 1 {
+        let flipped: [f32; 9] = std::array::from_fn(|t| k[8 - t]);
+        simd::conv3x3(dx, iw, &p.data, p.layout(1, 1), &flipped, accumulate);
+        return;
+    }
     let first = kh as isize - 1 - win.pads[0] as isize;
     let mut src: Vec<&[f32]> = Vec::with_capacity(kh * kw);
     let mut w: Vec<f32> = Vec::with_capacity(kh * kw);
@@ -171,7 +191,7 @@ pub fn forward(layer: &Depthwise, x: &Tensor, epi: &Epilogue) -> Tensor {
     let [n, c, ih, iw] = x.shape;
     debug_assert_eq!(c, layer.channels);
     let (oh, ow) = layer.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
-    let mut out = Tensor::zeros([n, c, oh, ow]);
+    let mut out = Tensor::scratch([n, c, oh, ow]);
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
     out.data.par_chunks_mut(oh * ow).enumerate().for_each_init(
         || (Padded::default(), vec![0f32; kl]),
@@ -191,7 +211,7 @@ pub fn backward_input(layer: &Depthwise, dy: &Tensor, (ih, iw): (usize, usize)) 
     let [n, c, oh, ow] = dy.shape;
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
     let w = layer.weights.to_f32();
-    let mut dx = Tensor::zeros([n, c, ih, iw]);
+    let mut dx = Tensor::scratch([n, c, ih, iw]);
     let plane = dy.plane();
     dx.data.par_chunks_mut(ih * iw).enumerate().for_each_init(Padded::default, |pad, (p, out)| {
         let ch = p % c;

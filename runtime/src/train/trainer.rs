@@ -13,7 +13,7 @@ use crate::backend::{Device, StepBackend};
 use crate::data::{Dataset, Loader, Rng, Transform};
 use crate::graph::{Graph, Node, Op};
 use crate::patch::{self, Patch, PatchKinds, PatchTensor, Role, Slot};
-use crate::tensor::Tensor;
+use crate::tensor::{Pool, Tensor};
 use crate::{Error, Result};
 
 /// How to train a patch.
@@ -122,6 +122,8 @@ pub struct CpuStep {
     label_smoothing: f32,
     clip_norm: Option<f32>,
     weight_decay: f32,
+    /// Activation buffers recycled from one step to the next.
+    pool: Pool,
 }
 
 impl CpuStep {
@@ -135,6 +137,7 @@ impl CpuStep {
             label_smoothing: config.label_smoothing,
             clip_norm: config.clip_norm,
             weight_decay: config.weight_decay,
+            pool: Pool::default(),
         }
     }
 }
@@ -148,20 +151,24 @@ impl StepBackend for CpuStep {
         labels: &[usize],
         lr: f32,
     ) -> Result<StepStats> {
-        let (logits, tape) = tape::forward(graph, &self.plan, input)?;
-        let loss = softmax_cross_entropy(&logits, labels, self.label_smoothing);
-        if !loss.value.is_finite() {
-            return Err(Error::Train(format!("the loss is {}: lower the learning rate (now {lr})", loss.value)));
-        }
-        self.grads.iter_mut().for_each(|g| g.fill(0.0));
-        tape::backward(graph, &self.plan, tape, loss.grad, &mut self.grads);
+        let (plan, grads, smoothing) = (&self.plan, &mut self.grads, self.label_smoothing);
+        let loss = self.pool.scope(|| -> Result<_> {
+            let (logits, tape) = tape::forward(graph, plan, input)?;
+            let loss = softmax_cross_entropy(&logits, labels, smoothing);
+            if !loss.value.is_finite() {
+                return Err(Error::Train(format!("the loss is {}: lower the learning rate (now {lr})", loss.value)));
+            }
+            grads.iter_mut().for_each(|g| g.fill(0.0));
+            tape::backward(graph, plan, tape, loss.grad, grads);
+            Ok((loss.value, loss.correct))
+        })?;
         let grad_norm = clip_global_norm(&mut self.grads, self.clip_norm.unwrap_or(f32::INFINITY));
         for (i, &slot) in slots.iter().enumerate() {
             let wd = if slot.role == Role::Weights { self.weight_decay } else { 0.0 };
             self.optimizer.update(i, patch::param_mut(graph, slot), &self.grads[i], lr, wd);
         }
         self.optimizer.finish_step();
-        Ok(StepStats { loss: loss.value, correct: loss.correct, grad_norm })
+        Ok(StepStats { loss: loss.0, correct: loss.1, grad_norm })
     }
 
     fn sync(&self, _graph: &mut Graph) -> Result<()> {
@@ -574,7 +581,7 @@ pub fn fit_multi(
             let f = feats[0].shape[1];
             log::info!("{}: cached the features of {} images", t.name, t.indices.len());
             let position = t.indices.iter().enumerate().map(|(p, &i)| (i, p)).collect();
-            Some((f, feats.into_iter().flat_map(|x| x.data).collect::<Vec<f32>>(), position))
+            Some((f, feats.into_iter().flat_map(|x| x.into_data()).collect::<Vec<f32>>(), position))
         } else {
             None
         };
