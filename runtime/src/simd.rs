@@ -112,28 +112,27 @@ multiversion! {
 #[inline(always)]
 fn nine(out: &mut [f32], s: &[&[f32]; 9], w: &[f32; 9], accumulate: bool) {
     let n = out.len();
-    let [w0, w1, w2, w3, w4, w5, w6, w7, w8] = *w;
-    for j in (0..n.next_multiple_of(LANES)).step_by(LANES) {
-        let m = (n - j).min(LANES);
+    let block = |j: usize, mut acc: [f32; LANES]| -> [f32; LANES] {
+        for (src, &wt) in s.iter().zip(w) {
+            let x: &[f32; LANES] = src[j..j + LANES].try_into().expect("LANES values");
+            for i in 0..LANES {
+                acc[i] += wt * x[i];
+            }
+        }
+        acc
+    };
+    let whole = n - n % LANES;
+    for j in (0..whole).step_by(LANES) {
+        let o: &mut [f32; LANES] = (&mut out[j..j + LANES]).try_into().expect("LANES values");
+        *o = block(j, if accumulate { *o } else { [0.0; LANES] });
+    }
+    if whole < n {
+        let m = n - whole;
         let mut acc = [0f32; LANES];
         if accumulate {
-            acc[..m].copy_from_slice(&out[j..j + m]);
+            acc[..m].copy_from_slice(&out[whole..]);
         }
-        let r = |t: usize| -> &[f32; LANES] { s[t][j..j + LANES].try_into().expect("LANES values") };
-        let (a, b, c, d, e, f, g, h, k) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7), r(8));
-        for i in 0..LANES {
-            acc[i] = acc[i]
-                + w0 * a[i]
-                + w1 * b[i]
-                + w2 * c[i]
-                + w3 * d[i]
-                + w4 * e[i]
-                + w5 * f[i]
-                + w6 * g[i]
-                + w7 * h[i]
-                + w8 * k[i];
-        }
-        out[j..j + m].copy_from_slice(&acc[..m]);
+        out[whole..].copy_from_slice(&block(whole, acc)[..m]);
     }
 }
 
@@ -154,12 +153,10 @@ multiversion! {
     pub fn conv3x3(out: &mut [f32], ow: usize, src: &[f32], l: Layout, k: &[f32; 9], accumulate: bool) {
         let Layout { rows, width, sh, sw } = l;
         let full = ow.next_multiple_of(LANES);
+        let off = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| ((t % 3 % sw) * rows + t / 3) * width + t % 3 / sw);
         for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
-            let s: [&[f32]; 9] = std::array::from_fn(|t| {
-                let (ky, kx) = (t / 3, t % 3);
-                let at = ((kx % sw) * rows + oy * sh + ky) * width + kx / sw;
-                &src[at..at + full]
-            });
+            let base = oy * sh * width;
+            let s = off.map(|o| &src[base + o..base + o + full]);
             nine(orow, &s, k, accumulate);
         }
     }

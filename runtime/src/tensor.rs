@@ -94,20 +94,29 @@ impl Drop for Tensor {
         }
         let _ = POOL.try_with(|p| {
             if let Ok(mut p) = p.try_borrow_mut() {
-                if let Some(free) = p.as_mut() {
-                    free.push((std::mem::take(&mut self.data), true));
+                if let Some(active) = p.as_mut() {
+                    let bytes = 4 * self.data.capacity();
+                    if active.bytes + bytes <= active.limit {
+                        active.bytes += bytes;
+                        active.free.push((std::mem::take(&mut self.data), true));
+                    }
                 }
             }
         });
     }
 }
 
-/// Free buffers, each marked when it served (or came back) during the current scope.
-type Free = Vec<(Vec<f32>, bool)>;
+/// The pool of the [`Pool::scope`] running on a thread.
+struct Active {
+    /// Free buffers, each marked when it served (or came back) during the scope.
+    free: Vec<(Vec<f32>, bool)>,
+    /// Bytes of the free buffers.
+    bytes: usize,
+    limit: usize,
+}
 
 thread_local! {
-    /// The free buffers of the [`Pool::scope`] running on this thread.
-    static POOL: RefCell<Option<Free>> = const { RefCell::new(None) };
+    static POOL: RefCell<Option<Active>> = const { RefCell::new(None) };
 }
 
 /// The smallest free buffer of this thread's active pool that holds `len` values and not more
@@ -115,13 +124,16 @@ thread_local! {
 fn pooled(len: usize) -> Option<Vec<f32>> {
     POOL.try_with(|p| {
         let mut p = p.try_borrow_mut().ok()?;
-        let free = p.as_mut()?;
-        let (i, _) = free
+        let active = p.as_mut()?;
+        let (i, _) = active
+            .free
             .iter()
             .enumerate()
             .filter(|(_, (b, _))| b.capacity() >= len && b.capacity() <= len + len / 8)
             .min_by_key(|(_, (b, _))| b.capacity())?;
-        Some(free.swap_remove(i).0)
+        let b = active.free.swap_remove(i).0;
+        active.bytes -= 4 * b.capacity();
+        Some(b)
     })
     .ok()
     .flatten()
@@ -132,24 +144,38 @@ fn pooled(len: usize) -> Option<Vec<f32>> {
 /// that fits, and tensors dropped on this thread give their buffer back. A fresh allocation's
 /// page faults and zeroing are then paid at the first pass only. After a scope the pool keeps
 /// only the buffers that served or came back during it, so it never outgrows one pass's
-/// working set.
-#[derive(Debug, Default)]
+/// working set, nor its limit.
+#[derive(Debug)]
 pub struct Pool {
     free: Vec<Vec<f32>>,
+    limit: usize,
+}
+
+impl Default for Pool {
+    /// A pool without a limit.
+    fn default() -> Self {
+        Pool::with_limit(usize::MAX)
+    }
 }
 
 impl Pool {
+    /// A pool that keeps at most `bytes` of free buffers (a dropped tensor beyond it is freed).
+    pub fn with_limit(bytes: usize) -> Self {
+        Pool { free: Vec::new(), limit: bytes }
+    }
+
     /// Runs `f` with this pool serving the tensors of this thread.
     pub fn scope<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        struct Restore<'a>(&'a mut Vec<Vec<f32>>, Option<Free>);
+        struct Restore<'a>(&'a mut Vec<Vec<f32>>, Option<Active>);
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
-                let mine = POOL.with(|p| p.replace(self.1.take())).unwrap_or_default();
+                let mine = POOL.with(|p| p.replace(self.1.take())).map(|a| a.free).unwrap_or_default();
                 *self.0 = mine.into_iter().filter(|(_, used)| *used).map(|(b, _)| b).collect();
             }
         }
-        let free = std::mem::take(&mut self.free).into_iter().map(|b| (b, false)).collect();
-        let outer = POOL.with(|p| p.replace(Some(free)));
+        let free: Vec<(Vec<f32>, bool)> = std::mem::take(&mut self.free).into_iter().map(|b| (b, false)).collect();
+        let bytes = free.iter().map(|(b, _)| 4 * b.capacity()).sum();
+        let outer = POOL.with(|p| p.replace(Some(Active { free, bytes, limit: self.limit })));
         let _restore = Restore(&mut self.free, outer);
         f()
     }
@@ -157,5 +183,40 @@ impl Pool {
     /// Bytes held by the free buffers.
     pub fn bytes(&self) -> usize {
         self.free.iter().map(|b| 4 * b.capacity()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_recycles_within_its_limit() {
+        let mut pool = Pool::default();
+        let first = pool.scope(|| {
+            let t = Tensor::zeros([2, 3, 4, 5]);
+            let at = t.data.as_ptr();
+            drop(t);
+            let again = Tensor::zeros([2, 3, 4, 5]);
+            assert_eq!(again.data.as_ptr(), at, "a dropped buffer serves the next tensor of its size");
+            assert!(again.data.iter().all(|&v| v == 0.0));
+            let small = Tensor::zeros([1, 1, 2, 2]);
+            assert_ne!(small.data.as_ptr(), at);
+            at
+        });
+        assert_eq!(pool.bytes(), 4 * 120 + 16);
+        pool.scope(|| {
+            let mut t = Tensor::scratch([2, 3, 4, 5]);
+            assert_eq!(t.data.as_ptr(), first, "kept across scopes");
+            t.data.fill(7.0);
+        });
+        pool.scope(|| {});
+        assert_eq!(pool.bytes(), 0, "buffers unused in a scope are released");
+        let mut tight = Pool::with_limit(100);
+        tight.scope(|| drop(Tensor::zeros([2, 3, 4, 5])));
+        assert_eq!(tight.bytes(), 0);
+        let t = Tensor::zeros([1, 2, 3, 4]);
+        drop(t);
+        assert_eq!(Tensor::zeros([1, 2, 3, 4]).data.len(), 24, "no pool outside a scope");
     }
 }

@@ -3,7 +3,9 @@
 
 use crate::graph::{Graph, Node, Op, ValueId};
 use crate::ops::{self, Activation, Epilogue};
-use crate::tensor::Tensor;
+use std::sync::Mutex;
+
+use crate::tensor::{Pool, Tensor};
 use crate::{Error, Result};
 
 /// One step of the execution plan: a node, possibly with the affine and activation fused into it.
@@ -16,11 +18,22 @@ struct Step {
 }
 
 /// A graph prepared for repeated forward passes on the CPU.
-#[derive(Debug, Clone)]
+///
+/// The engine keeps up to [`CpuEngine::POOL_BYTES`] of the activation buffers of its last pass
+/// for the next one (a [`Pool`]), so that repeated passes of one shape reuse them instead of
+/// allocating, faulting in and zeroing fresh memory.
+#[derive(Debug)]
 pub struct CpuEngine {
     steps: Vec<Step>,
     /// For each value, the index of the last step that reads it (values are freed after it).
     last_use: Vec<usize>,
+    pool: Mutex<Pool>,
+}
+
+impl Clone for CpuEngine {
+    fn clone(&self) -> Self {
+        CpuEngine { steps: self.steps.clone(), last_use: self.last_use.clone(), pool: CpuEngine::pool() }
+    }
 }
 
 fn activation(op: &Op) -> Option<Activation> {
@@ -76,7 +89,14 @@ impl CpuEngine {
                 last_use[v] = s;
             }
         }
-        CpuEngine { steps, last_use }
+        CpuEngine { steps, last_use, pool: CpuEngine::pool() }
+    }
+
+    /// The most bytes of free activation buffers an engine keeps between passes.
+    pub const POOL_BYTES: usize = 256 << 20;
+
+    fn pool() -> Mutex<Pool> {
+        Mutex::new(Pool::with_limit(CpuEngine::POOL_BYTES))
     }
 
     /// The first input of `node` for in-place use: moved out when step `s` is its last reader
@@ -91,8 +111,16 @@ impl CpuEngine {
         }
     }
 
-    /// Forward pass: `input: [N, C, H, W]` → the graph output `[N, classes, 1, 1]`.
+    /// Forward pass: `input: [N, C, H, W]` → the graph output `[N, classes, 1, 1]`. Concurrent
+    /// passes are allowed; one of them at a time uses the buffer pool.
     pub fn forward(&self, graph: &Graph, input: Tensor) -> Result<Tensor> {
+        match self.pool.try_lock() {
+            Ok(mut pool) => pool.scope(|| self.run(graph, input)),
+            Err(_) => self.run(graph, input),
+        }
+    }
+
+    fn run(&self, graph: &Graph, input: Tensor) -> Result<Tensor> {
         let [n, c, h, w] = input.shape;
         if n == 0 || c != graph.input_channels {
             return Err(Error::Input(format!(

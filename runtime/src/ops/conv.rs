@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::depthwise::{convolve, convolve_transposed, correlate, Padded};
@@ -12,12 +12,44 @@ use super::Epilogue;
 use crate::graph::{Conv, Weights};
 use crate::tensor::Tensor;
 
-/// Output channels per task of the 1×1 path: enough tasks for the thread pool, rows a multiple
-/// of 8 (the GEMM micro-kernel height).
-fn rows_per_task(out_channels: usize, batch: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let tasks_per_image = (4 * threads).div_ceil(batch).max(1);
-    out_channels.div_ceil(tasks_per_image).next_multiple_of(8).clamp(8, 128)
+/// Tasks per image of the 1×1 path: enough for the thread pool across the batch.
+fn tasks_per_image(batch: usize) -> usize {
+    (4 * rayon::current_num_threads().max(1)).div_ceil(batch).max(1)
+}
+
+/// `c = a·b` for `a: [m, k]`, `b: [k, n]` and `c: [m, n]` (row-major), in about `tasks` parallel
+/// parts: column blocks when `n ≥ m` (each part packs only its columns of `b`), else row blocks;
+/// `finish(row, values)` then runs on every finished row segment of a part.
+fn matmul(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    c: &mut [f32],
+    tasks: usize,
+    finish: &(impl Fn(usize, &mut [f32]) + Sync),
+) {
+    let (m, n) = (a.nrows(), b.ncols());
+    let mut cv = ArrayViewMut2::from_shape((m, n), c).expect("c is m × n");
+    let finish_rows = |first: usize, mut cb: ArrayViewMut2<f32>| {
+        for (r, mut row) in cb.rows_mut().into_iter().enumerate() {
+            finish(first + r, row.as_slice_mut().expect("a row segment is contiguous"));
+        }
+    };
+    if n >= m {
+        let cols = n.div_ceil(tasks).next_multiple_of(16).min(n);
+        let parts: Vec<_> = cv.axis_chunks_iter_mut(Axis(1), cols).zip(b.axis_chunks_iter(Axis(1), cols)).collect();
+        parts.into_par_iter().for_each(|(mut cb, bb)| {
+            ndarray::linalg::general_mat_mul(1.0, &a, &bb, 0.0, &mut cb);
+            finish_rows(0, cb);
+        });
+    } else {
+        let rows = m.div_ceil(tasks).next_multiple_of(8).min(m);
+        let parts: Vec<_> =
+            cv.axis_chunks_iter_mut(Axis(0), rows).zip(a.axis_chunks_iter(Axis(0), rows)).enumerate().collect();
+        parts.into_par_iter().for_each(|(i, (mut cb, ab))| {
+            ndarray::linalg::general_mat_mul(1.0, &ab, &b, 0.0, &mut cb);
+            finish_rows(i * rows, cb);
+        });
+    }
 }
 
 /// Forward: `x: [N, Cin, H, W]` → `[N, Cout, OH, OW]`, then `epi` per output channel.
@@ -29,26 +61,17 @@ pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
     let mut out = Tensor::scratch([n, co, oh, ow]);
     let hw = oh * ow;
     if conv.window.is_pointwise() {
-        let blk = rows_per_task(co, n);
+        let (w, q): (Cow<[f32]>, Cow<[f32]>) = match &conv.weights {
+            Weights::F32(v) => (Cow::Borrowed(v), Cow::Owned(vec![1.0; co])),
+            Weights::Int8 { values, scales } => {
+                (Cow::Owned(values.iter().map(|&v| v as f32).collect()), Cow::Borrowed(scales))
+            }
+        };
+        let wv = ArrayView2::from_shape((co, ci), &w[..]).expect("Cout × Cin");
+        let tasks = tasks_per_image(n);
         out.data.par_chunks_mut(co * hw).enumerate().for_each(|(img, o)| {
             let xs = ArrayView2::from_shape((ci, hw), x.sample(img)).expect("sample is [Cin, HW]");
-            o.par_chunks_mut(blk * hw).enumerate().for_each(|(b, o)| {
-                let rows = o.len() / hw;
-                let first = b * blk;
-                let (w, q): (Cow<[f32]>, Vec<f32>) = match &conv.weights {
-                    Weights::F32(v) => (Cow::Borrowed(&v[first * ci..(first + rows) * ci]), vec![1.0; rows]),
-                    Weights::Int8 { values, scales } => (
-                        Cow::Owned(values[first * ci..(first + rows) * ci].iter().map(|&v| v as f32).collect()),
-                        scales[first..first + rows].to_vec(),
-                    ),
-                };
-                let wv = ArrayView2::from_shape((rows, ci), &w[..]).expect("rows × Cin");
-                let mut ov = ArrayViewMut2::from_shape((rows, hw), &mut *o).expect("rows × HW");
-                ndarray::linalg::general_mat_mul(1.0, &wv, &xs, 0.0, &mut ov);
-                for (r, plane) in o.chunks_exact_mut(hw).enumerate() {
-                    epi.finish(first + r, q[r], plane);
-                }
-            });
+            matmul(wv, xs, o, tasks, &|r, v| epi.finish(r, q[r], v));
         });
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
@@ -77,17 +100,11 @@ pub fn backward_input(conv: &Conv, dy: &Tensor, (ih, iw): (usize, usize)) -> Ten
     let mut dx = Tensor::scratch([n, ci, ih, iw]);
     let (hw, ohw) = (ih * iw, dy.plane());
     if conv.window.is_pointwise() {
-        let wv = ArrayView2::from_shape((co, ci), &w[..]).expect("Cout × Cin");
-        let blk = rows_per_task(ci, n);
+        let wt = ArrayView2::from_shape((co, ci), &w[..]).expect("Cout × Cin").reversed_axes();
+        let tasks = tasks_per_image(n);
         dx.data.par_chunks_mut(ci * hw).enumerate().for_each(|(img, o)| {
             let gs = ArrayView2::from_shape((co, hw), dy.sample(img)).expect("sample is [Cout, HW]");
-            o.par_chunks_mut(blk * hw).enumerate().for_each(|(b, o)| {
-                let rows = o.len() / hw;
-                let wt =
-                    wv.reversed_axes().slice_axis_move(ndarray::Axis(0), ndarray::Slice::from(b * blk..b * blk + rows));
-                let mut ov = ArrayViewMut2::from_shape((rows, hw), o).expect("rows × HW");
-                ndarray::linalg::general_mat_mul(1.0, &wt, &gs, 0.0, &mut ov);
-            });
+            matmul(wt, gs, o, tasks, &|_, _| {});
         });
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
@@ -111,7 +128,7 @@ pub fn backward_weight(conv: &Conv, x: &Tensor, dy: &Tensor, dw: &mut [f32]) {
     let co = conv.out_channels;
     let (hw, ohw, ow) = (ih * iw, dy.plane(), dy.shape[3]);
     if conv.window.is_pointwise() {
-        let blk = rows_per_task(co, 1);
+        let blk = co.div_ceil(tasks_per_image(1)).next_multiple_of(8).clamp(8, 128);
         dw.par_chunks_mut(blk * ci).enumerate().for_each(|(b, d)| {
             let rows = d.len() / ci;
             let mut dv = ArrayViewMut2::from_shape((rows, ci), d).expect("rows × Cin");

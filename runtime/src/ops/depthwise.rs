@@ -20,13 +20,23 @@ pub(crate) struct Padded {
     rows: usize,
     width: usize,
     phases: usize,
+    /// What the last layout wrote: the same key writes the same positions, so the zeros around
+    /// them are still in place.
+    key: Option<Key>,
 }
 
+/// A layout's kind (input or dilated), its plane and window geometry.
+type Key = (bool, [usize; 4], Window);
+
 impl Padded {
-    fn reset(&mut self, rows: usize, width: usize, phases: usize) {
+    /// Sizes the buffer; zeroes it unless the previous layout had the same `key`.
+    fn reset(&mut self, rows: usize, width: usize, phases: usize, key: Key) {
         (self.rows, self.width, self.phases) = (rows, width, phases);
-        self.data.clear();
-        self.data.resize(rows * width * phases, 0.0);
+        if self.key != Some(key) {
+            self.data.clear();
+            self.data.resize(rows * width * phases, 0.0);
+            self.key = Some(key);
+        }
     }
 
     fn layout(&self, sh: usize, sw: usize) -> simd::Layout {
@@ -46,7 +56,12 @@ impl Padded {
         let [kh, kw] = win.kernel;
         let [sh, sw] = win.stride;
         let (pt, pl) = (win.pads[0], win.pads[1]);
-        self.reset((oh - 1) * sh + kh, ow.next_multiple_of(simd::LANES) + (kw - 1) / sw, sw);
+        self.reset(
+            (oh - 1) * sh + kh,
+            ow.next_multiple_of(simd::LANES) + (kw - 1) / sw,
+            sw,
+            (true, [ih, iw, oh, ow], *win),
+        );
         let cols = self.width * sw;
         for r in pt..(ih + pt).min(self.rows) {
             let xrow = &x[(r - pt) * iw..(r - pt + 1) * iw];
@@ -75,7 +90,7 @@ impl Padded {
         let [kh, kw] = win.kernel;
         let [sh, sw] = win.stride;
         let (pt, pl) = (win.pads[0] as isize, win.pads[1] as isize);
-        self.reset(ih + kh - 1, iw.next_multiple_of(simd::LANES) + kw - 1, 1);
+        self.reset(ih + kh - 1, iw.next_multiple_of(simd::LANES) + kw - 1, 1, (false, [ih, iw, oh, ow], *win));
         for oy in 0..oh {
             let r = (oy * sh) as isize + kh as isize - 1 - pt;
             if r < 0 || r >= self.rows as isize {
