@@ -179,8 +179,8 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
             }
             Op::GlobalPool => ops::pool::forward(&x),
             Op::Affine(a) => match plan.fused[s] {
-                Some(act) if t.scale.is_some() => {
-                    let y = ops::affine::forward_act(a, &x, act);
+                _ if t.scale.is_some() => {
+                    let y = ops::affine::forward_act(a, &x, plan.fused[s].unwrap_or(Activation::Identity));
                     keep = Saved::Input(x);
                     y
                 }
@@ -193,9 +193,6 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                     y
                 }
                 None => {
-                    if t.scale.is_some() {
-                        keep = Saved::Input(x.clone());
-                    }
                     let mut y = take(&mut values, plan, node, s, x);
                     ops::affine::forward(a, &mut y, Activation::Identity);
                     y
@@ -272,9 +269,9 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
                 need_dx.then(|| ops::linear::backward_input(l, &dy))
             }
             Op::GlobalPool => need_dx.then(|| ops::pool::backward(&dy, (ins.h, ins.w))),
-            Op::Affine(a) if plan.fused[s].is_some() && kept_input.is_some() => {
+            Op::Affine(a) if kept_input.is_some() => {
                 let (ds, db) = two_mut(grads, t.scale, t.bias);
-                let act = plan.fused[s].expect("fused");
+                let act = plan.fused[s].unwrap_or(Activation::Identity);
                 ops::affine::backward_act(a, kept_input.expect("kept"), act, &mut dy, ds, db, need_dx);
                 need_dx.then_some(dy)
             }
