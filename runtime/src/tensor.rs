@@ -119,8 +119,7 @@ thread_local! {
     static POOL: RefCell<Option<Active>> = const { RefCell::new(None) };
 }
 
-/// The smallest free buffer of this thread's active pool that holds `len` values and not more
-/// than an eighth beyond (a much larger buffer is left for the request it fits).
+/// The smallest free buffer of this thread's active pool that holds `len` values.
 fn pooled(len: usize) -> Option<Vec<f32>> {
     POOL.try_with(|p| {
         let mut p = p.try_borrow_mut().ok()?;
@@ -129,7 +128,7 @@ fn pooled(len: usize) -> Option<Vec<f32>> {
             .free
             .iter()
             .enumerate()
-            .filter(|(_, (b, _))| b.capacity() >= len && b.capacity() <= len + len / 8)
+            .filter(|(_, (b, _))| b.capacity() >= len)
             .min_by_key(|(_, (b, _))| b.capacity())?;
         let b = active.free.swap_remove(i).0;
         active.bytes -= 4 * b.capacity();

@@ -81,6 +81,8 @@ def main():
                             "--steps", r])[0],
         }
         infer.append((b, row))
+    pointwise = [run([BENCH, "pointwise", "--batch", b, "--resolution", 64 if a.quick else 224,
+                      "--reps", 2 if a.quick else 5])[0] for b in ([2] if a.quick else [16, 1])]
     switch = run([BENCH.parent / "patch_switch", "--kinds", "sb+logits", "--reps", 20 if a.quick else 200, "--json"])
     switch = switch[-1] if isinstance(switch[-1], list) else []
 
@@ -112,6 +114,18 @@ def main():
         cells = [f"{row[k]['median_ms']:.1f} ({row[k]['median_ms'] / e:.2f}×)" for k in ["tract", "onnxruntime", "pytorch"]]
         mem = " / ".join(f"{row[k]['peak_rss_bytes'] / 1e6:.0f}" for k in ["edgepatch", "tract", "onnxruntime", "pytorch"])
         L.append(f"| {b} | {e:.1f} | {' | '.join(cells)} | {mem} |")
+    L += ["", "### The 1×1 convolutions against this machine's peak f32 rate", "",
+          "`edgepatch-bench pointwise`: every 1×1 layer of the shipped model, forward and input gradient (what an "
+          "S/B step runs for it), on all threads, as in a training step (buffers recycled). Peak: "
+          "`simd::fma_burst` on every thread at once, the best of 5 (independent multiply-add chains in "
+          "12 registers: AVX-512 = 16-lane FMAs, AVX2 = 8-lane FMAs). The GEMM (`matrixmultiply`) runs AVX2 + FMA kernels.", "",
+          "| batch | px | GFLOP | ms | GFLOP/s | peak AVX-512 | peak AVX2 | fraction of AVX-512 peak | fraction of AVX2 peak |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    na = lambda v, f: "n/a" if v is None else format(v, f)
+    for p in pointwise:
+        L.append(f"| {p['batch']} | {p['resolution']} | {p['gflop']:.2f} | {p['median_ms']:.1f} | {p['gflops']:.1f} | "
+                 f"{na(p['peak_avx512_gflops'], '.0f')} | {na(p['peak_avx2_gflops'], '.0f')} | "
+                 f"{na(p['fraction_of_avx512_peak'], '.2f')} | {na(p['fraction_of_avx2_peak'], '.2f')} |")
     if switch:
         L += ["", "### Patch load and switch (`sb+logits`, 10 classes; µs)", "", "| operation | bytes | median | fastest |",
               "|---|---:|---:|---:|"]

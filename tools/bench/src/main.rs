@@ -6,7 +6,8 @@
 //! prints a markdown table. `… -- run --engine edgepatch|edgepatch-int8|tract --batch B` is one
 //! configuration (what `compare` spawns), printing one JSON line. `… -- train --kinds K --batch B
 //! --resolution R [--reps N]` times CPU training steps (one JSON line); `… -- dump-graph --out DIR`
-//! writes the shipped model for tools/bench/torch_bench.py. tools/bench/run.py drives them all
+//! writes the shipped model for tools/bench/torch_bench.py; `… -- pointwise --batch B --resolution R`
+//! measures the 1×1 convolutions' f32 rate against this machine's peak (one JSON line). tools/bench/run.py drives them all
 //! beside PyTorch and onnxruntime.
 #![forbid(unsafe_code)]
 
@@ -230,6 +231,73 @@ fn dump_graph(out: &std::path::Path) {
     println!("{}", json!({"nodes": g.nodes.len(), "weights": weights.len(), "out": out.display().to_string()}));
 }
 
+/// This machine's peak f32 rate at `level` on every thread of rayon's pool at once (GFLOP/s): the
+/// best of 5 runs of `simd::fma_burst` on all threads together.
+fn peak_gflops(level: edgepatch::simd::Level) -> Option<f64> {
+    let mut best: f64 = 0.0;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let runs = rayon::broadcast(|_| edgepatch::simd::fma_burst(level, 2_000_000));
+        let secs = start.elapsed().as_secs_f64();
+        let mut ops = 0u64;
+        for r in runs {
+            let (value, n) = r?;
+            std::hint::black_box(value);
+            ops += n;
+        }
+        best = best.max(ops as f64 / secs / 1e9);
+    }
+    Some(best)
+}
+
+/// The 1×1 convolutions of the shipped model at `batch` × `resolution`: each layer's forward and
+/// input gradient (what a step of an S/B patch runs for it), on all threads, timed as a whole
+/// (median of `reps` after a warm-up); their f32 rate against the measured peaks.
+fn pointwise(batch: usize, resolution: usize, reps: usize) -> serde_json::Value {
+    use edgepatch::graph::Op;
+    use edgepatch::ops;
+    let backbone = Backbone::embedded().expect("the embedded model");
+    let g = backbone.graph();
+    let shapes = g.infer_shapes(resolution, resolution).expect("shapes");
+    let mut layers = Vec::new();
+    for n in &g.nodes {
+        if let Op::Conv(c) = &n.op {
+            if c.window.is_pointwise() {
+                let s = shapes[n.inputs[0]];
+                let len = batch * s.c * s.h * s.w;
+                let x = Tensor::from_vec(
+                    [batch, s.c, s.h, s.w],
+                    (0..len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect(),
+                )
+                .expect("shape");
+                let dy =
+                    Tensor::from_vec([batch, c.out_channels, s.h, s.w], vec![0.5; batch * c.out_channels * s.h * s.w])
+                        .expect("shape");
+                layers.push((c, x, dy, (s.h, s.w)));
+            }
+        }
+    }
+    let flops: f64 = layers.iter().map(|(c, x, ..)| 2.0 * 2.0 * (c.out_channels * x.data.len()) as f64).sum();
+    let mut pool = edgepatch::tensor::Pool::default();
+    let times = time(reps, || {
+        pool.scope(|| {
+            for (c, x, dy, hw) in &layers {
+                std::hint::black_box(ops::conv::forward(c, x, &ops::Epilogue::NONE));
+                std::hint::black_box(ops::conv::backward_input(c, dy, *hw));
+            }
+        })
+    });
+    let secs = median(times);
+    let rate = flops / secs / 1e9;
+    let avx512 = peak_gflops(edgepatch::simd::Level::Avx512);
+    let avx2 = peak_gflops(edgepatch::simd::Level::Avx2);
+    json!({"batch": batch, "resolution": resolution, "layers": layers.len(), "gflop": flops / 1e9,
+        "median_ms": secs * 1e3, "gflops": rate, "threads": rayon::current_num_threads(),
+        "level": format!("{:?}", edgepatch::simd::level()),
+        "peak_avx512_gflops": avx512, "peak_avx2_gflops": avx2,
+        "fraction_of_avx512_peak": avx512.map(|p| rate / p), "fraction_of_avx2_peak": avx2.map(|p| rate / p)})
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let default_model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../cache/mobilenet_v2_f32.onnx");
@@ -247,10 +315,15 @@ fn main() {
             let res: usize = arg(&args, "--resolution").and_then(|b| b.parse().ok()).unwrap_or(224);
             println!("{}", train(&kinds, batch, res, reps));
         }
+        Some("pointwise") => {
+            let batch: usize = arg(&args, "--batch").and_then(|b| b.parse().ok()).unwrap_or(16);
+            let res: usize = arg(&args, "--resolution").and_then(|b| b.parse().ok()).unwrap_or(224);
+            println!("{}", pointwise(batch, res, reps));
+        }
         Some("dump-graph") => dump_graph(std::path::Path::new(&arg(&args, "--out").expect("--out DIR"))),
         Some("compare") | None => compare(&model, reps),
         Some(other) => {
-            eprintln!("unknown command {other}; use `compare`, `run`, `train` or `dump-graph`");
+            eprintln!("unknown command {other}; use `compare`, `run`, `train`, `pointwise` or `dump-graph`");
             std::process::exit(2);
         }
     }
