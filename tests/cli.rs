@@ -448,3 +448,43 @@ fn sequential_transfer_f16_patches_and_a_store_that_survives_kills() {
     assert_clean_error(&run(&["store", "verify", s]), "not a valid store index");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The CPU kernels compute every value by the same sequence of f32 operations at each vector
+/// level, so a patch trained at any level (`EDGEPATCH_SIMD`) is byte-identical.
+#[test]
+fn patches_are_identical_at_every_vector_level() {
+    let (train, test) = (mini("train"), mini("t10k"));
+    let mut files = Vec::new();
+    for level in ["portable", "avx2", "avx512"] {
+        let out = tmp(&format!("level-{level}.patch"), b"");
+        std::fs::remove_file(&out).unwrap();
+        let args = [
+            "train",
+            "--train",
+            &train,
+            "--test",
+            &test,
+            "--patch",
+            "sb+dw+logits",
+            "--out",
+            out.to_str().unwrap(),
+            "--limit",
+            "64",
+            "--test-limit",
+            "16",
+            "--resolution",
+            "32",
+            "--epochs",
+            "1",
+            "--batch",
+            "16",
+            "--json",
+        ];
+        let o = Command::new(binary()).args(args).env("EDGEPATCH_SIMD", level).output().expect("the binary starts");
+        json(&o);
+        files.push((level, std::fs::read(&out).unwrap()));
+    }
+    for (level, bytes) in &files[1..] {
+        assert!(bytes == &files[0].1, "the patch trained at {level} differs from the portable one");
+    }
+}
