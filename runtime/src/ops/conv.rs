@@ -8,8 +8,8 @@ use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::depthwise::{convolve, convolve_transposed, correlate, Padded};
-use super::Epilogue;
-use crate::graph::{Conv, Weights};
+use super::{Activation, Epilogue};
+use crate::graph::{Affine, Conv, Weights};
 use crate::tensor::Tensor;
 
 /// Tasks per image of the 1×1 path: enough for the thread pool across the batch.
@@ -19,47 +19,85 @@ fn tasks_per_image(batch: usize) -> usize {
 
 /// `c = a·b` for `a: [m, k]`, `b: [k, n]` and `c: [m, n]` (row-major), in about `tasks` parallel
 /// parts: column blocks when `n ≥ m` (each part packs only its columns of `b`), else row blocks;
-/// `finish(row, values)` then runs on every finished row segment of a part.
+/// `finish(row, c_values, c2_values)` then runs on every finished row segment of a part while it
+/// is in cache, with the same segment of `c2` (an `[m, n]` second output) when given.
 fn matmul(
     a: ArrayView2<f32>,
     b: ArrayView2<f32>,
     c: &mut [f32],
+    c2: Option<&mut [f32]>,
     tasks: usize,
-    finish: &(impl Fn(usize, &mut [f32]) + Sync),
+    finish: &(impl Fn(usize, &mut [f32], Option<&mut [f32]>) + Sync),
 ) {
     let (m, n) = (a.nrows(), b.ncols());
     let mut cv = ArrayViewMut2::from_shape((m, n), c).expect("c is m × n");
-    let finish_rows = |first: usize, mut cb: ArrayViewMut2<f32>| {
+    let mut cv2 = c2.map(|c2| ArrayViewMut2::from_shape((m, n), c2).expect("c2 is m × n"));
+    let finish_rows = |first: usize, mut cb: ArrayViewMut2<f32>, mut cb2: Option<ArrayViewMut2<f32>>| {
+        let mut rows2 = cb2.as_mut().map(|v| v.rows_mut().into_iter());
         for (r, mut row) in cb.rows_mut().into_iter().enumerate() {
-            finish(first + r, row.as_slice_mut().expect("a row segment is contiguous"));
+            let mut other = rows2.as_mut().and_then(|it| it.next());
+            let second = other.as_mut().map(|v| v.as_slice_mut().expect("a row segment is contiguous"));
+            finish(first + r, row.as_slice_mut().expect("a row segment is contiguous"), second);
         }
     };
-    if n >= m {
-        let cols = n.div_ceil(tasks).next_multiple_of(16).min(n);
-        let parts: Vec<_> = cv.axis_chunks_iter_mut(Axis(1), cols).zip(b.axis_chunks_iter(Axis(1), cols)).collect();
-        parts.into_par_iter().for_each(|(mut cb, bb)| {
-            ndarray::linalg::general_mat_mul(1.0, &a, &bb, 0.0, &mut cb);
-            finish_rows(0, cb);
-        });
+    let (axis, size) = if n >= m {
+        (Axis(1), n.div_ceil(tasks).next_multiple_of(16).min(n))
     } else {
-        let rows = m.div_ceil(tasks).next_multiple_of(8).min(m);
-        let parts: Vec<_> =
-            cv.axis_chunks_iter_mut(Axis(0), rows).zip(a.axis_chunks_iter(Axis(0), rows)).enumerate().collect();
-        parts.into_par_iter().for_each(|(i, (mut cb, ab))| {
+        (Axis(0), m.div_ceil(tasks).next_multiple_of(8).min(m))
+    };
+    let parts = cv.axis_chunks_iter_mut(axis, size);
+    let count = parts.len();
+    let seconds: Vec<Option<ArrayViewMut2<f32>>> = match cv2.as_mut() {
+        Some(v) => v.axis_chunks_iter_mut(axis, size).map(Some).collect(),
+        None => (0..count).map(|_| None).collect(),
+    };
+    let parts: Vec<_> = parts.zip(seconds).enumerate().collect();
+    parts.into_par_iter().for_each(|(i, (mut cb, cb2))| {
+        if axis == Axis(1) {
+            let bb = b.slice_axis(Axis(1), ndarray::Slice::from(i * size..(i * size + size).min(n)));
+            ndarray::linalg::general_mat_mul(1.0, &a, &bb, 0.0, &mut cb);
+            finish_rows(0, cb, cb2);
+        } else {
+            let ab = a.slice_axis(Axis(0), ndarray::Slice::from(i * size..(i * size + size).min(m)));
             ndarray::linalg::general_mat_mul(1.0, &ab, &b, 0.0, &mut cb);
-            finish_rows(i * rows, cb);
-        });
-    }
+            finish_rows(i * size, cb, cb2);
+        }
+    });
 }
 
 /// Forward: `x: [N, Cin, H, W]` → `[N, Cout, OH, OW]`, then `epi` per output channel.
 pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
+    run(conv, x, epi, None).0
+}
+
+/// Forward of the raw convolution `r` (as [`forward`] with [`Epilogue::NONE`]) and, from each
+/// output plane while it is in cache, the per-channel affine and activation after it:
+/// `y = act(scale[c]·r + bias[c])`. Returns `(r, y)`.
+pub fn forward_then(conv: &Conv, x: &Tensor, then: &Affine, act: Activation) -> (Tensor, Tensor) {
+    let (r, y) = run(conv, x, &Epilogue::NONE, Some((then, act)));
+    (r, y.expect("a second output was asked for"))
+}
+
+fn run(conv: &Conv, x: &Tensor, epi: &Epilogue, then: Option<(&Affine, Activation)>) -> (Tensor, Option<Tensor>) {
     let [n, ci, ih, iw] = x.shape;
     debug_assert_eq!(ci, conv.in_channels);
     let (oh, ow) = conv.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
     let co = conv.out_channels;
     let mut out = Tensor::scratch([n, co, oh, ow]);
+    let mut second = then.map(|_| Tensor::scratch([n, co, oh, ow]));
     let hw = oh * ow;
+    let finish = |c: usize, q: f32, v: &mut [f32], y: Option<&mut [f32]>| {
+        epi.finish(c, q, v);
+        if let (Some(y), Some((a, act))) = (y, then) {
+            crate::simd::affine_act(y, v, a.scale[c], a.bias[c], act);
+        }
+    };
+    fn seconds(t: &mut Option<Tensor>, len: usize, count: usize) -> Vec<Option<&mut [f32]>> {
+        match t {
+            Some(t) => t.data.chunks_mut(len).map(Some).collect(),
+            None => (0..count).map(|_| None).collect(),
+        }
+    }
     if conv.window.is_pointwise() {
         let (w, q): (Cow<[f32]>, Cow<[f32]>) = match &conv.weights {
             Weights::F32(v) => (Cow::Borrowed(v), Cow::Owned(vec![1.0; co])),
@@ -69,26 +107,28 @@ pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
         };
         let wv = ArrayView2::from_shape((co, ci), &w[..]).expect("Cout × Cin");
         let tasks = tasks_per_image(n);
-        out.data.par_chunks_mut(co * hw).enumerate().for_each(|(img, o)| {
+        let ys = seconds(&mut second, co * hw, n);
+        out.data.par_chunks_mut(co * hw).zip(ys).enumerate().for_each(|(img, (o, y))| {
             let xs = ArrayView2::from_shape((ci, hw), x.sample(img)).expect("sample is [Cin, HW]");
-            matmul(wv, xs, o, tasks, &|r, v| epi.finish(r, q[r], v));
+            matmul(wv, xs, o, y, tasks, &|r, v, y| finish(r, q[r], v, y));
         });
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
         let pads = padded_inputs(x, &conv.window, (oh, ow));
-        out.data.par_chunks_mut(hw).enumerate().for_each_init(
+        let ys = seconds(&mut second, hw, n * co);
+        out.data.par_chunks_mut(hw).zip(ys).enumerate().for_each_init(
             || vec![0f32; ci * kl],
-            |w, (p, plane)| {
+            |w, (p, (plane, y))| {
                 let (img, oc) = (p / co, p % co);
                 let q = conv.weights.raw_row(oc, w);
                 for (c, k) in w.chunks_exact(kl).enumerate() {
                     convolve(&pads[img * ci + c], k, &conv.window, plane, ow, c > 0);
                 }
-                epi.finish(oc, q, plane);
+                finish(oc, q, plane, y);
             },
         );
     }
-    out
+    (out, second)
 }
 
 /// Input gradient: `dy: [N, Cout, OH, OW]` → `dx: [N, Cin, ih, iw]`. 1×1 as `Wᵀ·dy` per image,
@@ -104,7 +144,7 @@ pub fn backward_input(conv: &Conv, dy: &Tensor, (ih, iw): (usize, usize)) -> Ten
         let tasks = tasks_per_image(n);
         dx.data.par_chunks_mut(ci * hw).enumerate().for_each(|(img, o)| {
             let gs = ArrayView2::from_shape((co, hw), dy.sample(img)).expect("sample is [Cout, HW]");
-            matmul(wt, gs, o, tasks, &|_, _| {});
+            matmul(wt, gs, o, None, tasks, &|_, _, _| {});
         });
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];

@@ -6,8 +6,8 @@
 
 use rayon::prelude::*;
 
-use super::Epilogue;
-use crate::graph::{Depthwise, Window};
+use super::{Activation, Epilogue};
+use crate::graph::{Affine, Depthwise, Window};
 use crate::simd;
 use crate::tensor::Tensor;
 
@@ -203,22 +203,42 @@ pub(crate) fn correlate(p: &Padded, dy: &[f32], ow: usize, win: &Window, dk: &mu
 /// Forward: `x: [N, C, H, W]` → `[N, C, OH, OW]`, each channel convolved with its own kernel,
 /// then `epi` applied per channel.
 pub fn forward(layer: &Depthwise, x: &Tensor, epi: &Epilogue) -> Tensor {
+    run(layer, x, epi, None).0
+}
+
+/// Forward of the raw convolution `r` (as [`forward`] with [`Epilogue::NONE`]) and, from each
+/// output plane while it is in cache, the per-channel affine and activation after it:
+/// `y = act(scale[c]·r + bias[c])`. Returns `(r, y)`.
+pub fn forward_then(layer: &Depthwise, x: &Tensor, then: &Affine, act: Activation) -> (Tensor, Tensor) {
+    let (r, y) = run(layer, x, &Epilogue::NONE, Some((then, act)));
+    (r, y.expect("a second output was asked for"))
+}
+
+fn run(layer: &Depthwise, x: &Tensor, epi: &Epilogue, then: Option<(&Affine, Activation)>) -> (Tensor, Option<Tensor>) {
     let [n, c, ih, iw] = x.shape;
     debug_assert_eq!(c, layer.channels);
     let (oh, ow) = layer.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
     let mut out = Tensor::scratch([n, c, oh, ow]);
+    let mut second = then.map(|_| Tensor::scratch([n, c, oh, ow]));
+    let ys: Vec<Option<&mut [f32]>> = match &mut second {
+        Some(t) => t.data.chunks_mut(oh * ow).map(Some).collect(),
+        None => (0..n * c).map(|_| None).collect(),
+    };
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
-    out.data.par_chunks_mut(oh * ow).enumerate().for_each_init(
+    out.data.par_chunks_mut(oh * ow).zip(ys).enumerate().for_each_init(
         || (Padded::default(), vec![0f32; kl]),
-        |(pad, k), (p, plane)| {
+        |(pad, k), (p, (plane, y))| {
             let ch = p % c;
             let q = layer.weights.raw_row(ch, k);
             pad.input(&x.data[p * ih * iw..(p + 1) * ih * iw], (ih, iw), &layer.window, (oh, ow));
             convolve(pad, k, &layer.window, plane, ow, false);
             epi.finish(ch, q, plane);
+            if let (Some(y), Some((a, act))) = (y, then) {
+                simd::affine_act(y, plane, a.scale[ch], a.bias[ch], act);
+            }
         },
     );
-    out
+    (out, second)
 }
 
 /// Input gradient: `dy: [N, C, OH, OW]` → `dx: [N, C, ih, iw]`.

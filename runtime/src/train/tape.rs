@@ -32,6 +32,9 @@ pub struct Plan {
     /// For an affine whose only reader is the activation node after it: that activation, run
     /// in the same pass (the activation node is then skipped).
     fused: Vec<Option<Activation>>,
+    /// For a convolution whose only reader is an affine with a trained scale: that affine (and
+    /// its fused activation) is computed from each output plane while it is in cache.
+    then: Vec<bool>,
 }
 
 impl Plan {
@@ -70,8 +73,19 @@ impl Plan {
                     && node.output != graph.output;
                 fits.then(|| activation(&next.op))
             })
+            .collect::<Vec<_>>();
+        let then = (0..graph.nodes.len())
+            .map(|s| {
+                let (node, Some(next)) = (&graph.nodes[s], graph.nodes.get(s + 1)) else { return false };
+                matches!(node.op, Op::Conv(_) | Op::Depthwise(_))
+                    && matches!(next.op, Op::Affine(_))
+                    && next.inputs == [node.output]
+                    && readers[node.output] == 1
+                    && node.output != graph.output
+                    && trains[s + 1].scale.is_some()
+            })
             .collect();
-        Plan { trains, needs_grad, last_use, fused }
+        Plan { trains, needs_grad, last_use, fused, then }
     }
 
     /// True for an activation node run inside the affine before it.
@@ -148,6 +162,7 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
     let mut values: Vec<Option<Arc<Tensor>>> = vec![None; graph.num_values];
     values[0] = Some(Arc::new(input));
     let mut saved = Vec::with_capacity(graph.nodes.len());
+    let mut ready: Option<Tensor> = None;
     for (s, node) in graph.nodes.iter().enumerate() {
         if plan.absorbed(s) {
             saved.push(Saved::Nothing);
@@ -163,13 +178,27 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                 if t.weights.is_some() {
                     keep = Saved::Input(x.clone());
                 }
-                ops::conv::forward(conv, &x, &Epilogue::NONE)
+                match next_affine(graph, plan, s) {
+                    Some((a, act)) => {
+                        let (r, y) = ops::conv::forward_then(conv, &x, a, act);
+                        ready = Some(y);
+                        r
+                    }
+                    None => ops::conv::forward(conv, &x, &Epilogue::NONE),
+                }
             }
             Op::Depthwise(dw) => {
                 if t.weights.is_some() {
                     keep = Saved::Input(x.clone());
                 }
-                ops::depthwise::forward(dw, &x, &Epilogue::NONE)
+                match next_affine(graph, plan, s) {
+                    Some((a, act)) => {
+                        let (r, y) = ops::depthwise::forward_then(dw, &x, a, act);
+                        ready = Some(y);
+                        r
+                    }
+                    None => ops::depthwise::forward(dw, &x, &Epilogue::NONE),
+                }
             }
             Op::Linear(l) => {
                 if t.weights.is_some() {
@@ -180,7 +209,10 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
             Op::GlobalPool => ops::pool::forward(&x),
             Op::Affine(a) => match plan.fused[s] {
                 _ if t.scale.is_some() => {
-                    let y = ops::affine::forward_act(a, &x, plan.fused[s].unwrap_or(Activation::Identity));
+                    let y = match ready.take() {
+                        Some(y) => y,
+                        None => ops::affine::forward_act(a, &x, plan.fused[s].unwrap_or(Activation::Identity)),
+                    };
                     keep = Saved::Input(x);
                     y
                 }
@@ -223,6 +255,14 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
     }
     let out = values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
     Ok((owned(out), Tape { saved, shapes, batch: n }))
+}
+
+/// The affine (and its fused activation) that [`Plan::then`] computes inside convolution `s`.
+fn next_affine<'g>(graph: &'g Graph, plan: &Plan, s: usize) -> Option<(&'g crate::graph::Affine, Activation)> {
+    match (&graph.nodes.get(s + 1)?.op, plan.then[s]) {
+        (Op::Affine(a), true) => Some((a, plan.fused[s + 1].unwrap_or(Activation::Identity))),
+        _ => None,
+    }
 }
 
 /// Backward pass: `dlogits` (the loss gradient at the output, `[N, classes, 1, 1]`) → gradients
