@@ -220,7 +220,7 @@ pub fn passes(act: Activation, z: f32) -> bool {
     match act {
         Activation::Identity => true,
         Activation::Relu => z > 0.0,
-        Activation::Relu6 => z > 0.0 && z < 6.0,
+        Activation::Relu6 => (z > 0.0) & (z < 6.0),
     }
 }
 
@@ -250,6 +250,65 @@ multiversion! {
         }
         block(dc.into_remainder(), xc.remainder());
         (sx.iter().sum(), sg.iter().sum())
+    }
+}
+
+multiversion! {
+    /// Bit `i` of `bits[i / 64]` set where `act` passes its gradient at `x[i]` (`bits` holds
+    /// `x.len()` rounded up to 64 bits; the bits past `x.len()` are cleared).
+    pub fn mask_bits(x: &[f32], act: Activation, bits: &mut [u64]) {
+        for (word, chunk) in bits.iter_mut().zip(x.chunks(64)) {
+            let mut w = 0u64;
+            for (k, block) in chunk.chunks(LANES).enumerate() {
+                let mut b = 0u32;
+                if let Ok(block) = <&[f32; LANES]>::try_from(block) {
+                    for j in 0..LANES {
+                        b |= (passes(act, block[j]) as u32) << j;
+                    }
+                } else {
+                    for (j, &v) in block.iter().enumerate() {
+                        b |= (passes(act, v) as u32) << j;
+                    }
+                }
+                w |= (b as u64) << (k * LANES);
+            }
+            *word = w;
+        }
+    }
+}
+
+multiversion! {
+    /// `g[i] = v[i]` where bit `i` of `bits` is set, else 0; `v` becomes `s·g` when `write`.
+    /// Returns `Σ g`, summed in [`LANES`] partial sums (element `i` into sum `i mod LANES`).
+    pub fn masked_scale(v: &mut [f32], bits: &[u64], s: f32, write: bool) -> f32 {
+        let mut acc = [0f32; LANES];
+        for (word, chunk) in bits.iter().zip(v.chunks_mut(64)) {
+            for (k, block) in chunk.chunks_mut(LANES).enumerate() {
+                let b = (word >> (k * LANES)) as u32;
+                if let Ok(block) = <&mut [f32; LANES]>::try_from(&mut *block) {
+                    let mut g = [0f32; LANES];
+                    for j in 0..LANES {
+                        let keep = 0u32.wrapping_sub((b >> j) & 1);
+                        g[j] = f32::from_bits(block[j].to_bits() & keep);
+                        acc[j] += g[j];
+                    }
+                    if write {
+                        for j in 0..LANES {
+                            block[j] = s * g[j];
+                        }
+                    }
+                } else {
+                    for (j, d) in block.iter_mut().enumerate() {
+                        let g = if b & (1 << j) != 0 { *d } else { 0.0 };
+                        acc[j] += g;
+                        if write {
+                            *d = s * g;
+                        }
+                    }
+                }
+            }
+        }
+        acc.iter().sum()
     }
 }
 

@@ -11,7 +11,7 @@ pub fn forward(act: Activation, x: &mut Tensor) {
 }
 
 /// Where an activation passes its gradient, one bit per element (what the backward pass keeps
-/// instead of the activation's input).
+/// instead of the activation's input). Each channel plane starts at a fresh 64-bit word.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mask {
     pub shape: [usize; 4],
@@ -23,39 +23,35 @@ impl Mask {
     pub fn bytes(&self) -> usize {
         8 * self.bits.len()
     }
+
+    /// Words per channel plane.
+    fn words(&self) -> usize {
+        (self.shape[2] * self.shape[3]).div_ceil(64)
+    }
+
+    /// The bits of each channel plane, in order.
+    pub(crate) fn planes(&self) -> std::slice::ChunksExact<'_, u64> {
+        self.bits.chunks_exact(self.words().max(1))
+    }
 }
 
-/// Elements per parallel chunk of the mask (a multiple of 64).
-const CHUNK: usize = 1 << 14;
-
 /// The mask of `act` at input `x`: set where the derivative is 1 (`x > 0`, and `x < 6` for ReLU6).
+/// Also right at the activation's output (`0 < y < 6` exactly where `0 < x < 6`).
 pub fn mask(act: Activation, x: &Tensor) -> Mask {
-    let mut bits = vec![0u64; x.data.len().div_ceil(64)];
-    bits.par_chunks_mut(CHUNK / 64).zip(x.data.par_chunks(CHUNK)).for_each(|(b, v)| {
-        for (word, vals) in b.iter_mut().zip(v.chunks(64)) {
-            for (i, &x) in vals.iter().enumerate() {
-                let pass = match act {
-                    Activation::Identity => true,
-                    Activation::Relu => x > 0.0,
-                    Activation::Relu6 => x > 0.0 && x < 6.0,
-                };
-                *word |= (pass as u64) << i;
-            }
-        }
-    });
+    let plane = x.plane();
+    let words = plane.div_ceil(64).max(1);
+    let mut bits = vec![0u64; words * x.shape[0] * x.shape[1]];
+    bits.par_chunks_mut(words)
+        .zip(x.data.par_chunks(plane.max(1)))
+        .for_each(|(b, v)| crate::simd::mask_bits(v, act, b));
     Mask { shape: x.shape, bits }
 }
 
 /// Input gradient in place: `dy` is zeroed where the mask is clear.
 pub fn backward(mask: &Mask, dy: &mut Tensor) {
     debug_assert_eq!(mask.shape, dy.shape);
-    dy.data.par_chunks_mut(CHUNK).zip(mask.bits.par_chunks(CHUNK / 64)).for_each(|(v, b)| {
-        for (vals, word) in v.chunks_mut(64).zip(b) {
-            for (i, g) in vals.iter_mut().enumerate() {
-                if word >> i & 1 == 0 {
-                    *g = 0.0;
-                }
-            }
-        }
+    let plane = dy.plane().max(1);
+    dy.data.par_chunks_mut(plane).zip(mask.planes().collect::<Vec<_>>()).for_each(|(v, b)| {
+        crate::simd::masked_scale(v, b, 1.0, true);
     });
 }

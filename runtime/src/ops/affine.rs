@@ -97,3 +97,28 @@ pub fn backward_act(
         db.iter_mut().enumerate().for_each(|(ch, d)| *d += channel(ch, |s| s.1));
     }
 }
+
+/// Backward of an affine followed by an activation whose mask was kept (the affine's scale does
+/// not train): `g = dy` where the mask is set, else 0; adds `dbias[c] += Σ g` (when given) and
+/// turns `dy` into the input gradient `scale[c]·g` when `need_dx` (otherwise its contents are
+/// unspecified).
+pub fn backward_masked(
+    a: &Affine,
+    mask: &super::activation::Mask,
+    dy: &mut Tensor,
+    dbias: Option<&mut [f32]>,
+    need_dx: bool,
+) {
+    let [n, c, ..] = dy.shape;
+    let plane = dy.plane().max(1);
+    let sums: Vec<f32> = dy
+        .data
+        .par_chunks_mut(plane)
+        .zip(mask.planes().collect::<Vec<_>>())
+        .enumerate()
+        .map(|(p, (v, b))| crate::simd::masked_scale(v, b, a.scale[p % c], need_dx))
+        .collect();
+    if let Some(db) = dbias {
+        db.iter_mut().enumerate().for_each(|(ch, d)| *d += (0..n).map(|i| sums[i * c + ch] as f64).sum::<f64>() as f32);
+    }
+}

@@ -8,7 +8,7 @@ use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::depthwise::{convolve, convolve_transposed, correlate, Padded};
-use super::{Activation, Epilogue};
+use super::{Activation, Epilogue, Finish};
 use crate::graph::{Affine, Conv, Weights};
 use crate::tensor::Tensor;
 
@@ -78,7 +78,23 @@ pub fn forward_then(conv: &Conv, x: &Tensor, then: &Affine, act: Activation) -> 
     (r, y.expect("a second output was asked for"))
 }
 
-fn run(conv: &Conv, x: &Tensor, epi: &Epilogue, then: Option<(&Affine, Activation)>) -> (Tensor, Option<Tensor>) {
+/// Forward of the raw convolution (as [`forward`] with [`Epilogue::NONE`]) followed, on each
+/// output plane while it is in cache, by the per-channel affine and activation after it, in
+/// place: the same values as [`forward_then`]'s `y`, without keeping the raw output.
+pub fn forward_then_in_place(conv: &Conv, x: &Tensor, then: &Affine, act: Activation) -> Tensor {
+    let epi = |c: usize, q: f32, v: &mut [f32]| {
+        Epilogue::NONE.finish(c, q, v);
+        crate::simd::epilogue(v, then.scale[c], then.bias[c], act);
+    };
+    run(conv, x, &epi, None).0
+}
+
+fn run(
+    conv: &Conv,
+    x: &Tensor,
+    epi: &(impl Finish + Sync),
+    then: Option<(&Affine, Activation)>,
+) -> (Tensor, Option<Tensor>) {
     let [n, ci, ih, iw] = x.shape;
     debug_assert_eq!(ci, conv.in_channels);
     let (oh, ow) = conv.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
@@ -291,6 +307,38 @@ mod tests {
             let dw = Depthwise { channels: c, window: win, weights: Weights::F32(w.clone()) };
             let want = naive(&x, &w, c, 1, true, &win);
             close(&crate::ops::depthwise::forward(&dw, &x, &Epilogue::NONE).data, &want.data);
+        }
+    }
+
+    #[test]
+    fn then_outputs_equal_the_separate_passes() {
+        let (n, ci, co) = (2, 5, 11);
+        let a = Affine { scale: values(co, 3), bias: values(co, 4) };
+        for (k, win) in windows().into_iter().enumerate() {
+            let x = Tensor::from_vec([n, ci, 13, 9], values(n * ci * 13 * 9, k as u32)).unwrap();
+            let w = values(co * ci * win.kernel[0] * win.kernel[1], 7 + k as u32);
+            let conv = Conv { in_channels: ci, out_channels: co, window: win, weights: Weights::F32(w) };
+            let dwin = Depthwise {
+                channels: ci,
+                window: win,
+                weights: Weights::F32(values(ci * win.kernel[0] * win.kernel[1], 9)),
+            };
+            let ad = Affine { scale: values(ci, 5), bias: values(ci, 6) };
+            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                let r = forward(&conv, &x, &Epilogue::NONE);
+                let mut want = r.clone();
+                crate::ops::affine::forward(&a, &mut want, act);
+                let (r2, y) = forward_then(&conv, &x, &a, act);
+                assert_eq!((&r2.data, &y.data), (&r.data, &want.data), "conv {win:?} {act:?}");
+                assert_eq!(forward_then_in_place(&conv, &x, &a, act).data, want.data[..]);
+
+                let r = crate::ops::depthwise::forward(&dwin, &x, &Epilogue::NONE);
+                let mut want = r.clone();
+                crate::ops::affine::forward(&ad, &mut want, act);
+                let (r2, y) = crate::ops::depthwise::forward_then(&dwin, &x, &ad, act);
+                assert_eq!((&r2.data, &y.data), (&r.data, &want.data), "depthwise {win:?} {act:?}");
+                assert_eq!(crate::ops::depthwise::forward_then_in_place(&dwin, &x, &ad, act).data, want.data[..]);
+            }
         }
     }
 

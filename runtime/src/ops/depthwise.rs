@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{Activation, Epilogue};
+use super::{Activation, Epilogue, Finish};
 use crate::graph::{Affine, Depthwise, Window};
 use crate::simd;
 use crate::tensor::Tensor;
@@ -214,7 +214,23 @@ pub fn forward_then(layer: &Depthwise, x: &Tensor, then: &Affine, act: Activatio
     (r, y.expect("a second output was asked for"))
 }
 
-fn run(layer: &Depthwise, x: &Tensor, epi: &Epilogue, then: Option<(&Affine, Activation)>) -> (Tensor, Option<Tensor>) {
+/// Forward of the raw convolution (as [`forward`] with [`Epilogue::NONE`]) followed, on each
+/// output plane while it is in cache, by the per-channel affine and activation after it, in
+/// place: the same values as [`forward_then`]'s `y`, without keeping the raw output.
+pub fn forward_then_in_place(layer: &Depthwise, x: &Tensor, then: &Affine, act: Activation) -> Tensor {
+    let epi = |c: usize, q: f32, v: &mut [f32]| {
+        Epilogue::NONE.finish(c, q, v);
+        simd::epilogue(v, then.scale[c], then.bias[c], act);
+    };
+    run(layer, x, &epi, None).0
+}
+
+fn run(
+    layer: &Depthwise,
+    x: &Tensor,
+    epi: &(impl Finish + Sync),
+    then: Option<(&Affine, Activation)>,
+) -> (Tensor, Option<Tensor>) {
     let [n, c, ih, iw] = x.shape;
     debug_assert_eq!(c, layer.channels);
     let (oh, ow) = layer.window.output_size(ih, iw).expect("shape checked by Graph::shapes");

@@ -32,8 +32,9 @@ pub struct Plan {
     /// For an affine whose only reader is the activation node after it: that activation, run
     /// in the same pass (the activation node is then skipped).
     fused: Vec<Option<Activation>>,
-    /// For a convolution whose only reader is an affine with a trained scale: that affine (and
-    /// its fused activation) is computed from each output plane while it is in cache.
+    /// For a convolution whose only reader is an affine: that affine (and its fused activation)
+    /// is computed from each output plane while it is in cache (into a second tensor when the
+    /// affine's scale trains and so needs the raw output, in place otherwise).
     then: Vec<bool>,
 }
 
@@ -82,7 +83,6 @@ impl Plan {
                     && next.inputs == [node.output]
                     && readers[node.output] == 1
                     && node.output != graph.output
-                    && trains[s + 1].scale.is_some()
             })
             .collect();
         Plan { trains, needs_grad, last_use, fused, then }
@@ -179,10 +179,14 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                     keep = Saved::Input(x.clone());
                 }
                 match next_affine(graph, plan, s) {
-                    Some((a, act)) => {
+                    Some((a, act)) if plan.trains[s + 1].scale.is_some() => {
                         let (r, y) = ops::conv::forward_then(conv, &x, a, act);
                         ready = Some(y);
                         r
+                    }
+                    Some((a, act)) => {
+                        ready = Some(ops::conv::forward_then_in_place(conv, &x, a, act));
+                        Tensor::zeros([0; 4])
                     }
                     None => ops::conv::forward(conv, &x, &Epilogue::NONE),
                 }
@@ -192,10 +196,14 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                     keep = Saved::Input(x.clone());
                 }
                 match next_affine(graph, plan, s) {
-                    Some((a, act)) => {
+                    Some((a, act)) if plan.trains[s + 1].scale.is_some() => {
                         let (r, y) = ops::depthwise::forward_then(dw, &x, a, act);
                         ready = Some(y);
                         r
+                    }
+                    Some((a, act)) => {
+                        ready = Some(ops::depthwise::forward_then_in_place(dw, &x, a, act));
+                        Tensor::zeros([0; 4])
                     }
                     None => ops::depthwise::forward(dw, &x, &Epilogue::NONE),
                 }
@@ -217,18 +225,27 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                     y
                 }
                 Some(act) => {
-                    let mut y = take(&mut values, plan, node, s, x);
-                    ops::affine::forward(a, &mut y, act);
+                    let y = match ready.take() {
+                        Some(y) => y,
+                        None => {
+                            let mut y = take(&mut values, plan, node, s, x);
+                            ops::affine::forward(a, &mut y, act);
+                            y
+                        }
+                    };
                     if grad_out {
                         keep = Saved::Mask(ops::activation::mask(act, &y));
                     }
                     y
                 }
-                None => {
-                    let mut y = take(&mut values, plan, node, s, x);
-                    ops::affine::forward(a, &mut y, Activation::Identity);
-                    y
-                }
+                None => match ready.take() {
+                    Some(y) => y,
+                    None => {
+                        let mut y = take(&mut values, plan, node, s, x);
+                        ops::affine::forward(a, &mut y, Activation::Identity);
+                        y
+                    }
+                },
             },
             Op::Relu | Op::Relu6 => {
                 let act = activation(&node.op);
@@ -315,10 +332,14 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
                 ops::affine::backward_act(a, kept_input.expect("kept"), act, &mut dy, ds, db, need_dx);
                 need_dx.then_some(dy)
             }
+            Op::Affine(a) if matches!((plan.fused[s], &kept), (Some(_), Saved::Mask(_))) => {
+                let Saved::Mask(m) = &kept else { unreachable!("matched a mask") };
+                debug_assert!(t.scale.is_none(), "a trained scale keeps the affine's input");
+                let db = t.bias.map(|i| &mut grads[i][..]);
+                ops::affine::backward_masked(a, m, &mut dy, db, need_dx);
+                need_dx.then_some(dy)
+            }
             Op::Affine(a) => {
-                if let (Some(_), Saved::Mask(m)) = (plan.fused[s], &kept) {
-                    ops::activation::backward(m, &mut dy);
-                }
                 let (ds, db) = two_mut(grads, t.scale, t.bias);
                 if ds.is_some() || db.is_some() {
                     ops::affine::backward_params(&dy, kept_input, ds, db);
