@@ -262,8 +262,8 @@ multiversion! {
             for (k, block) in chunk.chunks(LANES).enumerate() {
                 let mut b = 0u32;
                 if let Ok(block) = <&[f32; LANES]>::try_from(block) {
-                    for j in 0..LANES {
-                        b |= (passes(act, block[j]) as u32) << j;
+                    for (j, &v) in block.iter().enumerate() {
+                        b |= (passes(act, v) as u32) << j;
                     }
                 } else {
                     for (j, &v) in block.iter().enumerate() {
