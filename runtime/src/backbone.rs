@@ -78,6 +78,15 @@ impl Backbone {
         &self.fingerprint
     }
 
+    /// The graph with `patch` applied, checked against this backbone's cached fingerprint (what
+    /// [`Patch::apply`] does for a bare graph, without hashing the weights again).
+    pub fn patched(&self, patch: &crate::Patch) -> Result<Graph> {
+        patch.check(&self.graph, &self.fingerprint)?;
+        let mut g = self.graph.clone();
+        patch.write_into(&mut g);
+        Ok(g)
+    }
+
     /// Bytes the frozen weights occupy in memory (int8 values, scales, f32 affines and biases).
     pub fn resident_bytes(&self) -> usize {
         self.graph.resident_bytes()

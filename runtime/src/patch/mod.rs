@@ -293,7 +293,8 @@ impl Patch {
     }
 
     /// The backbone's graph with this patch applied. Refuses a patch made for another backbone
-    /// and any tensor that does not fit the node it names.
+    /// and any tensor that does not fit the node it names. Hashes `base` to compare fingerprints;
+    /// [`crate::Backbone::patched`] uses the backbone's cached one.
     pub fn apply(&self, base: &Graph) -> Result<Graph> {
         self.check(base, &base.fingerprint())?;
         let mut g = base.clone();

@@ -11,7 +11,7 @@ use edgepatch::patch::file as patch_file;
 use edgepatch::{Backbone, PatchKinds, Session};
 use serde_json::{json, Value};
 
-use crate::train::{run_training, TrainArgs};
+use crate::train::{run_training, TrainArgs, TrainFlags};
 
 macro_rules! mini {
     ($f:literal) => {
@@ -38,22 +38,24 @@ fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
         out: out.to_path_buf(),
         patch_dtype: edgepatch::patch::file::ValueType::F32,
         init_from: None,
-        epochs,
         limit: None,
         test_limit: None,
         validate: 0,
-        batch: 32,
-        lr: None,
-        optimizer: edgepatch::train::OptimizerKind::Sgd,
-        weight_decay: 0.0,
-        label_smoothing: 0.0,
-        warmup: 0.05,
-        clip_norm: 5.0,
-        resolution,
-        augment: false,
-        seed: 0,
+        flags: TrainFlags {
+            epochs,
+            batch: 32,
+            lr: None,
+            optimizer: edgepatch::train::OptimizerKind::Sgd,
+            weight_decay: 0.0,
+            label_smoothing: 0.0,
+            warmup: 0.05,
+            clip_norm: 5.0,
+            resolution,
+            augment: false,
+            seed: 0,
+            device: edgepatch::backend::Device::Auto,
+        },
         model: None,
-        device: edgepatch::backend::Device::Auto,
         json: false,
     }
 }

@@ -5,16 +5,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use edgepatch::backend::Device;
 use edgepatch::data::{self, Dataset};
 use edgepatch::patch::file::ValueType;
 use edgepatch::patch::store::Store;
-use edgepatch::train::{self, OptimizerKind, TaskSpec, TrainConfig};
+use edgepatch::train::{self, TaskSpec, TrainConfig};
 use edgepatch::{Error, PatchKinds};
 use serde_json::{json, Value};
 
 use crate::load;
-use crate::train::{peak_rss_bytes, select, split};
+use crate::train::{peak_rss_bytes, select, split, TrainFlags};
 
 #[derive(Args)]
 pub struct MultiArgs {
@@ -30,38 +29,16 @@ pub struct MultiArgs {
     /// Patch kinds for tasks that do not name theirs.
     #[arg(long, default_value = "sb+logits")]
     pub patch: PatchKinds,
-    #[arg(long, default_value_t = 3)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Peak learning rate for tasks that do not name theirs (default depends on the kinds).
-    #[arg(long)]
-    pub lr: Option<f32>,
-    #[arg(long, default_value = "sgd")]
-    pub optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
-    #[arg(long, default_value_t = 0.0)]
-    pub label_smoothing: f32,
-    #[arg(long, default_value_t = 0.05)]
-    pub warmup: f32,
-    #[arg(long, default_value_t = 5.0)]
-    pub clip_norm: f32,
-    /// Input size for tasks that do not name theirs.
-    #[arg(long, default_value_t = 224)]
-    pub resolution: u32,
-    #[arg(long)]
-    pub augment: bool,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// The defaults for every task (`--resolution`, `--epochs`, `--batch`, `--lr`, `--seed`:
+    /// for the tasks that do not name theirs).
+    #[command(flatten)]
+    pub flags: TrainFlags,
     /// How the stored patches keep their values: f32 or f16.
     #[arg(long, default_value = "f32")]
     pub patch_dtype: ValueType,
     /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    pub device: Device,
     #[arg(long)]
     pub json: bool,
 }
@@ -84,19 +61,7 @@ fn parse_task(spec: &str, a: &MultiArgs) -> edgepatch::Result<Task> {
     let (name, train) =
         parts.next().and_then(|p| p.split_once('=')).ok_or_else(|| bad("expected NAME=TRAIN first".into()))?;
     edgepatch::patch::store::check_name(name)?;
-    let mut config = TrainConfig::new(a.patch);
-    config.epochs = a.epochs;
-    config.batch = a.batch;
-    config.lr = a.lr;
-    config.optimizer = a.optimizer;
-    config.weight_decay = a.weight_decay;
-    config.label_smoothing = a.label_smoothing;
-    config.warmup = a.warmup;
-    config.clip_norm = (a.clip_norm > 0.0).then_some(a.clip_norm);
-    config.resolution = a.resolution;
-    config.augment = a.augment;
-    config.seed = a.seed;
-    config.device = a.device;
+    let mut config = a.flags.config(a.patch);
     let (mut test, mut limit, mut test_limit, mut share, mut validate) = (None, None, None, None, 0);
     for p in parts {
         let (k, v) = p.split_once('=').ok_or_else(|| bad(format!("'{p}' is not KEY=VALUE")))?;
@@ -163,8 +128,8 @@ pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
         let test = match &t.test {
             Some(ds) => {
                 let idx = select(ds.as_ref(), t.test_limit, t.config.seed);
-                let graph = patch.apply(backbone.graph())?;
-                Some(train::evaluate_on(&graph, ds.clone(), &idx, patch.resolution, a.device)?)
+                let graph = backbone.patched(&patch)?;
+                Some(train::evaluate_on(&graph, ds.clone(), &idx, patch.resolution, a.flags.device)?)
             }
             None => None,
         };

@@ -36,8 +36,6 @@ pub struct TrainArgs {
     /// backbone's values; its classifier is kept when the classes are the same.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
-    #[arg(long, default_value_t = 3)]
-    pub epochs: usize,
     /// Train on this many images, taken after a seeded shuffle.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -48,6 +46,21 @@ pub struct TrainArgs {
     /// report the accuracy on them: for choosing a learning rate without touching the test set.
     #[arg(long, default_value_t = 0)]
     pub validate: usize,
+    #[command(flatten)]
+    pub flags: TrainFlags,
+    /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// End with one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The optimisation flags that `train` and `train-multi` share.
+#[derive(Args, Clone)]
+pub struct TrainFlags {
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Peak learning rate (default depends on the patch kinds and optimizer).
@@ -74,15 +87,29 @@ pub struct TrainArgs {
     pub augment: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
     /// Where to train and evaluate: auto (a hardware GPU when present), gpu or cpu.
     #[arg(long, default_value = "auto")]
     pub device: Device,
-    /// End with one JSON object.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl TrainFlags {
+    /// The training configuration of `kinds` under these flags.
+    pub fn config(&self, kinds: PatchKinds) -> TrainConfig {
+        let mut config = TrainConfig::new(kinds);
+        config.epochs = self.epochs;
+        config.batch = self.batch;
+        config.lr = self.lr;
+        config.optimizer = self.optimizer;
+        config.weight_decay = self.weight_decay;
+        config.label_smoothing = self.label_smoothing;
+        config.warmup = self.warmup;
+        config.clip_norm = (self.clip_norm > 0.0).then_some(self.clip_norm);
+        config.resolution = self.resolution;
+        config.augment = self.augment;
+        config.seed = self.seed;
+        config.device = self.device;
+        config
+    }
 }
 
 /// `n` indices of `ds` after a shuffle seeded by `seed` (all, in order, without a limit).
@@ -150,20 +177,8 @@ pub fn run_training(
             return Err(Error::dataset(t.spec(), "its classes differ from the training set's"));
         }
     }
-    let (indices, held_out) = split(train_ds.as_ref(), a.limit, a.validate, a.seed)?;
-    let mut config = TrainConfig::new(a.patch);
-    config.epochs = a.epochs;
-    config.batch = a.batch;
-    config.lr = a.lr;
-    config.optimizer = a.optimizer;
-    config.weight_decay = a.weight_decay;
-    config.label_smoothing = a.label_smoothing;
-    config.warmup = a.warmup;
-    config.clip_norm = (a.clip_norm > 0.0).then_some(a.clip_norm);
-    config.resolution = a.resolution;
-    config.augment = a.augment;
-    config.seed = a.seed;
-    config.device = a.device;
+    let (indices, held_out) = split(train_ds.as_ref(), a.limit, a.validate, a.flags.seed)?;
+    let mut config = a.flags.config(a.patch);
     config.init = a.init_from.as_deref().map(patch_file::load).transpose()?;
     let bar = progress_bar(quiet);
     let (patch, report) = train::fit(backbone, train_ds.clone(), &indices, config.clone(), &mut |p| {
@@ -177,17 +192,17 @@ pub fn run_training(
     let bytes = std::fs::metadata(&a.out).map_err(|e| Error::Io { path: a.out.clone(), source: e })?.len();
     let test = match &test_ds {
         Some(t) => {
-            let idx = select(t.as_ref(), a.test_limit, a.seed);
-            let graph = patch.apply(backbone.graph())?;
-            Some(train::evaluate_on(&graph, t.clone(), &idx, patch.resolution, a.device)?)
+            let idx = select(t.as_ref(), a.test_limit, a.flags.seed);
+            let graph = backbone.patched(&patch)?;
+            Some(train::evaluate_on(&graph, t.clone(), &idx, patch.resolution, a.flags.device)?)
         }
         None => None,
     };
     let validation = if held_out.is_empty() {
         None
     } else {
-        let graph = patch.apply(backbone.graph())?;
-        Some(train::evaluate_on(&graph, train_ds.clone(), &held_out, patch.resolution, a.device)?)
+        let graph = backbone.patched(&patch)?;
+        Some(train::evaluate_on(&graph, train_ds.clone(), &held_out, patch.resolution, a.flags.device)?)
     };
     let summary = json!({
         "patch": patch.kinds.to_string(),
@@ -267,7 +282,7 @@ pub fn eval(
             format!("its classes {:?} are not the patch's {:?}", ds.classes(), patch.labels),
         ));
     }
-    let graph = patch.apply(backbone.graph())?;
+    let graph = backbone.patched(&patch)?;
     let idx = select(ds.as_ref(), test_limit, seed);
     let e = train::evaluate_on(&graph, ds, &idx, patch.resolution, device)?;
     if as_json {
