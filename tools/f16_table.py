@@ -12,21 +12,12 @@ that table chose by validation accuracy), stores each again with f16 values
 import argparse
 import datetime
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transfer_table import CACHE, ROOT, SWEEP, TASKS, cpu_name  # noqa: E402
-
-
-def run(cmd):
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
-    if p.returncode != 0:
-        sys.exit(f"failed: {p.stderr.strip()}")
-    return json.loads(p.stdout)
+from tablelib import cpu_name, run_json as run  # noqa: E402
+from transfer_table import CACHE, ROOT, SWEEP, TASKS  # noqa: E402
 
 
 def main():

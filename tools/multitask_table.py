@@ -20,9 +20,9 @@ import datetime
 import filecmp
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tablelib import cpu_name, run_json as run
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("EDGEPATCH_CACHE", ROOT / "cache"))
@@ -37,14 +37,6 @@ TASKS = [
     ("faces", f"folder:{CACHE}/datasets/faces/train", f"folder:{CACHE}/datasets/faces/test", 0.001,
      dict(validate=30, epochs=10, batch=16)),
 ]
-
-
-def run(cmd):
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
-    if p.returncode != 0:
-        sys.exit(f"failed: {p.stderr.strip()}")
-    return json.loads(p.stdout)
 
 
 def part_tasks(binary):
@@ -77,13 +69,6 @@ def part_resolutions(binary):
             cmd += ["--task", spec + (",share=all" if mode == "shared" else "")]
         out[mode] = run(cmd)
     return out
-
-
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main():

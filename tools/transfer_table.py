@@ -14,10 +14,11 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from tablelib import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("EDGEPATCH_CACHE", ROOT / "cache"))
@@ -72,13 +73,6 @@ def run(binary, task, kinds, lr, resolution, seed):
         r = json.loads(p.stdout)
     out.write_text(json.dumps(r, indent=1))
     return r
-
-
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main():

@@ -1,0 +1,25 @@
+"""Helpers shared by the table scripts (transfer_table.py, f16_table.py, multitask_table.py)."""
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_json(cmd):
+    """Runs `cmd` (logged to stderr, RUST_LOG=warn) and returns its stdout parsed as JSON; exits
+    with its stderr when it fails."""
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    if p.returncode != 0:
+        sys.exit(f"failed: {p.stderr.strip()}")
+    return json.loads(p.stdout)
+
+
+def cpu_name():
+    """This machine's CPU model name."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
