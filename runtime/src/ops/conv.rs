@@ -108,12 +108,6 @@ fn run(
             crate::simd::affine_act(y, v, a.scale[c], a.bias[c], act);
         }
     };
-    fn seconds(t: &mut Option<Tensor>, len: usize, count: usize) -> Vec<Option<&mut [f32]>> {
-        match t {
-            Some(t) => t.data.chunks_mut(len).map(Some).collect(),
-            None => (0..count).map(|_| None).collect(),
-        }
-    }
     if conv.window.is_pointwise() {
         let (w, q): (Cow<[f32]>, Cow<[f32]>) = match &conv.weights {
             Weights::F32(v) => (Cow::Borrowed(v), Cow::Owned(vec![1.0; co])),
@@ -123,7 +117,7 @@ fn run(
         };
         let wv = ArrayView2::from_shape((co, ci), &w[..]).expect("Cout × Cin");
         let tasks = tasks_per_image(n);
-        let ys = seconds(&mut second, co * hw, n);
+        let ys = super::second_planes(&mut second, co * hw, n);
         out.data.par_chunks_mut(co * hw).zip(ys).enumerate().for_each(|(img, (o, y))| {
             let xs = ArrayView2::from_shape((ci, hw), x.sample(img)).expect("sample is [Cin, HW]");
             matmul(wv, xs, o, y, tasks, &|r, v, y| finish(r, q[r], v, y));
@@ -131,7 +125,7 @@ fn run(
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
         let pads = padded_inputs(x, &conv.window, (oh, ow));
-        let ys = seconds(&mut second, hw, n * co);
+        let ys = super::second_planes(&mut second, hw, n * co);
         out.data.par_chunks_mut(hw).zip(ys).enumerate().for_each_init(
             || vec![0f32; ci * kl],
             |w, (p, (plane, y))| {

@@ -236,10 +236,7 @@ fn run(
     let (oh, ow) = layer.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
     let mut out = Tensor::scratch([n, c, oh, ow]);
     let mut second = then.map(|_| Tensor::scratch([n, c, oh, ow]));
-    let ys: Vec<Option<&mut [f32]>> = match &mut second {
-        Some(t) => t.data.chunks_mut(oh * ow).map(Some).collect(),
-        None => (0..n * c).map(|_| None).collect(),
-    };
+    let ys = super::second_planes(&mut second, oh * ow, n * c);
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
     out.data.par_chunks_mut(oh * ow).zip(ys).enumerate().for_each_init(
         || (Padded::default(), vec![0f32; kl]),

@@ -69,3 +69,16 @@ impl Epilogue<'_> {
         crate::simd::epilogue(plane, s, b, self.act);
     }
 }
+
+/// The planes of a kernel's optional second output, one `len`-value slice each (`count` `None`s
+/// when there is none), to zip with the first output's planes.
+pub(crate) fn second_planes(
+    t: &mut Option<crate::tensor::Tensor>,
+    len: usize,
+    count: usize,
+) -> Vec<Option<&mut [f32]>> {
+    match t {
+        Some(t) => t.data.chunks_mut(len).map(Some).collect(),
+        None => (0..count).map(|_| None).collect(),
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::graph::{Graph, Op, Shape};
+use crate::graph::{Affine, Graph, Op, Shape};
 use crate::ops::{self, activation::Mask, Activation, Epilogue};
 use crate::patch::{Role, Slot};
 use crate::tensor::Tensor;
@@ -174,39 +174,13 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
         let grad_out = plan.needs_grad[output];
         let mut keep = Saved::Nothing;
         let out = match &node.op {
-            Op::Conv(conv) => {
+            Op::Conv(_) | Op::Depthwise(_) => {
                 if t.weights.is_some() {
                     keep = Saved::Input(x.clone());
                 }
-                match next_affine(graph, plan, s) {
-                    Some((a, act)) if plan.trains[s + 1].scale.is_some() => {
-                        let (r, y) = ops::conv::forward_then(conv, &x, a, act);
-                        ready = Some(y);
-                        r
-                    }
-                    Some((a, act)) => {
-                        ready = Some(ops::conv::forward_then_in_place(conv, &x, a, act));
-                        Tensor::zeros([0; 4])
-                    }
-                    None => ops::conv::forward(conv, &x, &Epilogue::NONE),
-                }
-            }
-            Op::Depthwise(dw) => {
-                if t.weights.is_some() {
-                    keep = Saved::Input(x.clone());
-                }
-                match next_affine(graph, plan, s) {
-                    Some((a, act)) if plan.trains[s + 1].scale.is_some() => {
-                        let (r, y) = ops::depthwise::forward_then(dw, &x, a, act);
-                        ready = Some(y);
-                        r
-                    }
-                    Some((a, act)) => {
-                        ready = Some(ops::depthwise::forward_then_in_place(dw, &x, a, act));
-                        Tensor::zeros([0; 4])
-                    }
-                    None => ops::depthwise::forward(dw, &x, &Epilogue::NONE),
-                }
+                let (raw, y) = convolve(&node.op, &x, next_affine(graph, plan, s));
+                ready = y;
+                raw
             }
             Op::Linear(l) => {
                 if t.weights.is_some() {
@@ -274,11 +248,33 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
     Ok((owned(out), Tape { saved, shapes, batch: n }))
 }
 
-/// The affine (and its fused activation) that [`Plan::then`] computes inside convolution `s`.
-fn next_affine<'g>(graph: &'g Graph, plan: &Plan, s: usize) -> Option<(&'g crate::graph::Affine, Activation)> {
+/// The affine that [`Plan::then`] computes inside convolution `s`, its fused activation, and
+/// whether its scale trains (and so needs the convolution's raw output).
+fn next_affine<'g>(graph: &'g Graph, plan: &Plan, s: usize) -> Option<(&'g Affine, Activation, bool)> {
     match (&graph.nodes.get(s + 1)?.op, plan.then[s]) {
-        (Op::Affine(a), true) => Some((a, plan.fused[s + 1].unwrap_or(Activation::Identity))),
+        (Op::Affine(a), true) => {
+            Some((a, plan.fused[s + 1].unwrap_or(Activation::Identity), plan.trains[s + 1].scale.is_some()))
+        }
         _ => None,
+    }
+}
+
+/// Convolution node `op` on `x`, with the affine after it (`then`, from [`next_affine`])
+/// computed inside: the raw output (an empty placeholder when the affine ran in place) and the
+/// affine's output.
+fn convolve(op: &Op, x: &Tensor, then: Option<(&Affine, Activation, bool)>) -> (Tensor, Option<Tensor>) {
+    let placeholder = || Tensor::zeros([0; 4]);
+    let both = |(raw, y): (Tensor, Tensor)| (raw, Some(y));
+    match (op, then) {
+        (Op::Conv(c), Some((a, act, true))) => both(ops::conv::forward_then(c, x, a, act)),
+        (Op::Conv(c), Some((a, act, false))) => (placeholder(), Some(ops::conv::forward_then_in_place(c, x, a, act))),
+        (Op::Conv(c), None) => (ops::conv::forward(c, x, &Epilogue::NONE), None),
+        (Op::Depthwise(d), Some((a, act, true))) => both(ops::depthwise::forward_then(d, x, a, act)),
+        (Op::Depthwise(d), Some((a, act, false))) => {
+            (placeholder(), Some(ops::depthwise::forward_then_in_place(d, x, a, act)))
+        }
+        (Op::Depthwise(d), None) => (ops::depthwise::forward(d, x, &Epilogue::NONE), None),
+        _ => unreachable!("called on convolution nodes"),
     }
 }
 
