@@ -5,8 +5,9 @@
 //! This is the only module allowed `unsafe`: calling a `#[target_feature]` function is unsafe
 //! because the CPU must have the feature, which [`level`] checks first. Every loop is plain safe
 //! slice code that the compiler vectorises; each output element is computed by the same
-//! sequence of f32 operations at every level (no reassociation, no fused multiply-add), so the
-//! results are bit-identical whichever version runs.
+//! sequence of f32 operations at every level (no reassociation; no fused multiply-add except in
+//! [`gemm_strip`], which fuses at every level: `f32::mul_add` is correctly rounded everywhere),
+//! so the results are bit-identical whichever version runs.
 
 use crate::ops::Activation;
 
@@ -180,6 +181,184 @@ multiversion! {
                 }
             }
         }
+    }
+}
+
+/// `(MR, NR)`: the rows and columns of one register tile of [`gemm_strip`] at the dispatched
+/// level. Matrices for it are packed in panels of `MR` rows ([`pack_panels`]).
+pub fn gemm_tile() -> (usize, usize) {
+    match level() {
+        Level::Avx512 => (8, 32),
+        _ => (4, 16),
+    }
+}
+
+/// Packs the `rows × k` matrix `at(r, p)` for [`gemm_strip`]: panels of `MR` rows, each `k`
+/// groups of `MR` values (row `r` of a panel at offset `p·MR + r`), rows past `rows` zero.
+pub fn pack_panels(rows: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let mr = gemm_tile().0;
+    let mut out = vec![0f32; rows.div_ceil(mr) * mr * k];
+    for (panel, dst) in out.chunks_exact_mut(mr * k).enumerate() {
+        for (p, group) in dst.chunks_exact_mut(mr).enumerate() {
+            for (r, v) in group.iter_mut().enumerate().take(rows.saturating_sub(panel * mr)) {
+                *v = at(panel * mr + r, p);
+            }
+        }
+    }
+    out
+}
+
+/// One column strip of a matrix product, with `b = (b, ldb)`, `c = (c, ldc)` and
+/// `size = (rows, cols)`: `c[r·ldc + j] = Σₚ a(r, p)·b[p·ldb + j]` for `r < rows` and
+/// `j < cols ≤ NR`, each sum a chain of fused multiply-adds over `p = 0…k-1` in order (so neither
+/// the tiling nor the level changes a bit). `a` is packed by [`pack_panels`] (at least the
+/// panels holding `rows` rows); `b` holds `NR` readable values from each `p·ldb` (`NR / 2` when
+/// `cols ≤ NR / 2`). The x86 tiles are written with explicit vector intrinsics (the compiler's
+/// vectoriser does not reliably keep a whole tile in registers); elsewhere plain loops.
+pub fn gemm_strip(a: &[f32], k: usize, b: (&[f32], usize), c: (&mut [f32], usize), size: (usize, usize)) {
+    let ((b, ldb), (c, ldc), (rows, cols)) = (b, c, size);
+    let narrow = cols <= gemm_tile().1 / 2;
+    #[cfg(target_arch = "x86_64")]
+    match (level(), narrow) {
+        // SAFETY (all four): `level` returned this level only after detecting its features.
+        (Level::Avx512, false) => return unsafe { x86::strip_avx512::<2>(a, k, b, ldb, c, ldc, rows, cols) },
+        (Level::Avx512, true) => return unsafe { x86::strip_avx512::<1>(a, k, b, ldb, c, ldc, rows, cols) },
+        (Level::Avx2, false) => return unsafe { x86::strip_avx2::<2>(a, k, b, ldb, c, ldc, rows, cols) },
+        (Level::Avx2, true) => return unsafe { x86::strip_avx2::<1>(a, k, b, ldb, c, ldc, rows, cols) },
+        (Level::Portable, _) => {}
+    }
+    if narrow {
+        strip::<4, 8>(a, k, b, ldb, c, ldc, rows, cols)
+    } else {
+        strip::<4, 16>(a, k, b, ldb, c, ldc, rows, cols)
+    }
+}
+
+/// Copies the first `rows` rows and `cols` columns of a register tile into `c` (row stride `ldc`).
+#[inline(always)]
+fn store_tile<const NR: usize>(tile: &[[f32; NR]], c: &mut [f32], ldc: usize, rows: usize, cols: usize) {
+    for (r, row) in tile.iter().enumerate().take(rows) {
+        c[r * ldc..r * ldc + cols].copy_from_slice(&row[..cols]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::gemm_strip`] at AVX-512: 8 rows × `V` vectors of 16 columns.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn strip_avx512<const V: usize>(
+        a: &[f32],
+        k: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        for (panel, a) in a.chunks_exact(k * 8).take(rows.div_ceil(8)).enumerate() {
+            let mut acc = [[_mm512_setzero_ps(); V]; 8];
+            for (p, av) in a.chunks_exact(8).enumerate() {
+                let bv = &b[p * ldb..p * ldb + 16 * V];
+                let mut bx = [_mm512_setzero_ps(); V];
+                for (v, x) in bx.iter_mut().enumerate() {
+                    let lanes: &[f32; 16] = bv[16 * v..16 * v + 16].try_into().expect("16 values");
+                    // SAFETY: `lanes` is 16 readable f32.
+                    *x = unsafe { _mm512_loadu_ps(lanes.as_ptr()) };
+                }
+                for (row, &x) in acc.iter_mut().zip(av) {
+                    let x = _mm512_set1_ps(x);
+                    for (o, &bv) in row.iter_mut().zip(&bx) {
+                        *o = _mm512_fmadd_ps(x, bv, *o);
+                    }
+                }
+            }
+            let mut tile = [[0f32; 32]; 8];
+            for (t, row) in tile.iter_mut().zip(&acc) {
+                for (v, &x) in row.iter().enumerate() {
+                    let lanes: &mut [f32; 16] = (&mut t[16 * v..16 * v + 16]).try_into().expect("16 values");
+                    // SAFETY: `lanes` is 16 writable f32.
+                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), x) };
+                }
+            }
+            let r0 = panel * 8;
+            super::store_tile(&tile, &mut c[r0 * ldc..], ldc, (rows - r0).min(8), cols);
+        }
+    }
+
+    /// [`super::gemm_strip`] at AVX2 + FMA: 4 rows × `V` vectors of 8 columns.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn strip_avx2<const V: usize>(
+        a: &[f32],
+        k: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        for (panel, a) in a.chunks_exact(k * 4).take(rows.div_ceil(4)).enumerate() {
+            let mut acc = [[_mm256_setzero_ps(); V]; 4];
+            for (p, av) in a.chunks_exact(4).enumerate() {
+                let bv = &b[p * ldb..p * ldb + 8 * V];
+                let mut bx = [_mm256_setzero_ps(); V];
+                for (v, x) in bx.iter_mut().enumerate() {
+                    let lanes: &[f32; 8] = bv[8 * v..8 * v + 8].try_into().expect("8 values");
+                    // SAFETY: `lanes` is 8 readable f32.
+                    *x = unsafe { _mm256_loadu_ps(lanes.as_ptr()) };
+                }
+                for (row, &x) in acc.iter_mut().zip(av) {
+                    let x = _mm256_set1_ps(x);
+                    for (o, &bv) in row.iter_mut().zip(&bx) {
+                        *o = _mm256_fmadd_ps(x, bv, *o);
+                    }
+                }
+            }
+            let mut tile = [[0f32; 16]; 4];
+            for (t, row) in tile.iter_mut().zip(&acc) {
+                for (v, &x) in row.iter().enumerate() {
+                    let lanes: &mut [f32; 8] = (&mut t[8 * v..8 * v + 8]).try_into().expect("8 values");
+                    // SAFETY: `lanes` is 8 writable f32.
+                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x) };
+                }
+            }
+            let r0 = panel * 4;
+            super::store_tile(&tile, &mut c[r0 * ldc..], ldc, (rows - r0).min(4), cols);
+        }
+    }
+}
+
+/// [`gemm_strip`] with an `MR × NR` register tile.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn strip<const MR: usize, const NR: usize>(
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    for (panel, a) in a.chunks_exact(k * MR).take(rows.div_ceil(MR)).enumerate() {
+        let mut acc = [[0f32; NR]; MR];
+        for (p, av) in a.chunks_exact(MR).enumerate() {
+            let av: &[f32; MR] = av.try_into().expect("MR values");
+            let bv: &[f32; NR] = b[p * ldb..p * ldb + NR].try_into().expect("NR values");
+            for r in 0..MR {
+                for j in 0..NR {
+                    acc[r][j] = av[r].mul_add(bv[j], acc[r][j]);
+                }
+            }
+        }
+        let r0 = panel * MR;
+        store_tile(&acc, &mut c[r0 * ldc..], ldc, (rows - r0).min(MR), cols);
     }
 }
 
@@ -385,9 +564,30 @@ mod tests {
             let want = (0..5).fold(0f32, |a, t| a + w[t] * x[i + t]);
             assert_eq!(*o, want, "five taps {i}");
         }
-        let mut v = x.clone();
+        let x: Vec<f32> = (0..4000).map(|i| ((i * 7919) % 997) as f32 / 300.0 - 1.3).collect();
+        let nr = gemm_tile().1;
+        for (rows, k, cols, ldb) in
+            [(13, 7, nr, 40), (8, 1, nr / 2, nr), (3, 20, 5, 9), (17, 33, 11, 50), (4, 5, nr / 2 + 1, nr)]
+        {
+            let a = |r: usize, p: usize| x[(r * 31 + p * 7) % 997];
+            let packed = pack_panels(rows, k, a);
+            let mut c = vec![f32::NAN; rows * 41];
+            gemm_strip(&packed, k, (&x[3..], ldb), (&mut c, 41), (rows, cols));
+            for r in 0..rows {
+                for j in 0..41 {
+                    let want = if j < cols {
+                        (0..k).fold(0f32, |acc, p| a(r, p).mul_add(x[3 + p * ldb + j], acc))
+                    } else {
+                        f32::NAN
+                    };
+                    assert_eq!(c[r * 41 + j].to_bits(), want.to_bits(), "gemm {rows}×{k}×{cols} ({r}, {j})");
+                }
+            }
+        }
+        let x = &x[..1000];
+        let mut v = x.to_vec();
         epilogue(&mut v, 2.5, -0.25, Activation::Relu6);
-        for (a, b) in v.iter().zip(&x) {
+        for (a, b) in v.iter().zip(x) {
             assert_eq!(*a, (b * 2.5 - 0.25).clamp(0.0, 6.0));
         }
     }

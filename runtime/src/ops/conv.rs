@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::depthwise::{convolve, convolve_transposed, correlate, Padded};
@@ -17,52 +17,109 @@ fn tasks_per_image(batch: usize) -> usize {
     (4 * rayon::current_num_threads().max(1)).div_ceil(batch).max(1)
 }
 
-/// `c = a·b` for `a: [m, k]`, `b: [k, n]` and `c: [m, n]` (row-major), in about `tasks` parallel
-/// parts: column blocks when `n ≥ m` (each part packs only its columns of `b`), else row blocks;
-/// `finish(row, c_values, c2_values)` then runs on every finished row segment of a part while it
-/// is in cache, with the same segment of `c2` (an `[m, n]` second output) when given.
-fn matmul(
-    a: ArrayView2<f32>,
-    b: ArrayView2<f32>,
+/// Images per task of [`gemm_batch`]: one when the images are large enough to split, else
+/// enough of them for at least 256 columns a task, the tasks a multiple of the threads.
+fn images_per_task(n: usize, hw: usize, threads: usize) -> usize {
+    let want = (n * hw).div_ceil(256);
+    if want >= n {
+        return 1;
+    }
+    n.div_ceil(want.max(1).next_multiple_of(threads).min(n))
+}
+
+/// Columns per finished segment of [`gemm_batch`] (a multiple of every tile width).
+const SEGMENT: usize = 256;
+
+/// `c[i] = a·x[i]` for every image `i` of a batch: `a` is `m × k`, packed by
+/// [`crate::simd::pack_panels`]; `x: [n, k, hw]`; `c: [n, m, hw]`. Tasks are single images
+/// (split into row blocks when the batch is small) or, for small planes, groups of images whose
+/// columns run on as one matrix. `finish(row, c_values, c2_values)` runs on every finished
+/// segment of a row of one image while it is in cache, with the same segment of `c2` (a second
+/// output of `c`'s shape) when given.
+#[allow(clippy::too_many_arguments)]
+fn gemm_batch(
+    a: &[f32],
+    (m, k): (usize, usize),
+    x: &[f32],
+    hw: usize,
     c: &mut [f32],
-    c2: Option<&mut [f32]>,
-    tasks: usize,
+    mut c2: Option<&mut [f32]>,
     finish: &(impl Fn(usize, &mut [f32], Option<&mut [f32]>) + Sync),
 ) {
-    let (m, n) = (a.nrows(), b.ncols());
-    let mut cv = ArrayViewMut2::from_shape((m, n), c).expect("c is m × n");
-    let mut cv2 = c2.map(|c2| ArrayViewMut2::from_shape((m, n), c2).expect("c2 is m × n"));
-    let finish_rows = |first: usize, mut cb: ArrayViewMut2<f32>, mut cb2: Option<ArrayViewMut2<f32>>| {
-        let mut rows2 = cb2.as_mut().map(|v| v.rows_mut().into_iter());
-        for (r, mut row) in cb.rows_mut().into_iter().enumerate() {
-            let mut other = rows2.as_mut().and_then(|it| it.next());
-            let second = other.as_mut().map(|v| v.as_slice_mut().expect("a row segment is contiguous"));
-            finish(first + r, row.as_slice_mut().expect("a row segment is contiguous"), second);
+    let n = x.len() / (k * hw);
+    let (mr, nr) = crate::simd::gemm_tile();
+    let g = images_per_task(n, hw, rayon::current_num_threads().max(1));
+    let block = if g == 1 { m.div_ceil(tasks_per_image(n)).next_multiple_of(mr).min(m) } else { m };
+    let mut tasks = Vec::new();
+    let mut rest = c;
+    for img in (0..n).step_by(g) {
+        let imgs = g.min(n - img);
+        for r0 in (0..m).step_by(block) {
+            let rows = block.min(m - r0);
+            let (cc, tail) = rest.split_at_mut(imgs * rows * hw);
+            rest = tail;
+            let cc2 = c2.take().map(|v| {
+                let (head, tail) = v.split_at_mut(imgs * rows * hw);
+                c2 = Some(tail);
+                head
+            });
+            tasks.push((img, imgs, r0, rows, cc, cc2));
         }
-    };
-    let (axis, size) = if n >= m {
-        (Axis(1), n.div_ceil(tasks).next_multiple_of(16).min(n))
-    } else {
-        (Axis(0), m.div_ceil(tasks).next_multiple_of(8).min(m))
-    };
-    let parts = cv.axis_chunks_iter_mut(axis, size);
-    let count = parts.len();
-    let seconds: Vec<Option<ArrayViewMut2<f32>>> = match cv2.as_mut() {
-        Some(v) => v.axis_chunks_iter_mut(axis, size).map(Some).collect(),
-        None => (0..count).map(|_| None).collect(),
-    };
-    let parts: Vec<_> = parts.zip(seconds).enumerate().collect();
-    parts.into_par_iter().for_each(|(i, (mut cb, cb2))| {
-        if axis == Axis(1) {
-            let bb = b.slice_axis(Axis(1), ndarray::Slice::from(i * size..(i * size + size).min(n)));
-            ndarray::linalg::general_mat_mul(1.0, &a, &bb, 0.0, &mut cb);
-            finish_rows(0, cb, cb2);
-        } else {
-            let ab = a.slice_axis(Axis(0), ndarray::Slice::from(i * size..(i * size + size).min(m)));
-            ndarray::linalg::general_mat_mul(1.0, &ab, &b, 0.0, &mut cb);
-            finish_rows(i * size, cb, cb2);
-        }
-    });
+    }
+    tasks.into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(packed, tile), (img, imgs, r0, rows, cc, mut cc2)| {
+            let ap = &a[r0 * k..];
+            let x = &x[img * k * hw..(img + imgs) * k * hw];
+            let plane = rows * hw;
+            let total = imgs * hw;
+            for j0 in (0..total).step_by(SEGMENT) {
+                let j1 = (j0 + SEGMENT).min(total);
+                for s in (j0..j1).step_by(nr) {
+                    let cols = nr.min(j1 - s);
+                    let reads = if cols <= nr / 2 { nr / 2 } else { nr };
+                    let (i, p) = (s / hw, s % hw);
+                    let base = i * k * hw + p;
+                    let b = if p + cols <= hw && base + (k - 1) * hw + reads <= x.len() {
+                        (&x[base..], hw)
+                    } else {
+                        packed.clear();
+                        packed.resize(k * nr, 0.0);
+                        for (q, row) in packed.chunks_exact_mut(nr).enumerate() {
+                            for (jj, v) in row.iter_mut().enumerate().take(cols) {
+                                let (i, p) = ((s + jj) / hw, (s + jj) % hw);
+                                *v = x[(i * k + q) * hw + p];
+                            }
+                        }
+                        (&packed[..], nr)
+                    };
+                    if p + cols <= hw {
+                        crate::simd::gemm_strip(ap, k, b, (&mut cc[i * plane + p..], hw), (rows, cols));
+                    } else {
+                        tile.resize(rows * nr, 0.0);
+                        crate::simd::gemm_strip(ap, k, b, (&mut tile[..], nr), (rows, cols));
+                        for jj in 0..cols {
+                            let (i, p) = ((s + jj) / hw, (s + jj) % hw);
+                            for r in 0..rows {
+                                cc[i * plane + r * hw + p] = tile[r * nr + jj];
+                            }
+                        }
+                    }
+                }
+                let mut j = j0;
+                while j < j1 {
+                    let (i, p) = (j / hw, j % hw);
+                    let len = (hw - p).min(j1 - j);
+                    for r in 0..rows {
+                        let at = i * plane + r * hw + p;
+                        let second = cc2.as_mut().map(|v| &mut v[at..at + len]);
+                        finish(r0 + r, &mut cc[at..at + len], second);
+                    }
+                    j += len;
+                }
+            }
+        },
+    );
 }
 
 /// Forward: `x: [N, Cin, H, W]` → `[N, Cout, OH, OW]`, then `epi` per output channel.
@@ -109,18 +166,14 @@ fn run(
         }
     };
     if conv.window.is_pointwise() {
-        let (w, q): (Cow<[f32]>, Cow<[f32]>) = match &conv.weights {
-            Weights::F32(v) => (Cow::Borrowed(v), Cow::Owned(vec![1.0; co])),
+        let (a, q): (Vec<f32>, Cow<[f32]>) = match &conv.weights {
+            Weights::F32(v) => (crate::simd::pack_panels(co, ci, |r, p| v[r * ci + p]), Cow::Owned(vec![1.0; co])),
             Weights::Int8 { values, scales } => {
-                (Cow::Owned(values.iter().map(|&v| v as f32).collect()), Cow::Borrowed(scales))
+                (crate::simd::pack_panels(co, ci, |r, p| values[r * ci + p] as f32), Cow::Borrowed(scales))
             }
         };
-        let wv = ArrayView2::from_shape((co, ci), &w[..]).expect("Cout × Cin");
-        let tasks = tasks_per_image(n);
-        let ys = super::second_planes(&mut second, co * hw, n);
-        out.data.par_chunks_mut(co * hw).zip(ys).enumerate().for_each(|(img, (o, y))| {
-            let xs = ArrayView2::from_shape((ci, hw), x.sample(img)).expect("sample is [Cin, HW]");
-            matmul(wv, xs, o, y, tasks, &|r, v, y| finish(r, q[r], v, y));
+        gemm_batch(&a, (co, ci), &x.data, hw, &mut out.data, second.as_mut().map(|t| &mut t.data[..]), &|r, v, y| {
+            finish(r, q[r], v, y)
         });
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
@@ -150,12 +203,8 @@ pub fn backward_input(conv: &Conv, dy: &Tensor, (ih, iw): (usize, usize)) -> Ten
     let mut dx = Tensor::scratch([n, ci, ih, iw]);
     let (hw, ohw) = (ih * iw, dy.plane());
     if conv.window.is_pointwise() {
-        let wt = ArrayView2::from_shape((co, ci), &w[..]).expect("Cout × Cin").reversed_axes();
-        let tasks = tasks_per_image(n);
-        dx.data.par_chunks_mut(ci * hw).enumerate().for_each(|(img, o)| {
-            let gs = ArrayView2::from_shape((co, hw), dy.sample(img)).expect("sample is [Cout, HW]");
-            matmul(wt, gs, o, None, tasks, &|_, _, _| {});
-        });
+        let a = crate::simd::pack_panels(ci, co, |r, p| w[p * ci + r]);
+        gemm_batch(&a, (ci, co), &dy.data, hw, &mut dx.data, None, &|_, _, _| {});
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
         let oh = dy.shape[2];
