@@ -112,10 +112,16 @@ multiversion! {
 /// [`taps`] with nine sources of at least `out.len()` rounded up to [`LANES`] values each.
 #[inline(always)]
 fn nine(out: &mut [f32], s: &[&[f32]; 9], w: &[f32; 9], accumulate: bool) {
+    nine_at(out, |t, j| &s[t][j..j + LANES], w, accumulate);
+}
+
+/// [`nine`] with the sources given by `at(t, j)`: `LANES` values of source `t` from `j`.
+#[inline(always)]
+fn nine_at<'a>(out: &mut [f32], at: impl Fn(usize, usize) -> &'a [f32], w: &[f32; 9], accumulate: bool) {
     let n = out.len();
     let block = |j: usize, mut acc: [f32; LANES]| -> [f32; LANES] {
-        for (src, &wt) in s.iter().zip(w) {
-            let x: &[f32; LANES] = src[j..j + LANES].try_into().expect("LANES values");
+        for (t, &wt) in w.iter().enumerate() {
+            let x: &[f32; LANES] = at(t, j).try_into().expect("LANES values");
             for i in 0..LANES {
                 acc[i] += wt * x[i];
             }
@@ -131,9 +137,9 @@ fn nine(out: &mut [f32], s: &[&[f32]; 9], w: &[f32; 9], accumulate: bool) {
         let m = n - whole;
         let mut acc = [0f32; LANES];
         if accumulate {
-            acc[..m].copy_from_slice(&out[whole..]);
+            copy_short(&mut acc[..m], &out[whole..]);
         }
-        out[whole..].copy_from_slice(&block(whole, acc)[..m]);
+        copy_short(&mut out[whole..], &block(whole, acc)[..m]);
     }
 }
 
@@ -155,10 +161,10 @@ multiversion! {
         let Layout { rows, width, sh, sw } = l;
         let full = ow.next_multiple_of(LANES);
         let off = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| ((t % 3 % sw) * rows + t / 3) * width + t % 3 / sw);
+        let span = off.iter().max().copied().unwrap_or(0) + full;
         for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
-            let base = oy * sh * width;
-            let s = off.map(|o| &src[base + o..base + o + full]);
-            nine(orow, &s, k, accumulate);
+            let s = &src[oy * sh * width..oy * sh * width + span];
+            nine_at(orow, |t, j| &s[off[t] + j..off[t] + j + LANES], k, accumulate);
         }
     }
 }
@@ -238,7 +244,20 @@ pub fn gemm_strip(a: &[f32], k: usize, b: (&[f32], usize), c: (&mut [f32], usize
 #[inline(always)]
 fn store_tile<const NR: usize>(tile: &[[f32; NR]], c: &mut [f32], ldc: usize, rows: usize, cols: usize) {
     for (r, row) in tile.iter().enumerate().take(rows) {
-        c[r * ldc..r * ldc + cols].copy_from_slice(&row[..cols]);
+        copy_short(&mut c[r * ldc..r * ldc + cols], &row[..cols]);
+    }
+}
+
+/// `dst.copy_from_slice(src)` for fewer than 64 values, as fixed-size moves (a short copy of
+/// unknown length would otherwise become a call to `memcpy`).
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let mut i = 0;
+    for w in [32, 16, 8, 4, 2, 1] {
+        if dst.len() - i >= w {
+            dst[i..i + w].copy_from_slice(&src[i..i + w]);
+            i += w;
+        }
     }
 }
 

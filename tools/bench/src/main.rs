@@ -289,12 +289,22 @@ fn pointwise(batch: usize, resolution: usize, reps: usize) -> serde_json::Value 
     });
     let secs = median(times);
     let rate = flops / secs / 1e9;
+    let per_layer: Vec<_> = layers
+        .iter()
+        .map(|(c, x, dy, hw)| {
+            let f = median(time(reps, || pool.scope(|| drop(ops::conv::forward(c, x, &ops::Epilogue::NONE)))));
+            let b = median(time(reps, || pool.scope(|| drop(ops::conv::backward_input(c, dy, *hw)))));
+            let gflop = 2.0 * (c.out_channels * x.data.len()) as f64 / 1e9;
+            json!({"cin": c.in_channels, "cout": c.out_channels, "hw": hw.0 * hw.1,
+                "forward_gflops": gflop / f, "backward_gflops": gflop / b})
+        })
+        .collect();
     let avx512 = peak_gflops(edgepatch::simd::Level::Avx512);
     let avx2 = peak_gflops(edgepatch::simd::Level::Avx2);
     json!({"batch": batch, "resolution": resolution, "layers": layers.len(), "gflop": flops / 1e9,
         "median_ms": secs * 1e3, "gflops": rate, "threads": rayon::current_num_threads(),
         "level": format!("{:?}", edgepatch::simd::level()),
-        "peak_avx512_gflops": avx512, "peak_avx2_gflops": avx2,
+        "peak_avx512_gflops": avx512, "peak_avx2_gflops": avx2, "per_layer": per_layer,
         "fraction_of_avx512_peak": avx512.map(|p| rate / p), "fraction_of_avx2_peak": avx2.map(|p| rate / p)})
 }
 
