@@ -88,6 +88,12 @@ pub fn backward_act(
         .enumerate()
         .map(|(p, (d, x))| crate::simd::affine_act_backward(d, x, a.scale[p % c], a.bias[p % c], act, need_dx))
         .collect();
+    add_sums(&sums, (n, c), dscale, dbias);
+}
+
+/// Adds per-plane sums `(Σ g·x, Σ g)` (index `n·C + c`, as [`crate::simd::affine_act_backward`]
+/// returns them) over the batch into `dscale[c]` and `dbias[c]` (when given), in f64.
+pub(crate) fn add_sums(sums: &[(f32, f32)], (n, c): (usize, usize), dscale: Option<&mut [f32]>, dbias: Option<&mut [f32]>) {
     let channel =
         |ch: usize, f: fn(&(f32, f32)) -> f32| (0..n).map(|i| f(&sums[i * c + ch]) as f64).sum::<f64>() as f32;
     if let Some(ds) = dscale {

@@ -269,6 +269,40 @@ pub fn backward_input(layer: &Depthwise, dy: &Tensor, (ih, iw): (usize, usize)) 
     dx
 }
 
+/// [`backward_input`] followed, on each finished plane while it is in cache, by the backward of
+/// the affine + activation before the layer (`input = act(scale[c]·x + bias[c])`, `x` that
+/// affine's kept input, the layer's input shape): each plane becomes the gradient `g` masked by
+/// `act`, times `scale[c]` when `write_dx` (see [`crate::ops::affine::backward_act`], whose
+/// values these are, bit for bit). Returns the planes and their sums `(Σ g·x, Σ g)` (index
+/// `n·C + c`).
+pub fn backward_input_then(
+    layer: &Depthwise,
+    dy: &Tensor,
+    before: (&Affine, &Tensor, Activation),
+    write_dx: bool,
+) -> (Tensor, Vec<(f32, f32)>) {
+    let (a, x, act) = before;
+    let [n, c, oh, ow] = dy.shape;
+    let [_, _, ih, iw] = x.shape;
+    let kl = layer.window.kernel[0] * layer.window.kernel[1];
+    let w = layer.weights.to_f32();
+    let mut dx = Tensor::scratch([n, c, ih, iw]);
+    let plane = dy.plane();
+    let sums = dx
+        .data
+        .par_chunks_mut(ih * iw)
+        .zip(x.data.par_chunks(ih * iw))
+        .enumerate()
+        .map_init(Padded::default, |pad, (p, (out, xs))| {
+            let ch = p % c;
+            pad.dilated(&dy.data[p * plane..(p + 1) * plane], (oh, ow), &layer.window, (ih, iw));
+            convolve_transposed(pad, &w[ch * kl..(ch + 1) * kl], &layer.window, out, iw, false);
+            crate::simd::affine_act_backward(out, xs, a.scale[ch], a.bias[ch], act, write_dx)
+        })
+        .collect();
+    (dx, sums)
+}
+
 /// Kernel gradient `[C, kh·kw]`, added into `dw`: `x` is the layer's input, `dy` the gradient of
 /// its output.
 pub fn backward_weight(layer: &Depthwise, x: &Tensor, dy: &Tensor, dw: &mut [f32]) {

@@ -310,7 +310,24 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
                 if let (Some(i), Some(x)) = (t.weights, kept_input) {
                     ops::depthwise::backward_weight(dw, x, &dy, &mut grads[i]);
                 }
-                need_dx.then(|| ops::depthwise::backward_input(dw, &dy, (ins.h, ins.w)))
+                match need_dx.then(|| affine_before(graph, plan, &saved, s)).flatten() {
+                    Some((b, a, act)) => {
+                        let Saved::Input(x) = std::mem::replace(&mut saved[b], Saved::Nothing) else {
+                            unreachable!("affine_before checked the kept input")
+                        };
+                        let tb = plan.trains[b];
+                        let into = graph.nodes[b].inputs[0];
+                        let (dx, sums) =
+                            ops::depthwise::backward_input_then(dw, &dy, (a, &x, act), plan.needs_grad[into]);
+                        let (ds, db) = two_mut(grads, tb.scale, tb.bias);
+                        ops::affine::add_sums(&sums, (x.shape[0], x.shape[1]), ds, db);
+                        if plan.needs_grad[into] {
+                            accumulate(&mut g, into, dx);
+                        }
+                        None
+                    }
+                    None => need_dx.then(|| ops::depthwise::backward_input(dw, &dy, (ins.h, ins.w))),
+                }
             }
             Op::Linear(l) => {
                 if let Some(x) = kept_input {
@@ -363,6 +380,18 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
             accumulate(&mut g, input, dx);
         }
     }
+}
+
+/// The affine (node `b`, with its activation) whose kept input and activation the backward of
+/// node `s` can finish plane by plane: `s`'s input is that activation's output, read by nothing
+/// else, and the affine kept its input (its scale trains).
+fn affine_before<'g>(graph: &'g Graph, plan: &Plan, saved: &[Saved], s: usize) -> Option<(usize, &'g Affine, Activation)> {
+    let b = s.checked_sub(2)?;
+    let input = graph.nodes[s].inputs[0];
+    let Op::Affine(a) = &graph.nodes[b].op else { return None };
+    let act = plan.fused[b]?;
+    let sole = graph.nodes.iter().filter(|n| n.inputs.contains(&input)).count() == 1;
+    (graph.nodes[b + 1].output == input && sole && matches!(saved[b], Saved::Input(_))).then_some((b, a, act))
 }
 
 fn accumulate(g: &mut [Option<Tensor>], v: usize, dx: Tensor) {
