@@ -219,24 +219,32 @@ pub fn pack_panels(rows: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> V
 /// `j < cols ≤ NR`, each sum a chain of fused multiply-adds over `p = 0…k-1` in order (so neither
 /// the tiling nor the level changes a bit). `a` is packed by [`pack_panels`] (at least the
 /// panels holding `rows` rows); `b` holds `NR` readable values from each `p·ldb` (`NR / 2` when
-/// `cols ≤ NR / 2`). The x86 tiles are written with explicit vector intrinsics (the compiler's
+/// `cols ≤ NR / 2`). Row `r` is multiplied by `scale[r]` when `scale` is not empty. The x86 tiles are written with explicit vector intrinsics (the compiler's
 /// vectoriser does not reliably keep a whole tile in registers); elsewhere plain loops.
-pub fn gemm_strip(a: &[f32], k: usize, b: (&[f32], usize), c: (&mut [f32], usize), size: (usize, usize)) {
+pub fn gemm_strip(
+    a: &[f32],
+    k: usize,
+    b: (&[f32], usize),
+    c: (&mut [f32], usize),
+    size: (usize, usize),
+    scale: &[f32],
+) {
     let ((b, ldb), (c, ldc), (rows, cols)) = (b, c, size);
+    let c = (c, ldc, scale);
     let narrow = cols <= gemm_tile().1 / 2;
     #[cfg(target_arch = "x86_64")]
     match (level(), narrow) {
         // SAFETY (all four): `level` returned this level only after detecting its features.
-        (Level::Avx512, false) => return unsafe { x86::strip_avx512::<2>(a, k, b, ldb, c, ldc, rows, cols) },
-        (Level::Avx512, true) => return unsafe { x86::strip_avx512::<1>(a, k, b, ldb, c, ldc, rows, cols) },
-        (Level::Avx2, false) => return unsafe { x86::strip_avx2::<2>(a, k, b, ldb, c, ldc, rows, cols) },
-        (Level::Avx2, true) => return unsafe { x86::strip_avx2::<1>(a, k, b, ldb, c, ldc, rows, cols) },
+        (Level::Avx512, false) => return unsafe { x86::strip_avx512::<2>(a, k, b, ldb, c, rows, cols) },
+        (Level::Avx512, true) => return unsafe { x86::strip_avx512::<1>(a, k, b, ldb, c, rows, cols) },
+        (Level::Avx2, false) => return unsafe { x86::strip_avx2::<2>(a, k, b, ldb, c, rows, cols) },
+        (Level::Avx2, true) => return unsafe { x86::strip_avx2::<1>(a, k, b, ldb, c, rows, cols) },
         (Level::Portable, _) => {}
     }
     if narrow {
-        strip::<4, 8>(a, k, b, ldb, c, ldc, rows, cols)
+        strip::<4, 8>(a, k, b, ldb, c, rows, cols)
     } else {
-        strip::<4, 16>(a, k, b, ldb, c, ldc, rows, cols)
+        strip::<4, 16>(a, k, b, ldb, c, rows, cols)
     }
 }
 
@@ -273,8 +281,7 @@ mod x86 {
         k: usize,
         b: &[f32],
         ldb: usize,
-        c: &mut [f32],
-        ldc: usize,
+        (c, ldc, scale): (&mut [f32], usize, &[f32]),
         rows: usize,
         cols: usize,
     ) {
@@ -296,8 +303,10 @@ mod x86 {
                 }
             }
             let mut tile = [[0f32; 32]; 8];
-            for (t, row) in tile.iter_mut().zip(&acc) {
+            for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
+                let q = _mm512_set1_ps(scale.get(panel * 8 + r).copied().unwrap_or(1.0));
                 for (v, &x) in row.iter().enumerate() {
+                    let x = if scale.is_empty() { x } else { _mm512_mul_ps(x, q) };
                     let lanes: &mut [f32; 16] = (&mut t[16 * v..16 * v + 16]).try_into().expect("16 values");
                     // SAFETY: `lanes` is 16 writable f32.
                     unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), x) };
@@ -316,8 +325,7 @@ mod x86 {
         k: usize,
         b: &[f32],
         ldb: usize,
-        c: &mut [f32],
-        ldc: usize,
+        (c, ldc, scale): (&mut [f32], usize, &[f32]),
         rows: usize,
         cols: usize,
     ) {
@@ -339,8 +347,10 @@ mod x86 {
                 }
             }
             let mut tile = [[0f32; 16]; 4];
-            for (t, row) in tile.iter_mut().zip(&acc) {
+            for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
+                let q = _mm256_set1_ps(scale.get(panel * 4 + r).copied().unwrap_or(1.0));
                 for (v, &x) in row.iter().enumerate() {
+                    let x = if scale.is_empty() { x } else { _mm256_mul_ps(x, q) };
                     let lanes: &mut [f32; 8] = (&mut t[8 * v..8 * v + 8]).try_into().expect("8 values");
                     // SAFETY: `lanes` is 8 writable f32.
                     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x) };
@@ -360,8 +370,7 @@ fn strip<const MR: usize, const NR: usize>(
     k: usize,
     b: &[f32],
     ldb: usize,
-    c: &mut [f32],
-    ldc: usize,
+    (c, ldc, scale): (&mut [f32], usize, &[f32]),
     rows: usize,
     cols: usize,
 ) {
@@ -377,6 +386,11 @@ fn strip<const MR: usize, const NR: usize>(
             }
         }
         let r0 = panel * MR;
+        if !scale.is_empty() {
+            for (row, &q) in acc.iter_mut().zip(scale[r0..].iter().chain(std::iter::repeat(&1.0))) {
+                row.iter_mut().for_each(|v| *v *= q);
+            }
+        }
         store_tile(&acc, &mut c[r0 * ldc..], ldc, (rows - r0).min(MR), cols);
     }
 }
@@ -591,7 +605,7 @@ mod tests {
             let a = |r: usize, p: usize| x[(r * 31 + p * 7) % 997];
             let packed = pack_panels(rows, k, a);
             let mut c = vec![f32::NAN; rows * 41];
-            gemm_strip(&packed, k, (&x[3..], ldb), (&mut c, 41), (rows, cols));
+            gemm_strip(&packed, k, (&x[3..], ldb), (&mut c, 41), (rows, cols), &[]);
             for r in 0..rows {
                 for j in 0..41 {
                     let want = if j < cols {

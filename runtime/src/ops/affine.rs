@@ -93,7 +93,12 @@ pub fn backward_act(
 
 /// Adds per-plane sums `(Σ g·x, Σ g)` (index `n·C + c`, as [`crate::simd::affine_act_backward`]
 /// returns them) over the batch into `dscale[c]` and `dbias[c]` (when given), in f64.
-pub(crate) fn add_sums(sums: &[(f32, f32)], (n, c): (usize, usize), dscale: Option<&mut [f32]>, dbias: Option<&mut [f32]>) {
+pub(crate) fn add_sums(
+    sums: &[(f32, f32)],
+    (n, c): (usize, usize),
+    dscale: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+) {
     let channel =
         |ch: usize, f: fn(&(f32, f32)) -> f32| (0..n).map(|i| f(&sums[i * c + ch]) as f64).sum::<f64>() as f32;
     if let Some(ds) = dscale {

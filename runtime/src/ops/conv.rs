@@ -8,7 +8,7 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::depthwise::{convolve, convolve_transposed, correlate, Padded};
-use super::{Activation, Epilogue, Finish};
+use super::{Activation, Epilogue};
 use crate::graph::{Affine, Conv, Weights};
 use crate::tensor::Tensor;
 
@@ -31,7 +31,8 @@ fn images_per_task(n: usize, hw: usize, threads: usize) -> usize {
 const SEGMENT: usize = 256;
 
 /// `c[i] = a·x[i]` for every image `i` of a batch: `a` is `m × k`, packed by
-/// [`crate::simd::pack_panels`]; `x: [n, k, hw]`; `c: [n, m, hw]`. Tasks are single images
+/// [`crate::simd::pack_panels`]; `x: [n, k, hw]`; `c: [n, m, hw]`, row `r` multiplied by
+/// `scale[r]` unless `scale` is empty. Tasks are single images
 /// (split into row blocks when the batch is small) or, for small planes, groups of images whose
 /// columns run on as one matrix. `finish(row, c_values, c2_values)` runs on every finished
 /// segment of a row of one image while it is in cache, with the same segment of `c2` (a second
@@ -40,6 +41,7 @@ const SEGMENT: usize = 256;
 fn gemm_batch(
     a: &[f32],
     (m, k): (usize, usize),
+    scale: &[f32],
     x: &[f32],
     hw: usize,
     c: &mut [f32],
@@ -70,6 +72,7 @@ fn gemm_batch(
         || (Vec::new(), Vec::new()),
         |(packed, tile), (img, imgs, r0, rows, cc, mut cc2)| {
             let ap = &a[r0 * k..];
+            let scale = scale.get(r0..).unwrap_or(&[]);
             let x = &x[img * k * hw..(img + imgs) * k * hw];
             let plane = rows * hw;
             let total = imgs * hw;
@@ -94,10 +97,10 @@ fn gemm_batch(
                         (&packed[..], nr)
                     };
                     if p + cols <= hw {
-                        crate::simd::gemm_strip(ap, k, b, (&mut cc[i * plane + p..], hw), (rows, cols));
+                        crate::simd::gemm_strip(ap, k, b, (&mut cc[i * plane + p..], hw), (rows, cols), scale);
                     } else {
                         tile.resize(rows * nr, 0.0);
-                        crate::simd::gemm_strip(ap, k, b, (&mut tile[..], nr), (rows, cols));
+                        crate::simd::gemm_strip(ap, k, b, (&mut tile[..], nr), (rows, cols), scale);
                         for jj in 0..cols {
                             let (i, p) = ((s + jj) / hw, (s + jj) % hw);
                             for r in 0..rows {
@@ -124,14 +127,14 @@ fn gemm_batch(
 
 /// Forward: `x: [N, Cin, H, W]` → `[N, Cout, OH, OW]`, then `epi` per output channel.
 pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
-    run(conv, x, epi, None).0
+    run(conv, x, epi, Then::Nothing).0
 }
 
 /// Forward of the raw convolution `r` (as [`forward`] with [`Epilogue::NONE`]) and, from each
 /// output plane while it is in cache, the per-channel affine and activation after it:
 /// `y = act(scale[c]·r + bias[c])`. Returns `(r, y)`.
 pub fn forward_then(conv: &Conv, x: &Tensor, then: &Affine, act: Activation) -> (Tensor, Tensor) {
-    let (r, y) = run(conv, x, &Epilogue::NONE, Some((then, act)));
+    let (r, y) = run(conv, x, &Epilogue::NONE, Then::Keep(then, act));
     (r, y.expect("a second output was asked for"))
 }
 
@@ -139,30 +142,37 @@ pub fn forward_then(conv: &Conv, x: &Tensor, then: &Affine, act: Activation) -> 
 /// output plane while it is in cache, by the per-channel affine and activation after it, in
 /// place: the same values as [`forward_then`]'s `y`, without keeping the raw output.
 pub fn forward_then_in_place(conv: &Conv, x: &Tensor, then: &Affine, act: Activation) -> Tensor {
-    let epi = |c: usize, q: f32, v: &mut [f32]| {
-        Epilogue::NONE.finish(c, q, v);
-        crate::simd::epilogue(v, then.scale[c], then.bias[c], act);
-    };
-    run(conv, x, &epi, None).0
+    run(conv, x, &Epilogue::NONE, Then::InPlace(then, act)).0
 }
 
-fn run(
-    conv: &Conv,
-    x: &Tensor,
-    epi: &(impl Finish + Sync),
-    then: Option<(&Affine, Activation)>,
-) -> (Tensor, Option<Tensor>) {
+/// What follows the epilogue on each finished output segment.
+#[derive(Clone, Copy)]
+enum Then<'a> {
+    Nothing,
+    /// An affine + activation into a second output.
+    Keep(&'a Affine, Activation),
+    /// An affine + activation in place.
+    InPlace(&'a Affine, Activation),
+}
+
+fn run(conv: &Conv, x: &Tensor, epi: &Epilogue, then: Then) -> (Tensor, Option<Tensor>) {
     let [n, ci, ih, iw] = x.shape;
     debug_assert_eq!(ci, conv.in_channels);
     let (oh, ow) = conv.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
     let co = conv.out_channels;
     let mut out = Tensor::scratch([n, co, oh, ow]);
-    let mut second = then.map(|_| Tensor::scratch([n, co, oh, ow]));
+    let mut second = matches!(then, Then::Keep(..)).then(|| Tensor::scratch([n, co, oh, ow]));
     let hw = oh * ow;
+    let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == Activation::Identity;
+    let scaled_by_gemm = raw && conv.window.is_pointwise();
     let finish = |c: usize, q: f32, v: &mut [f32], y: Option<&mut [f32]>| {
-        epi.finish(c, q, v);
-        if let (Some(y), Some((a, act))) = (y, then) {
-            crate::simd::affine_act(y, v, a.scale[c], a.bias[c], act);
+        if !scaled_by_gemm {
+            epi.finish(c, q, v);
+        }
+        match (then, y) {
+            (Then::Keep(a, act), Some(y)) => crate::simd::affine_act(y, v, a.scale[c], a.bias[c], act),
+            (Then::InPlace(a, act), _) => crate::simd::epilogue(v, a.scale[c], a.bias[c], act),
+            _ => {}
         }
     };
     if conv.window.is_pointwise() {
@@ -172,9 +182,17 @@ fn run(
                 (crate::simd::pack_panels(co, ci, |r, p| values[r * ci + p] as f32), Cow::Borrowed(scales))
             }
         };
-        gemm_batch(&a, (co, ci), &x.data, hw, &mut out.data, second.as_mut().map(|t| &mut t.data[..]), &|r, v, y| {
-            finish(r, q[r], v, y)
-        });
+        let scale: &[f32] = if scaled_by_gemm && matches!(conv.weights, Weights::Int8 { .. }) { &q } else { &[] };
+        gemm_batch(
+            &a,
+            (co, ci),
+            scale,
+            &x.data,
+            hw,
+            &mut out.data,
+            second.as_mut().map(|t| &mut t.data[..]),
+            &|r, v, y| finish(r, q[r], v, y),
+        );
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
         let pads = padded_inputs(x, &conv.window, (oh, ow));
@@ -204,7 +222,7 @@ pub fn backward_input(conv: &Conv, dy: &Tensor, (ih, iw): (usize, usize)) -> Ten
     let (hw, ohw) = (ih * iw, dy.plane());
     if conv.window.is_pointwise() {
         let a = crate::simd::pack_panels(ci, co, |r, p| w[p * ci + r]);
-        gemm_batch(&a, (ci, co), &dy.data, hw, &mut dx.data, None, &|_, _, _| {});
+        gemm_batch(&a, (ci, co), &[], &dy.data, hw, &mut dx.data, None, &|_, _, _| {});
     } else {
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
         let oh = dy.shape[2];

@@ -385,7 +385,12 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
 /// The affine (node `b`, with its activation) whose kept input and activation the backward of
 /// node `s` can finish plane by plane: `s`'s input is that activation's output, read by nothing
 /// else, and the affine kept its input (its scale trains).
-fn affine_before<'g>(graph: &'g Graph, plan: &Plan, saved: &[Saved], s: usize) -> Option<(usize, &'g Affine, Activation)> {
+fn affine_before<'g>(
+    graph: &'g Graph,
+    plan: &Plan,
+    saved: &[Saved],
+    s: usize,
+) -> Option<(usize, &'g Affine, Activation)> {
     let b = s.checked_sub(2)?;
     let input = graph.nodes[s].inputs[0];
     let Op::Affine(a) = &graph.nodes[b].op else { return None };
