@@ -256,17 +256,7 @@ fn run(
 
 /// Input gradient: `dy: [N, C, OH, OW]` → `dx: [N, C, ih, iw]`.
 pub fn backward_input(layer: &Depthwise, dy: &Tensor, (ih, iw): (usize, usize)) -> Tensor {
-    let [n, c, oh, ow] = dy.shape;
-    let kl = layer.window.kernel[0] * layer.window.kernel[1];
-    let w = layer.weights.to_f32();
-    let mut dx = Tensor::scratch([n, c, ih, iw]);
-    let plane = dy.plane();
-    dx.data.par_chunks_mut(ih * iw).enumerate().for_each_init(Padded::default, |pad, (p, out)| {
-        let ch = p % c;
-        pad.dilated(&dy.data[p * plane..(p + 1) * plane], (oh, ow), &layer.window, (ih, iw));
-        convolve_transposed(pad, &w[ch * kl..(ch + 1) * kl], &layer.window, out, iw, false);
-    });
-    dx
+    input_gradient(layer, dy, (ih, iw), |_, _| ()).0
 }
 
 /// [`backward_input`] followed, on each finished plane while it is in cache, by the backward of
@@ -282,25 +272,38 @@ pub fn backward_input_then(
     write_dx: bool,
 ) -> (Tensor, Vec<(f32, f32)>) {
     let (a, x, act) = before;
+    let [_, c, ih, iw] = x.shape;
+    input_gradient(layer, dy, (ih, iw), |p, out| {
+        let xs = &x.data[p * ih * iw..(p + 1) * ih * iw];
+        simd::affine_act_backward(out, xs, a.scale[p % c], a.bias[p % c], act, write_dx)
+    })
+}
+
+/// [`backward_input`] with `finish(p, plane)` run on each finished plane `p` (index `n·C + c`);
+/// returns its results in plane order.
+fn input_gradient<R: Send>(
+    layer: &Depthwise,
+    dy: &Tensor,
+    (ih, iw): (usize, usize),
+    finish: impl Fn(usize, &mut [f32]) -> R + Sync,
+) -> (Tensor, Vec<R>) {
     let [n, c, oh, ow] = dy.shape;
-    let [_, _, ih, iw] = x.shape;
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
     let w = layer.weights.to_f32();
     let mut dx = Tensor::scratch([n, c, ih, iw]);
     let plane = dy.plane();
-    let sums = dx
+    let results = dx
         .data
         .par_chunks_mut(ih * iw)
-        .zip(x.data.par_chunks(ih * iw))
         .enumerate()
-        .map_init(Padded::default, |pad, (p, (out, xs))| {
+        .map_init(Padded::default, |pad, (p, out)| {
             let ch = p % c;
             pad.dilated(&dy.data[p * plane..(p + 1) * plane], (oh, ow), &layer.window, (ih, iw));
             convolve_transposed(pad, &w[ch * kl..(ch + 1) * kl], &layer.window, out, iw, false);
-            crate::simd::affine_act_backward(out, xs, a.scale[ch], a.bias[ch], act, write_dx)
+            finish(p, out)
         })
         .collect();
-    (dx, sums)
+    (dx, results)
 }
 
 /// Kernel gradient `[C, kh·kw]`, added into `dw`: `x` is the layer's input, `dy` the gradient of
