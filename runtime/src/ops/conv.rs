@@ -399,6 +399,14 @@ mod tests {
                 let (r2, y) = crate::ops::depthwise::forward_then(&dwin, &x, &ad, act);
                 assert_eq!((&r2.data, &y.data), (&r.data, &want.data), "depthwise {win:?} {act:?}");
                 assert_eq!(crate::ops::depthwise::forward_then_in_place(&dwin, &x, &ad, act).data, want.data[..]);
+
+                let mapped = crate::ops::affine::forward_act(&ad, &x, act);
+                let (r, y) = crate::ops::depthwise::forward_then(&dwin, &mapped, &ad, act);
+                let (r2, y2) =
+                    crate::ops::depthwise::forward_fused(&dwin, &x, Some((&ad, act)), Some((&ad, act, true)));
+                assert_eq!((&r2.data, &y2.unwrap().data), (&r.data, &y.data), "depthwise after {win:?} {act:?}");
+                let (r3, none) = crate::ops::depthwise::forward_fused(&dwin, &x, Some((&ad, act)), None);
+                assert_eq!((&r3.data, none.is_none()), (&r.data, true));
             }
         }
     }

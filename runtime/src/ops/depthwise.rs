@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{Activation, Epilogue, Finish};
+use super::{Activation, Epilogue};
 use crate::graph::{Affine, Depthwise, Window};
 use crate::simd;
 use crate::tensor::Tensor;
@@ -53,6 +53,18 @@ impl Padded {
     /// Lays out the input plane `x: [ih, iw]` of a window producing `ow` columns and `oh` rows:
     /// padded row `r` is input row `r − pt`, padded column `p` input column `p − pl`, zero outside.
     pub(crate) fn input(&mut self, x: &[f32], (ih, iw): (usize, usize), win: &Window, (oh, ow): (usize, usize)) {
+        self.input_mapped(x, (ih, iw), win, (oh, ow), None);
+    }
+
+    /// [`Padded::input`] of `act(s·x + b)` for `map = Some((s, b, act))` (the padding stays zero).
+    pub(crate) fn input_mapped(
+        &mut self,
+        x: &[f32],
+        (ih, iw): (usize, usize),
+        win: &Window,
+        (oh, ow): (usize, usize),
+        map: Option<(f32, f32, Activation)>,
+    ) {
         let [kh, kw] = win.kernel;
         let [sh, sw] = win.stride;
         let (pt, pl) = (win.pads[0], win.pads[1]);
@@ -74,10 +86,13 @@ impl Padded {
                 let count = (hi - lo - j).div_ceil(sw);
                 let at = (ph * self.rows + r) * self.width + first;
                 let dst = &mut self.data[at..at + count];
-                if sw == 1 {
-                    dst.copy_from_slice(&xrow[..count]);
-                } else {
-                    dst.iter_mut().zip(xrow[j..].iter().step_by(sw)).for_each(|(d, v)| *d = *v);
+                match (sw, map) {
+                    (1, None) => dst.copy_from_slice(&xrow[..count]),
+                    (1, Some((s, b, act))) => simd::affine_act(dst, &xrow[..count], s, b, act),
+                    (_, None) => dst.iter_mut().zip(xrow[j..].iter().step_by(sw)).for_each(|(d, v)| *d = *v),
+                    (_, Some((s, b, act))) => {
+                        dst.iter_mut().zip(xrow[j..].iter().step_by(sw)).for_each(|(d, v)| *d = act.apply(v * s + b))
+                    }
                 }
             }
         }
@@ -203,14 +218,14 @@ pub(crate) fn correlate(p: &Padded, dy: &[f32], ow: usize, win: &Window, dk: &mu
 /// Forward: `x: [N, C, H, W]` → `[N, C, OH, OW]`, each channel convolved with its own kernel,
 /// then `epi` applied per channel.
 pub fn forward(layer: &Depthwise, x: &Tensor, epi: &Epilogue) -> Tensor {
-    run(layer, x, epi, None).0
+    run(layer, x, None, false, |ch, q, plane, _| epi.finish(ch, q, plane)).0
 }
 
 /// Forward of the raw convolution `r` (as [`forward`] with [`Epilogue::NONE`]) and, from each
 /// output plane while it is in cache, the per-channel affine and activation after it:
 /// `y = act(scale[c]·r + bias[c])`. Returns `(r, y)`.
 pub fn forward_then(layer: &Depthwise, x: &Tensor, then: &Affine, act: Activation) -> (Tensor, Tensor) {
-    let (r, y) = run(layer, x, &Epilogue::NONE, Some((then, act)));
+    let (r, y) = forward_fused(layer, x, None, Some((then, act, true)));
     (r, y.expect("a second output was asked for"))
 }
 
@@ -218,24 +233,46 @@ pub fn forward_then(layer: &Depthwise, x: &Tensor, then: &Affine, act: Activatio
 /// output plane while it is in cache, by the per-channel affine and activation after it, in
 /// place: the same values as [`forward_then`]'s `y`, without keeping the raw output.
 pub fn forward_then_in_place(layer: &Depthwise, x: &Tensor, then: &Affine, act: Activation) -> Tensor {
-    let epi = |c: usize, q: f32, v: &mut [f32]| {
-        Epilogue::NONE.finish(c, q, v);
-        simd::epilogue(v, then.scale[c], then.bias[c], act);
-    };
-    run(layer, x, &epi, None).0
+    forward_fused(layer, x, None, Some((then, act, false))).0
 }
 
+/// The raw convolution (as [`forward`] with [`Epilogue::NONE`]) of `before`'s output
+/// `act(scale[c]·x + bias[c])` when `before = Some((affine, act))` (computed while each plane is
+/// laid out, never stored) or of `x` itself, with the affine and activation `then = Some((affine,
+/// act, keep_raw))` after it as in [`forward_then`] (`keep_raw`) or [`forward_then_in_place`].
+/// Returns the first output (the raw convolution, or `then`'s output in place) and the second
+/// (`then`'s output when the raw one is kept).
+pub fn forward_fused(
+    layer: &Depthwise,
+    x: &Tensor,
+    before: Option<(&Affine, Activation)>,
+    then: Option<(&Affine, Activation, bool)>,
+) -> (Tensor, Option<Tensor>) {
+    run(layer, x, before, matches!(then, Some((_, _, true))), |ch, q, plane, y| {
+        Epilogue::NONE.finish(ch, q, plane);
+        match (then, y) {
+            (Some((a, act, true)), Some(y)) => simd::affine_act(y, plane, a.scale[ch], a.bias[ch], act),
+            (Some((a, act, false)), _) => simd::epilogue(plane, a.scale[ch], a.bias[ch], act),
+            _ => {}
+        }
+    })
+}
+
+/// The convolution of `x` (mapped by `before`, see [`forward_fused`]), with `finish(c, q, plane,
+/// second)` on each output plane of channel `c` whose values carry the factor `q` (the weights'
+/// dequantization scale), with its plane of a second output when `second`.
 fn run(
     layer: &Depthwise,
     x: &Tensor,
-    epi: &(impl Finish + Sync),
-    then: Option<(&Affine, Activation)>,
+    before: Option<(&Affine, Activation)>,
+    second: bool,
+    finish: impl Fn(usize, f32, &mut [f32], Option<&mut [f32]>) + Sync,
 ) -> (Tensor, Option<Tensor>) {
     let [n, c, ih, iw] = x.shape;
     debug_assert_eq!(c, layer.channels);
     let (oh, ow) = layer.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
     let mut out = Tensor::scratch([n, c, oh, ow]);
-    let mut second = then.map(|_| Tensor::scratch([n, c, oh, ow]));
+    let mut second = second.then(|| Tensor::scratch([n, c, oh, ow]));
     let ys = super::second_planes(&mut second, oh * ow, n * c);
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
     out.data.par_chunks_mut(oh * ow).zip(ys).enumerate().for_each_init(
@@ -243,12 +280,10 @@ fn run(
         |(pad, k), (p, (plane, y))| {
             let ch = p % c;
             let q = layer.weights.raw_row(ch, k);
-            pad.input(&x.data[p * ih * iw..(p + 1) * ih * iw], (ih, iw), &layer.window, (oh, ow));
+            let map = before.map(|(a, act)| (a.scale[ch], a.bias[ch], act));
+            pad.input_mapped(&x.data[p * ih * iw..(p + 1) * ih * iw], (ih, iw), &layer.window, (oh, ow), map);
             convolve(pad, k, &layer.window, plane, ow, false);
-            epi.finish(ch, q, plane);
-            if let (Some(y), Some((a, act))) = (y, then) {
-                simd::affine_act(y, plane, a.scale[ch], a.bias[ch], act);
-            }
+            finish(ch, q, plane, y);
         },
     );
     (out, second)

@@ -39,24 +39,6 @@ pub struct Epilogue<'a> {
     pub act: Activation,
 }
 
-/// What a convolution kernel does to each finished output plane of channel `c` whose
-/// accumulators carry an extra factor `q` (the weights' dequantization scale).
-pub(crate) trait Finish {
-    fn finish(&self, c: usize, q: f32, plane: &mut [f32]);
-}
-
-impl Finish for Epilogue<'_> {
-    fn finish(&self, c: usize, q: f32, plane: &mut [f32]) {
-        Epilogue::finish(self, c, q, plane);
-    }
-}
-
-impl<F: Fn(usize, f32, &mut [f32])> Finish for F {
-    fn finish(&self, c: usize, q: f32, plane: &mut [f32]) {
-        self(c, q, plane);
-    }
-}
-
 impl Epilogue<'_> {
     /// The identity epilogue (the raw convolution).
     pub const NONE: Epilogue<'static> = Epilogue { scale: None, bias: None, act: Activation::Identity };

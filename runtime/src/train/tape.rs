@@ -36,6 +36,10 @@ pub struct Plan {
     /// is computed from each output plane while it is in cache (into a second tensor when the
     /// affine's scale trains and so needs the raw output, in place otherwise).
     then: Vec<bool>,
+    /// For an affine with a trained scale (so its input is kept) and a fused activation whose
+    /// only reader is a depthwise layer with frozen kernels: that layer computes the affine and
+    /// activation while laying out each input plane; the affine's output is never stored.
+    deferred: Vec<bool>,
 }
 
 impl Plan {
@@ -85,7 +89,20 @@ impl Plan {
                     && node.output != graph.output
             })
             .collect();
-        Plan { trains, needs_grad, last_use, fused, then }
+        let deferred = (0..graph.nodes.len())
+            .map(|b| {
+                let (Some(act), Some(dw)) = (graph.nodes.get(b + 1), graph.nodes.get(b + 2)) else { return false };
+                matches!(graph.nodes[b].op, Op::Affine(_))
+                    && fused[b].is_some()
+                    && trains[b].scale.is_some()
+                    && matches!(dw.op, Op::Depthwise(_))
+                    && trains[b + 2].weights.is_none()
+                    && dw.inputs == [act.output]
+                    && readers[act.output] == 1
+                    && act.output != graph.output
+            })
+            .collect();
+        Plan { trains, needs_grad, last_use, fused, then, deferred }
     }
 
     /// True for an activation node run inside the affine before it.
@@ -171,6 +188,14 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
         let t = plan.trains[s];
         let x = values[node.inputs[0]].clone().expect("computed before use");
         let output = if plan.fused[s].is_some() { graph.nodes[s + 1].output } else { node.output };
+        if plan.deferred[s] {
+            if plan.last_use[node.inputs[0]] == s {
+                values[node.inputs[0]] = None;
+            }
+            saved.push(Saved::Input(x.clone()));
+            values[output] = Some(x);
+            continue;
+        }
         let grad_out = plan.needs_grad[output];
         let mut keep = Saved::Nothing;
         let out = match &node.op {
@@ -178,7 +203,7 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                 if t.weights.is_some() {
                     keep = Saved::Input(x.clone());
                 }
-                let (raw, y) = convolve(&node.op, &x, next_affine(graph, plan, s));
+                let (raw, y) = convolve(&node.op, &x, deferred_before(graph, plan, s), next_affine(graph, plan, s));
                 ready = y;
                 raw
             }
@@ -251,7 +276,7 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
 /// The affine that [`Plan::then`] computes inside convolution `s`, its fused activation, and
 /// whether its scale trains (and so needs the convolution's raw output).
 fn next_affine<'g>(graph: &'g Graph, plan: &Plan, s: usize) -> Option<(&'g Affine, Activation, bool)> {
-    match (&graph.nodes.get(s + 1)?.op, plan.then[s]) {
+    match (&graph.nodes.get(s + 1)?.op, plan.then[s] && !plan.deferred[s + 1]) {
         (Op::Affine(a), true) => {
             Some((a, plan.fused[s + 1].unwrap_or(Activation::Identity), plan.trains[s + 1].scale.is_some()))
         }
@@ -259,21 +284,34 @@ fn next_affine<'g>(graph: &'g Graph, plan: &Plan, s: usize) -> Option<(&'g Affin
     }
 }
 
-/// Convolution node `op` on `x`, with the affine after it (`then`, from [`next_affine`])
-/// computed inside: the raw output (an empty placeholder when the affine ran in place) and the
-/// affine's output.
-fn convolve(op: &Op, x: &Tensor, then: Option<(&Affine, Activation, bool)>) -> (Tensor, Option<Tensor>) {
+/// The affine and activation [`Plan::deferred`] to depthwise node `s`.
+fn deferred_before<'g>(graph: &'g Graph, plan: &Plan, s: usize) -> Option<(&'g Affine, Activation)> {
+    let b = s.checked_sub(2)?;
+    match (&graph.nodes[b].op, plan.deferred[b]) {
+        (Op::Affine(a), true) => Some((a, plan.fused[b]?)),
+        _ => None,
+    }
+}
+
+/// Convolution node `op` on `x` (or, for a depthwise node, on `before`'s output from `x`, see
+/// [`deferred_before`]), with the affine after it (`then`, from [`next_affine`]) computed inside:
+/// the raw output (an empty placeholder when the affine ran in place) and the affine's output.
+fn convolve(
+    op: &Op,
+    x: &Tensor,
+    before: Option<(&Affine, Activation)>,
+    then: Option<(&Affine, Activation, bool)>,
+) -> (Tensor, Option<Tensor>) {
     let placeholder = || Tensor::zeros([0; 4]);
     let both = |(raw, y): (Tensor, Tensor)| (raw, Some(y));
     match (op, then) {
         (Op::Conv(c), Some((a, act, true))) => both(ops::conv::forward_then(c, x, a, act)),
         (Op::Conv(c), Some((a, act, false))) => (placeholder(), Some(ops::conv::forward_then_in_place(c, x, a, act))),
         (Op::Conv(c), None) => (ops::conv::forward(c, x, &Epilogue::NONE), None),
-        (Op::Depthwise(d), Some((a, act, true))) => both(ops::depthwise::forward_then(d, x, a, act)),
-        (Op::Depthwise(d), Some((a, act, false))) => {
-            (placeholder(), Some(ops::depthwise::forward_then_in_place(d, x, a, act)))
+        (Op::Depthwise(d), Some((_, _, false))) => {
+            (placeholder(), Some(ops::depthwise::forward_fused(d, x, before, then).0))
         }
-        (Op::Depthwise(d), None) => (ops::depthwise::forward(d, x, &Epilogue::NONE), None),
+        (Op::Depthwise(d), _) => ops::depthwise::forward_fused(d, x, before, then),
         _ => unreachable!("called on convolution nodes"),
     }
 }
