@@ -396,6 +396,35 @@ fn strip<const MR: usize, const NR: usize>(
 }
 
 multiversion! {
+    /// Splits `src` by index parity: `even[i] = f(src[2i])` and `odd[i] = f(src[2i + 1])` for
+    /// `i < even.len()` and `i < odd.len()` (`src` holds at least `2·even.len() − 1` and
+    /// `2·odd.len()` values), `f(v) = act(v·s + b)` for `map = Some((s, b, act))`, else `v`.
+    pub fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32], map: Option<(f32, f32, Activation)>) {
+        let f = |v: f32| match map {
+            Some((s, b, act)) => act.apply(v * s + b),
+            None => v,
+        };
+        let blocks = even.len().min(odd.len()) / LANES;
+        for i in 0..blocks {
+            let x: &[f32; 2 * LANES] = src[2 * LANES * i..2 * LANES * (i + 1)].try_into().expect("2·LANES values");
+            let (mut e, mut o) = ([0f32; LANES], [0f32; LANES]);
+            for l in 0..LANES {
+                e[l] = f(x[2 * l]);
+                o[l] = f(x[2 * l + 1]);
+            }
+            even[LANES * i..LANES * (i + 1)].copy_from_slice(&e);
+            odd[LANES * i..LANES * (i + 1)].copy_from_slice(&o);
+        }
+        for (i, e) in even.iter_mut().enumerate().skip(blocks * LANES) {
+            *e = f(src[2 * i]);
+        }
+        for (i, o) in odd.iter_mut().enumerate().skip(blocks * LANES) {
+            *o = f(src[2 * i + 1]);
+        }
+    }
+}
+
+multiversion! {
     /// `y[i] += a·x[i]` (same lengths).
     pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         for (y, x) in y.iter_mut().zip(x) {

@@ -81,6 +81,18 @@ impl Padded {
             if lo >= hi {
                 continue;
             }
+            if sw == 2 && hi - lo >= 2 {
+                let at = |j: usize| {
+                    ((((pl + j) % 2) * self.rows + r) * self.width + (pl + j) / 2, (hi - lo - j).div_ceil(2))
+                };
+                let ((a0, n0), (a1, n1)) = (at(0), at(1));
+                let (lo_half, hi_half) = self.data.split_at_mut(a0.max(a1));
+                let (first, second) = (&mut lo_half[a0.min(a1)..], &mut hi_half[..]);
+                let (even, odd) =
+                    if a0 < a1 { (&mut first[..n0], &mut second[..n1]) } else { (&mut second[..n0], &mut first[..n1]) };
+                simd::deinterleave(xrow, even, odd, map);
+                continue;
+            }
             for j in 0..sw.min(hi - lo) {
                 let (ph, first) = ((pl + j) % sw, (pl + j) / sw);
                 let count = (hi - lo - j).div_ceil(sw);
