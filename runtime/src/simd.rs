@@ -425,6 +425,27 @@ multiversion! {
 }
 
 multiversion! {
+    /// The inverse of [`deinterleave`] without a map: `dst[2i] = even[i]`, `dst[2i + 1] = odd[i]`
+    /// (`even` holds at least `⌈dst.len() / 2⌉` values, `odd` at least `⌊dst.len() / 2⌋`).
+    pub fn interleave(even: &[f32], odd: &[f32], dst: &mut [f32]) {
+        let blocks = dst.len() / (2 * LANES);
+        for i in 0..blocks {
+            let e: &[f32; LANES] = even[LANES * i..LANES * (i + 1)].try_into().expect("LANES values");
+            let o: &[f32; LANES] = odd[LANES * i..LANES * (i + 1)].try_into().expect("LANES values");
+            let mut d = [0f32; 2 * LANES];
+            for l in 0..LANES {
+                d[2 * l] = e[l];
+                d[2 * l + 1] = o[l];
+            }
+            dst[2 * LANES * i..2 * LANES * (i + 1)].copy_from_slice(&d);
+        }
+        for (j, d) in dst.iter_mut().enumerate().skip(2 * LANES * blocks) {
+            *d = if j % 2 == 0 { even[j / 2] } else { odd[j / 2] };
+        }
+    }
+}
+
+multiversion! {
     /// `y[i] += a·x[i]` (same lengths).
     pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         for (y, x) in y.iter_mut().zip(x) {

@@ -201,6 +201,60 @@ pub(crate) fn convolve_transposed(p: &Padded, k: &[f32], win: &Window, dx: &mut 
     }
 }
 
+/// [`convolve_transposed`] of one plane for a 3×3 window of stride 2 with top and left pads
+/// `(pt, pl)`, computed by output phase instead of over a dilated plane: input row `iy` takes
+/// kernel rows `ky ≡ iy + pt (mod 2)` only, and along a row the even and odd columns `t = ix + pl`
+/// are `E[t / 2] = Σ k[ky, 0]·dy[oy, t/2] + k[ky, 2]·dy[oy, t/2 − 1]` and
+/// `O[(t − 1) / 2] = Σ k[ky, 1]·dy[oy, (t − 1)/2]`, interleaved (2.25 products per value instead
+/// of 9 over mostly zeros). `dy: [oh, ow]`, `dx: [ih, iw]` (overwritten), `rows` scratch.
+fn transposed_3x3_stride_2(
+    dy: &[f32],
+    (oh, ow): (usize, usize),
+    k: &[f32; 9],
+    (pt, pl): (usize, usize),
+    dx: &mut [f32],
+    (_, iw): (usize, usize),
+    rows: &mut Vec<f32>,
+) {
+    let m = (iw + pl) / 2 + 1;
+    let len = (m + 1).max(ow + 2);
+    rows.clear();
+    rows.resize(oh * len + 2 * m, 0.0);
+    let (padded, eo) = rows.split_at_mut(oh * len);
+    for (row, g) in padded.chunks_exact_mut(len).zip(dy.chunks_exact(ow)) {
+        row[1..=ow].copy_from_slice(g);
+    }
+    let (e, o) = eo.split_at_mut(m);
+    let (mut src, mut odd): (Vec<&[f32]>, Vec<&[f32]>) = (Vec::with_capacity(4), Vec::with_capacity(2));
+    let (mut we, mut wo) = (Vec::with_capacity(4), Vec::with_capacity(2));
+    for (iy, row) in dx.chunks_exact_mut(iw).enumerate() {
+        let t = iy + pt;
+        let taps: &[(usize, usize)] = if t % 2 == 0 { &[(0, t / 2), (2, (t / 2).wrapping_sub(1))] } else { &[(1, t / 2)] };
+        src.clear();
+        odd.clear();
+        we.clear();
+        wo.clear();
+        for &(ky, oy) in taps.iter().filter(|&&(_, oy)| oy < oh) {
+            let r = &padded[oy * len..(oy + 1) * len];
+            src.extend([&r[1..], &r[..]]);
+            odd.push(&r[1..]);
+            we.extend([k[3 * ky], k[3 * ky + 2]]);
+            wo.push(k[3 * ky + 1]);
+        }
+        if src.is_empty() {
+            row.fill(0.0);
+            continue;
+        }
+        simd::taps(e, &src, &we, false);
+        simd::taps(o, &odd, &wo, false);
+        if pl % 2 == 0 {
+            simd::interleave(&e[pl / 2..], &o[pl / 2..], row);
+        } else {
+            simd::interleave(&o[(pl - 1) / 2..], &e[(pl + 1) / 2..], row);
+        }
+    }
+}
+
 /// The kernel gradient of [`convolve`]: `dk[ky, kx] += Σ dy[oy, ox] · x[oy·sh + ky − pt,
 /// ox·sw + kx − pl]` over `x` laid out by [`Padded::input`]; `dy: [oh, ow]`, `dk: [kh, kw]`.
 /// `acc` is scratch.
@@ -343,12 +397,25 @@ fn input_gradient<R: Send>(
         .data
         .par_chunks_mut(ih * iw)
         .enumerate()
-        .map_init(Padded::default, |pad, (p, out)| {
-            let ch = p % c;
-            pad.dilated(&dy.data[p * plane..(p + 1) * plane], (oh, ow), &layer.window, (ih, iw));
-            convolve_transposed(pad, &w[ch * kl..(ch + 1) * kl], &layer.window, out, iw, false);
-            finish(p, out)
-        })
+        .map_init(
+            || (Padded::default(), Vec::new()),
+            |(pad, rows), (p, out)| {
+                let ch = p % c;
+                let g = &dy.data[p * plane..(p + 1) * plane];
+                let k = &w[ch * kl..(ch + 1) * kl];
+                match <&[f32; 9]>::try_from(k) {
+                    Ok(k) if layer.window.kernel == [3, 3] && layer.window.stride == [2, 2] => {
+                        let pads = (layer.window.pads[0], layer.window.pads[1]);
+                        transposed_3x3_stride_2(g, (oh, ow), k, pads, out, (ih, iw), rows);
+                    }
+                    _ => {
+                        pad.dilated(g, (oh, ow), &layer.window, (ih, iw));
+                        convolve_transposed(pad, k, &layer.window, out, iw, false);
+                    }
+                }
+                finish(p, out)
+            },
+        )
         .collect();
     (dx, results)
 }
@@ -370,4 +437,29 @@ pub fn backward_weight(layer: &Depthwise, x: &Tensor, dy: &Tensor, dw: &mut [f32
             }
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stride_2_transpose_by_phase_equals_the_dilated_plane() {
+        let k: [f32; 9] = std::array::from_fn(|t| 0.3 - 0.11 * t as f32);
+        for (ih, iw) in [(7, 7), (8, 8), (13, 10), (112, 112), (5, 40)] {
+            for pads in [[1, 1, 1, 1], [0, 0, 1, 1], [2, 2, 0, 0], [1, 0, 0, 1], [2, 1, 2, 1]] {
+                let win = Window { kernel: [3, 3], stride: [2, 2], pads };
+                let Some((oh, ow)) = win.output_size(ih, iw) else { continue };
+                let dy: Vec<f32> = (0..oh * ow).map(|i| ((i * 7919) % 997) as f32 / 300.0 - 1.3).collect();
+                let (mut want, mut got) = (vec![0f32; ih * iw], vec![f32::NAN; ih * iw]);
+                let mut pad = Padded::default();
+                pad.dilated(&dy, (oh, ow), &win, (ih, iw));
+                convolve_transposed(&pad, &k, &win, &mut want, iw, false);
+                transposed_3x3_stride_2(&dy, (oh, ow), &k, (pads[0], pads[1]), &mut got, (ih, iw), &mut Vec::new());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{ih}×{iw} {pads:?} at {i}: {a} vs {b}");
+                }
+            }
+        }
+    }
 }
