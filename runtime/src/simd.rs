@@ -425,23 +425,89 @@ multiversion! {
 }
 
 multiversion! {
+    /// The stride-2 3×3 transposed correlation of one plane by output phase (see
+    /// `ops::depthwise::transposed_3x3_stride_2`), with `geo = (len, m, iw, pt, pl)`: `rows` holds
+    /// the gradient's rows, `len` values each, row `oy` being `[0, dy[oy, 0], …, dy[oy, ow − 1], 0, …]`
+    /// (`len ≥ m + 1`); `dx: [ih, iw]` is overwritten; `scratch` holds `2·m` values.
+    pub fn transpose_stride_2(rows: &[f32], k: &[f32; 9], geo: (usize, usize, usize, usize, usize), dx: &mut [f32], scratch: &mut [f32]) {
+        let (len, m, iw, pt, pl) = geo;
+        let oh = rows.len() / len;
+        let (e, o) = scratch[..2 * m].split_at_mut(m);
+        for (iy, out) in dx.chunks_exact_mut(iw).enumerate() {
+            let t = iy + pt;
+            let row = |oy: usize| (oy < oh).then(|| &rows[oy * len..oy * len + m + 1]);
+            let (first, second, ky) = if t % 2 == 0 { (row(t / 2), (t / 2).checked_sub(1).and_then(row), 0) } else { (row(t / 2), None, 1) };
+            let (a, b) = match (first, second) {
+                (Some(a), b) => (a, b),
+                (None, Some(b)) => (b, None),
+                (None, None) => {
+                    out.fill(0.0);
+                    continue;
+                }
+            };
+            let ka = if first.is_some() { ky } else { 2 };
+            let (a0, a1) = (&a[..m], &a[1..=m]);
+            let eo = e.iter_mut().zip(o.iter_mut());
+            if let (0, Some(b)) = (ky, b) {
+                let (b0, b1) = (&b[..m], &b[1..=m]);
+                let (k0, k1, k2, k6, k7, k8) = (k[0], k[1], k[2], k[6], k[7], k[8]);
+                for ((e, o), (((&x0, &x1), &y0), &y1)) in eo.zip(a0.iter().zip(a1).zip(b0).zip(b1)) {
+                    *e = k0 * x1 + k2 * x0 + k6 * y1 + k8 * y0;
+                    *o = k1 * x1 + k7 * y1;
+                }
+            } else {
+                let (kl, km, kr) = (k[3 * ka], k[3 * ka + 1], k[3 * ka + 2]);
+                for ((e, o), (&x0, &x1)) in eo.zip(a0.iter().zip(a1)) {
+                    *e = kl * x1 + kr * x0;
+                    *o = km * x1;
+                }
+            }
+            if pl % 2 == 0 {
+                interleave_rows(&e[pl / 2..], &o[pl / 2..], out);
+            } else {
+                interleave_rows(&o[(pl - 1) / 2..], &e[(pl + 1) / 2..], out);
+            }
+        }
+    }
+}
+
+multiversion! {
     /// The inverse of [`deinterleave`] without a map: `dst[2i] = even[i]`, `dst[2i + 1] = odd[i]`
     /// (`even` holds at least `⌈dst.len() / 2⌉` values, `odd` at least `⌊dst.len() / 2⌋`).
     pub fn interleave(even: &[f32], odd: &[f32], dst: &mut [f32]) {
-        let blocks = dst.len() / (2 * LANES);
-        for i in 0..blocks {
-            let e: &[f32; LANES] = even[LANES * i..LANES * (i + 1)].try_into().expect("LANES values");
-            let o: &[f32; LANES] = odd[LANES * i..LANES * (i + 1)].try_into().expect("LANES values");
-            let mut d = [0f32; 2 * LANES];
-            for l in 0..LANES {
-                d[2 * l] = e[l];
-                d[2 * l + 1] = o[l];
-            }
-            dst[2 * LANES * i..2 * LANES * (i + 1)].copy_from_slice(&d);
+        interleave_rows(even, odd, dst);
+    }
+}
+
+/// [`interleave`]'s body.
+#[inline(always)]
+fn interleave_rows(even: &[f32], odd: &[f32], dst: &mut [f32]) {
+    let blocks = dst.len() / (2 * LANES);
+    for i in 0..blocks {
+        let e: &[f32; LANES] = even[LANES * i..LANES * (i + 1)].try_into().expect("LANES values");
+        let o: &[f32; LANES] = odd[LANES * i..LANES * (i + 1)].try_into().expect("LANES values");
+        let mut d = [0f32; 2 * LANES];
+        for l in 0..LANES {
+            d[2 * l] = e[l];
+            d[2 * l + 1] = o[l];
         }
-        for (j, d) in dst.iter_mut().enumerate().skip(2 * LANES * blocks) {
-            *d = if j % 2 == 0 { even[j / 2] } else { odd[j / 2] };
+        dst[2 * LANES * i..2 * LANES * (i + 1)].copy_from_slice(&d);
+    }
+    let mut j = 2 * LANES * blocks;
+    if dst.len() - j >= LANES {
+        let h = LANES / 2;
+        let e: &[f32; LANES / 2] = even[j / 2..j / 2 + h].try_into().expect("LANES / 2 values");
+        let o: &[f32; LANES / 2] = odd[j / 2..j / 2 + h].try_into().expect("LANES / 2 values");
+        let mut d = [0f32; LANES];
+        for l in 0..h {
+            d[2 * l] = e[l];
+            d[2 * l + 1] = o[l];
         }
+        dst[j..j + LANES].copy_from_slice(&d);
+        j += LANES;
+    }
+    for (j, d) in dst.iter_mut().enumerate().skip(j) {
+        *d = if j % 2 == 0 { even[j / 2] } else { odd[j / 2] };
     }
 }
 

@@ -224,35 +224,7 @@ fn transposed_3x3_stride_2(
     for (row, g) in padded.chunks_exact_mut(len).zip(dy.chunks_exact(ow)) {
         row[1..=ow].copy_from_slice(g);
     }
-    let (e, o) = eo.split_at_mut(m);
-    let (mut src, mut odd): (Vec<&[f32]>, Vec<&[f32]>) = (Vec::with_capacity(4), Vec::with_capacity(2));
-    let (mut we, mut wo) = (Vec::with_capacity(4), Vec::with_capacity(2));
-    for (iy, row) in dx.chunks_exact_mut(iw).enumerate() {
-        let t = iy + pt;
-        let taps: &[(usize, usize)] = if t % 2 == 0 { &[(0, t / 2), (2, (t / 2).wrapping_sub(1))] } else { &[(1, t / 2)] };
-        src.clear();
-        odd.clear();
-        we.clear();
-        wo.clear();
-        for &(ky, oy) in taps.iter().filter(|&&(_, oy)| oy < oh) {
-            let r = &padded[oy * len..(oy + 1) * len];
-            src.extend([&r[1..], &r[..]]);
-            odd.push(&r[1..]);
-            we.extend([k[3 * ky], k[3 * ky + 2]]);
-            wo.push(k[3 * ky + 1]);
-        }
-        if src.is_empty() {
-            row.fill(0.0);
-            continue;
-        }
-        simd::taps(e, &src, &we, false);
-        simd::taps(o, &odd, &wo, false);
-        if pl % 2 == 0 {
-            simd::interleave(&e[pl / 2..], &o[pl / 2..], row);
-        } else {
-            simd::interleave(&o[(pl - 1) / 2..], &e[(pl + 1) / 2..], row);
-        }
-    }
+    simd::transpose_stride_2(padded, k, (len, m, iw, pt, pl), dx, eo);
 }
 
 /// The kernel gradient of [`convolve`]: `dk[ky, kx] += Σ dy[oy, ox] · x[oy·sh + ky − pt,
