@@ -465,7 +465,7 @@ multiversion! {
             if pl % 2 == 0 {
                 interleave_rows(&e[pl / 2..], &o[pl / 2..], out);
             } else {
-                interleave_rows(&o[(pl - 1) / 2..], &e[(pl + 1) / 2..], out);
+                interleave_rows(&o[(pl - 1) / 2..], &e[pl.div_ceil(2)..], out);
             }
         }
     }
