@@ -396,31 +396,70 @@ fn strip<const MR: usize, const NR: usize>(
 }
 
 multiversion! {
-    /// Splits `src` by index parity: `even[i] = f(src[2i])` and `odd[i] = f(src[2i + 1])` for
-    /// `i < even.len()` and `i < odd.len()` (`src` holds at least `2·even.len() − 1` and
-    /// `2·odd.len()` values), `f(v) = act(v·s + b)` for `map = Some((s, b, act))`, else `v`.
-    pub fn deinterleave(src: &[f32], even: &mut [f32], odd: &mut [f32], map: Option<(f32, f32, Activation)>) {
-        let f = |v: f32| match map {
-            Some((s, b, act)) => act.apply(v * s + b),
-            None => v,
-        };
-        let blocks = even.len().min(odd.len()) / LANES;
-        for i in 0..blocks {
-            let x: &[f32; 2 * LANES] = src[2 * LANES * i..2 * LANES * (i + 1)].try_into().expect("2·LANES values");
-            let (mut e, mut o) = ([0f32; LANES], [0f32; LANES]);
-            for l in 0..LANES {
-                e[l] = f(x[2 * l]);
-                o[l] = f(x[2 * l + 1]);
+    /// Lays out the plane `x: [ih, iw]` (`ih = x.len() / iw`) into `dst`, with
+    /// `geo = (rows, width, sw, pt, pl)`: `sw` column phases of `rows × width` values, phase-major;
+    /// input row `y` goes to padded row `y + pt`, input column `j` to padded column `p = j + pl`,
+    /// which is index `p / sw` of phase `p % sw`; each value mapped by `map = Some((s, b, act))` to
+    /// `act(v·s + b)`. Rows and columns past the layout are dropped; other positions are untouched.
+    pub fn layout_input(x: &[f32], iw: usize, dst: &mut [f32], geo: (usize, usize, usize, usize, usize), map: Option<(f32, f32, Activation)>) {
+        let (rows, width, sw, pt, pl) = geo;
+        let cols = width * sw;
+        let (lo, hi) = (pl, (iw + pl).min(cols));
+        if lo >= hi {
+            return;
+        }
+        for (y, xrow) in x.chunks_exact(iw).enumerate().take(rows.saturating_sub(pt)) {
+            let r = y + pt;
+            let at = |j: usize| ((((pl + j) % sw) * rows + r) * width + (pl + j) / sw, (hi - lo - j).div_ceil(sw));
+            if sw == 2 && hi - lo >= 2 {
+                let ((a0, n0), (a1, n1)) = (at(0), at(1));
+                let (low, high) = dst.split_at_mut(a0.max(a1));
+                let (first, second) = (&mut low[a0.min(a1)..], high);
+                let (even, odd) = if a0 < a1 { (&mut first[..n0], &mut second[..n1]) } else { (&mut second[..n0], &mut first[..n1]) };
+                deinterleave_row(xrow, even, odd, map);
+                continue;
             }
-            even[LANES * i..LANES * (i + 1)].copy_from_slice(&e);
-            odd[LANES * i..LANES * (i + 1)].copy_from_slice(&o);
+            for j in 0..sw.min(hi - lo) {
+                let (a, count) = at(j);
+                let out = &mut dst[a..a + count];
+                match (sw, map) {
+                    (1, None) => out.copy_from_slice(&xrow[..count]),
+                    (1, Some((s, b, act))) => affine_act_row(out, &xrow[..count], s, b, act),
+                    (_, None) => out.iter_mut().zip(xrow[j..].iter().step_by(sw)).for_each(|(d, v)| *d = *v),
+                    (_, Some((s, b, act))) => {
+                        out.iter_mut().zip(xrow[j..].iter().step_by(sw)).for_each(|(d, v)| *d = act.apply(v * s + b))
+                    }
+                }
+            }
         }
-        for (i, e) in even.iter_mut().enumerate().skip(blocks * LANES) {
-            *e = f(src[2 * i]);
+    }
+}
+
+/// Splits `src` by index parity: `even[i] = f(src[2i])` and `odd[i] = f(src[2i + 1])` for
+/// `i < even.len()` and `i < odd.len()` (`src` holds at least `2·even.len() − 1` and
+/// `2·odd.len()` values), `f(v) = act(v·s + b)` for `map = Some((s, b, act))`, else `v`.
+#[inline(always)]
+fn deinterleave_row(src: &[f32], even: &mut [f32], odd: &mut [f32], map: Option<(f32, f32, Activation)>) {
+    let f = |v: f32| match map {
+        Some((s, b, act)) => act.apply(v * s + b),
+        None => v,
+    };
+    let blocks = even.len().min(odd.len()) / LANES;
+    for i in 0..blocks {
+        let x: &[f32; 2 * LANES] = src[2 * LANES * i..2 * LANES * (i + 1)].try_into().expect("2·LANES values");
+        let (mut e, mut o) = ([0f32; LANES], [0f32; LANES]);
+        for l in 0..LANES {
+            e[l] = f(x[2 * l]);
+            o[l] = f(x[2 * l + 1]);
         }
-        for (i, o) in odd.iter_mut().enumerate().skip(blocks * LANES) {
-            *o = f(src[2 * i + 1]);
-        }
+        even[LANES * i..LANES * (i + 1)].copy_from_slice(&e);
+        odd[LANES * i..LANES * (i + 1)].copy_from_slice(&o);
+    }
+    for (i, e) in even.iter_mut().enumerate().skip(blocks * LANES) {
+        *e = f(src[2 * i]);
+    }
+    for (i, o) in odd.iter_mut().enumerate().skip(blocks * LANES) {
+        *o = f(src[2 * i + 1]);
     }
 }
 
@@ -534,11 +573,17 @@ multiversion! {
 multiversion! {
     /// `y[i] = act(x[i]·s + b)` (same lengths).
     pub fn affine_act(y: &mut [f32], x: &[f32], s: f32, b: f32, act: Activation) {
-        match act {
-            Activation::Identity => y.iter_mut().zip(x).for_each(|(y, x)| *y = *x * s + b),
-            Activation::Relu => y.iter_mut().zip(x).for_each(|(y, x)| *y = (*x * s + b).max(0.0)),
-            Activation::Relu6 => y.iter_mut().zip(x).for_each(|(y, x)| *y = (*x * s + b).clamp(0.0, 6.0)),
-        }
+        affine_act_row(y, x, s, b, act);
+    }
+}
+
+/// [`affine_act`]'s body.
+#[inline(always)]
+fn affine_act_row(y: &mut [f32], x: &[f32], s: f32, b: f32, act: Activation) {
+    match act {
+        Activation::Identity => y.iter_mut().zip(x).for_each(|(y, x)| *y = *x * s + b),
+        Activation::Relu => y.iter_mut().zip(x).for_each(|(y, x)| *y = (*x * s + b).max(0.0)),
+        Activation::Relu6 => y.iter_mut().zip(x).for_each(|(y, x)| *y = (*x * s + b).clamp(0.0, 6.0)),
     }
 }
 

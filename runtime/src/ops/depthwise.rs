@@ -74,40 +74,7 @@ impl Padded {
             sw,
             (true, [ih, iw, oh, ow], *win),
         );
-        let cols = self.width * sw;
-        for r in pt..(ih + pt).min(self.rows) {
-            let xrow = &x[(r - pt) * iw..(r - pt + 1) * iw];
-            let (lo, hi) = (pl, (iw + pl).min(cols));
-            if lo >= hi {
-                continue;
-            }
-            if sw == 2 && hi - lo >= 2 {
-                let at = |j: usize| {
-                    ((((pl + j) % 2) * self.rows + r) * self.width + (pl + j) / 2, (hi - lo - j).div_ceil(2))
-                };
-                let ((a0, n0), (a1, n1)) = (at(0), at(1));
-                let (lo_half, hi_half) = self.data.split_at_mut(a0.max(a1));
-                let (first, second) = (&mut lo_half[a0.min(a1)..], &mut hi_half[..]);
-                let (even, odd) =
-                    if a0 < a1 { (&mut first[..n0], &mut second[..n1]) } else { (&mut second[..n0], &mut first[..n1]) };
-                simd::deinterleave(xrow, even, odd, map);
-                continue;
-            }
-            for j in 0..sw.min(hi - lo) {
-                let (ph, first) = ((pl + j) % sw, (pl + j) / sw);
-                let count = (hi - lo - j).div_ceil(sw);
-                let at = (ph * self.rows + r) * self.width + first;
-                let dst = &mut self.data[at..at + count];
-                match (sw, map) {
-                    (1, None) => dst.copy_from_slice(&xrow[..count]),
-                    (1, Some((s, b, act))) => simd::affine_act(dst, &xrow[..count], s, b, act),
-                    (_, None) => dst.iter_mut().zip(xrow[j..].iter().step_by(sw)).for_each(|(d, v)| *d = *v),
-                    (_, Some((s, b, act))) => {
-                        dst.iter_mut().zip(xrow[j..].iter().step_by(sw)).for_each(|(d, v)| *d = act.apply(v * s + b))
-                    }
-                }
-            }
-        }
+        simd::layout_input(&x[..ih * iw], iw, &mut self.data, (self.rows, self.width, sw, pt, pl), map);
     }
 
     /// Lays out `dy: [oh, ow]` for the transposed window as a stride-1 correlation: `dy[oy, ox]`

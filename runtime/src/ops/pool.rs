@@ -13,7 +13,8 @@ pub fn forward(x: &Tensor) -> Tensor {
 /// Input gradient: `dy: [N, C, 1, 1]` → `[N, C, h, w]`, each plane filled with `dy / (h·w)`.
 pub fn backward(dy: &Tensor, (h, w): (usize, usize)) -> Tensor {
     let [n, c, ..] = dy.shape;
-    let plane = h * w;
-    let data = dy.data.iter().flat_map(|&g| std::iter::repeat_n(g / plane as f32, plane)).collect();
-    Tensor { shape: [n, c, h, w], data }
+    let plane = (h * w).max(1);
+    let mut dx = Tensor::scratch([n, c, h, w]);
+    dx.data.chunks_mut(plane).zip(&dy.data).for_each(|(p, &g)| p.fill(g / plane as f32));
+    dx
 }
