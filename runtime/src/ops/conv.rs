@@ -27,6 +27,20 @@ fn images_per_task(n: usize, hw: usize, threads: usize) -> usize {
     n.div_ceil(want.max(1).next_multiple_of(threads).min(n))
 }
 
+/// The runs of virtual columns `s..s + cols` over images of `hw` columns each:
+/// `(image, first column in it, offset from s, length)`.
+fn runs(s: usize, cols: usize, hw: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let mut j = s;
+    std::iter::from_fn(move || {
+        (j < s + cols).then(|| {
+            let (i, p) = (j / hw, j % hw);
+            let len = (hw - p).min(s + cols - j);
+            j += len;
+            (i, p, j - len - s, len)
+        })
+    })
+}
+
 /// Columns per finished segment of [`gemm_batch`] (a multiple of every tile width).
 const SEGMENT: usize = 256;
 
@@ -89,9 +103,9 @@ fn gemm_batch(
                         packed.clear();
                         packed.resize(k * nr, 0.0);
                         for (q, row) in packed.chunks_exact_mut(nr).enumerate() {
-                            for (jj, v) in row.iter_mut().enumerate().take(cols) {
-                                let (i, p) = ((s + jj) / hw, (s + jj) % hw);
-                                *v = x[(i * k + q) * hw + p];
+                            for (i, p, jj, len) in runs(s, cols, hw) {
+                                let at = (i * k + q) * hw + p;
+                                row[jj..jj + len].copy_from_slice(&x[at..at + len]);
                             }
                         }
                         (&packed[..], nr)
@@ -101,10 +115,10 @@ fn gemm_batch(
                     } else {
                         tile.resize(rows * nr, 0.0);
                         crate::simd::gemm_strip(ap, k, b, (&mut tile[..], nr), (rows, cols), scale);
-                        for jj in 0..cols {
-                            let (i, p) = ((s + jj) / hw, (s + jj) % hw);
-                            for r in 0..rows {
-                                cc[i * plane + r * hw + p] = tile[r * nr + jj];
+                        for (r, t) in tile.chunks_exact(nr).take(rows).enumerate() {
+                            for (i, p, jj, len) in runs(s, cols, hw) {
+                                let at = i * plane + r * hw + p;
+                                cc[at..at + len].copy_from_slice(&t[jj..jj + len]);
                             }
                         }
                     }
