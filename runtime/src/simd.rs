@@ -6,7 +6,7 @@
 //! because the CPU must have the feature, which [`level`] checks first. Every loop is plain safe
 //! slice code that the compiler vectorises; each output element is computed by the same
 //! sequence of f32 operations at every level (no reassociation; no fused multiply-add except in
-//! [`gemm_strip`], which fuses at every level: `f32::mul_add` is correctly rounded everywhere),
+//! [`gemm_block`], which fuses at every level: `f32::mul_add` is correctly rounded everywhere),
 //! so the results are bit-identical whichever version runs.
 
 use crate::ops::Activation;
@@ -190,7 +190,7 @@ multiversion! {
     }
 }
 
-/// `(MR, NR)`: the rows and columns of one register tile of [`gemm_strip`] at the dispatched
+/// `(MR, NR)`: the rows and columns of one register tile of [`gemm_block`] at the dispatched
 /// level. Matrices for it are packed in panels of `MR` rows ([`pack_panels`]).
 pub fn gemm_tile() -> (usize, usize) {
     match level() {
@@ -199,7 +199,7 @@ pub fn gemm_tile() -> (usize, usize) {
     }
 }
 
-/// Packs the `rows × k` matrix `at(r, p)` for [`gemm_strip`]: panels of `MR` rows, each `k`
+/// Packs the `rows × k` matrix `at(r, p)` for [`gemm_block`]: panels of `MR` rows, each `k`
 /// groups of `MR` values (row `r` of a panel at offset `p·MR + r`), rows past `rows` zero.
 pub fn pack_panels(rows: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
     let mr = gemm_tile().0;
@@ -214,14 +214,17 @@ pub fn pack_panels(rows: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> V
     out
 }
 
-/// One column strip of a matrix product, with `b = (b, ldb)`, `c = (c, ldc)` and
-/// `size = (rows, cols)`: `c[r·ldc + j] = Σₚ a(r, p)·b[p·ldb + j]` for `r < rows` and
-/// `j < cols ≤ NR`, each sum a chain of fused multiply-adds over `p = 0…k-1` in order (so neither
-/// the tiling nor the level changes a bit). `a` is packed by [`pack_panels`] (at least the
-/// panels holding `rows` rows); `b` holds `NR` readable values from each `p·ldb` (`NR / 2` when
-/// `cols ≤ NR / 2`). Row `r` is multiplied by `scale[r]` when `scale` is not empty. The x86 tiles are written with explicit vector intrinsics (the compiler's
-/// vectoriser does not reliably keep a whole tile in registers); elsewhere plain loops.
-pub fn gemm_strip(
+/// A block of a matrix product, with `b = (b, ldb)`, `c = (c, ldc)` and `size = (rows, cols)`:
+/// `c[r·ldc + j] = Σₚ a(r, p)·b[p·ldb + j]` for `r < rows` and `j < cols`, each sum a chain of
+/// fused multiply-adds over `p = 0…k-1` in order (so neither the tiling nor the level changes a
+/// bit). `a` is packed by [`pack_panels`] (at least the panels holding `rows` rows). The columns
+/// run in strips of `NR` ([`gemm_tile`]); `b` holds, from each `p·ldb`, the columns rounded up to
+/// a whole strip (to half a strip when the last strip is at most half full). Row `r` is
+/// multiplied by `scale[r]` when `scale` is not empty. Tiles run panel by panel when `k` is small
+/// (a block of `b` stays in the first-level cache and each output row is written in long runs),
+/// strip by strip otherwise. The x86 tiles are written with explicit vector intrinsics (the
+/// compiler's vectoriser does not reliably keep a whole tile in registers); elsewhere plain loops.
+pub fn gemm_block(
     a: &[f32],
     k: usize,
     b: (&[f32], usize),
@@ -229,22 +232,49 @@ pub fn gemm_strip(
     size: (usize, usize),
     scale: &[f32],
 ) {
+    let (mr, nr) = gemm_tile();
     let ((b, ldb), (c, ldc), (rows, cols)) = (b, c, size);
-    let c = (c, ldc, scale);
+    let mut tile = |panel: usize, strip: usize| {
+        let (r0, j0) = (panel * mr, strip * nr);
+        let (ap, bs) = (&a[r0 * k..(r0 + mr) * k], &b[j0..]);
+        let cs = &mut c[r0 * ldc + j0..];
+        let sc = scale.get(r0..).unwrap_or(&[]);
+        let size = ((rows - r0).min(mr), (cols - j0).min(nr));
+        gemm_tile_at(ap, k, (bs, ldb), (cs, ldc, sc), size);
+    };
+    let (panels, strips) = (rows.div_ceil(mr), cols.div_ceil(nr));
+    if k <= 64 {
+        for p in 0..panels {
+            for s in 0..strips {
+                tile(p, s);
+            }
+        }
+    } else {
+        for s in 0..strips {
+            for p in 0..panels {
+                tile(p, s);
+            }
+        }
+    }
+}
+
+/// One tile of [`gemm_block`]: `a` one panel, `size = (rows ≤ MR, cols ≤ NR)`.
+fn gemm_tile_at(a: &[f32], k: usize, (b, ldb): (&[f32], usize), c: (&mut [f32], usize, &[f32]), size: (usize, usize)) {
+    let (rows, cols) = size;
     let narrow = cols <= gemm_tile().1 / 2;
     #[cfg(target_arch = "x86_64")]
     match (level(), narrow) {
         // SAFETY (all four): `level` returned this level only after detecting its features.
-        (Level::Avx512, false) => return unsafe { x86::strip_avx512::<2>(a, k, b, ldb, c, rows, cols) },
-        (Level::Avx512, true) => return unsafe { x86::strip_avx512::<1>(a, k, b, ldb, c, rows, cols) },
-        (Level::Avx2, false) => return unsafe { x86::strip_avx2::<2>(a, k, b, ldb, c, rows, cols) },
-        (Level::Avx2, true) => return unsafe { x86::strip_avx2::<1>(a, k, b, ldb, c, rows, cols) },
+        (Level::Avx512, false) => return unsafe { x86::tile_avx512::<2>(a, k, b, ldb, c, rows, cols) },
+        (Level::Avx512, true) => return unsafe { x86::tile_avx512::<1>(a, k, b, ldb, c, rows, cols) },
+        (Level::Avx2, false) => return unsafe { x86::tile_avx2::<2>(a, k, b, ldb, c, rows, cols) },
+        (Level::Avx2, true) => return unsafe { x86::tile_avx2::<1>(a, k, b, ldb, c, rows, cols) },
         (Level::Portable, _) => {}
     }
     if narrow {
-        strip::<4, 8>(a, k, b, ldb, c, rows, cols)
+        tile::<4, 8>(a, k, b, ldb, c, rows, cols)
     } else {
-        strip::<4, 16>(a, k, b, ldb, c, rows, cols)
+        tile::<4, 16>(a, k, b, ldb, c, rows, cols)
     }
 }
 
@@ -273,10 +303,10 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// [`super::gemm_strip`] at AVX-512: 8 rows × `V` vectors of 16 columns.
+    /// [`super::gemm_tile_at`] at AVX-512: 8 rows × `V` vectors of 16 columns.
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn strip_avx512<const V: usize>(
+    pub(super) fn tile_avx512<const V: usize>(
         a: &[f32],
         k: usize,
         b: &[f32],
@@ -285,42 +315,39 @@ mod x86 {
         rows: usize,
         cols: usize,
     ) {
-        for (panel, a) in a.chunks_exact(k * 8).take(rows.div_ceil(8)).enumerate() {
-            let mut acc = [[_mm512_setzero_ps(); V]; 8];
-            for (p, av) in a.chunks_exact(8).enumerate() {
-                let bv = &b[p * ldb..p * ldb + 16 * V];
-                let mut bx = [_mm512_setzero_ps(); V];
-                for (v, x) in bx.iter_mut().enumerate() {
-                    let lanes: &[f32; 16] = bv[16 * v..16 * v + 16].try_into().expect("16 values");
-                    // SAFETY: `lanes` is 16 readable f32.
-                    *x = unsafe { _mm512_loadu_ps(lanes.as_ptr()) };
-                }
-                for (row, &x) in acc.iter_mut().zip(av) {
-                    let x = _mm512_set1_ps(x);
-                    for (o, &bv) in row.iter_mut().zip(&bx) {
-                        *o = _mm512_fmadd_ps(x, bv, *o);
-                    }
+        let mut acc = [[_mm512_setzero_ps(); V]; 8];
+        for (p, av) in a.chunks_exact(8).take(k).enumerate() {
+            let bv = &b[p * ldb..p * ldb + 16 * V];
+            let mut bx = [_mm512_setzero_ps(); V];
+            for (v, x) in bx.iter_mut().enumerate() {
+                let lanes: &[f32; 16] = bv[16 * v..16 * v + 16].try_into().expect("16 values");
+                // SAFETY: `lanes` is 16 readable f32.
+                *x = unsafe { _mm512_loadu_ps(lanes.as_ptr()) };
+            }
+            for (row, &x) in acc.iter_mut().zip(av) {
+                let x = _mm512_set1_ps(x);
+                for (o, &bv) in row.iter_mut().zip(&bx) {
+                    *o = _mm512_fmadd_ps(x, bv, *o);
                 }
             }
-            let mut tile = [[0f32; 32]; 8];
-            for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
-                let q = _mm512_set1_ps(scale.get(panel * 8 + r).copied().unwrap_or(1.0));
-                for (v, &x) in row.iter().enumerate() {
-                    let x = if scale.is_empty() { x } else { _mm512_mul_ps(x, q) };
-                    let lanes: &mut [f32; 16] = (&mut t[16 * v..16 * v + 16]).try_into().expect("16 values");
-                    // SAFETY: `lanes` is 16 writable f32.
-                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), x) };
-                }
-            }
-            let r0 = panel * 8;
-            super::store_tile(&tile, &mut c[r0 * ldc..], ldc, (rows - r0).min(8), cols);
         }
+        let mut tile = [[0f32; 32]; 8];
+        for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
+            let q = _mm512_set1_ps(scale.get(r).copied().unwrap_or(1.0));
+            for (v, &x) in row.iter().enumerate() {
+                let x = if scale.is_empty() { x } else { _mm512_mul_ps(x, q) };
+                let lanes: &mut [f32; 16] = (&mut t[16 * v..16 * v + 16]).try_into().expect("16 values");
+                // SAFETY: `lanes` is 16 writable f32.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), x) };
+            }
+        }
+        super::store_tile(&tile, c, ldc, rows, cols);
     }
 
-    /// [`super::gemm_strip`] at AVX2 + FMA: 4 rows × `V` vectors of 8 columns.
+    /// [`super::gemm_tile_at`] at AVX2 + FMA: 4 rows × `V` vectors of 8 columns.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn strip_avx2<const V: usize>(
+    pub(super) fn tile_avx2<const V: usize>(
         a: &[f32],
         k: usize,
         b: &[f32],
@@ -329,43 +356,40 @@ mod x86 {
         rows: usize,
         cols: usize,
     ) {
-        for (panel, a) in a.chunks_exact(k * 4).take(rows.div_ceil(4)).enumerate() {
-            let mut acc = [[_mm256_setzero_ps(); V]; 4];
-            for (p, av) in a.chunks_exact(4).enumerate() {
-                let bv = &b[p * ldb..p * ldb + 8 * V];
-                let mut bx = [_mm256_setzero_ps(); V];
-                for (v, x) in bx.iter_mut().enumerate() {
-                    let lanes: &[f32; 8] = bv[8 * v..8 * v + 8].try_into().expect("8 values");
-                    // SAFETY: `lanes` is 8 readable f32.
-                    *x = unsafe { _mm256_loadu_ps(lanes.as_ptr()) };
-                }
-                for (row, &x) in acc.iter_mut().zip(av) {
-                    let x = _mm256_set1_ps(x);
-                    for (o, &bv) in row.iter_mut().zip(&bx) {
-                        *o = _mm256_fmadd_ps(x, bv, *o);
-                    }
+        let mut acc = [[_mm256_setzero_ps(); V]; 4];
+        for (p, av) in a.chunks_exact(4).take(k).enumerate() {
+            let bv = &b[p * ldb..p * ldb + 8 * V];
+            let mut bx = [_mm256_setzero_ps(); V];
+            for (v, x) in bx.iter_mut().enumerate() {
+                let lanes: &[f32; 8] = bv[8 * v..8 * v + 8].try_into().expect("8 values");
+                // SAFETY: `lanes` is 8 readable f32.
+                *x = unsafe { _mm256_loadu_ps(lanes.as_ptr()) };
+            }
+            for (row, &x) in acc.iter_mut().zip(av) {
+                let x = _mm256_set1_ps(x);
+                for (o, &bv) in row.iter_mut().zip(&bx) {
+                    *o = _mm256_fmadd_ps(x, bv, *o);
                 }
             }
-            let mut tile = [[0f32; 16]; 4];
-            for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
-                let q = _mm256_set1_ps(scale.get(panel * 4 + r).copied().unwrap_or(1.0));
-                for (v, &x) in row.iter().enumerate() {
-                    let x = if scale.is_empty() { x } else { _mm256_mul_ps(x, q) };
-                    let lanes: &mut [f32; 8] = (&mut t[8 * v..8 * v + 8]).try_into().expect("8 values");
-                    // SAFETY: `lanes` is 8 writable f32.
-                    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x) };
-                }
-            }
-            let r0 = panel * 4;
-            super::store_tile(&tile, &mut c[r0 * ldc..], ldc, (rows - r0).min(4), cols);
         }
+        let mut tile = [[0f32; 16]; 4];
+        for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
+            let q = _mm256_set1_ps(scale.get(r).copied().unwrap_or(1.0));
+            for (v, &x) in row.iter().enumerate() {
+                let x = if scale.is_empty() { x } else { _mm256_mul_ps(x, q) };
+                let lanes: &mut [f32; 8] = (&mut t[8 * v..8 * v + 8]).try_into().expect("8 values");
+                // SAFETY: `lanes` is 8 writable f32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x) };
+            }
+        }
+        super::store_tile(&tile, c, ldc, rows, cols);
     }
 }
 
-/// [`gemm_strip`] with an `MR × NR` register tile.
+/// [`gemm_tile_at`] with an `MR × NR` register tile in plain loops.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn strip<const MR: usize, const NR: usize>(
+fn tile<const MR: usize, const NR: usize>(
     a: &[f32],
     k: usize,
     b: &[f32],
@@ -374,25 +398,22 @@ fn strip<const MR: usize, const NR: usize>(
     rows: usize,
     cols: usize,
 ) {
-    for (panel, a) in a.chunks_exact(k * MR).take(rows.div_ceil(MR)).enumerate() {
-        let mut acc = [[0f32; NR]; MR];
-        for (p, av) in a.chunks_exact(MR).enumerate() {
-            let av: &[f32; MR] = av.try_into().expect("MR values");
-            let bv: &[f32; NR] = b[p * ldb..p * ldb + NR].try_into().expect("NR values");
-            for r in 0..MR {
-                for j in 0..NR {
-                    acc[r][j] = av[r].mul_add(bv[j], acc[r][j]);
-                }
+    let mut acc = [[0f32; NR]; MR];
+    for (p, av) in a.chunks_exact(MR).take(k).enumerate() {
+        let av: &[f32; MR] = av.try_into().expect("MR values");
+        let bv: &[f32; NR] = b[p * ldb..p * ldb + NR].try_into().expect("NR values");
+        for r in 0..MR {
+            for j in 0..NR {
+                acc[r][j] = av[r].mul_add(bv[j], acc[r][j]);
             }
         }
-        let r0 = panel * MR;
-        if !scale.is_empty() {
-            for (row, &q) in acc.iter_mut().zip(scale[r0..].iter().chain(std::iter::repeat(&1.0))) {
-                row.iter_mut().for_each(|v| *v *= q);
-            }
-        }
-        store_tile(&acc, &mut c[r0 * ldc..], ldc, (rows - r0).min(MR), cols);
     }
+    for (row, &q) in acc.iter_mut().zip(scale.iter().chain(std::iter::repeat(&1.0))) {
+        if !scale.is_empty() {
+            row.iter_mut().for_each(|v| *v *= q);
+        }
+    }
+    store_tile(&acc, c, ldc, rows, cols);
 }
 
 multiversion! {
@@ -758,23 +779,29 @@ mod tests {
             let want = (0..5).fold(0f32, |a, t| a + w[t] * x[i + t]);
             assert_eq!(*o, want, "five taps {i}");
         }
-        let x: Vec<f32> = (0..4000).map(|i| ((i * 7919) % 997) as f32 / 300.0 - 1.3).collect();
+        let x: Vec<f32> = (0..10000).map(|i| ((i * 7919) % 997) as f32 / 300.0 - 1.3).collect();
         let nr = gemm_tile().1;
-        for (rows, k, cols, ldb) in
-            [(13, 7, nr, 40), (8, 1, nr / 2, nr), (3, 20, 5, 9), (17, 33, 11, 50), (4, 5, nr / 2 + 1, nr)]
-        {
+        for (rows, k, cols, ldb) in [
+            (13, 7, nr, 40),
+            (8, 1, nr / 2, nr),
+            (3, 20, 5, 9),
+            (17, 33, 11, 50),
+            (4, 5, nr / 2 + 1, nr),
+            (20, 70, 2 * nr + 5, 3 * nr),
+            (9, 10, 3 * nr, 3 * nr + 1),
+        ] {
             let a = |r: usize, p: usize| x[(r * 31 + p * 7) % 997];
             let packed = pack_panels(rows, k, a);
-            let mut c = vec![f32::NAN; rows * 41];
-            gemm_strip(&packed, k, (&x[3..], ldb), (&mut c, 41), (rows, cols), &[]);
+            let mut c = vec![f32::NAN; rows * 4 * nr];
+            gemm_block(&packed, k, (&x[3..], ldb), (&mut c, 4 * nr), (rows, cols), &[]);
             for r in 0..rows {
-                for j in 0..41 {
+                for j in 0..4 * nr {
                     let want = if j < cols {
                         (0..k).fold(0f32, |acc, p| a(r, p).mul_add(x[3 + p * ldb + j], acc))
                     } else {
                         f32::NAN
                     };
-                    assert_eq!(c[r * 41 + j].to_bits(), want.to_bits(), "gemm {rows}×{k}×{cols} ({r}, {j})");
+                    assert_eq!(c[r * 4 * nr + j].to_bits(), want.to_bits(), "gemm {rows}×{k}×{cols} ({r}, {j})");
                 }
             }
         }

@@ -92,7 +92,18 @@ fn gemm_batch(
             let total = imgs * hw;
             for j0 in (0..total).step_by(SEGMENT) {
                 let j1 = (j0 + SEGMENT).min(total);
-                for s in (j0..j1).step_by(nr) {
+                let mut start = j0;
+                if imgs == 1 {
+                    let whole = (j1 - j0) / nr * nr;
+                    let fits = |w: usize| w == 0 || j0 + w + (k - 1) * hw <= x.len();
+                    let direct = if fits(whole) { whole } else { whole.saturating_sub(nr) };
+                    if direct > 0 {
+                        let (b, c) = ((&x[j0..], hw), (&mut cc[j0..], hw));
+                        crate::simd::gemm_block(ap, k, b, c, (rows, direct), scale);
+                        start = j0 + direct;
+                    }
+                }
+                for s in (start..j1).step_by(nr) {
                     let cols = nr.min(j1 - s);
                     let reads = if cols <= nr / 2 { nr / 2 } else { nr };
                     let (i, p) = (s / hw, s % hw);
@@ -111,10 +122,10 @@ fn gemm_batch(
                         (&packed[..], nr)
                     };
                     if p + cols <= hw {
-                        crate::simd::gemm_strip(ap, k, b, (&mut cc[i * plane + p..], hw), (rows, cols), scale);
+                        crate::simd::gemm_block(ap, k, b, (&mut cc[i * plane + p..], hw), (rows, cols), scale);
                     } else {
                         tile.resize(rows * nr, 0.0);
-                        crate::simd::gemm_strip(ap, k, b, (&mut tile[..], nr), (rows, cols), scale);
+                        crate::simd::gemm_block(ap, k, b, (&mut tile[..], nr), (rows, cols), scale);
                         for (r, t) in tile.chunks_exact(nr).take(rows).enumerate() {
                             for (i, p, jj, len) in runs(s, cols, hw) {
                                 let at = i * plane + r * hw + p;
