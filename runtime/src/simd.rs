@@ -581,6 +581,22 @@ multiversion! {
 }
 
 multiversion! {
+    /// `r[i] = r[i]·q + 0` (the raw convolution's dequantization, as [`epilogue`] computes it),
+    /// then with `then = Some((s, b, act))`: `y[i] = act(r[i]·s + b)`, or, without `y`, that
+    /// value in place of `r[i]`. One pass; the same values as those passes one after another.
+    pub fn finish_plane(r: &mut [f32], y: Option<&mut [f32]>, q: f32, then: Option<(f32, f32, Activation)>) {
+        match (then, y) {
+            (None, _) => r.iter_mut().for_each(|v| *v = *v * q + 0.0),
+            (Some((s, b, act)), Some(y)) => r.iter_mut().zip(y).for_each(|(v, y)| {
+                *v = *v * q + 0.0;
+                *y = act.apply(*v * s + b);
+            }),
+            (Some((s, b, act)), None) => r.iter_mut().for_each(|v| *v = act.apply((*v * q + 0.0) * s + b)),
+        }
+    }
+}
+
+multiversion! {
     /// `v[i] = act(v[i]·s + b)`.
     pub fn epilogue(v: &mut [f32], s: f32, b: f32, act: Activation) {
         match act {

@@ -254,12 +254,7 @@ pub fn forward_fused(
     then: Option<(&Affine, Activation, bool)>,
 ) -> (Tensor, Option<Tensor>) {
     run(layer, x, before, matches!(then, Some((_, _, true))), |ch, q, plane, y| {
-        Epilogue::NONE.finish(ch, q, plane);
-        match (then, y) {
-            (Some((a, act, true)), Some(y)) => simd::affine_act(y, plane, a.scale[ch], a.bias[ch], act),
-            (Some((a, act, false)), _) => simd::epilogue(plane, a.scale[ch], a.bias[ch], act),
-            _ => {}
-        }
+        simd::finish_plane(plane, y, q, then.map(|(a, act, _)| (a.scale[ch], a.bias[ch], act)))
     })
 }
 
