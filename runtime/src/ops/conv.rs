@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use super::depthwise::{convolve, convolve_transposed, correlate, Padded};
+use super::depthwise::{convolve_transposed, correlate, Padded};
 use super::{Activation, Epilogue};
 use crate::graph::{Affine, Conv, Weights};
 use crate::tensor::Tensor;
@@ -189,9 +189,8 @@ fn run(conv: &Conv, x: &Tensor, epi: &Epilogue, then: Then) -> (Tensor, Option<T
     let mut second = matches!(then, Then::Keep(..)).then(|| Tensor::scratch([n, co, oh, ow]));
     let hw = oh * ow;
     let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == Activation::Identity;
-    let scaled_by_gemm = raw && conv.window.is_pointwise();
     let finish = |c: usize, q: f32, v: &mut [f32], y: Option<&mut [f32]>| {
-        if !scaled_by_gemm {
+        if !raw {
             epi.finish(c, q, v);
         }
         match (then, y) {
@@ -200,41 +199,49 @@ fn run(conv: &Conv, x: &Tensor, epi: &Epilogue, then: Then) -> (Tensor, Option<T
             _ => {}
         }
     };
-    if conv.window.is_pointwise() {
-        let (a, q): (Vec<f32>, Cow<[f32]>) = match &conv.weights {
-            Weights::F32(v) => (crate::simd::pack_panels(co, ci, |r, p| v[r * ci + p]), Cow::Owned(vec![1.0; co])),
-            Weights::Int8 { values, scales } => {
-                (crate::simd::pack_panels(co, ci, |r, p| values[r * ci + p] as f32), Cow::Borrowed(scales))
-            }
-        };
-        let scale: &[f32] = if scaled_by_gemm && matches!(conv.weights, Weights::Int8 { .. }) { &q } else { &[] };
-        gemm_batch(
-            &a,
-            (co, ci),
-            scale,
-            &x.data,
-            hw,
-            &mut out.data,
-            second.as_mut().map(|t| &mut t.data[..]),
-            &|r, v, y| finish(r, q[r], v, y),
-        );
-    } else {
-        let kl = conv.window.kernel[0] * conv.window.kernel[1];
-        let pads = padded_inputs(x, &conv.window, (oh, ow));
-        let ys = super::second_planes(&mut second, hw, n * co);
-        out.data.par_chunks_mut(hw).zip(ys).enumerate().for_each_init(
-            || vec![0f32; ci * kl],
-            |w, (p, (plane, y))| {
-                let (img, oc) = (p / co, p % co);
-                let q = conv.weights.raw_row(oc, w);
-                for (c, k) in w.chunks_exact(kl).enumerate() {
-                    convolve(&pads[img * ci + c], k, &conv.window, plane, ow, c > 0);
-                }
-                finish(oc, q, plane, y);
-            },
-        );
-    }
+    let k = ci * conv.window.kernel[0] * conv.window.kernel[1];
+    let cols = (!conv.window.is_pointwise()).then(|| im2col(x, &conv.window, (oh, ow)));
+    let (a, q): (Vec<f32>, Cow<[f32]>) = match &conv.weights {
+        Weights::F32(v) => (crate::simd::pack_panels(co, k, |r, p| v[r * k + p]), Cow::Owned(vec![1.0; co])),
+        Weights::Int8 { values, scales } => {
+            (crate::simd::pack_panels(co, k, |r, p| values[r * k + p] as f32), Cow::Borrowed(scales))
+        }
+    };
+    let scale: &[f32] = if raw && matches!(conv.weights, Weights::Int8 { .. }) { &q } else { &[] };
+    gemm_batch(
+        &a,
+        (co, k),
+        scale,
+        &cols.as_ref().unwrap_or(x).data,
+        hw,
+        &mut out.data,
+        second.as_mut().map(|t| &mut t.data[..]),
+        &|r, v, y| finish(r, q[r], v, y),
+    );
     (out, second)
+}
+
+/// The columns of a dense convolution as a matrix product: `x: [N, C, H, W]` →
+/// `[N, C·kh·kw, OH, OW]`, row `(c, ky, kx)` of image `n` holding `x[n, c, oy·sh + ky − pt,
+/// ox·sw + kx − pl]` (zero outside `x`).
+fn im2col(x: &Tensor, win: &crate::graph::Window, (oh, ow): (usize, usize)) -> Tensor {
+    let [n, ci, ih, iw] = x.shape;
+    let ([kh, kw], [sh, sw]) = (win.kernel, win.stride);
+    let hw = oh * ow;
+    let mut cols = Tensor::scratch([n, ci * kh * kw, oh, ow]);
+    cols.data.par_chunks_mut(kh * kw * hw).zip(x.data.par_chunks(ih * iw)).for_each_init(
+        Padded::default,
+        |pad, (dst, plane)| {
+            pad.input(plane, (ih, iw), win, (oh, ow));
+            for (t, rows) in dst.chunks_exact_mut(hw).enumerate() {
+                let (ky, kx) = (t / kw, t % kw);
+                for (oy, out) in rows.chunks_exact_mut(ow).enumerate() {
+                    out.copy_from_slice(&pad.run(kx % sw, oy * sh + ky, kx / sw)[..ow]);
+                }
+            }
+        },
+    );
+    cols
 }
 
 /// Input gradient: `dy: [N, Cout, OH, OW]` → `dx: [N, Cin, ih, iw]`. 1×1 as `Wᵀ·dy` per image,

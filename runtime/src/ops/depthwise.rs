@@ -45,7 +45,7 @@ impl Padded {
     }
 
     /// Row `r` of phase `ph`, from index `i` on.
-    fn run(&self, ph: usize, r: usize, i: usize) -> &[f32] {
+    pub(crate) fn run(&self, ph: usize, r: usize, i: usize) -> &[f32] {
         let at = (ph * self.rows + r) * self.width;
         &self.data[at + i..at + self.width]
     }
