@@ -118,7 +118,7 @@ def main():
           "`edgepatch-bench pointwise`: every 1×1 layer of the shipped model, forward and input gradient (what an "
           "S/B step runs for it), on all threads, as in a training step (buffers recycled). Peak: "
           "`simd::fma_burst` on every thread at once, the best of 5 (independent multiply-add chains in "
-          "12 registers: AVX-512 = 16-lane FMAs, AVX2 = 8-lane FMAs). The GEMM (`matrixmultiply`) runs AVX2 + FMA kernels.", "",
+          "12 registers: AVX-512 = 16-lane FMAs, AVX2 = 8-lane FMAs). The GEMM (`simd::gemm_block`) runs AVX-512 register tiles on an AVX-512 CPU.", "",
           "| batch | px | GFLOP | ms | GFLOP/s | peak AVX-512 | peak AVX2 | fraction of AVX-512 peak | fraction of AVX2 peak |",
           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     na = lambda v, f: "n/a" if v is None else format(v, f)

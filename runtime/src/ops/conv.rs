@@ -1,6 +1,7 @@
-//! Dense convolution (groups = 1): forward, input gradient and weight gradient. 1×1 as matrix
-//! products through `matrixmultiply` (via ndarray's safe `general_mat_mul`), any other window
-//! (the stem) as direct loops.
+//! Dense convolution (groups = 1): forward, input gradient and weight gradient. The forward and
+//! the 1×1 input gradient are matrix products on [`crate::simd::gemm_block`] (other windows
+//! through im2col); the other gradients use `matrixmultiply` (via ndarray's safe
+//! `general_mat_mul`) and direct loops.
 
 use std::borrow::Cow;
 

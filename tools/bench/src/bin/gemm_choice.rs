@@ -1,6 +1,8 @@
-//! Chooses the GEMM crate for the 1×1 convolutions by measurement: `gemm` vs `matrixmultiply`
-//! (through ndarray's safe `general_mat_mul`), single-threaded, on MobileNetV2's pointwise shapes
-//! at 224 px (C[m×n] = A[m×k]·B[k×n], m = output channels, k = input channels, n = H·W).
+//! The GEMM choice for the 1×1 convolutions, by measurement: `gemm` 0.18, `matrixmultiply`
+//! (through ndarray's safe `general_mat_mul`) and edgepatch's own tiles (`simd::gemm_block`,
+//! the weights packed once, the activations read in place), single-threaded, on MobileNetV2's
+//! pointwise shapes at 224 px (C[m×n] = A[m×k]·B[k×n], m = output channels, k = input channels,
+//! n = H·W).
 //!
 //! Run: `cargo run --release -p edgepatch-bench --bin gemm_choice`
 #![allow(unsafe_code)]
@@ -29,12 +31,14 @@ fn main() {
         (320, 960, 49),
         (1280, 320, 49),
     ];
-    println!("| m | k | n | gemm GFLOP/s | matrixmultiply GFLOP/s |");
-    println!("|---|---|---|---|---|");
-    let (mut t_gemm, mut t_mm) = (0.0, 0.0);
+    println!("| m | k | n | gemm GFLOP/s | matrixmultiply GFLOP/s | edgepatch GFLOP/s |");
+    println!("|---|---|---|---|---|---|");
+    let (mut t_gemm, mut t_mm, mut t_own) = (0.0, 0.0, 0.0);
     for &(m, k, n) in &shapes {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 253) as f32 / 253.0 - 0.5).collect();
+        let mut b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 253) as f32 / 253.0 - 0.5).collect();
+        b.resize(k * n + edgepatch::simd::gemm_tile().1, 0.0);
+        let packed = edgepatch::simd::pack_panels(m, k, |r, p| a[r * k + p]);
         let mut c = vec![0f32; m * n];
         let reps = (2e9 / (2.0 * (m * k * n) as f64)).clamp(3.0, 200.0) as usize;
         let flops = 2.0 * (m * k * n) as f64;
@@ -42,7 +46,9 @@ fn main() {
             let mut ts = Vec::new();
             for _ in 0..reps {
                 let t = Instant::now();
-                if which == 0 {
+                if which == 2 {
+                    edgepatch::simd::gemm_block(&packed, k, (&b, n), (&mut c, n), (m, n), &[]);
+                } else if which == 0 {
                     unsafe {
                         gemm::gemm(
                             m,
@@ -78,9 +84,16 @@ fn main() {
         };
         let g = run(0);
         let mm = run(1);
+        let own = run(2);
         t_gemm += g;
         t_mm += mm;
-        println!("| {m} | {k} | {n} | {:.1} | {:.1} |", flops / g / 1e9, flops / mm / 1e9);
+        t_own += own;
+        println!("| {m} | {k} | {n} | {:.1} | {:.1} | {:.1} |", flops / g / 1e9, flops / mm / 1e9, flops / own / 1e9);
     }
-    println!("sum of medians: gemm {:.2} ms, matrixmultiply {:.2} ms", t_gemm * 1e3, t_mm * 1e3);
+    println!(
+        "sum of medians: gemm {:.2} ms, matrixmultiply {:.2} ms, edgepatch {:.2} ms",
+        t_gemm * 1e3,
+        t_mm * 1e3,
+        t_own * 1e3
+    );
 }
