@@ -43,6 +43,7 @@ pub fn mask(act: Activation, x: &Tensor) -> Mask {
     let mut bits = vec![0u64; words * x.shape[0] * x.shape[1]];
     bits.par_chunks_mut(words)
         .zip(x.data.par_chunks(plane.max(1)))
+        .with_min_len(super::planes_per_task(plane))
         .for_each(|(b, v)| crate::simd::mask_bits(v, act, b));
     Mask { shape: x.shape, bits }
 }
@@ -51,7 +52,8 @@ pub fn mask(act: Activation, x: &Tensor) -> Mask {
 pub fn backward(mask: &Mask, dy: &mut Tensor) {
     debug_assert_eq!(mask.shape, dy.shape);
     let plane = dy.plane().max(1);
-    dy.data.par_chunks_mut(plane).zip(mask.planes().collect::<Vec<_>>()).for_each(|(v, b)| {
+    let planes = dy.data.par_chunks_mut(plane).zip(mask.planes().collect::<Vec<_>>());
+    planes.with_min_len(super::planes_per_task(plane)).for_each(|(v, b)| {
         crate::simd::masked_scale(v, b, 1.0, true);
     });
 }

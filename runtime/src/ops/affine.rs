@@ -13,6 +13,7 @@ pub fn forward(a: &Affine, x: &mut Tensor, act: Activation) {
     x.data
         .par_chunks_mut(plane)
         .enumerate()
+        .with_min_len(super::planes_per_task(plane))
         .for_each(|(p, v)| crate::simd::epilogue(v, a.scale[p % c], a.bias[p % c], act));
 }
 
@@ -20,7 +21,7 @@ pub fn forward(a: &Affine, x: &mut Tensor, act: Activation) {
 pub fn backward_input(a: &Affine, dy: &mut Tensor) {
     let c = dy.shape[1];
     let plane = dy.plane();
-    dy.data.par_chunks_mut(plane).enumerate().for_each(|(p, v)| {
+    dy.data.par_chunks_mut(plane).enumerate().with_min_len(super::planes_per_task(plane)).for_each(|(p, v)| {
         let s = a.scale[p % c];
         v.iter_mut().for_each(|g| *g *= s);
     });
@@ -60,7 +61,8 @@ pub fn forward_act(a: &Affine, x: &Tensor, act: Activation) -> Tensor {
     let c = x.shape[1];
     let plane = x.plane();
     let mut y = Tensor::scratch(x.shape);
-    y.data.par_chunks_mut(plane).zip(x.data.par_chunks(plane)).enumerate().for_each(|(p, (y, x))| {
+    let planes = y.data.par_chunks_mut(plane).zip(x.data.par_chunks(plane)).enumerate();
+    planes.with_min_len(super::planes_per_task(plane)).for_each(|(p, (y, x))| {
         crate::simd::affine_act(y, x, a.scale[p % c], a.bias[p % c], act);
     });
     y
@@ -86,6 +88,7 @@ pub fn backward_act(
         .par_chunks_mut(plane)
         .zip(x.data.par_chunks(plane))
         .enumerate()
+        .with_min_len(super::planes_per_task(plane))
         .map(|(p, (d, x))| crate::simd::affine_act_backward(d, x, a.scale[p % c], a.bias[p % c], act, need_dx))
         .collect();
     add_sums(&sums, (n, c), dscale, dbias);
@@ -127,6 +130,7 @@ pub fn backward_masked(
         .par_chunks_mut(plane)
         .zip(mask.planes().collect::<Vec<_>>())
         .enumerate()
+        .with_min_len(super::planes_per_task(plane))
         .map(|(p, (v, b))| crate::simd::masked_scale(v, b, a.scale[p % c], need_dx))
         .collect();
     if let Some(db) = dbias {

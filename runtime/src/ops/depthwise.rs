@@ -275,7 +275,7 @@ fn run(
     let mut second = second.then(|| Tensor::scratch([n, c, oh, ow]));
     let ys = super::second_planes(&mut second, oh * ow, n * c);
     let kl = layer.window.kernel[0] * layer.window.kernel[1];
-    out.data.par_chunks_mut(oh * ow).zip(ys).enumerate().for_each_init(
+    out.data.par_chunks_mut(oh * ow).zip(ys).enumerate().with_min_len(super::planes_per_task(oh * ow)).for_each_init(
         || (Padded::default(), vec![0f32; kl]),
         |(pad, k), (p, (plane, y))| {
             let ch = p % c;
@@ -331,6 +331,7 @@ fn input_gradient<R: Send>(
         .data
         .par_chunks_mut(ih * iw)
         .enumerate()
+        .with_min_len(super::planes_per_task(ih * iw))
         .map_init(
             || (Padded::default(), Vec::new()),
             |(pad, rows), (p, out)| {

@@ -52,6 +52,12 @@ impl Epilogue<'_> {
     }
 }
 
+/// The fewest channel planes of `plane` values each that one parallel task takes (about 4096
+/// values): small planes go in groups, so the per-task cost does not dominate.
+pub(crate) fn planes_per_task(plane: usize) -> usize {
+    (4096 / plane.max(1)).max(1)
+}
+
 /// The planes of a kernel's optional second output, one `len`-value slice each (`count` `None`s
 /// when there is none), to zip with the first output's planes.
 pub(crate) fn second_planes(
