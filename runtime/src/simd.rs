@@ -5,9 +5,9 @@
 //! This is the only module allowed `unsafe`: calling a `#[target_feature]` function is unsafe
 //! because the CPU must have the feature, which [`level`] checks first. Every loop is plain safe
 //! slice code that the compiler vectorises; each output element is computed by the same
-//! sequence of f32 operations at every level (no reassociation; no fused multiply-add except in
-//! [`gemm_block`], which fuses at every level: `f32::mul_add` is correctly rounded everywhere),
-//! so the results are bit-identical whichever version runs.
+//! sequence of f32 operations at every level (no reassociation; the matrix product and the tap
+//! sums use fused multiply-adds at every level, `f32::mul_add` being correctly rounded
+//! everywhere), so the results are bit-identical whichever version runs.
 
 use crate::ops::Activation;
 
@@ -103,7 +103,7 @@ multiversion! {
         }
         for (s, &wv) in src.iter().zip(w) {
             for (o, x) in out.iter_mut().zip(&s[..n]) {
-                *o += wv * x;
+                *o = wv.mul_add(*x, *o);
             }
         }
     }
@@ -123,7 +123,7 @@ fn nine_at<'a>(out: &mut [f32], at: impl Fn(usize, usize) -> &'a [f32], w: &[f32
         for (t, &wt) in w.iter().enumerate() {
             let x: &[f32; LANES] = at(t, j).try_into().expect("LANES values");
             for i in 0..LANES {
-                acc[i] += wt * x[i];
+                acc[i] = wt.mul_add(x[i], acc[i]);
             }
         }
         acc
@@ -785,14 +785,14 @@ mod tests {
         for (i, o) in out.iter().enumerate() {
             let mut want = 0.5f32;
             for t in 0..9 {
-                want += w[t] * x[i + t];
+                want = w[t].mul_add(x[i + t], want);
             }
             assert_eq!(*o, want, "tap sum {i}");
         }
         let mut out5 = vec![0f32; 991];
         taps(&mut out5, &srcs[..5], &w[..5], false);
         for (i, o) in out5.iter().enumerate() {
-            let want = (0..5).fold(0f32, |a, t| a + w[t] * x[i + t]);
+            let want = (0..5).fold(0f32, |a, t| w[t].mul_add(x[i + t], a));
             assert_eq!(*o, want, "five taps {i}");
         }
         let x: Vec<f32> = (0..10000).map(|i| ((i * 7919) % 997) as f32 / 300.0 - 1.3).collect();
