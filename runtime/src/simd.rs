@@ -303,87 +303,64 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// [`super::gemm_tile_at`] at AVX-512: 8 rows × `V` vectors of 16 columns.
-    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn tile_avx512<const V: usize>(
-        a: &[f32],
-        k: usize,
-        b: &[f32],
-        ldb: usize,
-        (c, ldc, scale): (&mut [f32], usize, &[f32]),
-        rows: usize,
-        cols: usize,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; 8];
-        for (p, av) in a.chunks_exact(8).take(k).enumerate() {
-            let bv = &b[p * ldb..p * ldb + 16 * V];
-            let mut bx = [_mm512_setzero_ps(); V];
-            for (v, x) in bx.iter_mut().enumerate() {
-                let lanes: &[f32; 16] = bv[16 * v..16 * v + 16].try_into().expect("16 values");
-                // SAFETY: `lanes` is 16 readable f32.
-                *x = unsafe { _mm512_loadu_ps(lanes.as_ptr()) };
-            }
-            for (row, &x) in acc.iter_mut().zip(av) {
-                let x = _mm512_set1_ps(x);
-                for (o, &bv) in row.iter_mut().zip(&bx) {
-                    *o = _mm512_fmadd_ps(x, bv, *o);
+    /// Defines [`super::gemm_tile_at`] at one level: `MR` rows × `V` vectors of `W` columns, with
+    /// that level's vector type and intrinsics.
+    macro_rules! tile_at_level {
+        ($(#[$m:meta])* $name:ident, $features:literal, $vec:ty, mr = $mr:literal, w = $w:literal,
+         $zero:ident, $load:ident, $splat:ident, $fma:ident, $mul:ident, $store:ident) => {
+            $(#[$m])*
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) fn $name<const V: usize>(
+                a: &[f32],
+                k: usize,
+                b: &[f32],
+                ldb: usize,
+                (c, ldc, scale): (&mut [f32], usize, &[f32]),
+                rows: usize,
+                cols: usize,
+            ) {
+                let mut acc: [[$vec; V]; $mr] = [[$zero(); V]; $mr];
+                for (p, av) in a.chunks_exact($mr).take(k).enumerate() {
+                    let bv = &b[p * ldb..p * ldb + $w * V];
+                    let mut bx: [$vec; V] = [$zero(); V];
+                    for (v, x) in bx.iter_mut().enumerate() {
+                        let lanes: &[f32; $w] = bv[$w * v..$w * v + $w].try_into().expect("W values");
+                        // SAFETY: `lanes` is W readable f32.
+                        *x = unsafe { $load(lanes.as_ptr()) };
+                    }
+                    for (row, &x) in acc.iter_mut().zip(av) {
+                        let x = $splat(x);
+                        for (o, &bv) in row.iter_mut().zip(&bx) {
+                            *o = $fma(x, bv, *o);
+                        }
+                    }
                 }
+                let mut tile = [[0f32; 2 * $w]; $mr];
+                for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
+                    let q = $splat(scale.get(r).copied().unwrap_or(1.0));
+                    for (v, &x) in row.iter().enumerate() {
+                        let x = if scale.is_empty() { x } else { $mul(x, q) };
+                        let lanes: &mut [f32; $w] = (&mut t[$w * v..$w * v + $w]).try_into().expect("W values");
+                        // SAFETY: `lanes` is W writable f32.
+                        unsafe { $store(lanes.as_mut_ptr(), x) };
+                    }
+                }
+                super::store_tile(&tile, c, ldc, rows, cols);
             }
-        }
-        let mut tile = [[0f32; 32]; 8];
-        for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
-            let q = _mm512_set1_ps(scale.get(r).copied().unwrap_or(1.0));
-            for (v, &x) in row.iter().enumerate() {
-                let x = if scale.is_empty() { x } else { _mm512_mul_ps(x, q) };
-                let lanes: &mut [f32; 16] = (&mut t[16 * v..16 * v + 16]).try_into().expect("16 values");
-                // SAFETY: `lanes` is 16 writable f32.
-                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), x) };
-            }
-        }
-        super::store_tile(&tile, c, ldc, rows, cols);
+        };
     }
 
-    /// [`super::gemm_tile_at`] at AVX2 + FMA: 4 rows × `V` vectors of 8 columns.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn tile_avx2<const V: usize>(
-        a: &[f32],
-        k: usize,
-        b: &[f32],
-        ldb: usize,
-        (c, ldc, scale): (&mut [f32], usize, &[f32]),
-        rows: usize,
-        cols: usize,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); V]; 4];
-        for (p, av) in a.chunks_exact(4).take(k).enumerate() {
-            let bv = &b[p * ldb..p * ldb + 8 * V];
-            let mut bx = [_mm256_setzero_ps(); V];
-            for (v, x) in bx.iter_mut().enumerate() {
-                let lanes: &[f32; 8] = bv[8 * v..8 * v + 8].try_into().expect("8 values");
-                // SAFETY: `lanes` is 8 readable f32.
-                *x = unsafe { _mm256_loadu_ps(lanes.as_ptr()) };
-            }
-            for (row, &x) in acc.iter_mut().zip(av) {
-                let x = _mm256_set1_ps(x);
-                for (o, &bv) in row.iter_mut().zip(&bx) {
-                    *o = _mm256_fmadd_ps(x, bv, *o);
-                }
-            }
-        }
-        let mut tile = [[0f32; 16]; 4];
-        for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
-            let q = _mm256_set1_ps(scale.get(r).copied().unwrap_or(1.0));
-            for (v, &x) in row.iter().enumerate() {
-                let x = if scale.is_empty() { x } else { _mm256_mul_ps(x, q) };
-                let lanes: &mut [f32; 8] = (&mut t[8 * v..8 * v + 8]).try_into().expect("8 values");
-                // SAFETY: `lanes` is 8 writable f32.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x) };
-            }
-        }
-        super::store_tile(&tile, c, ldc, rows, cols);
-    }
+    tile_at_level!(
+        /// [`super::gemm_tile_at`] at AVX-512: 8 rows × `V` vectors of 16 columns.
+        tile_avx512, "avx512f,avx512vl,avx2,fma", __m512, mr = 8, w = 16,
+        _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_storeu_ps
+    );
+    tile_at_level!(
+        /// [`super::gemm_tile_at`] at AVX2 + FMA: 4 rows × `V` vectors of 8 columns.
+        tile_avx2, "avx2,fma", __m256, mr = 4, w = 8,
+        _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_storeu_ps
+    );
 }
 
 /// [`gemm_tile_at`] with an `MR × NR` register tile in plain loops.

@@ -95,9 +95,7 @@ fn gemm_batch(
                 let j1 = (j0 + SEGMENT).min(total);
                 let mut start = j0;
                 if imgs == 1 {
-                    let whole = (j1 - j0) / nr * nr;
-                    let fits = |w: usize| w == 0 || j0 + w + (k - 1) * hw <= x.len();
-                    let direct = if fits(whole) { whole } else { whole.saturating_sub(nr) };
+                    let direct = (j1 - j0) / nr * nr;
                     if direct > 0 {
                         let (b, c) = ((&x[j0..], hw), (&mut cc[j0..], hw));
                         crate::simd::gemm_block(ap, k, b, c, (rows, direct), scale);
@@ -135,16 +133,12 @@ fn gemm_batch(
                         }
                     }
                 }
-                let mut j = j0;
-                while j < j1 {
-                    let (i, p) = (j / hw, j % hw);
-                    let len = (hw - p).min(j1 - j);
+                for (i, p, _, len) in runs(j0, j1 - j0, hw) {
                     for r in 0..rows {
                         let at = i * plane + r * hw + p;
                         let second = cc2.as_mut().map(|v| &mut v[at..at + len]);
                         finish(r0 + r, &mut cc[at..at + len], second);
                     }
-                    j += len;
                 }
             }
         },

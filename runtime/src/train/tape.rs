@@ -186,20 +186,22 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
             continue;
         }
         let t = plan.trains[s];
-        let x = values[node.inputs[0]].clone().expect("computed before use");
+        let input = values[node.inputs[0]].clone();
+        let x = || input.clone().expect("computed before use");
         let output = if plan.fused[s].is_some() { graph.nodes[s + 1].output } else { node.output };
         if plan.deferred[s] {
             if plan.last_use[node.inputs[0]] == s {
                 values[node.inputs[0]] = None;
             }
-            saved.push(Saved::Input(x.clone()));
-            values[output] = Some(x);
+            saved.push(Saved::Input(x()));
+            values[output] = Some(x());
             continue;
         }
         let grad_out = plan.needs_grad[output];
         let mut keep = Saved::Nothing;
         let out = match &node.op {
             Op::Conv(_) | Op::Depthwise(_) => {
+                let x = x();
                 if t.weights.is_some() {
                     keep = Saved::Input(x.clone());
                 }
@@ -208,26 +210,27 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                 raw
             }
             Op::Linear(l) => {
+                let x = x();
                 if t.weights.is_some() {
                     keep = Saved::Input(x.clone());
                 }
-                ops::linear::forward(l, &x)
+                Some(ops::linear::forward(l, &x))
             }
-            Op::GlobalPool => ops::pool::forward(&x),
+            Op::GlobalPool => Some(ops::pool::forward(&x())),
             Op::Affine(a) => match plan.fused[s] {
                 _ if t.scale.is_some() => {
                     let y = match ready.take() {
                         Some(y) => y,
-                        None => ops::affine::forward_act(a, &x, plan.fused[s].unwrap_or(Activation::Identity)),
+                        None => ops::affine::forward_act(a, &x(), plan.fused[s].unwrap_or(Activation::Identity)),
                     };
-                    keep = Saved::Input(x);
-                    y
+                    keep = Saved::Input(x());
+                    Some(y)
                 }
                 Some(act) => {
                     let y = match ready.take() {
                         Some(y) => y,
                         None => {
-                            let mut y = take(&mut values, plan, node, s, x);
+                            let mut y = take(&mut values, plan, node, s, x());
                             ops::affine::forward(a, &mut y, act);
                             y
                         }
@@ -235,30 +238,30 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                     if grad_out {
                         keep = Saved::Mask(ops::activation::mask(act, &y));
                     }
-                    y
+                    Some(y)
                 }
-                None => match ready.take() {
+                None => Some(match ready.take() {
                     Some(y) => y,
                     None => {
-                        let mut y = take(&mut values, plan, node, s, x);
+                        let mut y = take(&mut values, plan, node, s, x());
                         ops::affine::forward(a, &mut y, Activation::Identity);
                         y
                     }
-                },
+                }),
             },
             Op::Relu | Op::Relu6 => {
                 let act = activation(&node.op);
                 if grad_out {
-                    keep = Saved::Mask(ops::activation::mask(act, &x));
+                    keep = Saved::Mask(ops::activation::mask(act, &x()));
                 }
-                let mut y = take(&mut values, plan, node, s, x);
+                let mut y = take(&mut values, plan, node, s, x());
                 ops::activation::forward(act, &mut y);
-                y
+                Some(y)
             }
             Op::Add => {
-                let mut y = take(&mut values, plan, node, s, x);
+                let mut y = take(&mut values, plan, node, s, x());
                 ops::add::forward(&mut y, values[node.inputs[1]].as_ref().expect("computed before use"));
-                y
+                Some(y)
             }
         };
         for &v in &node.inputs {
@@ -267,7 +270,7 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
             }
         }
         saved.push(keep);
-        values[output] = Some(Arc::new(out));
+        values[output] = out.map(Arc::new);
     }
     let out = values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
     Ok((owned(out), Tape { saved, shapes, batch: n }))
@@ -295,23 +298,26 @@ fn deferred_before<'g>(graph: &'g Graph, plan: &Plan, s: usize) -> Option<(&'g A
 
 /// Convolution node `op` on `x` (or, for a depthwise node, on `before`'s output from `x`, see
 /// [`deferred_before`]), with the affine after it (`then`, from [`next_affine`]) computed inside:
-/// the raw output (an empty placeholder when the affine ran in place) and the affine's output.
+/// the raw output (`None` when the affine ran in place: the affine is its only reader) and the
+/// affine's output.
 fn convolve(
     op: &Op,
     x: &Tensor,
     before: Option<(&Affine, Activation)>,
     then: Option<(&Affine, Activation, bool)>,
-) -> (Tensor, Option<Tensor>) {
-    let placeholder = || Tensor::zeros([0; 4]);
-    let both = |(raw, y): (Tensor, Tensor)| (raw, Some(y));
+) -> (Option<Tensor>, Option<Tensor>) {
     match (op, then) {
-        (Op::Conv(c), Some((a, act, true))) => both(ops::conv::forward_then(c, x, a, act)),
-        (Op::Conv(c), Some((a, act, false))) => (placeholder(), Some(ops::conv::forward_then_in_place(c, x, a, act))),
-        (Op::Conv(c), None) => (ops::conv::forward(c, x, &Epilogue::NONE), None),
-        (Op::Depthwise(d), Some((_, _, false))) => {
-            (placeholder(), Some(ops::depthwise::forward_fused(d, x, before, then).0))
+        (Op::Conv(c), Some((a, act, true))) => {
+            let (raw, y) = ops::conv::forward_then(c, x, a, act);
+            (Some(raw), Some(y))
         }
-        (Op::Depthwise(d), _) => ops::depthwise::forward_fused(d, x, before, then),
+        (Op::Conv(c), Some((a, act, false))) => (None, Some(ops::conv::forward_then_in_place(c, x, a, act))),
+        (Op::Conv(c), None) => (Some(ops::conv::forward(c, x, &Epilogue::NONE)), None),
+        (Op::Depthwise(d), Some((_, _, false))) => (None, Some(ops::depthwise::forward_fused(d, x, before, then).0)),
+        (Op::Depthwise(d), _) => {
+            let (raw, y) = ops::depthwise::forward_fused(d, x, before, then);
+            (Some(raw), y)
+        }
         _ => unreachable!("called on convolution nodes"),
     }
 }
