@@ -267,3 +267,39 @@ fn save_is_atomic_and_load_names_the_file() {
     assert!(file::save(&tiny_patch(), &dir.join("missing-dir/x.patch")).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Every conv's int8 values replaced by other values (a new shared allocation, as any change
+/// makes while an engine holds the old one).
+fn with_other_conv_weights(g: &Graph) -> Graph {
+    let mut g = g.clone();
+    for n in &mut g.nodes {
+        if let edgepatch::graph::Op::Conv(c) = &mut n.op {
+            if let edgepatch::graph::Weights::Int8 { values, .. } = &mut c.weights {
+                let v = std::sync::Arc::make_mut(values);
+                v.iter_mut().for_each(|q| *q = q.saturating_neg() / 2 + 1);
+            }
+        }
+    }
+    g
+}
+
+#[test]
+fn an_engine_never_runs_on_stale_packed_weights() {
+    use edgepatch::backend::cpu::CpuEngine;
+    let x = Tensor::from_vec([2, 3, 40, 40], random_values(2 * 3 * 40 * 40, 5, 2.0)).unwrap();
+    let run = |e: &CpuEngine, g: &Graph| e.forward(g, x.clone()).unwrap().into_data();
+    assert_eq!(CpuEngine::new(backbone(false).graph()).packed_bytes(), 0, "f32 weights are packed per call");
+    let g = backbone(true).graph().clone();
+    let mut engine = CpuEngine::new(&g);
+    assert!(engine.packed_bytes() > 0);
+    let before = run(&engine, &g);
+    let other = with_other_conv_weights(&g);
+    let want = run(&CpuEngine::new(&other), &other);
+    assert_ne!(want, before, "the weights changed the output");
+    assert_eq!(run(&engine, &other), want, "changed weights, not yet taken up");
+    engine.update(&other);
+    assert_eq!(run(&engine, &other), want, "changed weights, taken up");
+    assert_eq!(run(&engine, &g), before, "the first weights again, not taken up");
+    engine.update(&g);
+    assert_eq!(run(&engine, &g), before, "the first weights again, taken up");
+}

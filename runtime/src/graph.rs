@@ -10,7 +10,10 @@ pub type ValueId = usize;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Weights {
     /// Symmetric int8 values with one dequantization scale per row: `w[r][i] = values[r][i] · scales[r]`.
-    Int8 { values: Vec<i8>, scales: Vec<f32> },
+    /// The values are shared and immutable: a copy of the weights is a reference to them, and an
+    /// engine that keeps a reference can tell, by address, that they are still the same
+    /// ([`crate::ops::conv::Packed`]).
+    Int8 { values: std::sync::Arc<[i8]>, scales: Vec<f32> },
     /// Plain f32 values (a model imported without quantization).
     F32(Vec<f32>),
 }

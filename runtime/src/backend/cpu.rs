@@ -3,7 +3,7 @@
 
 use crate::graph::{Graph, Node, Op, ValueId};
 use crate::ops::{self, Activation, Epilogue};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::tensor::{Pool, Tensor};
 use crate::{Error, Result};
@@ -22,17 +22,28 @@ struct Step {
 /// The engine keeps up to [`CpuEngine::POOL_BYTES`] of the activation buffers of its last pass
 /// for the next one (a [`Pool`]), so that repeated passes of one shape reuse them instead of
 /// allocating, faulting in and zeroing fresh memory.
+///
+/// It also keeps the int8 weights of each convolution packed for the matrix product
+/// ([`ops::conv::Packed`]). A pass on a graph whose weights are no longer those packed (another
+/// patch, not yet taken up by [`CpuEngine::update`]) packs them for that pass: slower, never stale.
 #[derive(Debug)]
 pub struct CpuEngine {
     steps: Vec<Step>,
     /// For each value, the index of the last step that reads it (values are freed after it).
     last_use: Vec<usize>,
+    /// For each step, its convolution's packed weights.
+    packed: Arc<Vec<Option<ops::conv::Packed>>>,
     pool: Mutex<Pool>,
 }
 
 impl Clone for CpuEngine {
     fn clone(&self) -> Self {
-        CpuEngine { steps: self.steps.clone(), last_use: self.last_use.clone(), pool: CpuEngine::pool() }
+        CpuEngine {
+            steps: self.steps.clone(),
+            last_use: self.last_use.clone(),
+            packed: self.packed.clone(),
+            pool: CpuEngine::pool(),
+        }
     }
 }
 
@@ -89,7 +100,33 @@ impl CpuEngine {
                 last_use[v] = s;
             }
         }
-        CpuEngine { steps, last_use, pool: CpuEngine::pool() }
+        let mut engine = CpuEngine { steps, last_use, packed: Arc::default(), pool: CpuEngine::pool() };
+        engine.update(graph);
+        engine
+    }
+
+    /// Takes up new parameter values of the planned graph (another patch): packs the weights of
+    /// the convolutions whose weights changed.
+    pub fn update(&mut self, graph: &Graph) {
+        let old = std::mem::take(&mut self.packed);
+        let packed = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(s, step)| match &graph.nodes.get(step.node)?.op {
+                Op::Conv(conv) => match old.get(s) {
+                    Some(Some(p)) if p.fits(conv) => Some(p.clone()),
+                    _ => ops::conv::Packed::new(conv),
+                },
+                _ => None,
+            })
+            .collect();
+        self.packed = Arc::new(packed);
+    }
+
+    /// Bytes of the weights the engine keeps packed.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.iter().flatten().map(|p| p.bytes()).sum()
     }
 
     /// The most bytes of free activation buffers an engine keeps between passes.
@@ -143,7 +180,10 @@ impl CpuEngine {
                 act: step.act,
             };
             let out = match &node.op {
-                Op::Conv(conv) => ops::conv::forward(conv, read(&values, node, 0), &epi),
+                Op::Conv(conv) => {
+                    let packed = self.packed.get(s).and_then(Option::as_ref);
+                    ops::conv::forward_packed(conv, packed, read(&values, node, 0), &epi)
+                }
                 Op::Depthwise(dw) => ops::depthwise::forward(dw, read(&values, node, 0), &epi),
                 Op::Affine(a) => {
                     let mut t = self.take(&mut values, node, s);

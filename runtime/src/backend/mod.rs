@@ -157,8 +157,10 @@ impl Engine {
     }
 
     /// Takes up `graph`, which has the structure of the graph the engine was made for and new
-    /// parameter values (another patch): nothing to do on the CPU, a re-upload on a GPU.
+    /// parameter values (another patch): on the CPU, the changed convolution weights packed
+    /// again; on a GPU, a re-upload.
     pub fn update(&mut self, graph: &Graph) -> Result<()> {
+        self.cpu.update(graph);
         #[cfg(feature = "gpu")]
         if let Some(g) = &mut self.gpu {
             let gpu = g.lock().unwrap_or_else(|p| p.into_inner()).gpu();

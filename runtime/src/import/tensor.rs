@@ -206,7 +206,7 @@ pub(crate) fn to_weights(c: &Const, out_axis: usize) -> crate::graph::Weights {
         };
         if let (true, Some(scales)) = (fits, per_row) {
             let values = values.iter().map(|&q| q as i8).collect();
-            return Weights::Int8 { values: rows_first(values, c, out_axis), scales };
+            return Weights::Int8 { values: rows_first(values, c, out_axis).into(), scales };
         }
         log::warn!("weights quantized along another axis or beyond int8: kept as f32");
     }

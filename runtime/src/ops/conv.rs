@@ -3,7 +3,7 @@
 //! through im2col); the other gradients use `matrixmultiply` (via ndarray's safe
 //! `general_mat_mul`) and direct loops.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -145,16 +145,69 @@ fn gemm_batch(
     );
 }
 
+/// A convolution's weights packed for the matrix product ([`crate::simd::pack_panels`]) once,
+/// for [`forward_packed`] to reuse while the layer still holds the very int8 values they were
+/// packed from: the same shared allocation, which cannot change while this keeps a reference to
+/// it. Only int8 weights are packed ahead: f32 weights can change in place (training), so they
+/// are packed on every call.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    source: Arc<[i8]>,
+    mr: usize,
+    panels: Arc<[f32]>,
+}
+
+impl Packed {
+    /// `conv`'s weights packed, when they are int8.
+    pub fn new(conv: &Conv) -> Option<Packed> {
+        match &conv.weights {
+            Weights::Int8 { values, .. } => {
+                Some(Packed { source: values.clone(), mr: crate::simd::gemm_tile().0, panels: pack(conv).into() })
+            }
+            Weights::F32(_) => None,
+        }
+    }
+
+    /// Whether these are `conv`'s weights, packed for the dispatched level.
+    pub fn fits(&self, conv: &Conv) -> bool {
+        let k = conv.in_channels * conv.window.kernel[0] * conv.window.kernel[1];
+        let same = matches!(&conv.weights, Weights::Int8 { values, .. } if Arc::ptr_eq(values, &self.source));
+        same && self.mr == crate::simd::gemm_tile().0
+            && self.panels.len() == conv.out_channels.div_ceil(self.mr) * self.mr * k
+    }
+
+    /// Bytes of the packed panels.
+    pub fn bytes(&self) -> usize {
+        4 * self.panels.len()
+    }
+}
+
+/// `conv`'s weights `[Cout, Cin·kh·kw]` packed by [`crate::simd::pack_panels`], without their
+/// int8 scales.
+fn pack(conv: &Conv) -> Vec<f32> {
+    let (co, k) = (conv.out_channels, conv.in_channels * conv.window.kernel[0] * conv.window.kernel[1]);
+    match &conv.weights {
+        Weights::F32(v) => crate::simd::pack_panels(co, k, |r, p| v[r * k + p]),
+        Weights::Int8 { values, .. } => crate::simd::pack_panels(co, k, |r, p| values[r * k + p] as f32),
+    }
+}
+
 /// Forward: `x: [N, Cin, H, W]` → `[N, Cout, OH, OW]`, then `epi` per output channel.
 pub fn forward(conv: &Conv, x: &Tensor, epi: &Epilogue) -> Tensor {
-    run(conv, x, epi, Then::Nothing).0
+    run(conv, None, x, epi, Then::Nothing).0
+}
+
+/// [`forward`] with the weights packed ahead in `packed` when it [`Packed::fits`] `conv`
+/// (packed for this call otherwise): the same values either way.
+pub fn forward_packed(conv: &Conv, packed: Option<&Packed>, x: &Tensor, epi: &Epilogue) -> Tensor {
+    run(conv, packed, x, epi, Then::Nothing).0
 }
 
 /// Forward of the raw convolution `r` (as [`forward`] with [`Epilogue::NONE`]) and, from each
 /// output plane while it is in cache, the per-channel affine and activation after it:
 /// `y = act(scale[c]·r + bias[c])`. Returns `(r, y)`.
 pub fn forward_then(conv: &Conv, x: &Tensor, then: &Affine, act: Activation) -> (Tensor, Tensor) {
-    let (r, y) = run(conv, x, &Epilogue::NONE, Then::Keep(then, act));
+    let (r, y) = run(conv, None, x, &Epilogue::NONE, Then::Keep(then, act));
     (r, y.expect("a second output was asked for"))
 }
 
@@ -162,7 +215,7 @@ pub fn forward_then(conv: &Conv, x: &Tensor, then: &Affine, act: Activation) -> 
 /// output plane while it is in cache, by the per-channel affine and activation after it, in
 /// place: the same values as [`forward_then`]'s `y`, without keeping the raw output.
 pub fn forward_then_in_place(conv: &Conv, x: &Tensor, then: &Affine, act: Activation) -> Tensor {
-    run(conv, x, &Epilogue::NONE, Then::InPlace(then, act)).0
+    run(conv, None, x, &Epilogue::NONE, Then::InPlace(then, act)).0
 }
 
 /// What follows the epilogue on each finished output segment.
@@ -175,7 +228,7 @@ enum Then<'a> {
     InPlace(&'a Affine, Activation),
 }
 
-fn run(conv: &Conv, x: &Tensor, epi: &Epilogue, then: Then) -> (Tensor, Option<Tensor>) {
+fn run(conv: &Conv, packed: Option<&Packed>, x: &Tensor, epi: &Epilogue, then: Then) -> (Tensor, Option<Tensor>) {
     let [n, ci, ih, iw] = x.shape;
     debug_assert_eq!(ci, conv.in_channels);
     let (oh, ow) = conv.window.output_size(ih, iw).expect("shape checked by Graph::shapes");
@@ -196,22 +249,28 @@ fn run(conv: &Conv, x: &Tensor, epi: &Epilogue, then: Then) -> (Tensor, Option<T
     };
     let k = ci * conv.window.kernel[0] * conv.window.kernel[1];
     let cols = (!conv.window.is_pointwise()).then(|| im2col(x, &conv.window, (oh, ow)));
-    let (a, q): (Vec<f32>, Cow<[f32]>) = match &conv.weights {
-        Weights::F32(v) => (crate::simd::pack_panels(co, k, |r, p| v[r * k + p]), Cow::Owned(vec![1.0; co])),
-        Weights::Int8 { values, scales } => {
-            (crate::simd::pack_panels(co, k, |r, p| values[r * k + p] as f32), Cow::Borrowed(scales))
+    let fresh;
+    let a: &[f32] = match packed.filter(|p| p.fits(conv)) {
+        Some(p) => &p.panels,
+        None => {
+            fresh = pack(conv);
+            &fresh
         }
     };
-    let scale: &[f32] = if raw && matches!(conv.weights, Weights::Int8 { .. }) { &q } else { &[] };
+    let q: &[f32] = match &conv.weights {
+        Weights::Int8 { scales, .. } => scales,
+        Weights::F32(_) => &[],
+    };
+    let scale: &[f32] = if raw { q } else { &[] };
     gemm_batch(
-        &a,
+        a,
         (co, k),
         scale,
         &cols.as_ref().unwrap_or(x).data,
         hw,
         &mut out.data,
         second.as_mut().map(|t| &mut t.data[..]),
-        &|r, v, y| finish(r, q[r], v, y),
+        &|r, v, y| finish(r, q.get(r).copied().unwrap_or(1.0), v, y),
     );
     (out, second)
 }
@@ -446,8 +505,12 @@ mod tests {
         let scales: Vec<f32> = (0..co).map(|o| 0.01 * (o + 1) as f32).collect();
         let w: Vec<f32> = q.iter().enumerate().map(|(i, &v)| v as f32 * scales[i / ci]).collect();
         let x = Tensor::from_vec([1, ci, 6, 6], values(ci * 36, 5)).unwrap();
-        let conv =
-            Conv { in_channels: ci, out_channels: co, window: win, weights: Weights::Int8 { values: q, scales } };
+        let conv = Conv {
+            in_channels: ci,
+            out_channels: co,
+            window: win,
+            weights: Weights::Int8 { values: q.into(), scales },
+        };
         let (s, b) = (values(co, 1), values(co, 2));
         let epi = Epilogue { scale: Some(&s), bias: Some(&b), act: Activation::Relu6 };
         let mut want = naive(&x, &w, co, ci, false, &win);
