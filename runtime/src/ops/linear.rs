@@ -23,16 +23,22 @@ pub fn forward(l: &Linear, x: &Tensor) -> Tensor {
     let n = x.shape[0];
     debug_assert_eq!(x.sample_len(), l.in_features);
     let m = l.out_features;
-    let cols: Vec<Vec<f32>> = (0..m)
-        .into_par_iter()
-        .map(|o| {
-            let mut row = vec![0f32; l.in_features];
-            let q = l.weights.raw_row(o, &mut row);
-            (0..n).map(|i| dot(x.sample(i), &row) * q + l.bias[o]).collect()
-        })
-        .collect();
-    let mut out = Tensor::zeros([n, m, 1, 1]);
-    for (o, col) in cols.iter().enumerate() {
+    const ROWS: usize = 64;
+    let mut cols = vec![0f32; m * n];
+    cols.par_chunks_mut(ROWS * n).enumerate().for_each_init(
+        || vec![0f32; l.in_features],
+        |row, (b, block)| {
+            for (j, col) in block.chunks_exact_mut(n).enumerate() {
+                let o = b * ROWS + j;
+                let q = l.weights.raw_row(o, row);
+                for (i, v) in col.iter_mut().enumerate() {
+                    *v = dot(x.sample(i), row) * q + l.bias[o];
+                }
+            }
+        },
+    );
+    let mut out = Tensor::scratch([n, m, 1, 1]);
+    for (o, col) in cols.chunks_exact(n).enumerate() {
         for (i, v) in col.iter().enumerate() {
             out.data[i * m + o] = *v;
         }

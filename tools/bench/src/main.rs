@@ -237,7 +237,7 @@ fn peak_gflops(level: edgepatch::simd::Level) -> Option<f64> {
     let mut best: f64 = 0.0;
     for _ in 0..5 {
         let start = Instant::now();
-        let runs = rayon::broadcast(|_| edgepatch::simd::fma_burst(level, 2_000_000));
+        let runs = rayon::broadcast(|_| edgepatch::simd::fma_burst(level, 20_000_000));
         let secs = start.elapsed().as_secs_f64();
         let mut ops = 0u64;
         for r in runs {
