@@ -201,16 +201,18 @@ pub fn gemm_tile() -> (usize, usize) {
 
 /// Packs the `rows × k` matrix `at(r, p)` for [`gemm_block`]: panels of `MR` rows, each `k`
 /// groups of `MR` values (row `r` of a panel at offset `p·MR + r`), rows past `rows` zero.
-pub fn pack_panels(rows: usize, k: usize, at: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+/// The panels are filled in parallel.
+pub fn pack_panels(rows: usize, k: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
     let mr = gemm_tile().0;
     let mut out = vec![0f32; rows.div_ceil(mr) * mr * k];
-    for (panel, dst) in out.chunks_exact_mut(mr * k).enumerate() {
+    out.par_chunks_exact_mut(mr * k).enumerate().for_each(|(panel, dst)| {
         for (p, group) in dst.chunks_exact_mut(mr).enumerate() {
             for (r, v) in group.iter_mut().enumerate().take(rows.saturating_sub(panel * mr)) {
                 *v = at(panel * mr + r, p);
             }
         }
-    }
+    });
     out
 }
 

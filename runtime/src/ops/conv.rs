@@ -303,13 +303,18 @@ fn im2col(x: &Tensor, win: &crate::graph::Window, (oh, ow): (usize, usize)) -> T
 pub fn backward_input(conv: &Conv, dy: &Tensor, (ih, iw): (usize, usize)) -> Tensor {
     let [n, co, _, ow] = dy.shape;
     let ci = conv.in_channels;
-    let w = conv.weights.to_f32();
     let mut dx = Tensor::scratch([n, ci, ih, iw]);
     let (hw, ohw) = (ih * iw, dy.plane());
     if conv.window.is_pointwise() {
-        let a = crate::simd::pack_panels(ci, co, |r, p| w[p * ci + r]);
+        let a = match &conv.weights {
+            Weights::F32(w) => crate::simd::pack_panels(ci, co, |r, p| w[p * ci + r]),
+            Weights::Int8 { values, scales } => {
+                crate::simd::pack_panels(ci, co, |r, p| values[p * ci + r] as f32 * scales[p])
+            }
+        };
         gemm_batch(&a, (ci, co), &[], &dy.data, hw, &mut dx.data, None, &|_, _, _| {});
     } else {
+        let w = conv.weights.to_f32();
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
         let oh = dy.shape[2];
         dx.data.par_chunks_mut(hw).enumerate().for_each_init(Padded::default, |pad, (p, plane)| {
