@@ -190,6 +190,42 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// The gradient of a 3×3 window over a whole plane laid out as `l` (the source of
+    /// [`conv3x3`]) for the output gradient `g: [oh, ow]` with `ow ≤ LANES`:
+    /// `dk[t] += Σ_{oy, ox} g[oy·ow + ox] · src[off(t) + oy·sh·width + ox]`. The rows go
+    /// `LANES / slot` to a block of lanes (`slot`: `ow` rounded up to a power of two), row `oy` to
+    /// the lanes of slot `oy mod (LANES / slot)`; the products are summed lane by lane as fused
+    /// multiply-adds in row order, then the `ow` lanes of each slot in order, slot by slot.
+    pub fn kernel_gradient_3x3(dk: &mut [f32; 9], g: &[f32], ow: usize, src: &[f32], l: Layout) {
+        let Layout { rows, width, sh, sw } = l;
+        let slot = ow.next_power_of_two().min(LANES);
+        let per = LANES / slot;
+        let off = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| ((t % 3 % sw) * rows + t / 3) * width + t % 3 / sw);
+        let mut acc = [[0f32; LANES]; 9];
+        for (group, gs) in g.chunks(per * ow).enumerate() {
+            let mut gb = [0f32; LANES];
+            for (s, gr) in gs.chunks_exact(ow).enumerate() {
+                copy_short(&mut gb[s * slot..s * slot + ow], gr);
+            }
+            let base = group * per * sh * width;
+            for (a, &o) in acc.iter_mut().zip(&off) {
+                let mut xb = [0f32; LANES];
+                for s in 0..gs.len() / ow {
+                    let at = base + o + s * sh * width;
+                    copy_short(&mut xb[s * slot..(s + 1) * slot], &src[at..at + slot]);
+                }
+                for i in 0..LANES {
+                    a[i] = xb[i].mul_add(gb[i], a[i]);
+                }
+            }
+        }
+        for (d, a) in dk.iter_mut().zip(&acc) {
+            *d += a.chunks_exact(slot).flat_map(|s| &s[..ow]).sum::<f32>();
+        }
+    }
+}
+
 /// `(MR, NR)`: the rows and columns of one register tile of [`gemm_block`] at the dispatched
 /// level. Matrices for it are packed in panels of `MR` rows ([`pack_panels`]).
 pub fn gemm_tile() -> (usize, usize) {
@@ -798,6 +834,36 @@ mod tests {
                     };
                     assert_eq!(c[r * 4 * nr + j].to_bits(), want.to_bits(), "gemm {rows}×{k}×{cols} ({r}, {j})");
                 }
+            }
+        }
+        for (oh, ow, sh, sw) in [(4, 4, 1, 1), (7, 7, 1, 1), (8, 8, 1, 1), (3, 5, 1, 1), (9, 2, 1, 1), (1, 1, 1, 1)]
+            .into_iter()
+            .chain([(14, 14, 1, 1), (16, 16, 1, 1), (4, 4, 2, 2), (7, 7, 2, 2), (5, 3, 2, 2), (3, 16, 2, 2)])
+        {
+            let (rows, width) = ((oh - 1) * sh + 3, LANES + 2 / sw);
+            let src = &x[..rows * width * sw];
+            let g: Vec<f32> = (0..oh * ow).map(|i| x[(i * 13 + 5) % 997] * 0.7).collect();
+            let mut dk = [0.25f32; 9];
+            kernel_gradient_3x3(&mut dk, &g, ow, src, Layout { rows, width, sh, sw });
+            let slot = ow.next_power_of_two();
+            let per = LANES / slot;
+            for (t, &got) in dk.iter().enumerate() {
+                let o = ((t % 3 % sw) * rows + t / 3) * width + t % 3 / sw;
+                let at = |oy: usize, ox: usize| (src[o + oy * sh * width + ox], g[oy * ow + ox]);
+                let mut lanes = [0f32; LANES];
+                for group in 0..oh.div_ceil(per) {
+                    for s in 0..per {
+                        let oy = group * per + s;
+                        for ox in 0..ow {
+                            let (xv, gv) = if oy < oh { at(oy, ox) } else { (0.0, 0.0) };
+                            lanes[s * slot + ox] = xv.mul_add(gv, lanes[s * slot + ox]);
+                        }
+                    }
+                }
+                let want = 0.25 + lanes.chunks_exact(slot).flat_map(|c| &c[..ow]).sum::<f32>();
+                assert_eq!(got.to_bits(), want.to_bits(), "kernel gradient {oh}×{ow} /{sh}, tap {t}");
+                let exact: f64 = (0..oh * ow).map(|i| at(i / ow, i % ow)).map(|(a, b)| a as f64 * b as f64).sum();
+                assert!((got as f64 - 0.25 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "{oh}×{ow}: {got} vs {exact}");
             }
         }
         let x = &x[..1000];

@@ -200,6 +200,10 @@ fn transposed_3x3_stride_2(
 pub(crate) fn correlate(p: &Padded, dy: &[f32], ow: usize, win: &Window, dk: &mut [f32], acc: &mut Vec<Vec<f32>>) {
     let [kh, kw] = win.kernel;
     let [sh, sw] = win.stride;
+    if let (Ok(dk), true) = (<&mut [f32; 9]>::try_from(&mut *dk), win.kernel == [3, 3] && ow <= simd::LANES) {
+        simd::kernel_gradient_3x3(dk, dy, ow, &p.data, p.layout(sh, sw));
+        return;
+    }
     acc.resize_with(kh * kw, Vec::new);
     for a in acc.iter_mut() {
         a.clear();
