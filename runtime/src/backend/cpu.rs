@@ -56,9 +56,17 @@ fn activation(op: &Op) -> Option<Activation> {
 }
 
 impl CpuEngine {
-    /// Plans the execution: fuses conv → affine → activation chains whose intermediate values
-    /// have no other reader.
+    /// Plans the execution (fuses conv → affine → activation chains whose intermediate values
+    /// have no other reader) and packs the convolutions' int8 weights.
     pub fn new(graph: &Graph) -> Self {
+        let mut engine = CpuEngine::unpacked(graph);
+        engine.update(graph);
+        engine
+    }
+
+    /// [`CpuEngine::new`] without packed weights (every pass packs its own), for an engine that
+    /// stands by while a GPU runs the passes.
+    pub(crate) fn unpacked(graph: &Graph) -> Self {
         let mut uses = vec![0usize; graph.num_values];
         for n in &graph.nodes {
             for &i in &n.inputs {
@@ -100,9 +108,7 @@ impl CpuEngine {
                 last_use[v] = s;
             }
         }
-        let mut engine = CpuEngine { steps, last_use, packed: Arc::default(), pool: CpuEngine::pool() };
-        engine.update(graph);
-        engine
+        CpuEngine { steps, last_use, packed: Arc::default(), pool: CpuEngine::pool() }
     }
 
     /// Takes up new parameter values of the planned graph (another patch): packs the weights of

@@ -134,10 +134,12 @@ pub struct Engine {
 impl Engine {
     /// An engine for `graph` on `device` (see [`resolve`]).
     pub fn new(graph: &Graph, device: Device) -> Result<Self> {
-        #[cfg_attr(not(feature = "gpu"), allow(unused_variables))]
         let chosen = resolve(device)?;
         Ok(Engine {
-            cpu: cpu::CpuEngine::new(graph),
+            cpu: match chosen {
+                Some(_) => cpu::CpuEngine::unpacked(graph),
+                None => cpu::CpuEngine::new(graph),
+            },
             #[cfg(feature = "gpu")]
             gpu: match chosen {
                 Some(g) => Some(std::sync::Arc::new(std::sync::Mutex::new(gpu::GpuTrainer::inference(g, graph)?))),
@@ -160,14 +162,13 @@ impl Engine {
     /// parameter values (another patch): on the CPU, the changed convolution weights packed
     /// again; on a GPU, a re-upload.
     pub fn update(&mut self, graph: &Graph) -> Result<()> {
-        self.cpu.update(graph);
         #[cfg(feature = "gpu")]
         if let Some(g) = &mut self.gpu {
             let gpu = g.lock().unwrap_or_else(|p| p.into_inner()).gpu();
             *g = std::sync::Arc::new(std::sync::Mutex::new(gpu::GpuTrainer::inference(gpu, graph)?));
+            return Ok(());
         }
-        #[cfg(not(feature = "gpu"))]
-        let _ = graph;
+        self.cpu.update(graph);
         Ok(())
     }
 

@@ -47,14 +47,13 @@ const SEGMENT: usize = 256;
 
 /// `c[i] = a·x[i]` for every image `i` of a batch: `a` is `m × k`, packed by
 /// [`crate::simd::pack_panels`]; `x: [n, k, hw]`; `c: [n, m, hw]`, row `r` multiplied by
-/// `scale[r]` unless `scale` is empty. Tasks are single images
-/// (split into row blocks when the batch is small) or, for small planes, groups of images whose
-/// columns run on as one matrix. Where `k > 64`, a plane has at least 2048 columns and a task
-/// has all `m` rows, each segment of a single image's columns is first copied into one block (its `k` rows lie a whole
-/// plane apart, too many streams for the hardware prefetcher); the products are the same.
-/// `finish(row, c_values, c2_values)` runs on every finished
-/// segment of a row of one image while it is in cache, with the same segment of `c2` (a second
-/// output of `c`'s shape) when given.
+/// `scale[r]` unless `scale` is empty. Tasks are single images (split into row blocks when the
+/// batch is small) or, for small planes, groups of images whose columns run on as one matrix.
+/// Where `k > 64`, a plane has at least 2048 columns and a task has all `m` rows, each segment of
+/// a single image's columns is first copied into one block (its `k` rows lie a whole plane
+/// apart, too many streams for the hardware prefetcher); the products are the same.
+/// `finish(row, c_values, c2_values)` runs on every finished segment of a row of one image while
+/// it is in cache, with the same segment of `c2` (a second output of `c`'s shape) when given.
 #[allow(clippy::too_many_arguments)]
 fn gemm_batch(
     a: &[f32],
