@@ -153,14 +153,22 @@ pub struct Layout {
     pub sw: usize,
 }
 
+/// The offset in a plane laid out as `l` of 3×3 tap `t = 3·ky + kx` at output `(0, 0)`:
+/// `((kx mod sw)·rows + ky)·width + ⌊kx / sw⌋`.
+#[inline(always)]
+fn tap_offsets(l: Layout) -> [usize; 9] {
+    let Layout { rows, width, sw, .. } = l;
+    [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| ((t % 3 % sw) * rows + t / 3) * width + t % 3 / sw)
+}
+
 multiversion! {
     /// A 3×3 window over a whole plane laid out as `l`: `out[oy·ow + ox] (+)= Σ k[3·ky + kx] ·
     /// src[((kx mod sw)·rows + oy·sh + ky)·width + ⌊kx / sw⌋ + ox]`, overwritten unless
     /// `accumulate`. Needs `width ≥ ⌊2 / sw⌋ + ow` rounded up to [`LANES`].
     pub fn conv3x3(out: &mut [f32], ow: usize, src: &[f32], l: Layout, k: &[f32; 9], accumulate: bool) {
-        let Layout { rows, width, sh, sw } = l;
+        let Layout { width, sh, .. } = l;
         let full = ow.next_multiple_of(LANES);
-        let off = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| ((t % 3 % sw) * rows + t / 3) * width + t % 3 / sw);
+        let off = tap_offsets(l);
         let span = off.iter().max().copied().unwrap_or(0) + full;
         for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
             let s = &src[oy * sh * width..oy * sh * width + span];
@@ -198,10 +206,10 @@ multiversion! {
     /// the lanes of slot `oy mod (LANES / slot)`; the products are summed lane by lane as fused
     /// multiply-adds in row order, then the `ow` lanes of each slot in order, slot by slot.
     pub fn kernel_gradient_3x3(dk: &mut [f32; 9], g: &[f32], ow: usize, src: &[f32], l: Layout) {
-        let Layout { rows, width, sh, sw } = l;
+        let Layout { width, sh, .. } = l;
         let slot = ow.next_power_of_two().min(LANES);
         let per = LANES / slot;
-        let off = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|t| ((t % 3 % sw) * rows + t / 3) * width + t % 3 / sw);
+        let off = tap_offsets(l);
         let mut acc = [[0f32; LANES]; 9];
         for (group, gs) in g.chunks(per * ow).enumerate() {
             let mut gb = [0f32; LANES];

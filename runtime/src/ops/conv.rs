@@ -98,17 +98,17 @@ fn gemm_batch(
                 let mut start = j0;
                 if imgs == 1 {
                     let direct = (j1 - j0) / nr * nr;
-                    if direct > 0 && k > 64 && hw >= 2048 && rows == m {
-                        packed.resize(k * direct, 0.0);
-                        for (dst, row) in packed.chunks_exact_mut(direct).zip(x.chunks_exact(hw)) {
-                            dst.copy_from_slice(&row[j0..j0 + direct]);
-                        }
-                        let (b, c) = ((&packed[..], direct), (&mut cc[j0..], hw));
-                        crate::simd::gemm_block(ap, k, b, c, (rows, direct), scale);
-                        start = j0 + direct;
-                    } else if direct > 0 {
-                        let (b, c) = ((&x[j0..], hw), (&mut cc[j0..], hw));
-                        crate::simd::gemm_block(ap, k, b, c, (rows, direct), scale);
+                    if direct > 0 {
+                        let b = if k > 64 && hw >= 2048 && rows == m {
+                            packed.resize(k * direct, 0.0);
+                            for (dst, row) in packed.chunks_exact_mut(direct).zip(x.chunks_exact(hw)) {
+                                dst.copy_from_slice(&row[j0..j0 + direct]);
+                            }
+                            (&packed[..], direct)
+                        } else {
+                            (&x[j0..], hw)
+                        };
+                        crate::simd::gemm_block(ap, k, b, (&mut cc[j0..], hw), (rows, direct), scale);
                         start = j0 + direct;
                     }
                 }
