@@ -33,7 +33,8 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$triple" && ! rustup
 fi
 
 cd "$root"
-export CARGO_TARGET_DIR="$root/target/cross"
+# The native build's directory: the host's build scripts and proc-macros are shared with it.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 echo "== build and test for $triple (under ${qemu[0]})"
 start=$(date +%s)
 "${cargo[@]}" test --release --config "$cfg" --target "$triple" -p edgepatch -p edgepatch-tests -p edgepatch-capi
@@ -42,7 +43,7 @@ echo "== C library and example for $triple"
 out="$CARGO_TARGET_DIR/$triple/release"
 "$gcc" -O2 -o "$out/predict_and_train" targets/capi/examples/predict_and_train.c -I targets/capi/include \
   "$out/libedgepatch.a" -lm -lpthread -ldl -Wl,-z,noexecstack
-"${qemu[@]}" "$out/predict_and_train" "$root/../shared/reference/mobilenet_v2/chelsea.png" | tee "$out/example.txt"
+"${qemu[@]}" "$out/predict_and_train" "$root/models/mobilenet_v2/reference/chelsea.png" | tee "$out/example.txt"
 grep -q "backbone top-1: Egyptian cat" "$out/example.txt"
 grep -q "patch top-1 for a red image: red" "$out/example.txt"
 grep -q "patch top-1 for a blue image: blue" "$out/example.txt"

@@ -2,41 +2,13 @@
 //! stderr and a non-zero exit, never a panic.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use edgepatch_tests::onnx_builder::{tiny_net, OnnxBuilder, TinyNet};
 use edgepatch_tests::{random_values, reference_dir, repo_root};
 
-/// The binary Cargo built for this test.
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_edgepatch"))
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(binary()).args(args).output().expect("the binary starts")
-}
-
-fn tmp(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edgepatch-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
-}
-
-/// A failure: non-zero exit, exactly one line on stderr mentioning `needle`, no panic.
-fn assert_clean_error(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "exit status 0 for bad input; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "stderr is not one line: {err}");
-    assert!(err.contains(needle), "stderr {err:?} does not mention {needle:?}");
-}
+mod cli_support;
+use cli_support::{assert_clean_error, assert_failed_run, binary, json, run, tmp};
 
 #[test]
 fn info_json_reports_the_shipped_model() {
@@ -139,13 +111,6 @@ fn mini(split: &str) -> String {
 }
 
 /// A training failure: non-zero exit, no panic, the last stderr line is the error naming `needle`.
-fn assert_failed_run(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "exit status 0; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let last = err.trim_end().lines().last().unwrap_or_default();
-    assert!(last.starts_with("edgepatch: error:") && last.contains(needle), "last line {last:?}, wanted {needle:?}");
-}
 
 #[test]
 fn train_eval_inspect_and_predict_with_a_patch() {

@@ -1,5 +1,5 @@
 //! The real model: our engine against tract-onnx on the f32 ONNX, and both shipped and f32
-//! models against the reference outputs in `../shared/reference/mobilenet_v2/expected.json`.
+//! models against the reference outputs in `models/mobilenet_v2/reference/expected.json`.
 
 use edgepatch::data::image;
 use edgepatch::session::softmax;

@@ -23,7 +23,7 @@ tgz="$cache/downloads/tensorflow-models-mobilenet-2.1.1.tgz"
 js="$cache/downloads/imagenet_classes.js"
 [ -f "$js" ] || tar -xzOf "$tgz" package/dist/imagenet_classes.js > "$js"
 
-ref="$root/../shared/reference/mobilenet_v2"
+ref="$here/reference"
 check=()
 [ -f "$ref/expected.json" ] && check=(--check-reference "$ref")
 

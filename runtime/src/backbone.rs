@@ -7,7 +7,7 @@ use crate::backend::cpu::CpuEngine;
 use crate::data::image::Preprocess;
 use crate::graph::Graph;
 use crate::tensor::Tensor;
-use crate::{import, Error, Result};
+use crate::{import, Result};
 
 /// The shipped int8 MobileNetV2 (QDQ ONNX), compiled into the library (feature
 /// `embedded-model`, on by default; 3.9 MB).
@@ -38,14 +38,14 @@ impl Backbone {
     /// Without the `embedded-model` feature: an error asking for a model file.
     #[cfg(not(feature = "embedded-model"))]
     pub fn embedded() -> Result<Self> {
-        Err(Error::InvalidModel(
+        Err(crate::Error::InvalidModel(
             "this build has no embedded model (the `embedded-model` feature is off): load a model file".into(),
         ))
     }
 
     /// Imports an ONNX file.
     pub fn from_path(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::fsio::read_limited(path, crate::fsio::MAX_MODEL_BYTES, "a model file")?;
         Self::from_onnx_bytes(&bytes)
     }
 

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod data;
 mod error;
 pub mod export;
+pub mod fsio;
 pub mod graph;
 pub mod import;
 pub mod ops;

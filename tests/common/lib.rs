@@ -14,9 +14,10 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repo").to_path_buf()
 }
 
-/// `../shared/reference/mobilenet_v2` next to the repository.
+/// `models/mobilenet_v2/reference`: three photos and onnxruntime's outputs on them, committed
+/// with the model so that a clone tests itself.
 pub fn reference_dir() -> PathBuf {
-    repo_root().join("../shared/reference/mobilenet_v2")
+    repo_root().join("models/mobilenet_v2/reference")
 }
 
 /// The f32 ONNX built by `models/mobilenet_v2/build.sh` into the cache. Panics with the

@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("EDGEPATCH_CACHE", ROOT / "cache"))
-BENCH = ROOT / "target/release/edgepatch-bench"
+# Cargo's build directory (CARGO_TARGET_DIR when set, as .ci/run sets it).
+BENCH = (ROOT / os.environ.get("CARGO_TARGET_DIR", "target")).resolve() / "release/edgepatch-bench"
 INT8 = ROOT / "models/mobilenet_v2/mobilenet_v2_int8.onnx"
 TORCH_PY = "/usr/bin/python3"
 VENV_PY = str(CACHE / "venv/bin/python")

@@ -69,19 +69,19 @@ fn choose_auto() -> Option<std::sync::Arc<gpu::Gpu>> {
     let seen = gpu::adapters();
     if !seen.iter().any(gpu::AdapterInfo::is_hardware) {
         match seen.first() {
-            Some(a) => log::info!("using the CPU: the only GPU adapters are software ones ({})", a.name),
-            None => log::info!("using the CPU: no GPU adapter"),
+            Some(a) => log::debug!("using the CPU: the only GPU adapters are software ones ({})", a.name),
+            None => log::debug!("using the CPU: no GPU adapter"),
         }
         return None;
     }
     match gpu::Gpu::shared() {
         Ok(g) if g.info().is_hardware() => Some(g),
         Ok(g) => {
-            log::info!("using the CPU: the preferred GPU adapter is a software one ({})", g.info().name);
+            log::debug!("using the CPU: the preferred GPU adapter is a software one ({})", g.info().name);
             None
         }
         Err(e) => {
-            log::info!("using the CPU: {e}");
+            log::debug!("using the CPU: {e}");
             None
         }
     }
@@ -93,7 +93,7 @@ pub fn resolve(device: Device) -> Result<Option<std::convert::Infallible>> {
     match device {
         Device::Gpu => Err(Error::Gpu("this build has no GPU backend (the `gpu` feature is off)".into())),
         Device::Auto => {
-            log::info!("using the CPU: this build has no GPU backend");
+            log::debug!("using the CPU: this build has no GPU backend");
             Ok(None)
         }
         Device::Cpu => Ok(None),

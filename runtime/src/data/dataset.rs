@@ -26,6 +26,19 @@ pub trait Dataset: Send + Sync {
     fn image(&self, i: usize) -> Result<Rgb8>;
 }
 
+/// Checks that images `indices` of `ds` can be read and decoded (in parallel; the decoded
+/// images are dropped at once): for checking a test or validation set before a long training
+/// run rather than after it. An empty selection is an error: nothing could be scored on it.
+pub fn check_readable(ds: &dyn Dataset, indices: &[usize], what: &str) -> Result<()> {
+    use rayon::prelude::*;
+    if indices.is_empty() {
+        return Err(Error::dataset(ds.spec(), format!("the {what} selects no images")));
+    }
+    indices.par_iter().try_for_each(|&i| {
+        ds.image(i).map(drop).map_err(|e| Error::dataset(ds.spec(), format!("{what}, image {i}: {e}")))
+    })
+}
+
 /// Opens a dataset from a spec: `idx:DIR/PREFIX` or `folder:DIR`.
 pub fn open(spec: &str) -> Result<Arc<dyn Dataset>> {
     if let Some(p) = spec.strip_prefix("idx:") {
@@ -43,41 +56,55 @@ const MAX_IDX_BYTES: u64 = 1 << 31;
 /// Reads `PATH`, or `PATH.gz` when `PATH` does not exist.
 fn read_maybe_gz(spec: &str, path: &Path) -> Result<Vec<u8>> {
     let gz = PathBuf::from(format!("{}.gz", path.display()));
-    let file = if path.exists() { path.to_path_buf() } else { gz };
-    let len = std::fs::metadata(&file)
-        .map_err(|e| Error::dataset(spec, format!("cannot open {} (or without .gz): {e}", file.display())))?
-        .len();
-    if len > MAX_IDX_BYTES {
-        return Err(Error::dataset(spec, format!("{} is larger than {MAX_IDX_BYTES} bytes", file.display())));
+    let file = if path.symlink_metadata().is_ok() { path.to_path_buf() } else { gz };
+    crate::fsio::read_limited(&file, MAX_IDX_BYTES, "an IDX file").map_err(|e| match e {
+        Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::dataset(spec, format!("cannot open {} (or without .gz): {source}", path.display()))
+        }
+        e => Error::dataset(spec, e.to_string()),
+    })
+}
+
+/// The magic and dimensions of an IDX file of unsigned bytes, from its first `4 + 4·dims`
+/// bytes: the shape and the size the whole file must have.
+fn idx_header(spec: &str, name: &str, head: &[u8], dims: usize) -> Result<(Vec<usize>, usize)> {
+    let bad = |why: String| Error::dataset(spec, format!("{name}: {why}"));
+    if head.len() < 4 + 4 * dims {
+        return Err(bad("truncated header".into()));
     }
-    std::fs::read(&file).map_err(|e| Error::dataset(spec, format!("{}: {e}", file.display())))
+    if head[..3] != [0, 0, 8] || head[3] as usize != dims {
+        return Err(bad(format!("not an IDX file of unsigned bytes with {dims} dimensions")));
+    }
+    let shape: Vec<usize> = (0..dims)
+        .map(|i| u32::from_be_bytes(head[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
+        .collect();
+    let size = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .and_then(|data| data.checked_add(4 + 4 * dims))
+        .filter(|&n| n as u64 <= MAX_IDX_BYTES)
+        .ok_or_else(|| bad(format!("dimensions {shape:?} declare more than {MAX_IDX_BYTES} bytes")))?;
+    Ok((shape, size))
 }
 
 /// Parses an IDX file of unsigned bytes with `dims` dimensions: the dimensions and the data.
 fn parse_idx(spec: &str, name: &str, bytes: &[u8], dims: usize) -> Result<(Vec<usize>, usize)> {
-    let bad = |why: String| Error::dataset(spec, format!("{name}: {why}"));
+    let (shape, size) = idx_header(spec, name, bytes, dims)?;
     let head = 4 + 4 * dims;
-    if bytes.len() < head {
-        return Err(bad("truncated header".into()));
-    }
-    if bytes[..3] != [0, 0, 8] || bytes[3] as usize != dims {
-        return Err(bad(format!("not an IDX file of unsigned bytes with {dims} dimensions")));
-    }
-    let shape: Vec<usize> = (0..dims)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
-        .collect();
-    let want =
-        shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("dimensions overflow".into()))?;
-    if bytes.len() - head != want {
-        return Err(bad(format!("header promises {want} bytes of data, the file has {}", bytes.len() - head)));
+    if bytes.len() != size {
+        return Err(Error::dataset(
+            spec,
+            format!("{name}: header promises {} bytes of data, the file has {}", size - head, bytes.len() - head),
+        ));
     }
     Ok((shape, head))
 }
 
 /// Class names from `labels.txt` beside the data when it has one line per class, else numbers.
 fn class_names(dir: &Path, classes: usize) -> Vec<String> {
-    let from_file = std::fs::read_to_string(dir.join("labels.txt"))
+    let from_file = crate::fsio::read_limited(&dir.join("labels.txt"), 1 << 20, "a label list")
         .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
         .map(|s| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect::<Vec<_>>());
     match from_file {
         Some(names) if names.len() == classes => names,
@@ -123,8 +150,8 @@ impl Idx {
         labels: &[u8],
         names: impl FnOnce(usize) -> Vec<String>,
     ) -> Result<Self> {
-        let images = gunzip_if_needed(spec, images)?;
-        let labels = gunzip_if_needed(spec, labels)?;
+        let images = gunzip_if_needed(spec, "images", images, 3)?;
+        let labels = gunzip_if_needed(spec, "labels", labels, 1)?;
         let (ishape, ihead) = parse_idx(spec, "images", &images, 3)?;
         let (lshape, lhead) = parse_idx(spec, "labels", &labels, 1)?;
         if ishape[0] != lshape[0] {
@@ -151,19 +178,20 @@ impl Idx {
     }
 }
 
-/// The bytes, gunzipped when they start with the gzip magic (at most [`MAX_IDX_BYTES`]).
-fn gunzip_if_needed<'a>(spec: &str, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
+/// The bytes of an IDX file with `dims` dimensions, gunzipped when they start with the gzip
+/// magic. Decompression is bounded by the size the header declares (checked against
+/// [`MAX_IDX_BYTES`] first): a file that inflates beyond it is refused after at most one byte
+/// more, whatever its compression ratio.
+fn gunzip_if_needed<'a>(spec: &str, name: &str, bytes: &'a [u8], dims: usize) -> Result<std::borrow::Cow<'a, [u8]>> {
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(std::borrow::Cow::Borrowed(bytes));
     }
+    let corrupt = |e: std::io::Error| Error::dataset(spec, format!("{name}: corrupt gzip data: {e}"));
+    let mut inflate = flate2::read::GzDecoder::new(bytes);
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .take(MAX_IDX_BYTES + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::dataset(spec, format!("corrupt gzip data: {e}")))?;
-    if out.len() as u64 > MAX_IDX_BYTES {
-        return Err(Error::dataset(spec, format!("more than {MAX_IDX_BYTES} bytes once decompressed")));
-    }
+    (&mut inflate).take(4 + 4 * dims as u64).read_to_end(&mut out).map_err(corrupt)?;
+    let (_, size) = idx_header(spec, name, &out, dims)?;
+    inflate.take((size - out.len()) as u64 + 1).read_to_end(&mut out).map_err(corrupt)?;
     Ok(std::borrow::Cow::Owned(out))
 }
 

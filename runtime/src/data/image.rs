@@ -1,7 +1,9 @@
 //! Image decoding and the ImageNet preprocessing of torchvision's MobileNetV2: RGB, resize the
 //! shorter side (bilinear, computed exactly as Pillow does), center crop, `/255`, mean/std, CHW.
 
+use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{Error, Result};
 
@@ -172,20 +174,80 @@ fn center_offset(size: u32, crop: u32) -> u32 {
     }
 }
 
-/// Decodes a JPEG or PNG file (grayscale, RGB or RGBA; alpha is dropped) into RGB8.
+/// Default of [`max_pixels`]: 2²⁵ = 33,554,432 pixels (an 8192 × 4096 image, 100 MB as RGB8).
+pub const DEFAULT_MAX_PIXELS: u64 = 1 << 25;
+
+static MAX_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_PIXELS);
+
+/// The most pixels (width × height) an image may have to be decoded, process-wide; larger
+/// images are refused from their header, before any pixel is decoded.
+pub fn max_pixels() -> u64 {
+    MAX_PIXELS.load(Ordering::Relaxed)
+}
+
+/// Sets [`max_pixels`] for the whole process (at least one pixel).
+pub fn set_max_pixels(pixels: u64) {
+    MAX_PIXELS.store(pixels.max(1), Ordering::Relaxed);
+}
+
+/// Decodes a JPEG or PNG file (grayscale, RGB or RGBA; alpha is dropped) into RGB8. The file
+/// must be a regular file of at most [`crate::fsio::MAX_IMAGE_BYTES`]; see [`decode`].
 pub fn load(path: &Path) -> Result<Rgb8> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsio::read_limited(path, crate::fsio::MAX_IMAGE_BYTES, "an image file")?;
     decode(&bytes).map_err(|reason| Error::Image { path: path.to_path_buf(), reason })
 }
 
-/// Decodes JPEG or PNG bytes into RGB8; the error is a human-readable reason.
-pub fn decode(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
-    let img = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
-    if img.format().is_none() {
-        return Err("unknown image format (JPEG and PNG are supported)".into());
+fn check_pixels(width: u64, height: u64) -> std::result::Result<(), String> {
+    let limit = max_pixels();
+    match width.checked_mul(height) {
+        Some(0) => Err(format!("a {width}×{height} image has no pixels")),
+        Some(n) if n <= limit => Ok(()),
+        _ => {
+            Err(format!("a {width}×{height} image has more than {limit} pixels (the limit; `--max-pixels` changes it)"))
+        }
     }
-    let rgb = img.decode().map_err(|e| e.to_string())?.to_rgb8();
-    Ok(Rgb8 { width: rgb.width(), height: rgb.height(), data: rgb.into_raw() })
+}
+
+/// Decodes JPEG or PNG bytes into RGB8; the error is a human-readable reason. The size is read
+/// from the header and checked against [`max_pixels`] before decoding. JPEGs are decoded
+/// strictly: a truncated or damaged file is refused, never completed with grey; PNGs are
+/// checked by their CRCs and must be complete.
+pub fn decode(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
+    let reader = || image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string());
+    match reader()?.format() {
+        None => Err("unknown image format (JPEG and PNG are supported)".into()),
+        Some(image::ImageFormat::Jpeg) => decode_jpeg(bytes),
+        Some(_) => {
+            let (w, h) = reader()?.into_dimensions().map_err(|e| e.to_string())?;
+            check_pixels(w as u64, h as u64)?;
+            let mut r = reader()?;
+            let mut limits = image::Limits::default();
+            // 16-bit RGBA is the widest PNG layout: 8 bytes a pixel.
+            limits.max_alloc = Some(8 * w as u64 * h as u64 + (1 << 20));
+            r.limits(limits);
+            let rgb = r.decode().map_err(|e| e.to_string())?.into_rgb8();
+            Ok(Rgb8 { width: rgb.width(), height: rgb.height(), data: rgb.into_raw() })
+        }
+    }
+}
+
+fn decode_jpeg(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
+    use zune_jpeg::zune_core::{colorspace::ColorSpace, options::DecoderOptions};
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+        .set_max_width(1 << 20)
+        .set_max_height(1 << 20);
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(Cursor::new(bytes), options);
+    let jpeg_err = |e: zune_jpeg::errors::DecodeErrors| format!("damaged JPEG: {e}");
+    d.decode_headers().map_err(jpeg_err)?;
+    let (w, h) = d.dimensions().ok_or("a JPEG without dimensions")?;
+    check_pixels(w as u64, h as u64)?;
+    let data = d.decode().map_err(jpeg_err)?;
+    if data.len() != w * h * 3 {
+        return Err(format!("a {w}×{h} JPEG decoded to {} bytes, not RGB", data.len()));
+    }
+    Ok(Rgb8 { width: w as u32, height: h as u32, data })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::image::Preprocess;
 use super::{Dataset, Rng};
 use crate::tensor::Tensor;
-use crate::Result;
+use crate::{Error, Result};
 
 /// How an image becomes a training or evaluation input.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,28 +59,62 @@ pub fn make_batch(ds: &dyn Dataset, indices: &[usize], t: &Transform, seed: u64)
 }
 
 /// Batches of a fixed order of images, prepared ahead on a background thread (two in flight).
+/// A failure of that thread is an error of the iteration, never a short one: a panic, a thread
+/// that could not start or that stopped before the last batch yields `Err`, then ends.
 pub struct Loader {
     rx: Receiver<Result<Batch>>,
     thread: Option<JoinHandle<()>>,
+    spec: String,
+    /// Batches still to come.
+    left: usize,
+    /// The thread could not be started.
+    spawn_error: Option<std::io::Error>,
 }
 
 impl Loader {
     /// Starts preparing `order` in batches of `batch` (the last may be smaller).
     pub fn new(ds: Arc<dyn Dataset>, order: Vec<usize>, batch: usize, t: Transform, seed: u64) -> Self {
         let (tx, rx) = sync_channel(2);
-        let thread = std::thread::Builder::new()
-            .name("edgepatch-loader".into())
-            .spawn(move || {
-                for chunk in order.chunks(batch.max(1)) {
-                    let b = make_batch(ds.as_ref(), chunk, &t, seed);
-                    let failed = b.is_err();
-                    if tx.send(b).is_err() || failed {
-                        break;
-                    }
+        let spec = ds.spec().to_string();
+        let left = order.len().div_ceil(batch.max(1));
+        let spawned = std::thread::Builder::new().name("edgepatch-loader".into()).spawn(move || {
+            for chunk in order.chunks(batch.max(1)) {
+                let b = make_batch(ds.as_ref(), chunk, &t, seed);
+                let failed = b.is_err();
+                if tx.send(b).is_err() || failed {
+                    break;
                 }
-            })
-            .expect("spawning the loader thread");
-        Loader { rx, thread: Some(thread) }
+            }
+        });
+        let (thread, spawn_error) = match spawned {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(e)),
+        };
+        Loader { rx, thread, spec, left, spawn_error }
+    }
+
+    /// The error that ends an iteration cut short: the thread's panic, or its early end.
+    fn failure(&mut self) -> Option<Error> {
+        if let Some(e) = self.spawn_error.take() {
+            self.left = 0;
+            return Some(Error::dataset(&self.spec, format!("the data loader thread could not start: {e}")));
+        }
+        let joined = self.thread.take().map(JoinHandle::join);
+        let left = std::mem::take(&mut self.left);
+        match joined {
+            Some(Err(panic)) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                Some(Error::dataset(&self.spec, format!("the data loader thread panicked: {msg}")))
+            }
+            _ if left > 0 => {
+                Some(Error::dataset(&self.spec, format!("the data loader stopped with {left} batches left")))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -88,7 +122,17 @@ impl Iterator for Loader {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.recv().ok()
+        if self.left == 0 {
+            return None;
+        }
+        match self.rx.recv() {
+            Ok(b) => {
+                // An error ends the iteration after it is returned.
+                self.left = if b.is_err() { 0 } else { self.left - 1 };
+                Some(b)
+            }
+            Err(_) => self.failure().map(Err),
+        }
     }
 }
 
@@ -99,5 +143,49 @@ impl Drop for Loader {
         if let Some(t) = self.thread.take() {
             t.join().ok();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::image::Rgb8;
+
+    /// A dataset whose image `bad` panics when read.
+    struct Panicking {
+        bad: usize,
+    }
+
+    impl Dataset for Panicking {
+        fn spec(&self) -> &str {
+            "panicking"
+        }
+        fn len(&self) -> usize {
+            8
+        }
+        fn label(&self, i: usize) -> usize {
+            i % 2
+        }
+        fn classes(&self) -> &[String] {
+            &[]
+        }
+        fn image(&self, i: usize) -> Result<Rgb8> {
+            assert!(i != self.bad, "image {i} is broken");
+            Ok(Rgb8 { width: 4, height: 4, data: vec![7; 48] })
+        }
+    }
+
+    #[test]
+    fn a_panicking_loader_is_an_error_not_a_short_iteration() {
+        let t = Transform { resolution: 32, augment: false };
+        let all: Vec<Result<Batch>> = Loader::new(Arc::new(Panicking { bad: 5 }), (0..8).collect(), 2, t, 0).collect();
+        assert_eq!(all.len(), 3, "two batches, then the error");
+        assert!(all[..2].iter().all(Result::is_ok));
+        let e = all[2].as_ref().unwrap_err().to_string();
+        assert!(e.contains("panicked") && e.contains("image 5 is broken"), "{e}");
+        let fine: Vec<Result<Batch>> =
+            Loader::new(Arc::new(Panicking { bad: 99 }), (0..8).collect(), 3, t, 0).collect();
+        assert_eq!(fine.len(), 3);
+        assert!(fine.iter().all(Result::is_ok));
     }
 }

@@ -5,6 +5,6 @@ pub mod image;
 pub mod loader;
 mod rng;
 
-pub use dataset::{open, Dataset};
+pub use dataset::{check_readable, open, Dataset};
 pub use loader::{Batch, Loader, Transform};
 pub use rng::Rng;

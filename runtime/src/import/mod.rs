@@ -91,8 +91,36 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Graph> {
     if !g.nodes.iter().any(|n| matches!(n.op, Op::Linear(_))) {
         return Err(Error::InvalidModel("no classifier (Gemm or MatMul) found".into()));
     }
+    if g.input_channels == 0 {
+        return Err(Error::InvalidModel("the input has zero channels".into()));
+    }
+    for n in &g.nodes {
+        if let Some(what) = zero_sized(&n.op) {
+            return Err(Error::node(&n.name, format!("zero-sized layer: {what} is 0")));
+        }
+    }
     g.shapes(224, 224)?;
     Ok(g)
+}
+
+/// The first size of `op` that is zero (channels, features, kernel sides), if any: such a layer
+/// computes nothing and would divide by zero downstream.
+fn zero_sized(op: &Op) -> Option<&'static str> {
+    let sizes: Vec<(&'static str, usize)> = match op {
+        Op::Conv(c) => vec![
+            ("output channels", c.out_channels),
+            ("input channels", c.in_channels),
+            ("kernel height", c.window.kernel[0]),
+            ("kernel width", c.window.kernel[1]),
+        ],
+        Op::Depthwise(d) => {
+            vec![("channels", d.channels), ("kernel height", d.window.kernel[0]), ("kernel width", d.window.kernel[1])]
+        }
+        Op::Linear(l) => vec![("output features", l.out_features), ("input features", l.in_features)],
+        Op::Affine(a) => vec![("channels", a.scale.len())],
+        _ => vec![],
+    };
+    sizes.into_iter().find(|&(_, v)| v == 0).map(|(what, _)| what)
 }
 
 fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {

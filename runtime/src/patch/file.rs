@@ -55,7 +55,49 @@ fn from_raw(raw: RawPatch) -> Result<(Patch, ValueType)> {
         labels: raw.labels,
         tensors,
     };
+    check_fields(&patch)?;
     Ok((patch, raw.value_type))
+}
+
+/// Longest class name, in bytes.
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// The checks a patch passes without its backbone (the codec has checked lengths, checksum and
+/// values): a resolution the trainer can make (a multiple of 32 in `32..=1024`), each parameter
+/// at most once, one label per classifier output, labels of 1 to [`MAX_LABEL_LEN`] bytes with
+/// no control characters (they reach terminals). [`Patch::check`] does the rest against a
+/// backbone.
+pub fn check_fields(patch: &Patch) -> Result<()> {
+    let r = patch.resolution;
+    if !(32..=1024).contains(&r) || !r.is_multiple_of(32) {
+        return Err(Error::Patch(format!("resolution {r} is not a multiple of 32 between 32 and 1024")));
+    }
+    if patch.tensors.is_empty() {
+        return Err(Error::Patch("the patch holds no tensors".into()));
+    }
+    if patch.slots().len() != patch.tensors.len() {
+        return Err(Error::Patch("a parameter appears twice".into()));
+    }
+    for (i, l) in patch.labels.iter().enumerate() {
+        if l.is_empty() || l.len() > MAX_LABEL_LEN || l.chars().any(char::is_control) {
+            return Err(Error::Patch(format!(
+                "label {i} ({:?}) is empty, longer than {MAX_LABEL_LEN} bytes or holds control characters",
+                l.chars().take(40).collect::<String>()
+            )));
+        }
+    }
+    // Only the classifier has 2-D weights: its rows are the classes.
+    for t in patch.tensors.iter().filter(|t| t.role == Role::Weights && t.shape.len() == 2) {
+        let outputs = t.shape[0] as usize;
+        if patch.labels.len() != outputs {
+            return Err(Error::Patch(format!("{} labels for a classifier of {outputs} outputs", patch.labels.len())));
+        }
+        let bias = patch.tensors.iter().find(|b| b.node == t.node && b.role == Role::Bias);
+        if bias.is_some_and(|b| b.values.len() != outputs) {
+            return Err(Error::Patch("the classifier's weights and bias disagree".into()));
+        }
+    }
+    Ok(())
 }
 
 /// The encoded file with f32 values (what [`write`] writes).
@@ -90,16 +132,16 @@ pub fn from_bytes_typed(bytes: &[u8]) -> Result<(Patch, ValueType)> {
 
 /// Reads a patch file.
 pub fn load(path: &std::path::Path) -> Result<Patch> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fsio::read_limited(path, crate::fsio::MAX_PATCH_BYTES, "a patch file")?;
     from_bytes(&bytes).map_err(|e| match e {
         Error::Patch(m) => Error::Patch(format!("{}: {m}", path.display())),
         e => e,
     })
 }
 
-/// Writes a patch file atomically: a temporary file in the same directory, synced, then renamed
-/// over `path` and the directory synced, so `path` holds the old file or the new one, never a
-/// part of either.
+/// Writes a patch file atomically ([`crate::fsio::write_atomic`]): a temporary file in the same
+/// directory, synced, then renamed over `path` and the directory synced, so `path` holds the old
+/// file or the new one, never a part of either. A special file at `path` is refused.
 pub fn save(patch: &Patch, path: &std::path::Path) -> Result<()> {
     save_as(patch, path, ValueType::F32)
 }
@@ -109,28 +151,4 @@ pub fn save_as(patch: &Patch, path: &std::path::Path, value_type: ValueType) -> 
     write_atomic(path, &to_bytes_as(patch, value_type)?)
 }
 
-/// Writes `bytes` to `path` atomically (see [`save`]).
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| Error::Patch(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            d.sync_all().ok();
-        }
-        Ok(())
-    })();
-    result.map_err(|e| {
-        std::fs::remove_file(&tmp).ok();
-        Error::io(path, e)
-    })
-}
+pub use crate::fsio::write_atomic;

@@ -320,6 +320,16 @@ impl Patch {
                 self.fingerprint
             )));
         }
+        let mut want = slots(base, self.kinds)?;
+        want.sort_by_key(|s| (s.node, s.role.code()));
+        if self.slots() != want || self.tensors.len() != want.len() {
+            return Err(Error::Patch(format!(
+                "its {} tensors are not the {} parameters a {} patch holds for this backbone",
+                self.tensors.len(),
+                want.len(),
+                self.kinds
+            )));
+        }
         let head = head_index(base).ok();
         let mut head_shape = head.map(|h| {
             let Op::Linear(l) = &base.nodes[h].op else { unreachable!("head_index checks the op") };

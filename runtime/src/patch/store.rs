@@ -1,18 +1,25 @@
 //! A patch store: a directory of task patches and an index naming them.
 //!
 //! ```text
-//! DIR/index.json          {"format": 1, "generation": G, "entries": [Entry, …]}
+//! DIR/index.json          {"format": 1, "generation": G, "entries": [Entry, …], "pending": [file, …]}
 //! DIR/NAME.GEN.patch      one patch file per entry (never rewritten: a new version gets a new GEN)
 //! DIR/.lock               writers hold an exclusive lock on it; readers take no lock
 //! ```
 //!
 //! Every write is atomic and ordered so that a crash or a failed write at any point leaves the
-//! old state or the new one: a new patch file is written and synced under a name nothing refers
-//! to yet, then the index is written to a temporary file, synced and renamed over `index.json`
-//! (and the directory synced), and only then is the replaced file deleted. A crash leaves at most
-//! unreferenced files, which [`Store::verify`] reports and the next write removes. Readers read
-//! the index (always whole, thanks to the rename), then the file it names; a file deleted by a
-//! concurrent writer in between makes them read the new index once more.
+//! old state or the new one: the name of the new patch file is first recorded in the index as
+//! `pending`, then the file is created (never over an existing file) and synced, then the index
+//! naming it is written to a temporary file, synced and renamed over `index.json` (and the
+//! directory synced), and only then is the replaced file deleted (its name stays `pending` until
+//! then). A crash leaves at most pending files that no entry names, which [`Store::verify`]
+//! reports and the next write removes. Readers read the index (always whole, thanks to the
+//! rename), then the file it names; a file deleted by a concurrent writer in between makes them
+//! read the new index once more.
+//!
+//! **The store deletes only files it created**: names it recorded as `pending` before creating
+//! them, and the files of entries it replaces or removes. Other files in the directory — a
+//! user's own patches included — are never touched. A store is made only in a new or empty
+//! directory; a non-empty directory without an index is refused.
 
 use std::fs::File;
 use std::io::{self, Write as _};
@@ -29,6 +36,8 @@ pub const INDEX: &str = "index.json";
 const LOCK: &str = ".lock";
 const INDEX_TMP: &str = ".index.json.tmp";
 const FORMAT: u32 = 1;
+/// Largest index file read (an entry takes about 300 bytes).
+const MAX_INDEX_BYTES: u64 = 64 << 20;
 /// Longest task name.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -60,6 +69,11 @@ struct Index {
     /// Incremented by every write; names new patch files.
     generation: u64,
     entries: Vec<Entry>,
+    /// Files this store created, or is about to create, that no entry may name: the new file of
+    /// an unfinished write, or the old file of a replaced or removed entry. The next write
+    /// deletes those no entry names. Absent in stores written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<String>,
 }
 
 /// What [`Store::verify`] found.
@@ -67,8 +81,8 @@ struct Index {
 pub struct Verified {
     /// Entries whose files decode and match the index.
     pub entries: usize,
-    /// Files in the directory that no entry names (left by an interrupted write; removed by the
-    /// next write).
+    /// Files the store created that no entry names (left by an interrupted write; removed by the
+    /// next write). Files the store did not create are never listed or removed.
     pub unreferenced: Vec<String>,
 }
 
@@ -133,6 +147,12 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// A file name the store may create or name: `NAME.GEN.patch` with a valid task name, no path
+/// separators, not hidden.
+fn is_store_file_name(f: &str) -> bool {
+    !f.contains(['/', '\\']) && !f.starts_with('.') && f.ends_with(".patch") && f.len() <= MAX_NAME_LEN + 32
+}
+
 impl Store {
     /// Opens the store in `dir`, which must hold an index.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -141,10 +161,48 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens the store in `dir`, creating the directory and an empty index when absent.
+    /// Checks, without creating anything, that [`Store::open_or_create`] would succeed on `dir`:
+    /// it is a store, or a new or empty directory (so that a long job can fail before it
+    /// starts, and leave nothing behind).
+    pub fn check_target(dir: &Path) -> Result<()> {
+        if dir.join(INDEX).exists() {
+            return Store::open(dir).map(drop);
+        }
+        match std::fs::read_dir(dir) {
+            Ok(items) => {
+                let mut foreign = Vec::new();
+                for item in items {
+                    let name = item.map_err(|e| Error::io(dir, e))?.file_name().to_string_lossy().into_owned();
+                    if name != LOCK && name != INDEX_TMP {
+                        foreign.push(name);
+                    }
+                }
+                if foreign.is_empty() {
+                    return Ok(());
+                }
+                foreign.sort();
+                Err(Error::Patch(format!(
+                    "{} is not a patch store (no {INDEX}) and is not empty ({} entries, e.g. '{}'): \
+                     give a new or empty directory; the store never adopts or removes files it did not write",
+                    dir.display(),
+                    foreign.len(),
+                    foreign[0]
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                Err(Error::Patch(format!("{} is not a directory", dir.display())))
+            }
+            Err(e) => Err(Error::io(dir, e)),
+        }
+    }
+
+    /// Opens the store in `dir`, creating the directory and an empty index when `dir` is absent
+    /// or empty. A non-empty directory without an index is refused ([`Store::check_target`]).
     pub fn open_or_create(dir: &Path) -> Result<Self> {
         let store = Store { dir: dir.to_path_buf() };
         if !dir.join(INDEX).exists() {
+            Store::check_target(dir)?;
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             let _lock = store.lock()?;
             if !dir.join(INDEX).exists() {
@@ -162,7 +220,7 @@ impl Store {
 
     fn read_index(&self) -> Result<Index> {
         let path = self.dir.join(INDEX);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let bytes = crate::fsio::read_limited(&path, MAX_INDEX_BYTES, "a store index")?;
         let index: Index = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Patch(format!("{}: not a valid store index: {e}", path.display())))?;
         if index.format != FORMAT {
@@ -175,9 +233,12 @@ impl Store {
         }
         for e in &index.entries {
             check_name(&e.name)?;
-            if e.file.contains(['/', '\\']) || e.file.starts_with('.') {
+            if !is_store_file_name(&e.file) {
                 return Err(Error::Patch(format!("{}: entry '{}' names file '{}'", path.display(), e.name, e.file)));
             }
+        }
+        if let Some(f) = index.pending.iter().find(|f| !is_store_file_name(f)) {
+            return Err(Error::Patch(format!("{}: pending file '{f}' is not a store file name", path.display())));
         }
         Ok(index)
     }
@@ -223,13 +284,13 @@ impl Store {
                 .find(|e| e.name == name)
                 .ok_or_else(|| Error::Patch(format!("no task '{name}' in the store {}", self.dir.display())))?;
             let path = self.dir.join(&entry.file);
-            match std::fs::read(&path) {
+            match crate::fsio::read_limited(&path, crate::fsio::MAX_PATCH_BYTES, "a patch file") {
                 Ok(bytes) => {
                     let patch = self.check_file(&entry, &bytes)?;
                     return Ok((entry, patch, bytes));
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => continue,
-                Err(e) => return Err(Error::io(&path, e)),
+                Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound && attempt < 3 => continue,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -262,11 +323,19 @@ impl Store {
         let (patch, value_type) = patch_file::from_bytes_typed(bytes)?;
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
-        self.remove_unreferenced(io, &index);
+        self.remove_unreferenced(io, &mut index);
+        // A generated name a file already holds (not the store's: it deletes its own pending
+        // files above) is skipped, never overwritten.
         index.generation += 1;
+        while self.dir.join(format!("{name}.{}.patch", index.generation)).symlink_metadata().is_ok() {
+            index.generation += 1;
+        }
+        let file = format!("{name}.{}.patch", index.generation);
+        index.pending.push(file.clone());
+        self.write_index(io, &index)?;
         let entry = Entry {
             name: name.to_string(),
-            file: format!("{name}.{}.patch", index.generation),
+            file,
             bytes: bytes.len() as u64,
             crc32: u32::from_le_bytes(bytes[36..40].try_into().expect("a decoded file has a prefix")),
             kinds: patch.kinds.to_string(),
@@ -277,8 +346,15 @@ impl Store {
             values: value_type.to_string(),
         };
         let path = self.dir.join(&entry.file);
-        std::fs::remove_file(&path).ok();
-        io.write_new(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        if let Err(e) = io.write_new(&path, bytes) {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                // Someone else's file took the name meanwhile: it must not stay pending.
+                index.pending.retain(|f| *f != entry.file);
+                self.write_index(io, &index).ok();
+            }
+            return Err(Error::io(&path, e));
+        }
+        index.pending.retain(|f| *f != entry.file);
         let old = match index.entries.iter_mut().find(|e| e.name == name) {
             Some(e) => Some(std::mem::replace(e, entry.clone())),
             None => {
@@ -286,6 +362,9 @@ impl Store {
                 None
             }
         };
+        if let Some(old) = &old {
+            index.pending.push(old.file.clone());
+        }
         self.write_index(io, &index)?;
         if let Some(old) = old {
             self.remove_file(io, &old.file);
@@ -302,13 +381,14 @@ impl Store {
     pub fn remove_with(&self, io: &mut dyn StoreIo, name: &str) -> Result<Entry> {
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
-        self.remove_unreferenced(io, &index);
+        self.remove_unreferenced(io, &mut index);
         let at = index
             .entries
             .iter()
             .position(|e| e.name == name)
             .ok_or_else(|| Error::Patch(format!("no task '{name}' in the store {}", self.dir.display())))?;
         let old = index.entries.remove(at);
+        index.pending.push(old.file.clone());
         index.generation += 1;
         self.write_index(io, &index)?;
         self.remove_file(io, &old.file);
@@ -321,25 +401,35 @@ impl Store {
         }
     }
 
-    /// Files of the store's own kinds (`*.patch`, the index's temporary) that the index does not name.
-    fn unreferenced(&self, index: &Index) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for item in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
-            let item = item.map_err(|e| Error::io(&self.dir, e))?;
-            let name = item.file_name().to_string_lossy().into_owned();
-            let ours = name.ends_with(".patch") || name == INDEX_TMP;
-            if ours && !index.entries.iter().any(|e| e.file == name) {
-                out.push(name);
-            }
-        }
+    /// Pending files (created by this store) that exist and that no entry names.
+    fn unreferenced(&self, index: &Index) -> Vec<String> {
+        let mut out: Vec<String> = index
+            .pending
+            .iter()
+            .filter(|f| !index.entries.iter().any(|e| e.file == **f))
+            .filter(|f| self.dir.join(f).symlink_metadata().is_ok())
+            .cloned()
+            .collect();
         out.sort();
-        Ok(out)
+        out.dedup();
+        out
     }
 
-    fn remove_unreferenced(&self, io: &mut dyn StoreIo, index: &Index) {
-        for name in self.unreferenced(index).unwrap_or_default() {
-            if name != INDEX_TMP {
-                self.remove_file(io, &name);
+    /// Deletes the pending files no entry names and forgets those that are gone; a file that
+    /// could not be deleted stays pending. Only `index` changes: the caller writes it.
+    fn remove_unreferenced(&self, io: &mut dyn StoreIo, index: &mut Index) {
+        let pending = std::mem::take(&mut index.pending);
+        for f in pending {
+            if index.entries.iter().any(|e| e.file == f) || index.pending.contains(&f) {
+                continue;
+            }
+            match io.remove(&self.dir.join(&f)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    log::warn!("store {}: could not remove {f} ({e}); the next write retries", self.dir.display());
+                    index.pending.push(f);
+                }
             }
         }
     }
@@ -350,9 +440,9 @@ impl Store {
         let index = self.read_index()?;
         for e in &index.entries {
             let path = self.dir.join(&e.file);
-            let bytes = std::fs::read(&path).map_err(|err| Error::io(&path, err))?;
+            let bytes = crate::fsio::read_limited(&path, crate::fsio::MAX_PATCH_BYTES, "a patch file")?;
             self.check_file(e, &bytes)?;
         }
-        Ok(Verified { entries: index.entries.len(), unreferenced: self.unreferenced(&index)? })
+        Ok(Verified { entries: index.entries.len(), unreferenced: self.unreferenced(&index) })
     }
 }

@@ -86,7 +86,10 @@ impl TrainConfig {
         self.lr.unwrap_or_else(|| self.default_lr())
     }
 
-    fn check(&self) -> Result<()> {
+    /// Refuses a configuration that cannot train: resolution not a multiple of 32 in
+    /// `32..=1024`, zero batch or epochs, a learning rate, weight decay or clipping norm that is
+    /// not a finite number of the right sign, smoothing or warm-up outside `[0, 1)`.
+    pub fn check(&self) -> Result<()> {
         let r = self.resolution;
         if r < 32 || !r.is_multiple_of(32) || r > 1024 {
             return Err(Error::Train(format!("resolution {r} is not a multiple of 32 between 32 and 1024")));
@@ -96,7 +99,15 @@ impl TrainConfig {
         }
         let lr = self.lr();
         if !(lr.is_finite() && lr > 0.0) {
-            return Err(Error::Train(format!("learning rate {lr} is not positive")));
+            return Err(Error::Train(format!("learning rate {lr} is not a finite positive number")));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::Train(format!("weight decay {} is not a finite number ≥ 0", self.weight_decay)));
+        }
+        if let Some(c) = self.clip_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::Train(format!("gradient clipping norm {c} is not a finite positive number")));
+            }
         }
         if !(0.0..1.0).contains(&self.label_smoothing) || !(0.0..1.0).contains(&self.warmup) {
             return Err(Error::Train("label smoothing and warm-up must be in [0, 1)".into()));
@@ -685,7 +696,7 @@ pub struct Evaluation {
 }
 
 /// Evaluates `graph` (a backbone with a patch applied) on `indices` of `ds` at `resolution`,
-/// on the CPU.
+/// on the CPU. No indices is an error, as is any image that cannot be read.
 pub fn evaluate(graph: &Graph, ds: Arc<dyn Dataset>, indices: &[usize], resolution: u32) -> Result<Evaluation> {
     evaluate_on(graph, ds, indices, resolution, Device::Cpu)
 }
@@ -701,6 +712,9 @@ pub fn evaluate_on(
     let k = graph.num_classes();
     if ds.classes().len() != k {
         return Err(Error::dataset(ds.spec(), format!("has {} classes, the model {k}", ds.classes().len())));
+    }
+    if indices.is_empty() {
+        return Err(Error::dataset(ds.spec(), "no images to evaluate on (an accuracy of 0 images is undefined)"));
     }
     let engine = crate::backend::Engine::new(graph, device)?;
     let t = Transform { resolution, augment: false };

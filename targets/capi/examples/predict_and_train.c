@@ -4,7 +4,7 @@
  *
  *   gcc -o predict_and_train targets/capi/examples/predict_and_train.c -I targets/capi/include \
  *       target/release/libedgepatch.a -lm -lpthread -ldl -Wl,-z,noexecstack
- *   ./predict_and_train ../shared/reference/mobilenet_v2/chelsea.png
+ *   ./predict_and_train models/mobilenet_v2/reference/chelsea.png
  */
 #include <stdint.h>
 #include <stdio.h>

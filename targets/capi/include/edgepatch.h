@@ -108,7 +108,8 @@ int32_t ep_predict_file(struct EpRuntime *rt,
                         size_t *n_out);
 
 // Creates a trainer over the runtime's backbone for patch `kinds` (e.g. "sb+logits") and
-// `n_labels` class names, at `resolution` px (a multiple of 32).
+// `n_labels` class names, at `resolution` px (a multiple of 32 from 32 to 1024: anything else is
+// refused here, not at fit).
 int32_t ep_trainer_new(struct EpRuntime *rt,
                        const char *kinds,
                        const char *const *labels,
@@ -124,7 +125,7 @@ int32_t ep_trainer_add_rgb8(struct EpTrainer *tr,
                             uint32_t label);
 
 // Trains on the images added so far for `epochs` epochs at learning rate `lr` (≤ 0: the
-// default for the patch kinds) from `seed`; `*train_accuracy` (may be null) receives the
+// default for the patch kinds; NaN or infinite: refused) from `seed`; `*train_accuracy` (may be null) receives the
 // accuracy over the last epoch.
 int32_t ep_trainer_fit(struct EpTrainer *tr,
                        uint32_t epochs,

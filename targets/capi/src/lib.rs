@@ -315,7 +315,8 @@ pub struct EpTrainer {
 }
 
 /// Creates a trainer over the runtime's backbone for patch `kinds` (e.g. "sb+logits") and
-/// `n_labels` class names, at `resolution` px (a multiple of 32).
+/// `n_labels` class names, at `resolution` px (a multiple of 32 from 32 to 1024: anything else is
+/// refused here, not at fit).
 #[no_mangle]
 pub extern "C" fn ep_trainer_new(
     rt: *mut EpRuntime,
@@ -337,6 +338,7 @@ pub extern "C" fn ep_trainer_new(
         let names = names.iter().map(|&p| cstr(p, "label").map(str::to_string)).collect::<Result<Vec<_>, _>>()?;
         let mut config = TrainConfig::new(kinds);
         config.resolution = resolution;
+        config.check()?;
         *slot = Box::into_raw(Box::new(EpTrainer {
             backbone: rt.backbone.clone(),
             config,
@@ -362,7 +364,7 @@ pub extern "C" fn ep_trainer_add_rgb8(tr: *mut EpTrainer, rgb: *const u8, width:
 }
 
 /// Trains on the images added so far for `epochs` epochs at learning rate `lr` (≤ 0: the
-/// default for the patch kinds) from `seed`; `*train_accuracy` (may be null) receives the
+/// default for the patch kinds; NaN or infinite: refused) from `seed`; `*train_accuracy` (may be null) receives the
 /// accuracy over the last epoch.
 #[no_mangle]
 pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed: u64, train_accuracy: *mut f32) -> i32 {
@@ -370,7 +372,8 @@ pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed:
         let tr = handle(tr, "trainer")?;
         let mut config = tr.config.clone();
         config.epochs = epochs as usize;
-        config.lr = (lr > 0.0).then_some(lr);
+        // ≤ 0: the default; NaN and infinities reach `TrainConfig::check` and are refused.
+        config.lr = (lr.is_nan() || lr > 0.0).then_some(lr);
         config.seed = seed;
         config.batch = config.batch.min(tr.images.len().max(1));
         let ds = Arc::new(Memory::new("c-api images", tr.images.clone(), tr.labels.clone())?);
@@ -417,3 +420,6 @@ pub extern "C" fn ep_trainer_free(tr: *mut EpTrainer) {
         drop(unsafe { Box::from_raw(tr) });
     }
 }
+
+#[cfg(test)]
+mod tests;

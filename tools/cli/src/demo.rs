@@ -61,6 +61,9 @@ fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
 }
 
 pub fn demo(out: &Path, epochs: usize, resolution: u32, as_json: bool) -> edgepatch::Result<String> {
+    // Refuse an output that is not a regular file or a new path before training.
+    edgepatch::fsio::output_target(out)?;
+    edgepatch::fsio::output_target(&PathBuf::from(format!("{}.logits", out.display())))?;
     let backbone = Backbone::embedded()?;
     let train = embedded("embedded:fashion-mnist-mini/train", TRAIN_IMAGES, TRAIN_LABELS)?;
     let test = embedded("embedded:fashion-mnist-mini/t10k", TEST_IMAGES, TEST_LABELS)?;

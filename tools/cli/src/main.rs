@@ -35,6 +35,10 @@ macro_rules! outln {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Refuse images of more pixels than this (width × height), from their header, before
+    /// decoding; bounds the memory one image takes.
+    #[arg(long, global = true, default_value_t = edgepatch::data::image::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_pixels: u64,
 }
 
 #[derive(Subcommand)]
@@ -59,9 +63,9 @@ enum Command {
         /// An ONNX model; the shipped int8 MobileNetV2 when absent.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// How many classes to show per image.
-        #[arg(long, default_value_t = 5)]
-        top: usize,
+        /// How many classes to show per image (at least 1).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        top: u64,
         /// A task patch: classify with the task's classes.
         #[arg(long, conflicts_with = "store")]
         patch: Option<PathBuf>,
@@ -164,14 +168,21 @@ enum StoreCommand {
         /// Store the values as f32 or f16 (default: as in the file).
         #[arg(long)]
         values: Option<ValueType>,
+        /// The backbone the patch must apply to; the shipped int8 MobileNetV2 when absent.
+        #[arg(long)]
+        model: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// Remove task NAME.
     Remove { dir: PathBuf, name: String },
-    /// Check the index and decode every patch it names (exit status 1 on any problem).
+    /// Check the index, decode every patch it names and check it applies to the backbone
+    /// (exit status 1 on any problem).
     Verify {
         dir: PathBuf,
+        /// The backbone; the shipped int8 MobileNetV2 when absent.
+        #[arg(long)]
+        model: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -296,15 +307,23 @@ fn predict(
     as_json: bool,
 ) -> edgepatch::Result<String> {
     let mut o = String::new();
+    // Every path must be a readable regular file before anything runs (decoding comes later,
+    // one image at a time).
+    for p in images {
+        edgepatch::fsio::open_regular(p, "an image file")?;
+    }
     let backbone = load(model)?;
-    let decoded = images.iter().map(|p| edgepatch::data::image::load(p)).collect::<edgepatch::Result<Vec<_>>>()?;
     let session = match patch {
         PatchSource::File(p) => Session::with_patch_on(backbone, &patch_file::load(p)?, device)?,
         PatchSource::Store(dir, task) => Session::with_patch_on(backbone, &Store::open(dir)?.get(task)?, device)?,
         PatchSource::None if device == Device::Cpu => Session::new(backbone),
         PatchSource::None => Session::new_on(backbone, device)?,
     };
-    let results = session.classify(&decoded, top.max(1))?;
+    // One image at a time: only one decoded image is held, whatever the number of files.
+    let results = images
+        .iter()
+        .map(|p| Ok(session.classify(&[edgepatch::data::image::load(p)?], top)?.remove(0)))
+        .collect::<edgepatch::Result<Vec<_>>>()?;
     if as_json {
         let arr: Vec<_> = images
             .iter()
@@ -363,8 +382,12 @@ fn export(
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: it sets an environment variable.
+    #[cfg(feature = "gpu")]
+    edgepatch::backend::gpu::quiet_adapter_probe();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    edgepatch::data::image::set_max_pixels(cli.max_pixels);
     let result = match &cli.command {
         Command::Info { devices: true, json, .. } => Ok(devices(*json)),
         Command::Info { model, json, .. } => info(model.as_deref(), *json),
@@ -374,7 +397,7 @@ fn main() -> ExitCode {
                 (None, Some(s), Some(t)) => PatchSource::Store(s, t),
                 _ => PatchSource::None,
             };
-            predict(images, model.as_deref(), source, *top, *device, *json)
+            predict(images, model.as_deref(), source, *top as usize, *device, *json)
         }
         Command::Train(args) => train::train(args),
         Command::TrainMulti(args) => multi::train_multi(args),
@@ -392,11 +415,11 @@ fn main() -> ExitCode {
         }
         Command::Patch(PatchCommand::Inspect { file, json }) => train::inspect(file, *json),
         Command::Store(StoreCommand::List { dir, json }) => store::list(dir, *json),
-        Command::Store(StoreCommand::Add { dir, name, file, values, json }) => {
-            store::add(dir, name, file, *values, *json)
+        Command::Store(StoreCommand::Add { dir, name, file, values, model, json }) => {
+            store::add(dir, name, file, *values, model.as_deref(), *json)
         }
         Command::Store(StoreCommand::Remove { dir, name }) => store::remove(dir, name),
-        Command::Store(StoreCommand::Verify { dir, json }) => store::verify(dir, *json),
+        Command::Store(StoreCommand::Verify { dir, model, json }) => store::verify(dir, model.as_deref(), *json),
     };
     match result {
         Ok(text) => {

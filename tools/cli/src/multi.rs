@@ -93,7 +93,9 @@ fn parse_task(spec: &str, a: &MultiArgs) -> edgepatch::Result<Task> {
 pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
     let backbone = load(a.model.as_deref())?;
     let tasks = a.tasks.iter().map(|t| parse_task(t, a)).collect::<edgepatch::Result<Vec<_>>>()?;
-    let store = Store::open_or_create(&a.out_dir)?;
+    // Refuse a directory the store cannot use before training; create the store only once
+    // there are patches to put in it, so that a failed run leaves nothing behind.
+    Store::check_target(&a.out_dir)?;
     let specs = tasks
         .iter()
         .map(|t| {
@@ -119,6 +121,7 @@ pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
         bar.set_message(format!("{} loss {:.4} · {:.1} img/s", tasks[k].name, p.loss, p.images_per_second));
     })?;
     bar.finish_and_clear();
+    let store = Store::open_or_create(&a.out_dir)?;
     let mut rows: Vec<Value> = Vec::new();
     let mut total_bytes = 0u64;
     for (t, r) in tasks.iter().zip(&results) {

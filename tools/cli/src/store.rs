@@ -31,12 +31,23 @@ pub fn list(dir: &Path, as_json: bool) -> edgepatch::Result<String> {
 }
 
 /// Adds `file` as `name`, re-encoding its values as `values` when given.
-pub fn add(dir: &Path, name: &str, file: &Path, values: Option<ValueType>, as_json: bool) -> edgepatch::Result<String> {
-    let bytes = std::fs::read(file).map_err(|e| Error::Io { path: file.to_path_buf(), source: e })?;
-    let (patch, stored) = patch_file::from_bytes_typed(&bytes).map_err(|e| match e {
+/// A patch must apply to the backbone (`--model`, or the shipped one) to enter a store.
+pub fn add(
+    dir: &Path,
+    name: &str,
+    file: &Path,
+    values: Option<ValueType>,
+    model: Option<&Path>,
+    as_json: bool,
+) -> edgepatch::Result<String> {
+    let bytes = edgepatch::fsio::read_limited(file, edgepatch::fsio::MAX_PATCH_BYTES, "a patch file")?;
+    let named = |e: Error| match e {
         Error::Patch(m) => Error::Patch(format!("{}: {m}", file.display())),
         e => e,
-    })?;
+    };
+    let (patch, stored) = patch_file::from_bytes_typed(&bytes).map_err(named)?;
+    let backbone = crate::load(model)?;
+    patch.check(backbone.graph(), backbone.fingerprint()).map_err(named)?;
     let store = Store::open_or_create(dir)?;
     let entry = match values {
         Some(v) if v != stored => store.add(name, &patch, v)?,
@@ -53,8 +64,18 @@ pub fn remove(dir: &Path, name: &str) -> edgepatch::Result<String> {
     Ok(format!("removed {}", entry_line(&e)))
 }
 
-pub fn verify(dir: &Path, as_json: bool) -> edgepatch::Result<String> {
-    let v = Store::open(dir)?.verify()?;
+/// Checks the store, and that every patch in it applies to the backbone (`--model`, or the
+/// shipped one).
+pub fn verify(dir: &Path, model: Option<&Path>, as_json: bool) -> edgepatch::Result<String> {
+    let store = Store::open(dir)?;
+    let v = store.verify()?;
+    let backbone = crate::load(model)?;
+    for e in store.list()? {
+        let patch = store.get(&e.name)?;
+        patch
+            .check(backbone.graph(), backbone.fingerprint())
+            .map_err(|err| Error::Patch(format!("task '{}' cannot be applied to the backbone: {err}", e.name)))?;
+    }
     if as_json {
         let out = json!({"ok": true, "tasks": v.entries, "unreferenced": v.unreferenced});
         return Ok(format!("{}\n", serde_json::to_string_pretty(&out).expect("json")));

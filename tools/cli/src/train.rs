@@ -103,7 +103,8 @@ impl TrainFlags {
         config.weight_decay = self.weight_decay;
         config.label_smoothing = self.label_smoothing;
         config.warmup = self.warmup;
-        config.clip_norm = (self.clip_norm > 0.0).then_some(self.clip_norm);
+        // 0 turns clipping off; anything else (negative, NaN) reaches `TrainConfig::check`.
+        config.clip_norm = (self.clip_norm != 0.0).then_some(self.clip_norm);
         config.resolution = self.resolution;
         config.augment = self.augment;
         config.seed = self.seed;
@@ -180,6 +181,17 @@ pub fn run_training(
     let (indices, held_out) = split(train_ds.as_ref(), a.limit, a.validate, a.flags.seed)?;
     let mut config = a.flags.config(a.patch);
     config.init = a.init_from.as_deref().map(patch_file::load).transpose()?;
+    config.check()?;
+    // Everything that could fail after training is checked before it: the output path, and
+    // that every test and validation image can be read.
+    edgepatch::fsio::output_target(&a.out)?;
+    let test_idx = test_ds.as_ref().map(|t| select(t.as_ref(), a.test_limit, a.flags.seed));
+    if let (Some(t), Some(idx)) = (&test_ds, &test_idx) {
+        data::check_readable(t.as_ref(), idx, "test set")?;
+    }
+    if !held_out.is_empty() {
+        data::check_readable(train_ds.as_ref(), &held_out, "validation split")?;
+    }
     let bar = progress_bar(quiet);
     let (patch, report) = train::fit(backbone, train_ds.clone(), &indices, config.clone(), &mut |p| {
         bar.set_length(p.total_steps as u64);
@@ -187,16 +199,17 @@ pub fn run_training(
         bar.set_message(format!("loss {:.4} · {:.1} img/s", p.loss, p.images_per_second));
     })?;
     bar.finish_and_clear();
-    patch_file::save_as(&patch, &a.out, a.patch_dtype)?;
+    // The file is written last, once everything else has succeeded: a failed run leaves
+    // nothing new at `--out`.
+    let encoded = patch_file::to_bytes_as(&patch, a.patch_dtype)?;
+    let bytes = encoded.len() as u64;
     let patch = patch.stored_as(a.patch_dtype);
-    let bytes = std::fs::metadata(&a.out).map_err(|e| Error::Io { path: a.out.clone(), source: e })?.len();
-    let test = match &test_ds {
-        Some(t) => {
-            let idx = select(t.as_ref(), a.test_limit, a.flags.seed);
+    let test = match (&test_ds, &test_idx) {
+        (Some(t), Some(idx)) => {
             let graph = backbone.patched(&patch)?;
-            Some(train::evaluate_on(&graph, t.clone(), &idx, patch.resolution, a.flags.device)?)
+            Some(train::evaluate_on(&graph, t.clone(), idx, patch.resolution, a.flags.device)?)
         }
-        None => None,
+        _ => None,
     };
     let validation = if held_out.is_empty() {
         None
@@ -232,6 +245,7 @@ pub fn run_training(
         "device": report.device,
         "gpu_buffer_bytes": report.gpu_buffer_bytes,
     });
+    patch_file::write_atomic(&a.out, &encoded)?;
     Ok(Trained { patch, summary, test })
 }
 
@@ -299,7 +313,7 @@ pub fn eval(
 }
 
 pub fn inspect(path: &Path, as_json: bool) -> edgepatch::Result<String> {
-    let data = std::fs::read(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let data = edgepatch::fsio::read_limited(path, edgepatch::fsio::MAX_PATCH_BYTES, "a patch file")?;
     let (patch, values) = patch_file::from_bytes_typed(&data).map_err(|e| match e {
         Error::Patch(m) => Error::Patch(format!("{}: {m}", path.display())),
         e => e,

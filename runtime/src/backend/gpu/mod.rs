@@ -45,6 +45,19 @@ impl AdapterInfo {
     }
 }
 
+/// Keeps Mesa's Vulkan device-selection layer out of this process (sets `NODEVICE_SELECT=1`
+/// unless the environment already sets it). The layer only reorders adapters, which wgpu ranks
+/// itself, but to do so it connects to a Wayland display and, where there is none, prints
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` on stderr.
+///
+/// It changes the process environment: call it at the start of `main`, before any thread
+/// starts (the CLI does).
+pub fn quiet_adapter_probe() {
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
