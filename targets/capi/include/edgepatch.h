@@ -1,4 +1,12 @@
-/* edgepatch C ABI: every function returns EP_OK (0) or an EP_ERR_* status; ep_last_error() gives the message. */
+/* edgepatch C ABI: every function returns EP_OK (0) or an EP_ERR_* status; ep_last_error() gives the message.
+
+   Threads: a runtime may be used from any number of threads at once. Predictions
+   (ep_predict_*) run concurrently; ep_patch_load_*, ep_patch_unload and ep_patch_activate wait
+   for the predictions in flight and are seen whole by the ones after them. A trainer takes one
+   call at a time: a call made while another thread is inside a call on the same trainer returns
+   EP_ERR_BUSY. A trainer trains on its own copy of the backbone, so a runtime keeps predicting
+   while a trainer made from it fits on another thread. Never free a handle while another thread
+   uses it. ep_last_error() is per thread. */
 
 #ifndef EDGEPATCH_H
 #define EDGEPATCH_H
@@ -39,10 +47,14 @@
 // An internal error (a caught panic): the handle should be freed.
 #define EP_ERR_INTERNAL 99
 
+// The trainer is inside a call on another thread (a trainer takes one call at a time).
+#define EP_ERR_BUSY 8
+
 // Longest label copied into `EpClass::label`, including the terminating NUL.
 #define EP_LABEL_LEN 64
 
-// A backbone with its named task patches and the active one.
+// A backbone with its named task patches and the active one, behind a lock: predictions
+// share it, changes take it alone.
 typedef struct EpRuntime EpRuntime;
 
 // Learns a patch from labelled images added one by one.
@@ -70,7 +82,8 @@ int32_t ep_runtime_new_embedded(struct EpRuntime **out_rt);
 // Creates a runtime from ONNX model bytes.
 int32_t ep_runtime_new_from_model(const uint8_t *model, size_t len, struct EpRuntime **out_rt);
 
-// Frees a runtime (null is ignored).
+// Frees a runtime (null is ignored; not while another thread uses it). Trainers made from it
+// stay usable.
 void ep_runtime_free(struct EpRuntime *rt);
 
 // Loads a patch file's bytes under `name` (replacing a patch of that name), after checking it
@@ -107,6 +120,9 @@ int32_t ep_predict_file(struct EpRuntime *rt,
                         struct EpClass *classes,
                         size_t *n_out);
 
+// Releases bytes returned by this library.
+void ep_bytes_free(uint8_t *bytes, size_t len);
+
 // Creates a trainer over the runtime's backbone for patch `kinds` (e.g. "sb+logits") and
 // `n_labels` class names, at `resolution` px (a multiple of 32 from 32 to 1024: anything else is
 // refused here, not at fit).
@@ -137,10 +153,7 @@ int32_t ep_trainer_fit(struct EpTrainer *tr,
 // to release with `ep_bytes_free`.
 int32_t ep_trainer_save(struct EpTrainer *tr, uint8_t **out_bytes, size_t *out_len);
 
-// Releases bytes returned by this library.
-void ep_bytes_free(uint8_t *bytes, size_t len);
-
-// Frees a trainer (null is ignored).
+// Frees a trainer (null is ignored; not while another thread is inside a call on it).
 void ep_trainer_free(struct EpTrainer *tr);
 
 #ifdef __cplusplus

@@ -8,19 +8,29 @@
 //! The entry points are safe `extern "C"` functions rather than `unsafe` ones because their
 //! contract is C's: pointers are either null (refused with `EP_ERR_ARGUMENT`) or valid for the
 //! documented length, and handles come from this library.
+//!
+//! **Threads.** A runtime may be used from any number of threads at once: predictions run
+//! concurrently (they share the runtime read-only), and a call that changes it (loading,
+//! unloading or activating a patch) waits for the predictions in flight and is seen whole by
+//! the ones after it. A trainer takes one call at a time: a call made while another thread is
+//! inside a call on the same trainer is refused with `EP_ERR_BUSY`, never interleaved. A
+//! trainer trains on its own copy of the backbone, so a runtime predicts while a trainer made
+//! from it fits on another thread. Freeing a handle while another thread uses it is the one
+//! thing C must not do. `ep_last_error` is per thread.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::RwLock;
 
-use edgepatch::data::dataset::Memory;
 use edgepatch::data::image::Rgb8;
 use edgepatch::patch::file as patch_file;
-use edgepatch::train::{self, TrainConfig};
-use edgepatch::{Backbone, Error, Patch, PatchKinds, Session};
+use edgepatch::{Backbone, Error, Patch, Session};
+
+mod trainer;
+pub use trainer::*;
 
 /// Success.
 pub const EP_OK: i32 = 0;
@@ -41,6 +51,8 @@ pub const EP_ERR_DEVICE: i32 = 7;
 /// An internal error (a caught panic): the handle should be freed.
 pub const EP_ERR_INTERNAL: i32 = 99;
 
+/// The trainer is inside a call on another thread (a trainer takes one call at a time).
+pub const EP_ERR_BUSY: i32 = 8;
 /// Longest label copied into `EpClass::label`, including the terminating NUL.
 pub const EP_LABEL_LEN: usize = 64;
 
@@ -105,9 +117,11 @@ fn bytes<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Failure> 
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
-fn handle<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Failure> {
-    // SAFETY: a non-null handle was returned by this library and is used by one thread at a time.
-    unsafe { p.as_mut() }.ok_or_else(|| arg(format!("{what} is null")))
+fn handle<'a, T>(p: *mut T, what: &str) -> Result<&'a T, Failure> {
+    // SAFETY: a non-null handle was returned by this library and is not freed while in use (C's
+    // side of the contract). Only shared references are made: the handle's own lock guards
+    // every change.
+    unsafe { p.as_ref() }.ok_or_else(|| arg(format!("{what} is null")))
 }
 
 fn out<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Failure> {
@@ -128,17 +142,43 @@ pub extern "C" fn ep_last_error() -> *const c_char {
     LAST_ERROR.with(|l| l.borrow().as_ptr())
 }
 
-/// A backbone with its named task patches and the active one.
+/// A backbone with its named task patches and the active one, behind a lock: predictions
+/// share it, changes take it alone.
 pub struct EpRuntime {
+    state: RwLock<RuntimeState>,
+}
+
+struct RuntimeState {
     backbone: Backbone,
     patches: BTreeMap<String, Patch>,
     active: Option<String>,
     session: Session,
 }
 
+/// Many threads predict on one runtime at once: everything in it must be shareable (this does
+/// not compile otherwise).
+#[allow(dead_code)]
+fn handles_are_shareable() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<EpRuntime>();
+    shareable::<EpTrainer>();
+}
+
+impl EpRuntime {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, RuntimeState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, RuntimeState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 fn runtime(backbone: Backbone) -> Box<EpRuntime> {
     let session = Session::new(backbone.clone());
-    Box::new(EpRuntime { backbone, patches: BTreeMap::new(), active: None, session })
+    Box::new(EpRuntime {
+        state: RwLock::new(RuntimeState { backbone, patches: BTreeMap::new(), active: None, session }),
+    })
 }
 
 /// Creates a runtime over the shipped int8 MobileNetV2; `*out` receives the handle.
@@ -161,7 +201,8 @@ pub extern "C" fn ep_runtime_new_from_model(model: *const u8, len: usize, out_rt
     })
 }
 
-/// Frees a runtime (null is ignored).
+/// Frees a runtime (null is ignored; not while another thread uses it). Trainers made from it
+/// stay usable.
 #[no_mangle]
 pub extern "C" fn ep_runtime_free(rt: *mut EpRuntime) {
     if !rt.is_null() {
@@ -172,7 +213,8 @@ pub extern "C" fn ep_runtime_free(rt: *mut EpRuntime) {
 
 /// Keeps `p` under `name` after checking that it fits the backbone; when `name` is active, the
 /// session switches to it.
-fn keep_patch(rt: &mut EpRuntime, name: &str, p: Patch) -> edgepatch::Result<()> {
+fn keep_patch(rt: &EpRuntime, name: &str, p: Patch) -> edgepatch::Result<()> {
+    let rt = &mut *rt.write();
     p.check(rt.backbone.graph(), rt.backbone.fingerprint())?;
     if rt.active.as_deref() == Some(name) {
         rt.session.set_patch(&p)?;
@@ -208,7 +250,7 @@ pub extern "C" fn ep_patch_load_path(rt: *mut EpRuntime, name: *const c_char, pa
 #[no_mangle]
 pub extern "C" fn ep_patch_unload(rt: *mut EpRuntime, name: *const c_char) -> i32 {
     guard(|| {
-        let rt = handle(rt, "runtime")?;
+        let rt = &mut *handle(rt, "runtime")?.write();
         let name = cstr(name, "name")?;
         rt.patches.remove(name).ok_or_else(|| arg(format!("no patch named '{name}'")))?;
         if rt.active.as_deref() == Some(name) {
@@ -223,7 +265,7 @@ pub extern "C" fn ep_patch_unload(rt: *mut EpRuntime, name: *const c_char) -> i3
 #[no_mangle]
 pub extern "C" fn ep_patch_activate(rt: *mut EpRuntime, name: *const c_char) -> i32 {
     guard(|| {
-        let rt = handle(rt, "runtime")?;
+        let rt = &mut *handle(rt, "runtime")?.write();
         if name.is_null() {
             rt.session.clear_patch()?;
             rt.active = None;
@@ -285,7 +327,8 @@ pub extern "C" fn ep_predict_rgb8(
 ) -> i32 {
     guard(|| {
         let rt = handle(rt, "runtime")?;
-        write_top(&rt.session, rgb8(rgb, width, height)?, k, classes, n_out)
+        let img = rgb8(rgb, width, height)?;
+        write_top(&rt.read().session, img, k, classes, n_out)
     })
 }
 
@@ -301,105 +344,7 @@ pub extern "C" fn ep_predict_file(
     guard(|| {
         let rt = handle(rt, "runtime")?;
         let img = edgepatch::data::image::load(std::path::Path::new(cstr(path, "path")?))?;
-        write_top(&rt.session, img, k, classes, n_out)
-    })
-}
-
-/// Learns a patch from labelled images added one by one.
-pub struct EpTrainer {
-    backbone: Backbone,
-    config: TrainConfig,
-    labels: Vec<String>,
-    images: Vec<(Rgb8, usize)>,
-    patch: Option<Patch>,
-}
-
-/// Creates a trainer over the runtime's backbone for patch `kinds` (e.g. "sb+logits") and
-/// `n_labels` class names, at `resolution` px (a multiple of 32 from 32 to 1024: anything else is
-/// refused here, not at fit).
-#[no_mangle]
-pub extern "C" fn ep_trainer_new(
-    rt: *mut EpRuntime,
-    kinds: *const c_char,
-    labels: *const *const c_char,
-    n_labels: usize,
-    resolution: u32,
-    out_tr: *mut *mut EpTrainer,
-) -> i32 {
-    guard(|| {
-        let rt = handle(rt, "runtime")?;
-        let slot = out(out_tr, "out")?;
-        let kinds: PatchKinds = cstr(kinds, "kinds")?.parse()?;
-        if labels.is_null() || n_labels < 2 {
-            return Err(arg("a task needs at least two labels"));
-        }
-        // SAFETY: C passes `n_labels` string pointers at `labels`.
-        let names = unsafe { std::slice::from_raw_parts(labels, n_labels) };
-        let names = names.iter().map(|&p| cstr(p, "label").map(str::to_string)).collect::<Result<Vec<_>, _>>()?;
-        let mut config = TrainConfig::new(kinds);
-        config.resolution = resolution;
-        config.check()?;
-        *slot = Box::into_raw(Box::new(EpTrainer {
-            backbone: rt.backbone.clone(),
-            config,
-            labels: names,
-            images: Vec::new(),
-            patch: None,
-        }));
-        Ok(())
-    })
-}
-
-/// Adds one RGB8 training image with its label index.
-#[no_mangle]
-pub extern "C" fn ep_trainer_add_rgb8(tr: *mut EpTrainer, rgb: *const u8, width: u32, height: u32, label: u32) -> i32 {
-    guard(|| {
-        let tr = handle(tr, "trainer")?;
-        if label as usize >= tr.labels.len() {
-            return Err(arg(format!("label {label} for {} classes", tr.labels.len())));
-        }
-        tr.images.push((rgb8(rgb, width, height)?, label as usize));
-        Ok(())
-    })
-}
-
-/// Trains on the images added so far for `epochs` epochs at learning rate `lr` (≤ 0: the
-/// default for the patch kinds; NaN or infinite: refused) from `seed`; `*train_accuracy` (may be null) receives the
-/// accuracy over the last epoch.
-#[no_mangle]
-pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed: u64, train_accuracy: *mut f32) -> i32 {
-    guard(|| {
-        let tr = handle(tr, "trainer")?;
-        let mut config = tr.config.clone();
-        config.epochs = epochs as usize;
-        // ≤ 0: the default; NaN and infinities reach `TrainConfig::check` and are refused.
-        config.lr = (lr.is_nan() || lr > 0.0).then_some(lr);
-        config.seed = seed;
-        config.batch = config.batch.min(tr.images.len().max(1));
-        let ds = Arc::new(Memory::new("c-api images", tr.images.clone(), tr.labels.clone())?);
-        let idx: Vec<usize> = (0..tr.images.len()).collect();
-        let (patch, report) = train::fit(&tr.backbone, ds, &idx, config, &mut |_| {})?;
-        tr.patch = Some(patch);
-        if !train_accuracy.is_null() {
-            *out(train_accuracy, "train_accuracy")? = report.train_accuracy;
-        }
-        Ok(())
-    })
-}
-
-/// The trained patch as patch-file bytes: `*out_bytes` receives a buffer of `*out_len` bytes
-/// to release with `ep_bytes_free`.
-#[no_mangle]
-pub extern "C" fn ep_trainer_save(tr: *mut EpTrainer, out_bytes: *mut *mut u8, out_len: *mut usize) -> i32 {
-    guard(|| {
-        let tr = handle(tr, "trainer")?;
-        let (slot, len) = (out(out_bytes, "out_bytes")?, out(out_len, "out_len")?);
-        let patch =
-            tr.patch.as_ref().ok_or_else(|| Failure { status: EP_ERR_TRAIN, message: "nothing trained yet".into() })?;
-        let b = patch_file::to_bytes(patch)?.into_boxed_slice();
-        *len = b.len();
-        *slot = Box::into_raw(b) as *mut u8;
-        Ok(())
+        write_top(&rt.read().session, img, k, classes, n_out)
     })
 }
 
@@ -409,15 +354,6 @@ pub extern "C" fn ep_bytes_free(bytes: *mut u8, len: usize) {
     if !bytes.is_null() {
         // SAFETY: `bytes` and `len` came from `ep_trainer_save` and are freed once.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(bytes, len)) });
-    }
-}
-
-/// Frees a trainer (null is ignored).
-#[no_mangle]
-pub extern "C" fn ep_trainer_free(tr: *mut EpTrainer) {
-    if !tr.is_null() {
-        // SAFETY: `tr` came from `Box::into_raw` in this library and is freed once.
-        drop(unsafe { Box::from_raw(tr) });
     }
 }
 

@@ -59,3 +59,81 @@ fn fit_refuses_a_learning_rate_that_is_not_a_number() {
     ep_trainer_free(tr);
     ep_runtime_free(rt);
 }
+
+fn solid(rgb: [u8; 3], side: usize) -> Vec<u8> {
+    rgb.iter().copied().cycle().take(side * side * 3).collect()
+}
+
+/// The top class of `img` on `rt` (the pointer as an address, so that threads can share it).
+fn top(rt: usize, img: &[u8], side: u32) -> (i32, u32) {
+    let mut classes: Vec<EpClass> =
+        (0..3).map(|_| EpClass { class_index: 0, prob: 0.0, label: [0; EP_LABEL_LEN] }).collect();
+    let mut n = 0usize;
+    let status = ep_predict_rgb8(rt as *mut EpRuntime, img.as_ptr(), side, side, 3, classes.as_mut_ptr(), &mut n);
+    (status, classes[0].class_index)
+}
+
+#[test]
+fn threads_predict_on_one_runtime_while_patches_switch_and_a_trainer_fits() {
+    let rt = runtime();
+    let (status, tr) = trainer(rt, 32);
+    assert_eq!(status, EP_OK);
+    for (label, rgb) in [(0, [250u8, 10, 10]), (1, [10, 10, 250])] {
+        for _ in 0..4 {
+            assert_eq!(ep_trainer_add_rgb8(tr, solid(rgb, 40).as_ptr(), 40, 40, label), EP_OK);
+        }
+    }
+    assert_eq!(ep_trainer_fit(tr, 3, 0.0, 0, ptr::null_mut()), EP_OK, "{}", last_error());
+    let (mut bytes, mut len) = (ptr::null_mut(), 0usize);
+    assert_eq!(ep_trainer_save(tr, &mut bytes, &mut len), EP_OK);
+    let name = CString::new("colours").unwrap();
+    // SAFETY: `ep_trainer_save` returned `len` bytes at `bytes`.
+    let patch = unsafe { std::slice::from_raw_parts(bytes, len) }.to_vec();
+    ep_bytes_free(bytes, len);
+    assert_eq!(ep_patch_load_bytes(rt, name.as_ptr(), patch.as_ptr(), patch.len()), EP_OK);
+
+    let cat = solid([120, 90, 60], 64);
+    let alone = top(rt as usize, &cat, 64);
+    assert_eq!(ep_patch_activate(rt, name.as_ptr()), EP_OK);
+    let patched = top(rt as usize, &cat, 64);
+    assert_eq!(ep_patch_activate(rt, ptr::null()), EP_OK);
+    assert_eq!(alone.0, EP_OK);
+    assert!(patched.1 < 2);
+
+    let (rt_addr, tr_addr) = (rt as usize, tr as usize);
+    let busy_seen = std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..6 {
+                    let r = top(rt_addr, &cat, 64);
+                    assert!(r == alone || r == patched, "a prediction saw a half-switched runtime: {r:?}");
+                }
+            });
+        }
+        s.spawn(|| {
+            for i in 0..6 {
+                let n = if i % 2 == 0 { name.as_ptr() } else { ptr::null() };
+                assert_eq!(ep_patch_activate(rt_addr as *mut EpRuntime, n), EP_OK);
+            }
+        });
+        let fit = s.spawn(move || ep_trainer_fit(tr_addr as *mut EpTrainer, 4, 0.0, 1, ptr::null_mut()));
+        // While the fit runs, another call on the same trainer is refused, not interleaved.
+        let mut busy = 0;
+        while !fit.is_finished() {
+            let img = solid([10, 250, 10], 40);
+            match ep_trainer_add_rgb8(tr_addr as *mut EpTrainer, img.as_ptr(), 40, 40, 0) {
+                EP_ERR_BUSY => {
+                    assert!(last_error().contains("another thread"), "{}", last_error());
+                    busy += 1
+                }
+                status => assert_eq!(status, EP_OK),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(fit.join().unwrap(), EP_OK);
+        busy
+    });
+    assert!(busy_seen > 0, "no call was refused while the trainer was fitting");
+    ep_trainer_free(tr);
+    ep_runtime_free(rt);
+}
