@@ -289,6 +289,14 @@ fn endless_special_and_huge_inputs_are_refused_before_reading() {
     let big = d.join("big.patch");
     std::fs::File::create(&big).unwrap().set_len(300 << 20).unwrap();
     assert_clean_error(&run(&["patch", "inspect", s(&big)]), "larger than the limit");
+    // Under the limits, a file's signature is checked before the rest is read: a 200 MB file of
+    // zeros is refused at once as a patch and as an image.
+    let zeros = d.join("zeros.bin");
+    std::fs::File::create(&zeros).unwrap().set_len(200 << 20).unwrap();
+    let started = std::time::Instant::now();
+    assert_clean_error(&run(&["patch", "inspect", s(&zeros)]), "bad magic");
+    assert_failed_run(&run(&["predict", s(&zeros)]), "unknown image format");
+    assert!(started.elapsed().as_secs_f64() < 5.0, "{:?}", started.elapsed());
     std::fs::remove_dir_all(&d).ok();
 }
 

@@ -193,8 +193,23 @@ pub fn set_max_pixels(pixels: u64) {
 /// Decodes a JPEG or PNG file (grayscale, RGB or RGBA; alpha is dropped) into RGB8. The file
 /// must be a regular file of at most [`crate::fsio::MAX_IMAGE_BYTES`]; see [`decode`].
 pub fn load(path: &Path) -> Result<Rgb8> {
-    let bytes = crate::fsio::read_limited(path, crate::fsio::MAX_IMAGE_BYTES, "an image file")?;
-    decode(&bytes).map_err(|reason| Error::Image { path: path.to_path_buf(), reason })
+    use std::io::Read as _;
+    let bad = |reason: String| Error::Image { path: path.to_path_buf(), reason };
+    let mut f = crate::fsio::open_limited(path, crate::fsio::MAX_IMAGE_BYTES, "an image file")?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    // The signature first: a file that is neither PNG nor JPEG is refused unread.
+    let mut bytes = Vec::with_capacity(len as usize);
+    (&mut f).take(8).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if !bytes.starts_with(b"\x89PNG") && !bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        return Err(bad("unknown image format (JPEG and PNG are supported)".into()));
+    }
+    f.take(crate::fsio::MAX_IMAGE_BYTES + 1 - bytes.len() as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > crate::fsio::MAX_IMAGE_BYTES {
+        return Err(bad(format!("more than the limit of {} bytes", crate::fsio::MAX_IMAGE_BYTES)));
+    }
+    decode(&bytes).map_err(bad)
 }
 
 fn check_pixels(width: u64, height: u64) -> std::result::Result<(), String> {

@@ -132,11 +132,36 @@ pub fn from_bytes_typed(bytes: &[u8]) -> Result<(Patch, ValueType)> {
 
 /// Reads a patch file.
 pub fn load(path: &std::path::Path) -> Result<Patch> {
-    let bytes = crate::fsio::read_limited(path, crate::fsio::MAX_PATCH_BYTES, "a patch file")?;
-    from_bytes(&bytes).map_err(|e| match e {
+    from_bytes(&read_bytes(path)?).map_err(|e| named(path, e))
+}
+
+fn named(path: &std::path::Path, e: Error) -> Error {
+    match e {
         Error::Patch(m) => Error::Patch(format!("{}: {m}", path.display())),
         e => e,
-    })
+    }
+}
+
+/// The bytes of a patch file, read with bounded memory: from a regular file only, its magic
+/// and declared lengths checked from the first 40 bytes before the rest is read, and no more
+/// than the declared length (never more than [`crate::fsio::MAX_PATCH_BYTES`]) read. Decode
+/// them with [`from_bytes`] or [`from_bytes_typed`].
+pub fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut f = crate::fsio::open_limited(path, crate::fsio::MAX_PATCH_BYTES, "a patch file")?;
+    let mut bytes = Vec::with_capacity(PREFIX_LEN);
+    (&mut f).take(PREFIX_LEN as u64).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() >= MAGIC.len() && bytes[..MAGIC.len()] != MAGIC {
+        return Err(named(path, Error::Patch("not an edgepatch patch file (bad magic)".into())));
+    }
+    if bytes.len() == PREFIX_LEN {
+        // Header length at bytes 24..28, body length at 28..36 (the codec checks both).
+        let header = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes")) as u64;
+        let body = u64::from_le_bytes(bytes[28..36].try_into().expect("8 bytes"));
+        let rest = header.saturating_add(body).min(crate::fsio::MAX_PATCH_BYTES);
+        f.take(rest + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(bytes)
 }
 
 /// Writes a patch file atomically ([`crate::fsio::write_atomic`]): a temporary file in the same

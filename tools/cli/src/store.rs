@@ -40,7 +40,7 @@ pub fn add(
     model: Option<&Path>,
     as_json: bool,
 ) -> edgepatch::Result<String> {
-    let bytes = edgepatch::fsio::read_limited(file, edgepatch::fsio::MAX_PATCH_BYTES, "a patch file")?;
+    let bytes = patch_file::read_bytes(file)?;
     let named = |e: Error| match e {
         Error::Patch(m) => Error::Patch(format!("{}: {m}", file.display())),
         e => e,

@@ -313,7 +313,7 @@ pub fn eval(
 }
 
 pub fn inspect(path: &Path, as_json: bool) -> edgepatch::Result<String> {
-    let data = edgepatch::fsio::read_limited(path, edgepatch::fsio::MAX_PATCH_BYTES, "a patch file")?;
+    let data = patch_file::read_bytes(path)?;
     let (patch, values) = patch_file::from_bytes_typed(&data).map_err(|e| match e {
         Error::Patch(m) => Error::Patch(format!("{}: {m}", path.display())),
         e => e,
