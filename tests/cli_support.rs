@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The binary Cargo built for this test.
+/// The binary Cargo built for this test, or `EDGEPATCH_BIN` when set (to run the tests against
+/// another build, e.g. an older one, and see which fail).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_edgepatch"))
+    std::env::var_os("EDGEPATCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_edgepatch")))
 }
 
 pub fn run(args: &[&str]) -> Output {

@@ -72,6 +72,8 @@ fn outputs_never_replace_special_files_and_write_through_links() {
         assert_eq!(file_type(p), before, "{what} was replaced");
     }
     assert_clean_error(&export(&d), "directory");
+    // A directory that does not exist is refused before any work (the demo would train first).
+    assert_failed_run(&run(&["demo", "--out", s(&d.join("no/such/dir/x.patch"))]), "No such file or directory");
 
     // A link to a regular file is written through; the link stays a link.
     let target = d.join("model-target.onnx");
@@ -214,8 +216,16 @@ fn zero_sized_layers_are_refused_at_import() {
     b.node("GlobalAveragePool", &["conv"], "pool", vec![]);
     b.node("Flatten", &["pool"], "flat", vec![int("axis", 1)]);
     b.node("Gemm", &["flat", "fc.w", "fc.b"], "logits", vec![int("transB", 1)]);
-    let e = Backbone::from_onnx_bytes(&b.build("input", "logits")).unwrap_err().to_string();
+    let bytes = b.build("input", "logits");
+    let e = Backbone::from_onnx_bytes(&bytes).unwrap_err().to_string();
     assert!(e.contains("zero-sized layer"), "{e}");
+    let d = dir("zero");
+    let model = d.join("zero.onnx");
+    std::fs::write(&model, &bytes).unwrap();
+    assert_clean_error(&run(&["info", "--model", s(&model)]), "zero-sized layer");
+    let cat = reference_dir().join("chelsea.png");
+    assert_failed_run(&run(&["predict", "--model", s(&model), s(&cat)]), "zero-sized layer");
+    std::fs::remove_dir_all(&d).ok();
 }
 
 fn jpeg_of(path: &Path) -> Vec<u8> {

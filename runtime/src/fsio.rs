@@ -111,10 +111,20 @@ fn too_big(path: &Path, what: &str, len: u64, max: u64) -> Error {
 }
 
 /// Where an output for `path` goes: `path` itself when it is new or a regular file; the file
-/// a symbolic link names when it is a regular file. Anything else is refused with the reason.
+/// a symbolic link names when it is a regular file. Anything else is refused with the reason,
+/// as is a path whose directory does not exist (it is not created).
 pub fn output_target(path: &Path) -> Result<PathBuf> {
     if path.file_name().is_none() {
         return Err(Error::io(path, io::Error::new(io::ErrorKind::InvalidInput, "not a file path")));
+    }
+    let parent = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::io(parent, io::Error::new(io::ErrorKind::InvalidInput, "not a directory"))),
+        Err(e) => return Err(Error::io(parent, e)),
     }
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(path.to_path_buf()),

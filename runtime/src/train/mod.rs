@@ -8,6 +8,6 @@ mod trainer;
 
 pub use optim::{OptimizerKind, Schedule};
 pub use trainer::{
-    evaluate, evaluate_on, fit, fit_multi, CpuStep, Evaluation, FitReport, Progress, StepStats, TaskResult, TaskSpec,
-    TrainConfig, Trainer,
+    evaluate, evaluate_on, fit, fit_multi, fit_validated, CpuStep, EpochStats, Evaluation, FitReport, Progress,
+    StepStats, TaskResult, TaskSpec, TrainConfig, Trainer,
 };

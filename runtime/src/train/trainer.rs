@@ -420,6 +420,24 @@ pub struct FitReport {
     pub device: String,
     /// Bytes of GPU buffers the trainer held (`None` on the CPU).
     pub gpu_buffer_bytes: Option<u64>,
+    /// One entry per epoch, in order.
+    pub history: Vec<EpochStats>,
+}
+
+/// One epoch of a training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches (as trained).
+    pub loss: f32,
+    /// Training accuracy over the epoch's batches (as trained).
+    pub train_accuracy: f32,
+    /// Accuracy of the patch at the epoch's end on the task's validation images (`None`
+    /// without them; scored on the CPU, outside the training time).
+    pub validation_accuracy: Option<f32>,
+    /// Training time since the start at the epoch's end.
+    pub seconds: f64,
 }
 
 /// Trains a patch on `indices` of `train` for `config.epochs` epochs (reshuffled each epoch from
@@ -431,7 +449,27 @@ pub fn fit(
     config: TrainConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Patch, FitReport)> {
-    let task = TaskSpec { name: "task".into(), train, indices: indices.to_vec(), config, group: None };
+    fit_validated(backbone, train, indices, &[], config, progress)
+}
+
+/// [`fit`], scoring the patch on `validation` (held-out indices of `train`) at every epoch's
+/// end into [`FitReport::history`].
+pub fn fit_validated(
+    backbone: &Backbone,
+    train: Arc<dyn Dataset>,
+    indices: &[usize],
+    validation: &[usize],
+    config: TrainConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Patch, FitReport)> {
+    let task = TaskSpec {
+        name: "task".into(),
+        train,
+        indices: indices.to_vec(),
+        validation: validation.to_vec(),
+        config,
+        group: None,
+    };
     let mut out = fit_multi(backbone, vec![task], &mut |_, p| progress(p))?;
     let r = out.pop().expect("one result per task");
     Ok((r.patch, r.report))
@@ -443,6 +481,9 @@ pub struct TaskSpec {
     pub train: Arc<dyn Dataset>,
     /// The training images (indices into `train`).
     pub indices: Vec<usize>,
+    /// Held-out images (indices into `train`, none of them in `indices`) scored at every
+    /// epoch's end; may be empty.
+    pub validation: Vec<usize>,
     pub config: TrainConfig,
     /// Tasks naming the same group train one patch together (the first task's kinds, optimizer
     /// and learning rate; the same classes; each task its own data and resolution). `None`: the
@@ -481,6 +522,7 @@ struct Stream {
     loss_sum: f64,
     correct: usize,
     last_epoch: (f64, usize),
+    history: Vec<EpochStats>,
 }
 
 impl Stream {
@@ -556,6 +598,9 @@ pub fn fit_multi(
         if t.indices.is_empty() {
             return Err(Error::dataset(t.train.spec(), format!("task '{}' has no training images", t.name)));
         }
+        if t.indices.iter().chain(&t.validation).any(|&i| i >= t.train.len()) {
+            return Err(Error::dataset(t.train.spec(), format!("task '{}': an image index is out of range", t.name)));
+        }
         let joined = t.group.as_ref().and_then(|g| leaders.iter().position(|&l| tasks[l].group.as_ref() == Some(g)));
         match joined {
             Some(g) => {
@@ -575,6 +620,8 @@ pub fn fit_multi(
         }
     }
     let start = Instant::now();
+    // Time spent scoring validation images, which is not training time.
+    let mut paused = std::time::Duration::ZERO;
     let mut trainers = leaders
         .iter()
         .map(|&l| Trainer::new(backbone, tasks[l].config.clone(), tasks[l].train.classes().to_vec()))
@@ -615,6 +662,7 @@ pub fn fit_multi(
             loss_sum: 0.0,
             correct: 0,
             last_epoch: (0.0, 0),
+            history: Vec::new(),
         });
     }
     let schedules: Vec<Schedule> = leaders
@@ -656,12 +704,30 @@ pub fn fit_multi(
                 s.correct as f64 / n as f64
             );
             s.last_epoch = (s.loss_sum, s.correct);
+            let validation_accuracy = if tasks[k].validation.is_empty() {
+                None
+            } else {
+                let scoring = Instant::now();
+                let mut p = trainers[g].patch()?;
+                p.resolution = tasks[k].config.resolution;
+                let graph = backbone.patched(&p)?;
+                let e = evaluate_on(&graph, s.train.clone(), &tasks[k].validation, p.resolution, Device::Cpu)?;
+                paused += scoring.elapsed();
+                Some(e.accuracy)
+            };
+            s.history.push(EpochStats {
+                epoch: epoch + 1,
+                loss: (s.loss_sum / n as f64) as f32,
+                train_accuracy: (s.correct as f64 / n as f64) as f32,
+                validation_accuracy,
+                seconds: (start.elapsed() - paused).as_secs_f64(),
+            });
             (s.loss_sum, s.correct) = (0.0, 0);
         }
-        let ips = seen as f32 / start.elapsed().as_secs_f32().max(1e-9);
+        let ips = seen as f32 / (start.elapsed() - paused).as_secs_f32().max(1e-9);
         progress(k, Progress { epoch, step, total_steps: total, loss: stats.loss, lr, images_per_second: ips });
     }
-    let seconds = start.elapsed().as_secs_f64();
+    let seconds = (start.elapsed() - paused).as_secs_f64();
     let patches = trainers.iter_mut().map(Trainer::patch).collect::<Result<Vec<_>>>()?;
     let mut out = Vec::with_capacity(tasks.len());
     for (k, (t, s)) in tasks.into_iter().zip(&streams).enumerate() {
@@ -678,6 +744,7 @@ pub fn fit_multi(
             images_per_second: seen as f64 / seconds.max(1e-9),
             device: trainers[g].device(),
             gpu_buffer_bytes: trainers[g].gpu_buffer_bytes(),
+            history: s.history.clone(),
         };
         out.push(TaskResult { name: t.name, patch, report });
     }

@@ -41,6 +41,7 @@ fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
         limit: None,
         test_limit: None,
         validate: 0,
+        report: None,
         flags: TrainFlags {
             epochs,
             batch: 32,

@@ -3,6 +3,7 @@
 
 mod demo;
 mod multi;
+mod report;
 mod store;
 mod train;
 
@@ -143,6 +144,16 @@ enum Command {
         model: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// A self-contained HTML report over several runs' `train --json` output: curves per epoch,
+    /// accuracy against patch bytes, confusion matrices, per-class accuracy, settings.
+    Report {
+        /// JSON summaries written by `edgepatch train --json`.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The directory to write report.html into.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Work with patch files.
     #[command(subcommand)]
@@ -414,6 +425,7 @@ fn main() -> ExitCode {
             export(source, out, *weights, model.as_deref(), *json)
         }
         Command::Patch(PatchCommand::Inspect { file, json }) => train::inspect(file, *json),
+        Command::Report { runs, out } => report::from_files(runs, out),
         Command::Store(StoreCommand::List { dir, json }) => store::list(dir, *json),
         Command::Store(StoreCommand::Add { dir, name, file, values, model, json }) => {
             store::add(dir, name, file, *values, model.as_deref(), *json)

@@ -99,10 +99,12 @@ pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
     let specs = tasks
         .iter()
         .map(|t| {
+            let (indices, validation) = split(t.train.as_ref(), t.limit, t.validate, t.config.seed)?;
             Ok(TaskSpec {
                 name: t.name.clone(),
                 train: t.train.clone(),
-                indices: split(t.train.as_ref(), t.limit, t.validate, t.config.seed)?.0,
+                indices,
+                validation,
                 config: t.config.clone(),
                 group: t.share.clone(),
             })

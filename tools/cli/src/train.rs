@@ -48,6 +48,10 @@ pub struct TrainArgs {
     pub validate: usize,
     #[command(flatten)]
     pub flags: TrainFlags,
+    /// Write a self-contained HTML training report (curves, confusion matrix, per-class
+    /// accuracy, test images with predictions, settings) to DIR/report.html.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -153,7 +157,9 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 fn progress_bar(quiet: bool) -> ProgressBar {
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    bar.set_style(ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len} · {msg} · {eta} left").expect("valid template"),
+    );
     bar
 }
 
@@ -192,12 +198,20 @@ pub fn run_training(
     if !held_out.is_empty() {
         data::check_readable(train_ds.as_ref(), &held_out, "validation split")?;
     }
+    if let Some(dir) = &a.report {
+        // An existing directory must take report.html; a new one must have an existing parent.
+        match dir.symlink_metadata() {
+            Ok(_) => edgepatch::fsio::output_target(&dir.join("report.html"))?,
+            Err(_) => edgepatch::fsio::output_target(dir)?,
+        };
+    }
     let bar = progress_bar(quiet);
-    let (patch, report) = train::fit(backbone, train_ds.clone(), &indices, config.clone(), &mut |p| {
-        bar.set_length(p.total_steps as u64);
-        bar.set_position(p.step as u64);
-        bar.set_message(format!("loss {:.4} · {:.1} img/s", p.loss, p.images_per_second));
-    })?;
+    let (patch, report) =
+        train::fit_validated(backbone, train_ds.clone(), &indices, &held_out, config.clone(), &mut |p| {
+            bar.set_length(p.total_steps as u64);
+            bar.set_position(p.step as u64);
+            bar.set_message(format!("loss {:.4} · {:.1} img/s", p.loss, p.images_per_second));
+        })?;
     bar.finish_and_clear();
     // The file is written last, once everything else has succeeded: a failed run leaves
     // nothing new at `--out`.
@@ -217,7 +231,15 @@ pub fn run_training(
         let graph = backbone.patched(&patch)?;
         Some(train::evaluate_on(&graph, train_ds.clone(), &held_out, patch.resolution, a.flags.device)?)
     };
-    let summary = json!({
+    let history: Vec<Value> = report
+        .history
+        .iter()
+        .map(|h| {
+            json!({"epoch": h.epoch, "loss": h.loss, "train_accuracy": h.train_accuracy,
+                "validation_accuracy": h.validation_accuracy, "seconds": h.seconds})
+        })
+        .collect();
+    let mut summary = json!({
         "patch": patch.kinds.to_string(),
         "out": a.out.display().to_string(),
         "train_images": report.train_images,
@@ -244,9 +266,49 @@ pub fn run_training(
         "peak_rss_bytes": peak_rss_bytes(),
         "device": report.device,
         "gpu_buffer_bytes": report.gpu_buffer_bytes,
+        "labels": patch.labels,
+        "history": history,
     });
+    if let Some(e) = &test {
+        summary["per_class"] =
+            json!(e.per_class.iter().map(|&x| if x.is_finite() { Some(x) } else { None }).collect::<Vec<_>>());
+        summary["confusion"] = json!(e.confusion);
+    }
     patch_file::write_atomic(&a.out, &encoded)?;
+    if let Some(dir) = &a.report {
+        let samples = match (&test_ds, &test_idx) {
+            (Some(t), Some(idx)) => samples(backbone, &patch, t.as_ref(), idx)?,
+            _ => Vec::new(),
+        };
+        crate::report::write(dir, std::slice::from_ref(&summary), &samples)?;
+    }
     Ok(Trained { patch, summary, test })
+}
+
+/// The first 16 images of `idx` as 64 × 64 thumbnails with the patch's top class.
+fn samples(
+    backbone: &Backbone,
+    patch: &Patch,
+    ds: &dyn Dataset,
+    idx: &[usize],
+) -> edgepatch::Result<Vec<crate::report::Sample>> {
+    let session = edgepatch::Session::with_patch(backbone.clone(), patch)?;
+    let mut out = Vec::new();
+    for &i in idx.iter().take(16) {
+        let img = ds.image(i)?;
+        let top = session.classify(std::slice::from_ref(&img), 1)?.remove(0).remove(0);
+        let small = edgepatch::data::image::resize_bilinear(&img, 64, 64);
+        let rgb = image::RgbImage::from_raw(64, 64, small.data).expect("64 × 64 × 3 bytes");
+        let mut png = std::io::Cursor::new(Vec::new());
+        rgb.write_to(&mut png, image::ImageFormat::Png).map_err(|e| Error::Input(format!("thumbnail: {e}")))?;
+        out.push(crate::report::Sample {
+            png: png.into_inner(),
+            label: ds.classes()[ds.label(i)].clone(),
+            predicted: top.label,
+            prob: top.prob,
+        });
+    }
+    Ok(out)
 }
 
 pub fn train(a: &TrainArgs) -> edgepatch::Result<String> {
