@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod store;
+mod store_io;
 
 use std::fmt;
 use std::str::FromStr;
