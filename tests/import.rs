@@ -144,3 +144,19 @@ fn truncated_and_random_shipped_model_is_an_error() {
         assert!(Backbone::from_onnx_bytes(&bytes).is_err());
     }
 }
+
+/// Found by the ONNX fuzzer: a graph whose output is an inner value (here the stem's or a
+/// depthwise layer's) imported, then `predict` indexed labels past the end. The output must be
+/// what the classifier computes.
+#[test]
+fn an_output_other_than_the_classifier_is_refused() {
+    use prost::Message;
+    for inner in ["stem", "dw2"] {
+        let mut m = tract_onnx::pb::ModelProto::decode(tiny_net(TinyNet::default(), 1).as_slice()).unwrap();
+        let g = m.graph.as_mut().unwrap();
+        assert!(g.node.iter().any(|n| n.output.iter().any(|o| o == inner)), "tiny_net has no value {inner}");
+        g.output[0].name = inner.into();
+        let e = Backbone::from_onnx_bytes(&m.encode_to_vec()).err().expect("refused").to_string();
+        assert!(e.contains("not computed by the classifier"), "{inner}: {e}");
+    }
+}

@@ -11,7 +11,7 @@ use crate::graph::Graph;
 use crate::patch::store::Store;
 use crate::patch::{Patch, Slot};
 use crate::tensor::Tensor;
-use crate::Result;
+use crate::{Error, Result};
 
 /// One class of a prediction.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +173,12 @@ impl Session {
     pub fn classify(&self, images: &[Rgb8], k: usize) -> Result<Vec<Vec<Scored>>> {
         let logits = self.logits(images)?;
         let classes = logits.sample_len();
+        if classes != self.labels().len() {
+            return Err(Error::InvalidModel(format!(
+                "the model computes {classes} outputs for {} class labels",
+                self.labels().len()
+            )));
+        }
         Ok((0..images.len())
             .map(|i| {
                 let p = softmax(&logits.data[i * classes..(i + 1) * classes]);

@@ -99,6 +99,14 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Graph> {
             return Err(Error::node(&n.name, format!("zero-sized layer: {what} is 0")));
         }
     }
+    // The output must be the classifier's logits: what the last linear layer computes.
+    let last_linear = g.nodes.iter().rev().find(|n| matches!(n.op, Op::Linear(_))).expect("checked above");
+    if last_linear.output != g.output {
+        return Err(Error::InvalidModel(format!(
+            "the output '{}' is not computed by the classifier (the last Gemm or MatMul, '{}')",
+            graph.output[0].name, last_linear.name
+        )));
+    }
     g.shapes(224, 224)?;
     Ok(g)
 }
