@@ -156,7 +156,7 @@ fn an_output_other_than_the_classifier_is_refused() {
         let g = m.graph.as_mut().unwrap();
         assert!(g.node.iter().any(|n| n.output.iter().any(|o| o == inner)), "tiny_net has no value {inner}");
         g.output[0].name = inner.into();
-        let e = Backbone::from_onnx_bytes(&m.encode_to_vec()).err().expect("refused").to_string();
+        let e = Backbone::from_onnx_bytes(&m.encode_to_vec()).expect_err("refused").to_string();
         assert!(e.contains("not computed by the classifier"), "{inner}: {e}");
     }
 }
