@@ -113,7 +113,13 @@ int32_t ep_predict_rgb8(struct EpRuntime *rt,
                         struct EpClass *classes,
                         size_t *n_out);
 
-// Decodes a JPEG or PNG file and classifies it like `ep_predict_rgb8`.
+// Sets, for the whole process, the most pixels (width × height) an image file may have to be
+// decoded by `ep_predict_file` (default 33,554,432 = 2^25); larger files are refused from
+// their header with `EP_ERR_IMAGE` before any pixel is decoded. 0 is refused.
+int32_t ep_set_max_pixels(uint64_t pixels);
+
+// Decodes a JPEG or PNG file (strictly: a truncated or damaged file is `EP_ERR_IMAGE`; see
+// `ep_set_max_pixels`) and classifies it like `ep_predict_rgb8`.
 int32_t ep_predict_file(struct EpRuntime *rt,
                         const char *path,
                         size_t k,

@@ -332,7 +332,22 @@ pub extern "C" fn ep_predict_rgb8(
     })
 }
 
-/// Decodes a JPEG or PNG file and classifies it like `ep_predict_rgb8`.
+/// Sets, for the whole process, the most pixels (width × height) an image file may have to be
+/// decoded by `ep_predict_file` (default 33,554,432 = 2^25); larger files are refused from
+/// their header with `EP_ERR_IMAGE` before any pixel is decoded. 0 is refused.
+#[no_mangle]
+pub extern "C" fn ep_set_max_pixels(pixels: u64) -> i32 {
+    guard(|| {
+        if pixels == 0 {
+            return Err(arg("the pixel limit must be at least 1"));
+        }
+        edgepatch::data::image::set_max_pixels(pixels);
+        Ok(())
+    })
+}
+
+/// Decodes a JPEG or PNG file (strictly: a truncated or damaged file is `EP_ERR_IMAGE`; see
+/// `ep_set_max_pixels`) and classifies it like `ep_predict_rgb8`.
 #[no_mangle]
 pub extern "C" fn ep_predict_file(
     rt: *mut EpRuntime,

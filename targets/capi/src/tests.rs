@@ -137,3 +137,21 @@ fn threads_predict_on_one_runtime_while_patches_switch_and_a_trainer_fits() {
     ep_trainer_free(tr);
     ep_runtime_free(rt);
 }
+
+#[test]
+fn the_pixel_limit_applies_to_decoded_files() {
+    let rt = runtime();
+    let path = CString::new(format!("{}/../../models/mobilenet_v2/reference/chelsea.png", env!("CARGO_MANIFEST_DIR")))
+        .unwrap();
+    let mut classes: Vec<EpClass> =
+        (0..1).map(|_| EpClass { class_index: 0, prob: 0.0, label: [0; EP_LABEL_LEN] }).collect();
+    let mut n = 0usize;
+    assert_eq!(ep_set_max_pixels(0), EP_ERR_ARGUMENT);
+    assert_eq!(ep_set_max_pixels(1000), EP_OK);
+    assert_eq!(ep_predict_file(rt, path.as_ptr(), 1, classes.as_mut_ptr(), &mut n), EP_ERR_IMAGE);
+    assert!(last_error().contains("more than 1000 pixels"), "{}", last_error());
+    assert_eq!(ep_set_max_pixels(edgepatch::data::image::DEFAULT_MAX_PIXELS), EP_OK);
+    assert_eq!(ep_predict_file(rt, path.as_ptr(), 1, classes.as_mut_ptr(), &mut n), EP_OK, "{}", last_error());
+    assert_eq!(n, 1);
+    ep_runtime_free(rt);
+}
