@@ -366,9 +366,16 @@ fn sequential_transfer_f16_patches_and_a_store_that_survives_kills() {
             u32::from_le_bytes(bytes[36..40].try_into().unwrap()) as u64
         })
         .collect();
-    let start = std::time::Instant::now();
-    json(&run(&["store", "add", s, "task", fb, "--json"]));
-    let full = start.elapsed().as_micros() as u64;
+    // The quickest of three adds: one measured while other tests load the cores would make the
+    // random kill times too long to land inside most runs.
+    let full = (0..3)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            json(&run(&["store", "add", s, "task", fb, "--json"]));
+            start.elapsed().as_micros() as u64
+        })
+        .min()
+        .unwrap();
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let (mut killed, mut finished, mut leftovers) = (0, 0, 0);
     for i in 0..60 {
