@@ -61,8 +61,7 @@ fn refused(path: &Path, what: &str, m: &Metadata) -> Error {
 /// directories) and files over `max` bytes, before reading more than `max + 1` bytes. `what`
 /// names the file in errors ("a patch file").
 pub fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
-    let f = open_limited(path, max, what)?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (f, len) = open_limited(path, max, what)?;
     let mut out = Vec::with_capacity(len as usize);
     f.take(max + 1).read_to_end(&mut out).map_err(|e| Error::io(path, e))?;
     if out.len() as u64 > max {
@@ -71,14 +70,15 @@ pub fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Opens the regular file at `path` ([`open_regular`]) if it holds at most `max` bytes.
-pub fn open_limited(path: &Path, max: u64, what: &str) -> Result<File> {
+/// Opens the regular file at `path` ([`open_regular`]) if it holds at most `max` bytes; the
+/// file and its length.
+pub fn open_limited(path: &Path, max: u64, what: &str) -> Result<(File, u64)> {
     let f = open_regular(path, what)?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     if len > max {
         return Err(too_big(path, what, len, max));
     }
-    Ok(f)
+    Ok((f, len))
 }
 
 /// Opens `path` for reading if it is a regular file (or a link to one). The check is made on the

@@ -48,6 +48,15 @@ pub const PREFIX_LEN: usize = 40;
 pub const MAX_HEADER_LEN: u32 = 4 << 20;
 /// Largest body accepted: 64 M f32 values (more than a fully fine-tuned MobileNetV2 needs).
 pub const MAX_BODY_LEN: u64 = 256 << 20;
+/// The bytes after the prefix that a file's prefix declares (header plus body length, as
+/// stored: not yet checked against the limits).
+pub fn declared_len(prefix: &[u8; PREFIX_LEN]) -> u64 {
+    let header = u32::from_le_bytes([prefix[24], prefix[25], prefix[26], prefix[27]]) as u64;
+    let mut body = [0u8; 8];
+    body.copy_from_slice(&prefix[28..36]);
+    header.saturating_add(u64::from_le_bytes(body))
+}
+
 /// Largest kinds bit set (five kinds).
 const KIND_BITS: u32 = 5;
 

@@ -195,8 +195,7 @@ pub fn set_max_pixels(pixels: u64) {
 pub fn load(path: &Path) -> Result<Rgb8> {
     use std::io::Read as _;
     let bad = |reason: String| Error::Image { path: path.to_path_buf(), reason };
-    let mut f = crate::fsio::open_limited(path, crate::fsio::MAX_IMAGE_BYTES, "an image file")?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (mut f, len) = crate::fsio::open_limited(path, crate::fsio::MAX_IMAGE_BYTES, "an image file")?;
     // The signature first: a file that is neither PNG nor JPEG is refused unread.
     let mut bytes = Vec::with_capacity(len as usize);
     (&mut f).take(8).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;

@@ -148,17 +148,15 @@ fn named(path: &std::path::Path, e: Error) -> Error {
 /// them with [`from_bytes`] or [`from_bytes_typed`].
 pub fn read_bytes(path: &std::path::Path) -> Result<Vec<u8>> {
     use std::io::Read as _;
-    let mut f = crate::fsio::open_limited(path, crate::fsio::MAX_PATCH_BYTES, "a patch file")?;
+    let (mut f, _) = crate::fsio::open_limited(path, crate::fsio::MAX_PATCH_BYTES, "a patch file")?;
     let mut bytes = Vec::with_capacity(PREFIX_LEN);
     (&mut f).take(PREFIX_LEN as u64).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     if bytes.len() >= MAGIC.len() && bytes[..MAGIC.len()] != MAGIC {
         return Err(named(path, Error::Patch("not an edgepatch patch file (bad magic)".into())));
     }
-    if bytes.len() == PREFIX_LEN {
-        // Header length at bytes 24..28, body length at 28..36 (the codec checks both).
-        let header = u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes")) as u64;
-        let body = u64::from_le_bytes(bytes[28..36].try_into().expect("8 bytes"));
-        let rest = header.saturating_add(body).min(crate::fsio::MAX_PATCH_BYTES);
+    if let Ok(prefix) = <&[u8; PREFIX_LEN]>::try_from(bytes.as_slice()) {
+        // The codec checks the declared lengths against its limits when it decodes.
+        let rest = edgepatch_format::declared_len(prefix).min(crate::fsio::MAX_PATCH_BYTES);
         f.take(rest + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     }
     Ok(bytes)

@@ -44,12 +44,7 @@ fn trainer_new_refuses_resolutions_the_trainer_cannot_use() {
 #[test]
 fn fit_refuses_a_learning_rate_that_is_not_a_number() {
     let rt = runtime();
-    let (status, tr) = trainer(rt, 32);
-    assert_eq!(status, EP_OK);
-    for (label, rgb) in [(0, [250u8, 10, 10]), (1, [10, 10, 250])] {
-        let img: Vec<u8> = rgb.iter().copied().cycle().take(32 * 32 * 3).collect();
-        assert_eq!(ep_trainer_add_rgb8(tr, img.as_ptr(), 32, 32, label), EP_OK);
-    }
+    let tr = red_and_blue(rt, 1);
     for lr in [f32::NAN, f32::INFINITY] {
         assert_eq!(ep_trainer_fit(tr, 1, lr, 0, ptr::null_mut()), EP_ERR_TRAIN, "lr {lr}");
         assert!(last_error().contains("learning rate"), "{}", last_error());
@@ -64,10 +59,26 @@ fn solid(rgb: [u8; 3], side: usize) -> Vec<u8> {
     rgb.iter().copied().cycle().take(side * side * 3).collect()
 }
 
+/// A 32 px `logits` trainer holding `per_class` red images (label 0) and blue ones (label 1).
+fn red_and_blue(rt: *mut EpRuntime, per_class: usize) -> *mut EpTrainer {
+    let (status, tr) = trainer(rt, 32);
+    assert_eq!(status, EP_OK, "{}", last_error());
+    for (label, rgb) in [(0, [250u8, 10, 10]), (1, [10, 10, 250])] {
+        for _ in 0..per_class {
+            assert_eq!(ep_trainer_add_rgb8(tr, solid(rgb, 40).as_ptr(), 40, 40, label), EP_OK);
+        }
+    }
+    tr
+}
+
+/// Room for `k` classes of a prediction.
+fn room(k: usize) -> Vec<EpClass> {
+    (0..k).map(|_| EpClass { class_index: 0, prob: 0.0, label: [0; EP_LABEL_LEN] }).collect()
+}
+
 /// The top class of `img` on `rt` (the pointer as an address, so that threads can share it).
 fn top(rt: usize, img: &[u8], side: u32) -> (i32, u32) {
-    let mut classes: Vec<EpClass> =
-        (0..3).map(|_| EpClass { class_index: 0, prob: 0.0, label: [0; EP_LABEL_LEN] }).collect();
+    let mut classes = room(3);
     let mut n = 0usize;
     let status = ep_predict_rgb8(rt as *mut EpRuntime, img.as_ptr(), side, side, 3, classes.as_mut_ptr(), &mut n);
     (status, classes[0].class_index)
@@ -76,13 +87,7 @@ fn top(rt: usize, img: &[u8], side: u32) -> (i32, u32) {
 #[test]
 fn threads_predict_on_one_runtime_while_patches_switch_and_a_trainer_fits() {
     let rt = runtime();
-    let (status, tr) = trainer(rt, 32);
-    assert_eq!(status, EP_OK);
-    for (label, rgb) in [(0, [250u8, 10, 10]), (1, [10, 10, 250])] {
-        for _ in 0..4 {
-            assert_eq!(ep_trainer_add_rgb8(tr, solid(rgb, 40).as_ptr(), 40, 40, label), EP_OK);
-        }
-    }
+    let tr = red_and_blue(rt, 4);
     assert_eq!(ep_trainer_fit(tr, 3, 0.0, 0, ptr::null_mut()), EP_OK, "{}", last_error());
     let (mut bytes, mut len) = (ptr::null_mut(), 0usize);
     assert_eq!(ep_trainer_save(tr, &mut bytes, &mut len), EP_OK);
@@ -143,8 +148,7 @@ fn the_pixel_limit_applies_to_decoded_files() {
     let rt = runtime();
     let path = CString::new(format!("{}/../../models/mobilenet_v2/reference/chelsea.png", env!("CARGO_MANIFEST_DIR")))
         .unwrap();
-    let mut classes: Vec<EpClass> =
-        (0..1).map(|_| EpClass { class_index: 0, prob: 0.0, label: [0; EP_LABEL_LEN] }).collect();
+    let mut classes = room(1);
     let mut n = 0usize;
     assert_eq!(ep_set_max_pixels(0), EP_ERR_ARGUMENT);
     assert_eq!(ep_set_max_pixels(1000), EP_OK);
