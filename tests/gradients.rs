@@ -232,7 +232,7 @@ fn whole_network_gradients_for_every_patch_kind() {
             }
             let slots = patch::slots(&graph, kinds).unwrap();
             patch::make_trainable(&mut graph, &slots);
-            let plan = tape::Plan::new(&graph, &slots);
+            let plan = edgepatch::schedule::Schedule::new(&graph, &slots);
             let shape = [3, 3, 32, 32];
             let x = random_values(shape.iter().product(), 100 + k as u64, 2.0);
             let labels = [0, 2, 1];

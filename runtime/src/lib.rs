@@ -26,6 +26,7 @@ pub mod graph;
 pub mod import;
 pub mod ops;
 pub mod patch;
+pub mod schedule;
 pub mod session;
 #[allow(unsafe_code)]
 pub mod simd;

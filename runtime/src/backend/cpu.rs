@@ -1,21 +1,13 @@
 //! The CPU inference engine: batch forward over the IR, multithreaded with rayon, with each
 //! convolution fused with the affine and activation that follow it.
 
-use crate::graph::{Graph, Node, Op, ValueId};
-use crate::ops::{self, Activation, Epilogue};
+use crate::graph::{Graph, Node, Op};
+use crate::ops::{self, Epilogue};
+use crate::schedule::{Schedule, Step};
 use std::sync::{Arc, Mutex};
 
 use crate::tensor::{Pool, Tensor};
 use crate::{Error, Result};
-
-/// One step of the execution plan: a node, possibly with the affine and activation fused into it.
-#[derive(Debug, Clone)]
-struct Step {
-    node: usize,
-    affine: Option<usize>,
-    act: Activation,
-    output: ValueId,
-}
 
 /// A graph prepared for repeated forward passes on the CPU.
 ///
@@ -28,8 +20,9 @@ struct Step {
 /// patch, not yet taken up by [`CpuEngine::update`]) packs them for that pass: slower, never stale.
 #[derive(Debug)]
 pub struct CpuEngine {
+    /// The fused chains of [`Schedule::inference`], run one pass each.
     steps: Vec<Step>,
-    /// For each value, the index of the last step that reads it (values are freed after it).
+    /// For each value, the last node that reads it (values are freed after its step).
     last_use: Vec<usize>,
     /// For each step, its convolution's packed weights.
     packed: Arc<Vec<Option<ops::conv::Packed>>>,
@@ -47,17 +40,8 @@ impl Clone for CpuEngine {
     }
 }
 
-fn activation(op: &Op) -> Option<Activation> {
-    match op {
-        Op::Relu => Some(Activation::Relu),
-        Op::Relu6 => Some(Activation::Relu6),
-        _ => None,
-    }
-}
-
 impl CpuEngine {
-    /// Plans the execution (fuses conv → affine → activation chains whose intermediate values
-    /// have no other reader) and packs the convolutions' int8 weights.
+    /// Plans the execution (one pass per fused chain of [`Schedule::inference`]) and packs the convolutions' int8 weights.
     pub fn new(graph: &Graph) -> Self {
         let mut engine = CpuEngine::unpacked(graph);
         engine.update(graph);
@@ -67,47 +51,7 @@ impl CpuEngine {
     /// [`CpuEngine::new`] without packed weights (every pass packs its own), for an engine that
     /// stands by while a GPU runs the passes.
     pub(crate) fn unpacked(graph: &Graph) -> Self {
-        let mut uses = vec![0usize; graph.num_values];
-        for n in &graph.nodes {
-            for &i in &n.inputs {
-                uses[i] += 1;
-            }
-        }
-        uses[graph.output] += 1;
-        let only_reader = |i: usize, v: ValueId| -> bool {
-            graph.nodes.get(i).is_some_and(|n: &Node| n.inputs == [v]) && uses[v] == 1
-        };
-        let mut steps = Vec::new();
-        let mut i = 0;
-        while i < graph.nodes.len() {
-            let node = &graph.nodes[i];
-            let mut step = Step { node: i, affine: None, act: Activation::Identity, output: node.output };
-            i += 1;
-            if matches!(node.op, Op::Conv(_) | Op::Depthwise(_) | Op::Affine(_)) {
-                if !matches!(node.op, Op::Affine(_))
-                    && only_reader(i, step.output)
-                    && matches!(graph.nodes[i].op, Op::Affine(_))
-                {
-                    step.affine = Some(i);
-                    step.output = graph.nodes[i].output;
-                    i += 1;
-                }
-                if only_reader(i, step.output) {
-                    if let Some(act) = activation(&graph.nodes[i].op) {
-                        step.act = act;
-                        step.output = graph.nodes[i].output;
-                        i += 1;
-                    }
-                }
-            }
-            steps.push(step);
-        }
-        let mut last_use = vec![usize::MAX; graph.num_values];
-        for (s, step) in steps.iter().enumerate() {
-            for &v in &graph.nodes[step.node].inputs {
-                last_use[v] = s;
-            }
-        }
+        let Schedule { steps, last_use, .. } = Schedule::inference(graph);
         CpuEngine { steps, last_use, packed: Arc::default(), pool: CpuEngine::pool() }
     }
 
@@ -119,7 +63,7 @@ impl CpuEngine {
             .steps
             .iter()
             .enumerate()
-            .map(|(s, step)| match &graph.nodes.get(step.node)?.op {
+            .map(|(s, step)| match &graph.nodes.get(step.head)?.op {
                 Op::Conv(conv) => match old.get(s) {
                     Some(Some(p)) if p.fits(conv) => Some(p.clone()),
                     _ => ops::conv::Packed::new(conv),
@@ -142,12 +86,12 @@ impl CpuEngine {
         Mutex::new(Pool::with_limit(CpuEngine::POOL_BYTES))
     }
 
-    /// The first input of `node` for in-place use: moved out when step `s` is its last reader
-    /// (and it is not read twice by this node), cloned otherwise.
-    fn take(&self, values: &mut [Option<Tensor>], node: &Node, s: usize) -> Tensor {
+    /// The first input of `node` (the head of step `step`) for in-place use: moved out when
+    /// the step is its last reader (and it is not read twice by this node), cloned otherwise.
+    fn take(&self, values: &mut [Option<Tensor>], node: &Node, step: &Step) -> Tensor {
         let v = node.inputs[0];
         let once = node.inputs.iter().filter(|&&u| u == v).count() == 1;
-        if self.last_use[v] == s && once {
+        if self.last_use[v] == step.head && once {
             values[v].take().expect("computed before use")
         } else {
             values[v].clone().expect("computed before use")
@@ -175,7 +119,7 @@ impl CpuEngine {
         let mut values: Vec<Option<Tensor>> = vec![None; graph.num_values];
         values[0] = Some(input);
         for (s, step) in self.steps.iter().enumerate() {
-            let node = &graph.nodes[step.node];
+            let node = &graph.nodes[step.head];
             let affine = step.affine.map(|a| match &graph.nodes[a].op {
                 Op::Affine(a) => a,
                 _ => unreachable!("planned as an affine"),
@@ -183,7 +127,7 @@ impl CpuEngine {
             let epi = Epilogue {
                 scale: affine.map(|a| a.scale.as_slice()),
                 bias: affine.map(|a| a.bias.as_slice()),
-                act: step.act,
+                act: step.activation(),
             };
             let out = match &node.op {
                 Op::Conv(conv) => {
@@ -192,17 +136,17 @@ impl CpuEngine {
                 }
                 Op::Depthwise(dw) => ops::depthwise::forward(dw, read(&values, node, 0), &epi),
                 Op::Affine(a) => {
-                    let mut t = self.take(&mut values, node, s);
-                    ops::affine::forward(a, &mut t, step.act);
+                    let mut t = self.take(&mut values, node, step);
+                    ops::affine::forward(a, &mut t, step.activation());
                     t
                 }
                 Op::Relu | Op::Relu6 => {
-                    let mut t = self.take(&mut values, node, s);
-                    ops::activation::forward(activation(&node.op).expect("an activation"), &mut t);
+                    let mut t = self.take(&mut values, node, step);
+                    ops::activation::forward(node.op.activation().expect("an activation"), &mut t);
                     t
                 }
                 Op::Add => {
-                    let mut t = self.take(&mut values, node, s);
+                    let mut t = self.take(&mut values, node, step);
                     ops::add::forward(&mut t, read(&values, node, 1));
                     t
                 }
@@ -210,7 +154,7 @@ impl CpuEngine {
                 Op::Linear(l) => ops::linear::forward(l, read(&values, node, 0)),
             };
             for &v in &node.inputs {
-                if self.last_use[v] == s {
+                if self.last_use[v] == step.head {
                     values[v] = None;
                 }
             }

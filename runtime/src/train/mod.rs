@@ -6,7 +6,7 @@ pub mod optim;
 pub mod tape;
 mod trainer;
 
-pub use optim::{OptimizerKind, Schedule};
+pub use optim::{LrSchedule, OptimizerKind};
 pub use trainer::{
     evaluate, evaluate_on, fit, fit_multi, fit_validated, CpuStep, EpochStats, Evaluation, FitReport, Progress,
     StepStats, TaskResult, TaskSpec, TrainConfig, Trainer,

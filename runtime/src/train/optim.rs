@@ -118,13 +118,13 @@ impl Optimizer for RmsProp {
 
 /// Linear warm-up from 0 to `base` over `warmup` steps, then cosine decay to 0 at `total`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Schedule {
+pub struct LrSchedule {
     pub base: f32,
     pub warmup: usize,
     pub total: usize,
 }
 
-impl Schedule {
+impl LrSchedule {
     /// The learning rate of step `step` (0-based).
     pub fn at(&self, step: usize) -> f32 {
         if step < self.warmup {

@@ -3,7 +3,7 @@
 //! trains (frozen layers pass input gradients through, and only where something upstream
 //! trains).
 //!
-//! Kept per node: a layer's input when its kernel trains (conv, depthwise, classifier); an
+//! What is kept per node is [`Schedule::keep`]: a layer's input when its kernel trains (conv, depthwise, classifier); an
 //! affine's input when its scale trains; a 1-bit mask per element for ReLU/ReLU6. Nothing else:
 //! a `bias+logits` patch keeps only masks and the pooled features.
 
@@ -11,105 +11,9 @@ use std::sync::Arc;
 
 use crate::graph::{Affine, Graph, Op, Shape};
 use crate::ops::{self, activation::Mask, Activation, Epilogue};
-use crate::patch::{Role, Slot};
+use crate::schedule::{Keep, Schedule};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
-
-/// Which parameters of a node train (indices into the gradient list).
-#[derive(Debug, Clone, Copy, Default)]
-struct Trains {
-    scale: Option<usize>,
-    bias: Option<usize>,
-    weights: Option<usize>,
-}
-
-/// What trains in a graph, and which values need gradients; built once per trainer.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    trains: Vec<Trains>,
-    needs_grad: Vec<bool>,
-    last_use: Vec<usize>,
-    /// For an affine whose only reader is the activation node after it: that activation, run
-    /// in the same pass (the activation node is then skipped).
-    fused: Vec<Option<Activation>>,
-    /// For a convolution whose only reader is an affine: that affine (and its fused activation)
-    /// is computed from each output plane while it is in cache (into a second tensor when the
-    /// affine's scale trains and so needs the raw output, in place otherwise).
-    then: Vec<bool>,
-    /// For an affine with a trained scale (so its input is kept) and a fused activation whose
-    /// only reader is a depthwise layer with frozen kernels: that layer computes the affine and
-    /// activation while laying out each input plane; the affine's output is never stored.
-    deferred: Vec<bool>,
-}
-
-impl Plan {
-    /// Plans training of `slots` (gradient `i` belongs to `slots[i]`).
-    pub fn new(graph: &Graph, slots: &[Slot]) -> Self {
-        let mut trains = vec![Trains::default(); graph.nodes.len()];
-        for (i, s) in slots.iter().enumerate() {
-            let t = &mut trains[s.node];
-            match s.role {
-                Role::Scale => t.scale = Some(i),
-                Role::Bias => t.bias = Some(i),
-                Role::Weights => t.weights = Some(i),
-            }
-        }
-        let mut needs_grad = vec![false; graph.num_values];
-        for (n, t) in graph.nodes.iter().zip(&trains) {
-            let has = t.scale.is_some() || t.bias.is_some() || t.weights.is_some();
-            needs_grad[n.output] = has || n.inputs.iter().any(|&i| needs_grad[i]);
-        }
-        let mut last_use = vec![0; graph.num_values];
-        for (s, n) in graph.nodes.iter().enumerate() {
-            for &v in &n.inputs {
-                last_use[v] = s;
-            }
-        }
-        last_use[graph.output] = usize::MAX;
-        let mut readers = vec![0usize; graph.num_values];
-        graph.nodes.iter().flat_map(|n| &n.inputs).for_each(|&v| readers[v] += 1);
-        let fused = (0..graph.nodes.len())
-            .map(|s| {
-                let (node, next) = (&graph.nodes[s], graph.nodes.get(s + 1)?);
-                let fits = matches!(node.op, Op::Affine(_))
-                    && matches!(next.op, Op::Relu | Op::Relu6)
-                    && next.inputs == [node.output]
-                    && readers[node.output] == 1
-                    && node.output != graph.output;
-                fits.then(|| activation(&next.op))
-            })
-            .collect::<Vec<_>>();
-        let then = (0..graph.nodes.len())
-            .map(|s| {
-                let (node, Some(next)) = (&graph.nodes[s], graph.nodes.get(s + 1)) else { return false };
-                matches!(node.op, Op::Conv(_) | Op::Depthwise(_))
-                    && matches!(next.op, Op::Affine(_))
-                    && next.inputs == [node.output]
-                    && readers[node.output] == 1
-                    && node.output != graph.output
-            })
-            .collect();
-        let deferred = (0..graph.nodes.len())
-            .map(|b| {
-                let (Some(act), Some(dw)) = (graph.nodes.get(b + 1), graph.nodes.get(b + 2)) else { return false };
-                matches!(graph.nodes[b].op, Op::Affine(_))
-                    && fused[b].is_some()
-                    && trains[b].scale.is_some()
-                    && matches!(dw.op, Op::Depthwise(_))
-                    && trains[b + 2].weights.is_none()
-                    && dw.inputs == [act.output]
-                    && readers[act.output] == 1
-                    && act.output != graph.output
-            })
-            .collect();
-        Plan { trains, needs_grad, last_use, fused, then, deferred }
-    }
-
-    /// True for an activation node run inside the affine before it.
-    fn absorbed(&self, s: usize) -> bool {
-        s > 0 && self.fused[s - 1].is_some()
-    }
-}
 
 #[derive(Debug)]
 enum Saved {
@@ -148,7 +52,7 @@ fn owned(t: Arc<Tensor>) -> Tensor {
 /// its last reader (no copy unless the tape also keeps it), cloned otherwise.
 fn take(
     values: &mut [Option<Arc<Tensor>>],
-    plan: &Plan,
+    plan: &Schedule,
     node: &crate::graph::Node,
     s: usize,
     x: Arc<Tensor>,
@@ -162,15 +66,8 @@ fn take(
     }
 }
 
-fn activation(op: &Op) -> Activation {
-    match op {
-        Op::Relu => Activation::Relu,
-        _ => Activation::Relu6,
-    }
-}
-
 /// Forward pass keeping the tape: `input: [N, C, H, W]` → (logits `[N, classes, 1, 1]`, tape).
-pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tape)> {
+pub fn forward(graph: &Graph, plan: &Schedule, input: Tensor) -> Result<(Tensor, Tape)> {
     let [n, c, h, w] = input.shape;
     if n == 0 || c != graph.input_channels {
         return Err(Error::Input(format!("input of shape {:?} for a {c}-channel model", input.shape)));
@@ -185,10 +82,9 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
             saved.push(Saved::Nothing);
             continue;
         }
-        let t = plan.trains[s];
         let input = values[node.inputs[0]].clone();
         let x = || input.clone().expect("computed before use");
-        let output = if plan.fused[s].is_some() { graph.nodes[s + 1].output } else { node.output };
+        let output = plan.output_of(graph, s);
         if plan.deferred[s] {
             if plan.last_use[node.inputs[0]] == s {
                 values[node.inputs[0]] = None;
@@ -197,12 +93,11 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
             values[output] = Some(x());
             continue;
         }
-        let grad_out = plan.needs_grad[output];
         let mut keep = Saved::Nothing;
         let out = match &node.op {
             Op::Conv(_) | Op::Depthwise(_) => {
                 let x = x();
-                if t.weights.is_some() {
+                if plan.keep[s] == Keep::Input {
                     keep = Saved::Input(x.clone());
                 }
                 let (raw, y) = convolve(&node.op, &x, deferred_before(graph, plan, s), next_affine(graph, plan, s));
@@ -211,17 +106,17 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
             }
             Op::Linear(l) => {
                 let x = x();
-                if t.weights.is_some() {
+                if plan.keep[s] == Keep::Input {
                     keep = Saved::Input(x.clone());
                 }
                 Some(ops::linear::forward(l, &x))
             }
             Op::GlobalPool => Some(ops::pool::forward(&x())),
-            Op::Affine(a) => match plan.fused[s] {
-                _ if t.scale.is_some() => {
+            Op::Affine(a) => match plan.fused_act(s) {
+                _ if plan.keep[s] == Keep::Input => {
                     let y = match ready.take() {
                         Some(y) => y,
-                        None => ops::affine::forward_act(a, &x(), plan.fused[s].unwrap_or(Activation::Identity)),
+                        None => ops::affine::forward_act(a, &x(), plan.fused_act(s).unwrap_or(Activation::Identity)),
                     };
                     keep = Saved::Input(x());
                     Some(y)
@@ -235,7 +130,7 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                             y
                         }
                     };
-                    if grad_out {
+                    if plan.keep[s] == Keep::Mask {
                         keep = Saved::Mask(ops::activation::mask(act, &y));
                     }
                     Some(y)
@@ -250,8 +145,8 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
                 }),
             },
             Op::Relu | Op::Relu6 => {
-                let act = activation(&node.op);
-                if grad_out {
+                let act = node.op.activation().expect("an activation");
+                if plan.keep[s] == Keep::Mask {
                     keep = Saved::Mask(ops::activation::mask(act, &x()));
                 }
                 let mut y = take(&mut values, plan, node, s, x());
@@ -276,22 +171,22 @@ pub fn forward(graph: &Graph, plan: &Plan, input: Tensor) -> Result<(Tensor, Tap
     Ok((owned(out), Tape { saved, shapes, batch: n }))
 }
 
-/// The affine that [`Plan::then`] computes inside convolution `s`, its fused activation, and
+/// The affine that [`Schedule::then`] computes inside convolution `s`, its fused activation, and
 /// whether its scale trains (and so needs the convolution's raw output).
-fn next_affine<'g>(graph: &'g Graph, plan: &Plan, s: usize) -> Option<(&'g Affine, Activation, bool)> {
-    match (&graph.nodes.get(s + 1)?.op, plan.then[s] && !plan.deferred[s + 1]) {
+fn next_affine<'g>(graph: &'g Graph, plan: &Schedule, s: usize) -> Option<(&'g Affine, Activation, bool)> {
+    match (&graph.nodes.get(s + 1)?.op, plan.then(s).is_some() && !plan.deferred[s + 1]) {
         (Op::Affine(a), true) => {
-            Some((a, plan.fused[s + 1].unwrap_or(Activation::Identity), plan.trains[s + 1].scale.is_some()))
+            Some((a, plan.fused_act(s + 1).unwrap_or(Activation::Identity), plan.trains[s + 1].scale.is_some()))
         }
         _ => None,
     }
 }
 
-/// The affine and activation [`Plan::deferred`] to depthwise node `s`.
-fn deferred_before<'g>(graph: &'g Graph, plan: &Plan, s: usize) -> Option<(&'g Affine, Activation)> {
+/// The affine and activation [`Schedule::deferred`] to depthwise node `s`.
+fn deferred_before<'g>(graph: &'g Graph, plan: &Schedule, s: usize) -> Option<(&'g Affine, Activation)> {
     let b = s.checked_sub(2)?;
     match (&graph.nodes[b].op, plan.deferred[b]) {
-        (Op::Affine(a), true) => Some((a, plan.fused[b]?)),
+        (Op::Affine(a), true) => Some((a, plan.fused_act(b)?)),
         _ => None,
     }
 }
@@ -324,7 +219,7 @@ fn convolve(
 
 /// Backward pass: `dlogits` (the loss gradient at the output, `[N, classes, 1, 1]`) → gradients
 /// added into `grads[i]` for each trained slot `i` of the plan.
-pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: &mut [Vec<f32>]) {
+pub fn backward(graph: &Graph, plan: &Schedule, tape: Tape, dlogits: Tensor, grads: &mut [Vec<f32>]) {
     let mut g: Vec<Option<Tensor>> = vec![None; graph.num_values];
     g[graph.output] = Some(dlogits);
     let Tape { mut saved, shapes, batch } = tape;
@@ -332,7 +227,7 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
         if plan.absorbed(s) {
             continue;
         }
-        let output = if plan.fused[s].is_some() { graph.nodes[s + 1].output } else { node.output };
+        let output = plan.output_of(graph, s);
         let Some(mut dy) = g[output].take() else { continue };
         let t = plan.trains[s];
         let input = node.inputs[0];
@@ -385,11 +280,11 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
             Op::GlobalPool => need_dx.then(|| ops::pool::backward(&dy, (ins.h, ins.w))),
             Op::Affine(a) if kept_input.is_some() => {
                 let (ds, db) = two_mut(grads, t.scale, t.bias);
-                let act = plan.fused[s].unwrap_or(Activation::Identity);
+                let act = plan.fused_act(s).unwrap_or(Activation::Identity);
                 ops::affine::backward_act(a, kept_input.expect("kept"), act, &mut dy, ds, db, need_dx);
                 need_dx.then_some(dy)
             }
-            Op::Affine(a) if matches!((plan.fused[s], &kept), (Some(_), Saved::Mask(_))) => {
+            Op::Affine(a) if matches!((plan.fused_act(s), &kept), (Some(_), Saved::Mask(_))) => {
                 let Saved::Mask(m) = &kept else { unreachable!("matched a mask") };
                 debug_assert!(t.scale.is_none(), "a trained scale keeps the affine's input");
                 let db = t.bias.map(|i| &mut grads[i][..]);
@@ -431,14 +326,14 @@ pub fn backward(graph: &Graph, plan: &Plan, tape: Tape, dlogits: Tensor, grads: 
 /// else, and the affine kept its input (its scale trains).
 fn affine_before<'g>(
     graph: &'g Graph,
-    plan: &Plan,
+    plan: &Schedule,
     saved: &[Saved],
     s: usize,
 ) -> Option<(usize, &'g Affine, Activation)> {
     let b = s.checked_sub(2)?;
     let input = graph.nodes[s].inputs[0];
     let Op::Affine(a) = &graph.nodes[b].op else { return None };
-    let act = plan.fused[b]?;
+    let act = plan.fused_act(b)?;
     let sole = graph.nodes.iter().filter(|n| n.inputs.contains(&input)).count() == 1;
     (graph.nodes[b + 1].output == input && sole && matches!(saved[b], Saved::Input(_))).then_some((b, a, act))
 }

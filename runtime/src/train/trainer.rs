@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::loss::softmax_cross_entropy;
-use super::optim::{clip_global_norm, Optimizer, OptimizerKind, Schedule};
-use super::tape::{self, Plan};
+use super::optim::{clip_global_norm, LrSchedule, Optimizer, OptimizerKind};
+use super::tape;
 use crate::backbone::Backbone;
 use crate::backend::cpu::CpuEngine;
 use crate::backend::{Device, StepBackend};
 use crate::data::{Dataset, Loader, Rng, Transform};
 use crate::graph::{Graph, Node, Op};
 use crate::patch::{self, Patch, PatchKinds, PatchTensor, Role, Slot};
+use crate::schedule::Schedule;
 use crate::tensor::{Pool, Tensor};
 use crate::{Error, Result};
 
@@ -127,7 +128,7 @@ pub struct StepStats {
 /// The CPU reference implementation of a training step: the tape's forward and backward,
 /// the loss, global-norm clipping and the optimizer update, on the graph's own parameters.
 pub struct CpuStep {
-    plan: Plan,
+    plan: Schedule,
     grads: Vec<Vec<f32>>,
     optimizer: Box<dyn Optimizer>,
     label_smoothing: f32,
@@ -142,7 +143,7 @@ impl CpuStep {
     pub fn new(graph: &Graph, slots: &[Slot], config: &TrainConfig) -> Self {
         let lens: Vec<usize> = slots.iter().map(|&s| patch::param(graph, s).len()).collect();
         CpuStep {
-            plan: Plan::new(graph, slots),
+            plan: Schedule::new(graph, slots),
             grads: lens.iter().map(|&n| vec![0.0; n]).collect(),
             optimizer: config.optimizer.build(&lens),
             label_smoothing: config.label_smoothing,
@@ -665,13 +666,13 @@ pub fn fit_multi(
             history: Vec::new(),
         });
     }
-    let schedules: Vec<Schedule> = leaders
+    let schedules: Vec<LrSchedule> = leaders
         .iter()
         .enumerate()
         .map(|(g, &l)| {
             let total: usize = streams.iter().filter(|s| s.group == g).map(|s| s.total).sum();
             let c = &tasks[l].config;
-            Schedule { base: c.lr(), warmup: (total as f32 * c.warmup).round() as usize, total }
+            LrSchedule { base: c.lr(), warmup: (total as f32 * c.warmup).round() as usize, total }
         })
         .collect();
     let mut group_steps = vec![0usize; leaders.len()];

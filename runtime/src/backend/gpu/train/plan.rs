@@ -10,6 +10,7 @@ use crate::backend::gpu::kernels::{act_code, per_element, window_words, Groups, 
 use crate::graph::{Op, Shape};
 use crate::ops::Activation;
 use crate::patch::Role;
+use crate::schedule::Schedule;
 use crate::train::OptimizerKind;
 use crate::{Error, Result};
 
@@ -51,25 +52,10 @@ impl GpuTrainer {
         let parts = self.total.div_ceil(chunk);
         let partial = Range::words(&gpu.storage(parts, "norm parts")?, 0, parts);
 
-        let trains = |node: usize, role: Role| self.slots.iter().position(|s| s.node == node && s.role == role);
-        let mut needs_grad = vec![false; g.num_values];
-        for (i, node) in g.nodes.iter().enumerate() {
-            let t = self.slots.iter().any(|s| s.node == i);
-            needs_grad[node.output] = t || node.inputs.iter().any(|&v| needs_grad[v]);
-        }
-        let readers = |v: usize| g.nodes.iter().filter(|m| m.inputs.contains(&v)).count();
-        let fused: Vec<bool> = (0..count)
-            .map(|s| {
-                matches!(g.nodes[s].op, Op::Affine(_))
-                    && g.nodes
-                        .get(s + 1)
-                        .is_some_and(|m| matches!(m.op, Op::Relu | Op::Relu6) && m.inputs == [g.nodes[s].output])
-                    && readers(g.nodes[s].output) == 1
-                    && g.nodes[s].output != g.output
-            })
-            .collect();
-        let fused_into = |s: usize| s > 0 && fused[s - 1];
-
+        let sched = Schedule::new(g, &self.slots);
+        let trains = |node: usize, role: Role| sched.trains[node].role(role);
+        let needs_grad = &sched.needs_grad;
+        let fused = |s: usize| sched.fused_act(s);
         let value = |v: usize| if v == 0 { Ref::Fixed(input.clone()) } else { Ref::Value(v) };
         let fixed = Ref::Fixed;
         let u = |v: &[usize]| v.iter().map(|&x| Word(x as u32)).collect::<Vec<_>>();
@@ -78,11 +64,6 @@ impl GpuTrainer {
         let mut push = |kernel, format, refs: Vec<Ref>, words: Vec<Word>, groups, time| {
             calls.push(PlannedCall { kernel, format, refs, words, groups, time })
         };
-        let act_of = |op: &Op| match op {
-            Op::Relu => Activation::Relu,
-            _ => Activation::Relu6,
-        };
-
         for (s, node) in g.nodes.iter().enumerate() {
             let (x, y) = (node.inputs[0], node.output);
             let (xs, ys): (Shape, Shape) = (shapes[x], shapes[y]);
@@ -118,13 +99,13 @@ impl GpuTrainer {
                         s,
                     );
                 }
-                Op::Affine(_) | Op::Relu | Op::Relu6 if !fused_into(s) => {
-                    let (out, act, scale, bias) = if fused[s] {
-                        (g.nodes[s + 1].output, act_of(&g.nodes[s + 1].op), self.nodes[s].scale, self.nodes[s].bias)
+                Op::Affine(_) | Op::Relu | Op::Relu6 if !sched.absorbed(s) => {
+                    let (out, act, scale, bias) = if let Some(act) = fused(s) {
+                        (g.nodes[s + 1].output, act, self.nodes[s].scale, self.nodes[s].bias)
                     } else if let Op::Affine(_) = node.op {
                         (y, Activation::Identity, self.nodes[s].scale, self.nodes[s].bias)
                     } else {
-                        (y, act_of(&node.op), Some(self.ones), Some(self.zeros))
+                        (y, node.op.activation().expect("an activation"), Some(self.ones), Some(self.zeros))
                     };
                     let (sc, bi) = (self.src(scale.expect("affine scale")), self.src(bias.expect("affine bias")));
                     let words = u(&[size(x), xs.c, xs.h * xs.w, act_code(act) as usize]);
@@ -200,8 +181,8 @@ impl GpuTrainer {
                 let time = 2 * count - s;
                 let (x, y) = (node.inputs[0], node.output);
                 let (xs, ys) = (shapes[x], shapes[y]);
-                let dy_value = if fused[s] { g.nodes[s + 1].output } else { y };
-                if !written[dy_value] || fused_into(s) {
+                let dy_value = sched.output_of(g, s);
+                if !written[dy_value] || sched.absorbed(s) {
                     continue;
                 }
                 let dy = Ref::Grad(dy_value);
@@ -336,12 +317,12 @@ impl GpuTrainer {
                         }
                     }
                     Op::Affine(_) | Op::Relu | Op::Relu6 => {
-                        let (act, scale, mask) = if fused[s] {
-                            (act_of(&g.nodes[s + 1].op), self.nodes[s].scale, Ref::Value(dy_value))
+                        let (act, scale, mask) = if let Some(act) = fused(s) {
+                            (act, self.nodes[s].scale, Ref::Value(dy_value))
                         } else if let Op::Affine(_) = node.op {
                             (Activation::Identity, self.nodes[s].scale, dy.clone())
                         } else {
-                            (act_of(&node.op), Some(self.ones), Ref::Value(y))
+                            (node.op.activation().expect("an activation"), Some(self.ones), Ref::Value(y))
                         };
                         let (ts, tb) = (trains(s, Role::Scale), trains(s, Role::Bias));
                         if ts.is_some() || tb.is_some() {
