@@ -28,6 +28,28 @@ impl Activation {
             Activation::Relu6 => x.clamp(0.0, 6.0),
         }
     }
+
+    /// The activation's code in kernel parameters (the GPU kernels' `act`; the WGSL constants
+    /// `ACT_*` are generated from it).
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Relu => 1,
+            Activation::Relu6 => 2,
+        }
+    }
+
+    /// The upper-case name of the activation's WGSL constant (`ACT_RELU6`).
+    pub fn wgsl_name(self) -> &'static str {
+        match self {
+            Activation::Identity => "IDENTITY",
+            Activation::Relu => "RELU",
+            Activation::Relu6 => "RELU6",
+        }
+    }
+
+    /// Every activation.
+    pub const ALL: [Activation; 3] = [Activation::Identity, Activation::Relu, Activation::Relu6];
 }
 
 /// What a convolution kernel applies to each output channel before storing:

@@ -45,15 +45,26 @@ impl fmt::Display for OptimizerKind {
     }
 }
 
+/// SGD's momentum (CPU and GPU).
+pub const SGD_MOMENTUM: f32 = 0.9;
+/// Adam's β₁ and β₂ (CPU and GPU).
+pub const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
+/// RMSProp's decay α (CPU and GPU).
+pub const RMSPROP_ALPHA: f32 = 0.99;
+/// Adam's and RMSProp's ε (CPU and GPU).
+pub const EPSILON: f32 = 1e-8;
+
 impl OptimizerKind {
-    /// An optimizer for tensors of the given lengths (SGD momentum 0.9; Adam β 0.9/0.999,
-    /// ε 1e-8; RMSProp α 0.99, ε 1e-8).
+    /// An optimizer for tensors of the given lengths, with the constants above.
     pub fn build(self, lens: &[usize]) -> Box<dyn Optimizer> {
         let zeros = || lens.iter().map(|&n| vec![0f32; n]).collect::<Vec<_>>();
         match self {
-            OptimizerKind::Sgd => Box::new(Sgd { momentum: 0.9, velocity: zeros() }),
-            OptimizerKind::Adam => Box::new(Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 1, m: zeros(), v: zeros() }),
-            OptimizerKind::RmsProp => Box::new(RmsProp { alpha: 0.99, eps: 1e-8, square: zeros() }),
+            OptimizerKind::Sgd => Box::new(Sgd { momentum: SGD_MOMENTUM, velocity: zeros() }),
+            OptimizerKind::Adam => {
+                let (beta1, beta2) = ADAM_BETAS;
+                Box::new(Adam { beta1, beta2, eps: EPSILON, t: 1, m: zeros(), v: zeros() })
+            }
+            OptimizerKind::RmsProp => Box::new(RmsProp { alpha: RMSPROP_ALPHA, eps: EPSILON, square: zeros() }),
         }
     }
 }

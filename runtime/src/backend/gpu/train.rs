@@ -12,12 +12,13 @@ mod plan;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::kernels::{self, align, bytes_of, f32s, pack, Call, DeviceWeights, Range, WeightFormat, Word};
+use super::kernels::params::{word, Adam, RmsProp, Sgd};
+use super::kernels::{self, align, bytes_of, f32s, pack, Call, DeviceWeights, Range, Update, WeightFormat};
 use super::Gpu;
 use crate::graph::{Graph, Op, Weights};
 use crate::patch::{self, Role, Slot};
 use crate::tensor::Tensor;
-use crate::train::{OptimizerKind, StepStats};
+use crate::train::{optim, OptimizerKind, StepStats};
 use crate::{Error, Result};
 
 /// What a [`GpuTrainer`] needs of the training configuration.
@@ -214,7 +215,7 @@ impl GpuTrainer {
         Range::words(&self.grads, self.layout[i].0, self.layout[i].1)
     }
 
-    fn weights(&self, node: usize) -> DeviceWeights {
+    fn weights(&self, node: usize) -> DeviceWeights<Range> {
         let (w, s, format) = self.nodes[node].weights.expect("weights of a conv, depthwise or linear node");
         DeviceWeights { w: self.src(w), scale: self.src(s), format }
     }
@@ -241,7 +242,7 @@ impl GpuTrainer {
             &bytes_of(&labels.iter().map(|&l| l as u32).collect::<Vec<_>>()),
         );
         if let Some(o) = p.optimizer {
-            q.write_buffer(&p.calls[o].uniform, 0, &self.optimizer_words(lr));
+            q.write_buffer(&p.calls[o].uniform, 0, &self.update(lr).params());
         }
         let mut encoder = self.gpu.encoder();
         self.gpu.record(&mut encoder, &p.calls);
@@ -260,27 +261,21 @@ impl GpuTrainer {
         Ok(StepStats { loss: s[2], correct: s[3] as usize, grad_norm: s[1] })
     }
 
-    fn optimizer_words(&self, lr: f32) -> Vec<u8> {
-        let head = [Word(self.total as u32), Word(self.decay_end as u32), lr.into(), self.settings.weight_decay.into()];
-        let tail: Vec<Word> = match self.settings.optimizer {
-            OptimizerKind::Sgd => vec![0.9f32.into()],
+    /// The optimizer's parameters for a step at learning rate `lr` (the constants are the CPU
+    /// optimizer's, [`crate::train::optim`]).
+    fn update(&self, lr: f32) -> Update {
+        let (len, decay_end, wd) = (word(self.total), word(self.decay_end), self.settings.weight_decay);
+        match self.settings.optimizer {
+            OptimizerKind::Sgd => Update::Sgd(Sgd { len, decay_end, lr, wd, momentum: optim::SGD_MOMENTUM }),
             OptimizerKind::Adam => {
-                let (b1, b2) = (0.9f32, 0.999f32);
-                vec![
-                    b1.into(),
-                    b2.into(),
-                    1e-8f32.into(),
-                    (1.0 - b1.powi(self.adam_t)).into(),
-                    (1.0 - b2.powi(self.adam_t)).into(),
-                ]
+                let (beta1, beta2) = optim::ADAM_BETAS;
+                let (c1, c2) = (1.0 - beta1.powi(self.adam_t), 1.0 - beta2.powi(self.adam_t));
+                Update::Adam(Adam { len, decay_end, lr, wd, beta1, beta2, eps: optim::EPSILON, c1, c2 })
             }
-            OptimizerKind::RmsProp => vec![0.99f32.into(), 1e-8f32.into()],
-        };
-        let mut bytes = [0u8; 64];
-        for (i, w) in head.iter().chain(&tail).enumerate() {
-            bytes[4 * i..4 * i + 4].copy_from_slice(&w.0.to_le_bytes());
+            OptimizerKind::RmsProp => {
+                Update::RmsProp(RmsProp { len, decay_end, lr, wd, alpha: optim::RMSPROP_ALPHA, eps: optim::EPSILON })
+            }
         }
-        bytes.to_vec()
     }
 
     /// A forward-only engine for `graph` (nothing trains): see [`GpuTrainer::forward`].

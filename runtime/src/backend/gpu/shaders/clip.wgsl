@@ -1,29 +1,20 @@
 // Reference: train::optim::clip_global_norm and the mean loss of train::loss::softmax_cross_entropy.
 // scalars = [clip factor, gradient norm, mean loss, correct samples, ok (1 when loss and norm are finite)]
 // Bindings: 0 partial [count], 1 stats [2N], 2 scalars [8], 3 uniform. One workgroup.
-struct U { count: u32, n: u32, max_norm: f32 }
 @group(0) @binding(0) var<storage, read> partial: array<f32>;
 @group(0) @binding(1) var<storage, read> stats: array<f32>;
 @group(0) @binding(2) var<storage, read_write> scalars: array<f32>;
 @group(0) @binding(3) var<uniform> u: U;
-var<workgroup> part: array<f32, 256>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
     var s = 0.0;
-    for (var i = lid; i < u.count; i += 256u) {
+    for (var i = lid; i < u.count; i += WG) {
         s += partial[i];
     }
-    part[lid] = s;
-    workgroupBarrier();
-    for (var k = 128u; k > 0u; k >>= 1u) {
-        if (lid < k) {
-            part[lid] += part[lid + k];
-        }
-        workgroupBarrier();
-    }
+    let total_sum = workgroup_sum(lid, s);
     if (lid == 0u) {
-        let norm = sqrt(part[0]);
+        let norm = sqrt(total_sum);
         var loss = 0.0;
         var correct = 0.0;
         for (var n = 0u; n < u.n; n++) {

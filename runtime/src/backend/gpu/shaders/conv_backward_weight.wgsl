@@ -1,14 +1,12 @@
 // Reference: ops::conv::backward_weight (a dense convolution with any window, e.g. the stem).
 // dw[co, ci, ky, kx] = Σ_{n, oy, ox} dy[n, co, oy, ox] · x[n, ci, oy·SH − PT + ky, ox·SW − PL + kx]   (overwrites)
 // Bindings: 0 x [N, Ci, H, W], 1 dy [N, Co, OH, OW], 2 dw [Co, Ci, KH, KW], 3 uniform. One workgroup per weight, folded grid.
-struct U { n: u32, ci: u32, co: u32, h: u32, w: u32, oh: u32, ow: u32, kh: u32, kw: u32, sh: u32, sw: u32, pt: u32, pl: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> dy: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(3) var<uniform> u: U;
-var<workgroup> part: array<f32, 256>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = wid.y * nwg.x + wid.x;
     let total = u.co * u.ci * u.kh * u.kw;
@@ -19,7 +17,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var s = 0.0;
     if (g < total) {
         let plane = u.oh * u.ow;
-        for (var j = lid; j < u.n * plane; j += 256u) {
+        for (var j = lid; j < u.n * plane; j += WG) {
             let n = j / plane;
             let oy = (j / u.ow) % u.oh;
             let ox = j % u.ow;
@@ -30,15 +28,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
     }
-    part[lid] = s;
-    workgroupBarrier();
-    for (var k = 128u; k > 0u; k >>= 1u) {
-        if (lid < k) {
-            part[lid] += part[lid + k];
-        }
-        workgroupBarrier();
-    }
+    let total_sum = workgroup_sum(lid, s);
     if (lid == 0u && g < total) {
-        dw[g] = part[0];
+        dw[g] = total_sum;
     }
 }

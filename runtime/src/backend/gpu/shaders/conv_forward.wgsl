@@ -1,14 +1,13 @@
 // Reference: ops::conv::forward (a dense convolution with any window, e.g. the stem).
 // y[n, co, oy, ox] = wscale[co] · Σ_{ci, ky, kx} weight(((co·Ci + ci)·KH + ky)·KW + kx) · x[n, ci, oy·SH − PT + ky, ox·SW − PL + kx]
 // Bindings: 0 x [N, Ci, H, W], 1 w, 2 wscale [Co], 3 y [N, Co, OH, OW], 4 uniform. One invocation per output, folded grid.
-struct U { n: u32, ci: u32, co: u32, h: u32, w: u32, oh: u32, ow: u32, kh: u32, kw: u32, sh: u32, sw: u32, pt: u32, pl: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> wscale: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<uniform> u: U;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wid, nwg, lid);
     if (i >= u.n * u.co * u.oh * u.ow) {

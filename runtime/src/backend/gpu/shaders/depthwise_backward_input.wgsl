@@ -1,14 +1,13 @@
 // Reference: ops::depthwise::backward_input.
 // dx[n, c, iy, ix] (+)= wscale[c] · Σ weight((c·KH + ky)·KW + kx) · dy[n, c, oy, ox] over oy·SH − PT + ky = iy, ox·SW − PL + kx = ix
 // Bindings: 0 dy [N, C, OH, OW], 1 w, 2 wscale [C], 3 dx [N, C, H, W] (added to when u.accumulate), 4 uniform. One invocation per input element, folded grid.
-struct U { n: u32, c: u32, h: u32, w: u32, oh: u32, ow: u32, kh: u32, kw: u32, sh: u32, sw: u32, pt: u32, pl: u32, accumulate: u32 }
 @group(0) @binding(0) var<storage, read> dy: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> wscale: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(4) var<uniform> u: U;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wid, nwg, lid);
     if (i >= u.n * u.c * u.h * u.w) {

@@ -1,11 +1,10 @@
 // Reference: ops::pool::forward.  y[n, c] = mean_i x[n, c, i]
 // Bindings: 0 x [N, C, HW], 1 y [N, C], 2 uniform. One invocation per (n, c), folded grid.
-struct U { nc: u32, hw: u32 }
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<uniform> u: U;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wid, nwg, lid);
     if (i >= u.nc) {

@@ -2,7 +2,6 @@
 // Per sample n: the loss −Σ_c t_c · log softmax(z)_c with t = (1 − ε)·onehot(label) + ε/K, the gradient
 // (softmax − t)/N, and whether the first highest logit is the label.
 // Bindings: 0 logits [N, K], 1 labels [N] (u32), 2 dlogits [N, K], 3 stats [2N] (loss_n, correct_n), 4 uniform.
-struct U { n: u32, k: u32, smoothing: f32 }
 @group(0) @binding(0) var<storage, read> z: array<f32>;
 @group(0) @binding(1) var<storage, read> labels: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dz: array<f32>;
