@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use edgepatch::data::{self, Dataset};
-use edgepatch::train::optim::{clip_global_norm, Schedule};
+use edgepatch::train::optim::{clip_global_norm, LrSchedule};
 use edgepatch::train::{self, OptimizerKind, TrainConfig, Trainer};
 use edgepatch::{Backbone, Error, Tensor};
 use edgepatch_tests::onnx_builder::{tiny_net, TinyNet};
@@ -87,7 +87,7 @@ fn optimizers_and_schedule_follow_their_definitions() {
     wd.update(0, &mut p, &[0.0], 0.1, 0.5);
     assert!((p[0] - 1.9).abs() < 1e-6);
 
-    let s = Schedule { base: 1.0, warmup: 4, total: 104 };
+    let s = LrSchedule { base: 1.0, warmup: 4, total: 104 };
     assert_eq!(s.at(0), 0.25);
     assert_eq!(s.at(3), 1.0);
     assert!((s.at(54) - 0.5).abs() < 1e-6);

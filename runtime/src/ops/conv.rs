@@ -45,26 +45,31 @@ fn runs(s: usize, cols: usize, hw: usize) -> impl Iterator<Item = (usize, usize,
 /// Columns per finished segment of [`gemm_batch`] (a multiple of every tile width).
 const SEGMENT: usize = 256;
 
-/// `c[i] = a·x[i]` for every image `i` of a batch: `a` is `m × k`, packed by
-/// [`crate::simd::pack_panels`]; `x: [n, k, hw]`; `c: [n, m, hw]`, row `r` multiplied by
-/// `scale[r]` unless `scale` is empty. Tasks are single images (split into row blocks when the
+/// The left operand of [`gemm_batch`]: `a`, an `m × k` matrix packed by
+/// [`crate::simd::pack_panels`], and the rows' `scale` (none when empty).
+struct Lhs<'a> {
+    a: &'a [f32],
+    m: usize,
+    k: usize,
+    scale: &'a [f32],
+}
+
+/// `c[i] = a·x[i]` for every image `i` of a batch (`a`, `m`, `k` and `scale` from `lhs`):
+/// `x: [n, k, hw]`; `c: [n, m, hw]`, row `r` multiplied by `scale[r]` unless `scale` is empty. Tasks are single images (split into row blocks when the
 /// batch is small) or, for small planes, groups of images whose columns run on as one matrix.
 /// Where `k > 64`, a plane has at least 2048 columns and a task has all `m` rows, each segment of
 /// a single image's columns is first copied into one block (its `k` rows lie a whole plane
 /// apart, too many streams for the hardware prefetcher); the products are the same.
 /// `finish(row, c_values, c2_values)` runs on every finished segment of a row of one image while
 /// it is in cache, with the same segment of `c2` (a second output of `c`'s shape) when given.
-#[allow(clippy::too_many_arguments)]
 fn gemm_batch(
-    a: &[f32],
-    (m, k): (usize, usize),
-    scale: &[f32],
-    x: &[f32],
-    hw: usize,
+    lhs: Lhs,
+    (x, hw): (&[f32], usize),
     c: &mut [f32],
     mut c2: Option<&mut [f32]>,
     finish: &(impl Fn(usize, &mut [f32], Option<&mut [f32]>) + Sync),
 ) {
+    let Lhs { a, m, k, scale } = lhs;
     let n = x.len() / (k * hw);
     let (mr, nr) = crate::simd::gemm_tile();
     let g = images_per_task(n, hw, rayon::current_num_threads().max(1));
@@ -273,11 +278,8 @@ fn run(conv: &Conv, packed: Option<&Packed>, x: &Tensor, epi: &Epilogue, then: T
     };
     let scale: &[f32] = if raw { q } else { &[] };
     gemm_batch(
-        a,
-        (co, k),
-        scale,
-        &cols.as_ref().unwrap_or(x).data,
-        hw,
+        Lhs { a, m: co, k, scale },
+        (&cols.as_ref().unwrap_or(x).data, hw),
         &mut out.data,
         second.as_mut().map(|t| &mut t.data[..]),
         &|r, v, y| finish(r, q.get(r).copied().unwrap_or(1.0), v, y),
@@ -322,7 +324,7 @@ pub fn backward_input(conv: &Conv, dy: &Tensor, (ih, iw): (usize, usize)) -> Ten
                 crate::simd::pack_panels(ci, co, |r, p| values[p * ci + r] as f32 * scales[p])
             }
         };
-        gemm_batch(&a, (ci, co), &[], &dy.data, hw, &mut dx.data, None, &|_, _, _| {});
+        gemm_batch(Lhs { a: &a, m: ci, k: co, scale: &[] }, (&dy.data, hw), &mut dx.data, None, &|_, _, _| {});
     } else {
         let w = conv.weights.to_f32();
         let kl = conv.window.kernel[0] * conv.window.kernel[1];
@@ -397,7 +399,6 @@ mod tests {
     }
 
     /// Plain definition: `y[n, o, oy, ox] = Σ w[o, c, ky, kx] · x[n, g(o)+c, oy·s + ky − p, ox·s + kx − p]`.
-    #[allow(clippy::too_many_arguments)]
     fn naive(x: &Tensor, w: &[f32], co: usize, ci_per: usize, depthwise: bool, win: &Window) -> Tensor {
         let [n, _, ih, iw] = x.shape;
         let (oh, ow) = win.output_size(ih, iw).unwrap();

@@ -74,7 +74,13 @@ impl Padded {
             sw,
             (true, [ih, iw, oh, ow], *win),
         );
-        simd::layout_input(&x[..ih * iw], iw, &mut self.data, (self.rows, self.width, sw, pt, pl), map);
+        simd::layout_input(
+            &x[..ih * iw],
+            iw,
+            &mut self.data,
+            simd::Phases { rows: self.rows, width: self.width, sw, pt, pl },
+            map,
+        );
     }
 
     /// Lays out `dy: [oh, ow]` for the transposed window as a stride-1 correlation: `dy[oy, ox]`
@@ -191,7 +197,7 @@ fn transposed_3x3_stride_2(
     for (row, g) in padded.chunks_exact_mut(len).zip(dy.chunks_exact(ow)) {
         row[1..=ow].copy_from_slice(g);
     }
-    simd::transpose_stride_2(padded, k, (len, m, iw, pt, pl), dx, eo);
+    simd::transpose_stride_2(padded, k, simd::GradRows { len, m, iw, pt, pl }, dx, eo);
 }
 
 /// The kernel gradient of [`convolve`]: `dk[ky, kx] += Σ dy[oy, ox] · x[oy·sh + ky − pt,
