@@ -15,6 +15,7 @@
 //! `edgepatch.kinds` and `edgepatch.backbone` (the fingerprint the patch was made for).
 //! Re-importing the file gives back the same graph: kernels, scales and biases bit for bit.
 
+use crate::ops::Activation;
 use prost::Message;
 use tract_onnx::pb::{
     attribute_proto, tensor_proto, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
@@ -199,8 +200,9 @@ pub fn to_onnx(graph: &Graph, task: Option<&Patch>, mode: ExportWeights) -> Resu
                 let v = w.f32(&format!("{p}.var"), &[c], &vec![1.0; c]);
                 w.node("BatchNormalization", &p, &[&x, &s, &b, &m, &v], &y, vec![attr_float("epsilon", 0.0)]);
             }
-            Op::Relu => w.node("Relu", &p, &[&x], &y, vec![]),
-            Op::Relu6 => {
+            Op::Act(Activation::Identity) => w.node("Identity", &p, &[&x], &y, vec![]),
+            Op::Act(Activation::Relu) => w.node("Relu", &p, &[&x], &y, vec![]),
+            Op::Act(Activation::Relu6) => {
                 let lo = w.f32(&format!("{p}.min"), &[], &[0.0]);
                 let hi = w.f32(&format!("{p}.max"), &[], &[6.0]);
                 w.node("Clip", &p, &[&x, &lo, &hi], &y, vec![]);

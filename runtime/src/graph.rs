@@ -1,6 +1,7 @@
 //! The runtime's own graph IR: a topologically ordered list of nodes over a short list of layer
 //! kinds. Every tensor is NCHW f32 (a flattened feature vector is `[N, F, 1, 1]`).
 
+use crate::ops::Activation;
 use sha2::{Digest, Sha256};
 
 /// Index of a value (an edge) in [`Graph`]; value 0 is the graph input.
@@ -171,8 +172,8 @@ pub enum Op {
     Conv(Conv),
     Depthwise(Depthwise),
     Affine(Affine),
-    Relu,
-    Relu6,
+    /// An elementwise activation (ReLU, ReLU6).
+    Act(Activation),
     /// Elementwise sum of two values of equal shape (the residual connection).
     Add,
     /// Mean over H and W: `[N, C, H, W] → [N, C, 1, 1]`.
@@ -188,8 +189,7 @@ impl Op {
             Op::Conv(_) => "conv",
             Op::Depthwise(_) => "depthwise",
             Op::Affine(_) => "affine",
-            Op::Relu => "relu",
-            Op::Relu6 => "relu6",
+            Op::Act(a) => a.name(),
             Op::Add => "add",
             Op::GlobalPool => "global_pool",
             Op::Linear(_) => "linear",
@@ -306,7 +306,7 @@ impl Graph {
                     }
                     x
                 }
-                Op::Relu | Op::Relu6 => x,
+                Op::Act(_) => x,
                 Op::Add => {
                     if ins[1] != x {
                         return Err(bad(format!("adds shapes {x:?} and {:?}", ins[1])));

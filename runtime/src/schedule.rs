@@ -29,8 +29,7 @@ impl Op {
     /// The elementwise activation this op computes, if it is one.
     pub fn activation(&self) -> Option<Activation> {
         match self {
-            Op::Relu => Some(Activation::Relu),
-            Op::Relu6 => Some(Activation::Relu6),
+            Op::Act(a) => Some(*a),
             _ => None,
         }
     }

@@ -2,6 +2,7 @@
 //! the references that gradient checks differentiate numerically.
 
 use edgepatch::graph::{Graph, Op, Window};
+use edgepatch::ops::Activation;
 use edgepatch::patch::Role;
 
 /// An NCHW f64 tensor.
@@ -65,7 +66,17 @@ pub fn affine(x: &T64, s: &[f64], b: &[f64]) -> T64 {
 
 /// `max(x, 0)`, capped at 6 when `six`.
 pub fn relu(x: &T64, six: bool) -> T64 {
-    T64::new(x.shape, x.data.iter().map(|&v| if six { v.clamp(0.0, 6.0) } else { v.max(0.0) }).collect())
+    activation(x, if six { Activation::Relu6 } else { Activation::Relu })
+}
+
+/// `act` on every value: identity, `max(v, 0)` for ReLU, `clamp(v, 0, 6)` for ReLU6.
+pub fn activation(x: &T64, act: Activation) -> T64 {
+    let f = |v: f64| match act {
+        Activation::Identity => v,
+        Activation::Relu => v.max(0.0),
+        Activation::Relu6 => v.clamp(0.0, 6.0),
+    };
+    T64::new(x.shape, x.data.iter().map(|&v| f(v)).collect())
 }
 
 /// Mean over each plane.
@@ -110,7 +121,7 @@ pub fn cross_entropy(logits: &T64, labels: &[usize], eps: f64) -> f64 {
 enum Layer {
     Conv { w: Vec<f64>, co: usize, depthwise: bool, win: Window },
     Affine { s: Vec<f64>, b: Vec<f64> },
-    Relu(bool),
+    Act(Activation),
     Add,
     Pool,
     Linear { w: Vec<f64>, b: Vec<f64> },
@@ -142,8 +153,7 @@ impl Net64 {
                         Layer::Conv { w: f64s(&d.weights.to_f32()), co: d.channels, depthwise: true, win: d.window }
                     }
                     Op::Affine(a) => Layer::Affine { s: f64s(&a.scale), b: f64s(&a.bias) },
-                    Op::Relu => Layer::Relu(false),
-                    Op::Relu6 => Layer::Relu(true),
+                    Op::Act(act) => Layer::Act(*act),
                     Op::Add => Layer::Add,
                     Op::GlobalPool => Layer::Pool,
                     Op::Linear(l) => Layer::Linear { w: f64s(&l.weights.to_f32()), b: f64s(&l.bias) },
@@ -173,7 +183,7 @@ impl Net64 {
             let y = match l {
                 Layer::Conv { w, co, depthwise, win } => conv(a, w, *co, *depthwise, win),
                 Layer::Affine { s, b } => affine(a, s, b),
-                Layer::Relu(six) => relu(a, *six),
+                Layer::Act(act) => activation(a, *act),
                 Layer::Add => {
                     let b = v[ins[1]].as_ref().expect("computed");
                     T64::new(a.shape, a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect())

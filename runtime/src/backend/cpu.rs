@@ -140,9 +140,9 @@ impl CpuEngine {
                     ops::affine::forward(a, &mut t, step.activation());
                     t
                 }
-                Op::Relu | Op::Relu6 => {
+                Op::Act(act) => {
                     let mut t = self.take(&mut values, node, step);
-                    ops::activation::forward(node.op.activation().expect("an activation"), &mut t);
+                    ops::activation::forward(*act, &mut t);
                     t
                 }
                 Op::Add => {

@@ -1,4 +1,4 @@
-//! Execution backends: the CPU reference and, with the `gpu` feature, a wgpu compute backend.
+//! Execution backends: the CPU backend and, with the `gpu` feature, a wgpu compute backend.
 //! Training steps run through [`StepBackend`], which both implement.
 
 pub mod cpu;
@@ -17,10 +17,11 @@ use crate::{Error, Result};
 /// Where to compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
-    /// A hardware GPU when one is present, else the CPU (with one logged line saying why).
-    Auto,
-    /// The CPU reference backend.
+    /// A hardware GPU when one is present, else the CPU (with one logged line saying why); the
+    /// default, as in the CLI.
     #[default]
+    Auto,
+    /// The CPU backend.
     Cpu,
     /// A GPU adapter (any, software ones such as lavapipe included); an error when there is none.
     Gpu,
@@ -100,7 +101,7 @@ pub fn resolve(device: Device) -> Result<Option<std::convert::Infallible>> {
     }
 }
 
-/// Runs the optimisation steps of one patch: the CPU reference ([`crate::train::CpuStep`]) and the
+/// Runs the optimisation steps of one patch: the CPU backend ([`crate::train::CpuStep`]) and the
 /// GPU (`gpu::GpuTrainer`) give the same results within floating-point tolerance.
 pub trait StepBackend: Send {
     /// One step on `input` (images `[N, 3, R, R]`, or features for a head-only CPU trainer)
@@ -142,7 +143,7 @@ impl Engine {
             },
             #[cfg(feature = "gpu")]
             gpu: match chosen {
-                Some(g) => Some(std::sync::Arc::new(std::sync::Mutex::new(gpu::GpuTrainer::inference(g, graph)?))),
+                Some(g) => Some(std::sync::Arc::new(std::sync::Mutex::new(gpu::GpuTrainer::forward_only(g, graph)?))),
                 None => None,
             },
         })
@@ -165,7 +166,7 @@ impl Engine {
         #[cfg(feature = "gpu")]
         if let Some(g) = &mut self.gpu {
             let gpu = g.lock().unwrap_or_else(|p| p.into_inner()).gpu();
-            *g = std::sync::Arc::new(std::sync::Mutex::new(gpu::GpuTrainer::inference(gpu, graph)?));
+            *g = std::sync::Arc::new(std::sync::Mutex::new(gpu::GpuTrainer::forward_only(gpu, graph)?));
             return Ok(());
         }
         self.cpu.update(graph);

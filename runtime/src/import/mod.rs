@@ -9,6 +9,7 @@
 
 mod tensor;
 
+use crate::ops::Activation;
 use std::collections::HashMap;
 
 use tract_onnx::pb::{AttributeProto, NodeProto};
@@ -255,7 +256,7 @@ impl Importer {
             "BatchNormalization" => self.batch_norm(node),
             "Relu" => {
                 let (x, flat) = self.runtime(node, 0)?;
-                self.push(node, Op::Relu, vec![x], flat)
+                self.push(node, Op::Act(Activation::Relu), vec![x], flat)
             }
             "Clip" => self.clip(node),
             "Add" => self.add(node),
@@ -397,8 +398,8 @@ impl Importer {
         };
         let (lo, hi) = (bound(1, "min")?, bound(2, "max")?);
         let op = match (lo, hi) {
-            (Some(0.0), Some(6.0)) => Op::Relu6,
-            (Some(0.0), None) => Op::Relu,
+            (Some(0.0), Some(6.0)) => Op::Act(Activation::Relu6),
+            (Some(0.0), None) => Op::Act(Activation::Relu),
             _ => return Err(Error::node(&node.name, format!("Clip({lo:?}, {hi:?}) unsupported: only ReLU and ReLU6"))),
         };
         self.push(node, op, vec![x], flat)

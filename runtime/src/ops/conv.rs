@@ -9,7 +9,7 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::depthwise::{convolve_transposed, correlate, Padded};
-use super::{Activation, Epilogue};
+use super::{Activation, Epilogue, Then};
 use crate::graph::{Affine, Conv, Weights};
 use crate::tensor::Tensor;
 
@@ -233,14 +233,11 @@ pub fn forward_then_in_place(conv: &Conv, x: &Tensor, then: &Affine, act: Activa
     run(conv, None, x, &Epilogue::NONE, Then::InPlace(then, act)).0
 }
 
-/// What follows the epilogue on each finished output segment.
-#[derive(Clone, Copy)]
-enum Then<'a> {
-    Nothing,
-    /// An affine + activation into a second output.
-    Keep(&'a Affine, Activation),
-    /// An affine + activation in place.
-    InPlace(&'a Affine, Activation),
+/// The raw convolution (as [`forward`] with [`Epilogue::NONE`]) with `then` computed from each
+/// output plane while it is in cache: `(raw, None)`, `(raw, Some(y))` or `(y, None)` for
+/// [`Then::Nothing`], [`Then::Keep`] and [`Then::InPlace`].
+pub fn forward_with(conv: &Conv, x: &Tensor, then: Then) -> (Tensor, Option<Tensor>) {
+    run(conv, None, x, &Epilogue::NONE, then)
 }
 
 fn run(conv: &Conv, packed: Option<&Packed>, x: &Tensor, epi: &Epilogue, then: Then) -> (Tensor, Option<Tensor>) {
@@ -527,9 +524,10 @@ mod tests {
                 let mapped = crate::ops::affine::forward_act(&ad, &x, act);
                 let (r, y) = crate::ops::depthwise::forward_then(&dwin, &mapped, &ad, act);
                 let (r2, y2) =
-                    crate::ops::depthwise::forward_fused(&dwin, &x, Some((&ad, act)), Some((&ad, act, true)));
+                    crate::ops::depthwise::forward_fused(&dwin, &x, Some((&ad, act)), crate::ops::Then::Keep(&ad, act));
                 assert_eq!((&r2.data, &y2.unwrap().data), (&r.data, &y.data), "depthwise after {win:?} {act:?}");
-                let (r3, none) = crate::ops::depthwise::forward_fused(&dwin, &x, Some((&ad, act)), None);
+                let (r3, none) =
+                    crate::ops::depthwise::forward_fused(&dwin, &x, Some((&ad, act)), crate::ops::Then::Nothing);
                 assert_eq!((&r3.data, none.is_none()), (&r.data, true));
             }
         }

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{Activation, Epilogue};
+use super::{Activation, Epilogue, Then};
 use crate::graph::{Affine, Depthwise, Window};
 use crate::simd;
 use crate::tensor::Tensor;
@@ -240,7 +240,7 @@ pub fn forward(layer: &Depthwise, x: &Tensor, epi: &Epilogue) -> Tensor {
 /// output plane while it is in cache, the per-channel affine and activation after it:
 /// `y = act(scale[c]·r + bias[c])`. Returns `(r, y)`.
 pub fn forward_then(layer: &Depthwise, x: &Tensor, then: &Affine, act: Activation) -> (Tensor, Tensor) {
-    let (r, y) = forward_fused(layer, x, None, Some((then, act, true)));
+    let (r, y) = forward_fused(layer, x, None, Then::Keep(then, act));
     (r, y.expect("a second output was asked for"))
 }
 
@@ -248,23 +248,21 @@ pub fn forward_then(layer: &Depthwise, x: &Tensor, then: &Affine, act: Activatio
 /// output plane while it is in cache, by the per-channel affine and activation after it, in
 /// place: the same values as [`forward_then`]'s `y`, without keeping the raw output.
 pub fn forward_then_in_place(layer: &Depthwise, x: &Tensor, then: &Affine, act: Activation) -> Tensor {
-    forward_fused(layer, x, None, Some((then, act, false))).0
+    forward_fused(layer, x, None, Then::InPlace(then, act)).0
 }
 
 /// The raw convolution (as [`forward`] with [`Epilogue::NONE`]) of `before`'s output
 /// `act(scale[c]·x + bias[c])` when `before = Some((affine, act))` (computed while each plane is
-/// laid out, never stored) or of `x` itself, with the affine and activation `then = Some((affine,
-/// act, keep_raw))` after it as in [`forward_then`] (`keep_raw`) or [`forward_then_in_place`].
-/// Returns the first output (the raw convolution, or `then`'s output in place) and the second
-/// (`then`'s output when the raw one is kept).
+/// laid out, never stored) or of `x` itself, with `then` after it as in
+/// [`super::conv::forward_with`]: `(raw, None)`, `(raw, Some(y))` or `(y, None)`.
 pub fn forward_fused(
     layer: &Depthwise,
     x: &Tensor,
     before: Option<(&Affine, Activation)>,
-    then: Option<(&Affine, Activation, bool)>,
+    then: Then,
 ) -> (Tensor, Option<Tensor>) {
-    run(layer, x, before, matches!(then, Some((_, _, true))), |ch, q, plane, y| {
-        simd::finish_plane(plane, y, q, then.map(|(a, act, _)| (a.scale[ch], a.bias[ch], act)))
+    run(layer, x, before, matches!(then, Then::Keep(..)), |ch, q, plane, y| {
+        simd::finish_plane(plane, y, q, then.at(ch))
     })
 }
 

@@ -1,6 +1,8 @@
-//! CPU reference kernels, one file per layer kind. Each takes NCHW f32 activations; frozen
+//! The CPU kernels (the CPU backend's layers), one file per layer kind. Each takes NCHW f32 activations; frozen
 //! weights are dequantized inside the kernel (int8 values are exact in f32, so the per-channel
 //! quantization scale is applied once per output value, folded into the epilogue).
+
+use crate::graph;
 
 pub mod activation;
 pub mod add;
@@ -39,6 +41,15 @@ impl Activation {
         }
     }
 
+    /// The lower-case name (the graph's node kind: `relu6`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Relu => "relu",
+            Activation::Relu6 => "relu6",
+        }
+    }
+
     /// The upper-case name of the activation's WGSL constant (`ACT_RELU6`).
     pub fn wgsl_name(self) -> &'static str {
         match self {
@@ -50,6 +61,29 @@ impl Activation {
 
     /// Every activation.
     pub const ALL: [Activation; 3] = [Activation::Identity, Activation::Relu, Activation::Relu6];
+}
+
+/// The per-channel affine and activation a convolution or depthwise layer computes from each
+/// output plane while it is in cache (the next nodes of a [`crate::schedule::Step`], in training,
+/// where the raw output may be needed too).
+#[derive(Debug, Clone, Copy)]
+pub enum Then<'a> {
+    /// Nothing: the raw output only.
+    Nothing,
+    /// `act(scale·raw + bias)` into a second output; the raw output is kept.
+    Keep(&'a graph::Affine, Activation),
+    /// `act(scale·raw + bias)` in place of the raw output.
+    InPlace(&'a graph::Affine, Activation),
+}
+
+impl Then<'_> {
+    /// The affine's scale and bias of channel `c` and the activation, when there is an affine.
+    pub fn at(&self, c: usize) -> Option<(f32, f32, Activation)> {
+        match self {
+            Then::Nothing => None,
+            Then::Keep(a, act) | Then::InPlace(a, act) => Some((a.scale[c], a.bias[c], *act)),
+        }
+    }
 }
 
 /// What a convolution kernel applies to each output channel before storing:

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::graph::{Affine, Graph, Op, Shape};
-use crate::ops::{self, activation::Mask, Activation, Epilogue};
+use crate::ops::{self, activation::Mask, Activation, Then};
 use crate::schedule::{Keep, Schedule};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -144,8 +144,7 @@ pub fn forward(graph: &Graph, plan: &Schedule, input: Tensor) -> Result<(Tensor,
                     }
                 }),
             },
-            Op::Relu | Op::Relu6 => {
-                let act = node.op.activation().expect("an activation");
+            &Op::Act(act) => {
                 if plan.keep[s] == Keep::Mask {
                     keep = Saved::Mask(ops::activation::mask(act, &x()));
                 }
@@ -171,14 +170,20 @@ pub fn forward(graph: &Graph, plan: &Schedule, input: Tensor) -> Result<(Tensor,
     Ok((owned(out), Tape { saved, shapes, batch: n }))
 }
 
-/// The affine that [`Schedule::then`] computes inside convolution `s`, its fused activation, and
-/// whether its scale trains (and so needs the convolution's raw output).
-fn next_affine<'g>(graph: &'g Graph, plan: &Schedule, s: usize) -> Option<(&'g Affine, Activation, bool)> {
-    match (&graph.nodes.get(s + 1)?.op, plan.then(s).is_some() && !plan.deferred[s + 1]) {
-        (Op::Affine(a), true) => {
-            Some((a, plan.fused_act(s + 1).unwrap_or(Activation::Identity), plan.trains[s + 1].scale.is_some()))
+/// The affine that [`Schedule::then`] computes inside convolution `s`, with its fused
+/// activation: kept beside the raw output when its scale trains (its backward needs the raw
+/// output), in place of it otherwise.
+fn next_affine<'g>(graph: &'g Graph, plan: &Schedule, s: usize) -> Then<'g> {
+    match plan.then(s).filter(|&b| !plan.deferred[b]).map(|b| &graph.nodes[b].op) {
+        Some(Op::Affine(a)) => {
+            let act = plan.fused_act(s + 1).unwrap_or(Activation::Identity);
+            if plan.trains[s + 1].scale.is_some() {
+                Then::Keep(a, act)
+            } else {
+                Then::InPlace(a, act)
+            }
         }
-        _ => None,
+        _ => Then::Nothing,
     }
 }
 
@@ -192,28 +197,22 @@ fn deferred_before<'g>(graph: &'g Graph, plan: &Schedule, s: usize) -> Option<(&
 }
 
 /// Convolution node `op` on `x` (or, for a depthwise node, on `before`'s output from `x`, see
-/// [`deferred_before`]), with the affine after it (`then`, from [`next_affine`]) computed inside:
-/// the raw output (`None` when the affine ran in place: the affine is its only reader) and the
-/// affine's output.
+/// [`deferred_before`]), with `then` (from [`next_affine`]) computed inside: the raw output
+/// (`None` when the affine ran in place: the affine is its only reader) and the affine's output.
 fn convolve(
     op: &Op,
     x: &Tensor,
     before: Option<(&Affine, Activation)>,
-    then: Option<(&Affine, Activation, bool)>,
+    then: Then,
 ) -> (Option<Tensor>, Option<Tensor>) {
-    match (op, then) {
-        (Op::Conv(c), Some((a, act, true))) => {
-            let (raw, y) = ops::conv::forward_then(c, x, a, act);
-            (Some(raw), Some(y))
-        }
-        (Op::Conv(c), Some((a, act, false))) => (None, Some(ops::conv::forward_then_in_place(c, x, a, act))),
-        (Op::Conv(c), None) => (Some(ops::conv::forward(c, x, &Epilogue::NONE)), None),
-        (Op::Depthwise(d), Some((_, _, false))) => (None, Some(ops::depthwise::forward_fused(d, x, before, then).0)),
-        (Op::Depthwise(d), _) => {
-            let (raw, y) = ops::depthwise::forward_fused(d, x, before, then);
-            (Some(raw), y)
-        }
+    let (first, second) = match op {
+        Op::Conv(c) => ops::conv::forward_with(c, x, then),
+        Op::Depthwise(d) => ops::depthwise::forward_fused(d, x, before, then),
         _ => unreachable!("called on convolution nodes"),
+    };
+    match then {
+        Then::InPlace(..) => (None, Some(first)),
+        _ => (Some(first), second),
     }
 }
 
@@ -301,7 +300,7 @@ pub fn backward(graph: &Graph, plan: &Schedule, tape: Tape, dlogits: Tensor, gra
                     dy
                 })
             }
-            Op::Relu | Op::Relu6 => match &kept {
+            Op::Act(_) => match &kept {
                 Saved::Mask(m) => {
                     ops::activation::backward(m, &mut dy);
                     Some(dy)

@@ -45,7 +45,8 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// Defaults for `kinds`: 3 epochs, batch 32, SGD, warm-up 5%, clipping at norm 5, 224 px, CPU.
+    /// Defaults for `kinds`: 3 epochs, batch 32, SGD, warm-up 5%, clipping at norm 5, 224 px, and
+    /// [`Device::Auto`] (a hardware GPU when present), as the CLI.
     pub fn new(kinds: PatchKinds) -> Self {
         TrainConfig {
             kinds,
@@ -60,7 +61,7 @@ impl TrainConfig {
             resolution: 224,
             augment: false,
             seed: 0,
-            device: Device::Cpu,
+            device: Device::Auto,
             init: None,
         }
     }
@@ -125,7 +126,7 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
-/// The CPU reference implementation of a training step: the tape's forward and backward,
+/// The CPU backend's training step: the tape's forward and backward,
 /// the loss, global-norm clipping and the optimizer update, on the graph's own parameters.
 pub struct CpuStep {
     plan: Schedule,

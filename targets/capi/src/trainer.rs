@@ -61,6 +61,8 @@ pub extern "C" fn ep_trainer_new(
         let names = names.iter().map(|&p| cstr(p, "label").map(str::to_string)).collect::<Result<Vec<_>, _>>()?;
         let mut config = TrainConfig::new(kinds);
         config.resolution = resolution;
+        // The C ABI has no device choice yet: it trains on the CPU.
+        config.device = edgepatch::backend::Device::Cpu;
         config.check()?;
         let state = TrainerState { backbone, config, labels: names, images: Vec::new(), patch: None };
         *slot = Box::into_raw(Box::new(EpTrainer { state: Mutex::new(state) }));

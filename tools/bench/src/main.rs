@@ -151,6 +151,7 @@ fn train(kinds: &str, batch: usize, resolution: usize, steps: usize) -> serde_js
     config.batch = batch;
     config.resolution = resolution as u32;
     config.lr = Some(0.001);
+    config.device = edgepatch::backend::Device::Cpu;
     let labels: Vec<String> = (0..10).map(|i| format!("class {i}")).collect();
     let mut trainer = edgepatch::train::Trainer::new(&backbone, config, labels).expect("a trainer");
     let x = Tensor::from_vec(

@@ -1,5 +1,5 @@
 //! The wgpu compute backend: WGSL kernels (one file per operation under `shaders/`, each paired
-//! by name with its CPU reference in [`crate::ops`] or [`crate::train`]), a device context, and
+//! by name with its CPU twin in [`crate::ops`] or [`crate::train`]), a device context, and
 //! a training program planned once and replayed every step ([`GpuTrainer`]).
 //!
 //! All wgpu types stay inside this module. The device is created within

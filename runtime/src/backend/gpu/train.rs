@@ -278,8 +278,9 @@ impl GpuTrainer {
         }
     }
 
-    /// A forward-only engine for `graph` (nothing trains): see [`GpuTrainer::forward`].
-    pub fn inference(gpu: Arc<Gpu>, graph: &Graph) -> Result<Self> {
+    /// The same program with nothing trained: it serves inference, one forward pass per call of
+    /// [`GpuTrainer::forward`] (what a GPU [`crate::Session`] runs).
+    pub fn forward_only(gpu: Arc<Gpu>, graph: &Graph) -> Result<Self> {
         let settings = GpuSettings {
             optimizer: OptimizerKind::Sgd,
             weight_decay: 0.0,

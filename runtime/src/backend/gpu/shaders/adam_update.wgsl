@@ -1,4 +1,4 @@
-// Reference: train::optim::Adam::update.  g' = factor·g + wd·p; m ← β1·m + (1−β1)·g'; v ← β2·v + (1−β2)·g'²;
+// CPU twin: train::optim::Adam::update.  g' = factor·g + wd·p; m ← β1·m + (1−β1)·g'; v ← β2·v + (1−β2)·g'²;
 // p ← p − lr·(m/c1)/(√(v/c2) + ε) with c1 = 1 − β1^t, c2 = 1 − β2^t.
 // Skips the step when scalars[4] (ok) is 0. Bindings: 0 p [L], 1 g [L], 2 s [2L] (m then v), 3 scalars, 4 uniform. Folded grid.
 @group(0) @binding(0) var<storage, read_write> p: array<f32>;

@@ -1,4 +1,4 @@
-// Reference: tape::backward's Add (the gradient passes to both inputs) with Tensor::add_assign.
+// CPU twin: tape::backward's Add (the gradient passes to both inputs) with Tensor::add_assign.
 // dx (+)= dy
 // Bindings: 0 dy, 1 dx (added to when u.accumulate), 2 uniform. One invocation per element, folded grid.
 @group(0) @binding(0) var<storage, read> dy: array<f32>;

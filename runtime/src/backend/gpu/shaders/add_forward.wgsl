@@ -1,4 +1,4 @@
-// Reference: ops::add::forward.  y = a + b
+// CPU twin: ops::add::forward.  y = a + b
 // Bindings: 0 a, 1 b, 2 y, 3 uniform. One invocation per element, folded grid.
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;

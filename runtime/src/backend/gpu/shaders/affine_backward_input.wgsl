@@ -1,4 +1,4 @@
-// Reference: ops::activation::backward then ops::affine::backward_input.
+// CPU twin: ops::activation::backward then ops::affine::backward_input.
 // dx[n, c, i] (+)= dy · act'(y) · scale[c], act' as in affine_backward_params.
 // Bindings: 0 dy [N, C, HW], 1 y [N, C, HW], 2 scale [C], 3 dx [N, C, HW] (added to when u.accumulate), 4 uniform. Folded grid.
 @group(0) @binding(0) var<storage, read> dy: array<f32>;

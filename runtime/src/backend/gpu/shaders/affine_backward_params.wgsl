@@ -1,4 +1,4 @@
-// Reference: ops::activation::backward then ops::affine::backward_params.
+// CPU twin: ops::activation::backward then ops::affine::backward_params.
 // With dz = dy · act'(y): g[scale_at + c] = Σ_{n, i} dz · x, g[bias_at + c] = Σ_{n, i} dz   (each only when asked; overwrites)
 // act' from the activation's output y (see `passes`).
 // Bindings: 0 dy [N, C, HW], 1 y [N, C, HW], 2 x [N, C, HW] (the affine's input), 3 g (gradients), 4 uniform.

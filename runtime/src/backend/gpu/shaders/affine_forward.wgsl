@@ -1,4 +1,4 @@
-// Reference: ops::affine::forward (with its activation, see `activate`).
+// CPU twin: ops::affine::forward (with its activation, see `activate`).
 // y[n, c, i] = act(scale[c] · x[n, c, i] + bias[c])
 // Bindings: 0 x [N, C, HW], 1 scale [C], 2 bias [C], 3 y [N, C, HW], 4 uniform. One invocation per element, folded grid.
 @group(0) @binding(0) var<storage, read> x: array<f32>;

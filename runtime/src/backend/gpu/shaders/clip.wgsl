@@ -1,4 +1,4 @@
-// Reference: train::optim::clip_global_norm and the mean loss of train::loss::softmax_cross_entropy.
+// CPU twin: train::optim::clip_global_norm and the mean loss of train::loss::softmax_cross_entropy.
 // scalars = [clip factor, gradient norm, mean loss, correct samples, ok (1 when loss and norm are finite)]
 // Bindings: 0 partial [count], 1 stats [2N], 2 scalars [8], 3 uniform. One workgroup.
 @group(0) @binding(0) var<storage, read> partial: array<f32>;

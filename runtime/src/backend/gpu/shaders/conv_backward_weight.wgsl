@@ -1,4 +1,4 @@
-// Reference: ops::conv::backward_weight (a dense convolution with any window, e.g. the stem).
+// CPU twin: ops::conv::backward_weight (a dense convolution with any window, e.g. the stem).
 // dw[co, ci, ky, kx] = Σ_{n, oy, ox} dy[n, co, oy, ox] · x[n, ci, oy·SH − PT + ky, ox·SW − PL + kx]   (overwrites)
 // Bindings: 0 x [N, Ci, H, W], 1 dy [N, Co, OH, OW], 2 dw [Co, Ci, KH, KW], 3 uniform. One workgroup per weight, folded grid.
 @group(0) @binding(0) var<storage, read> x: array<f32>;

@@ -1,4 +1,4 @@
-// Reference: ops::conv::forward (a dense convolution with any window, e.g. the stem).
+// CPU twin: ops::conv::forward (a dense convolution with any window, e.g. the stem).
 // y[n, co, oy, ox] = wscale[co] · Σ_{ci, ky, kx} weight(((co·Ci + ci)·KH + ky)·KW + kx) · x[n, ci, oy·SH − PT + ky, ox·SW − PL + kx]
 // Bindings: 0 x [N, Ci, H, W], 1 w, 2 wscale [Co], 3 y [N, Co, OH, OW], 4 uniform. One invocation per output, folded grid.
 @group(0) @binding(0) var<storage, read> x: array<f32>;

@@ -1,4 +1,4 @@
-// Reference: ops::depthwise::backward_input.
+// CPU twin: ops::depthwise::backward_input.
 // dx[n, c, iy, ix] (+)= wscale[c] · Σ weight((c·KH + ky)·KW + kx) · dy[n, c, oy, ox] over oy·SH − PT + ky = iy, ox·SW − PL + kx = ix
 // Bindings: 0 dy [N, C, OH, OW], 1 w, 2 wscale [C], 3 dx [N, C, H, W] (added to when u.accumulate), 4 uniform. One invocation per input element, folded grid.
 @group(0) @binding(0) var<storage, read> dy: array<f32>;

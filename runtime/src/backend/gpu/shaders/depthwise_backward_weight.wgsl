@@ -1,4 +1,4 @@
-// Reference: ops::depthwise::backward_weight.
+// CPU twin: ops::depthwise::backward_weight.
 // dw[c, ky, kx] = Σ_{n, oy, ox} dy[n, c, oy, ox] · x[n, c, oy·SH − PT + ky, ox·SW − PL + kx]   (overwrites)
 // Bindings: 0 x [N, C, H, W], 1 dy [N, C, OH, OW], 2 dw [C, KH, KW], 3 uniform. One workgroup per weight, folded grid.
 @group(0) @binding(0) var<storage, read> x: array<f32>;

@@ -1,4 +1,4 @@
-// Reference: ops::depthwise::forward.
+// CPU twin: ops::depthwise::forward.
 // y[n, c, oy, ox] = wscale[c] · Σ_{ky, kx} weight((c·KH + ky)·KW + kx) · x[n, c, oy·SH − PT + ky, ox·SW − PL + kx]
 // Bindings: 0 x [N, C, H, W], 1 w, 2 wscale [C], 3 y [N, C, OH, OW], 4 uniform. One invocation per output, folded grid.
 @group(0) @binding(0) var<storage, read> x: array<f32>;

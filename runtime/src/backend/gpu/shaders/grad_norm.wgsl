@@ -1,4 +1,4 @@
-// Reference: train::optim::clip_global_norm (the sum of squares, in parts).
+// CPU twin: train::optim::clip_global_norm (the sum of squares, in parts).
 // partial[j] = Σ g[i]² over the j-th chunk of u.chunk values.
 // Bindings: 0 g [L], 1 partial [ceil(L / chunk)], 2 uniform. One workgroup per chunk, folded grid.
 @group(0) @binding(0) var<storage, read> g: array<f32>;

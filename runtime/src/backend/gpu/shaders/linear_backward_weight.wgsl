@@ -1,4 +1,4 @@
-// Reference: ops::linear::backward_params (the weight part).
+// CPU twin: ops::linear::backward_params (the weight part).
 // dw[o, f] = Σ_n dy[n, o] · x[n, f]   (overwrites)
 // Bindings: 0 dy [N, O], 1 x [N, F], 2 dw [O, F], 3 uniform. One invocation per (o, f), folded grid.
 @group(0) @binding(0) var<storage, read> dy: array<f32>;

@@ -1,4 +1,4 @@
-// Reference: ops::conv::backward_input for a 1×1 kernel (and ops::linear::backward_input, P = 1).
+// CPU twin: ops::conv::backward_input for a 1×1 kernel (and ops::linear::backward_input, P = 1).
 // dx[n, ci, p] (+)= Σ_co weight(co·ci_len + ci) · wscale[co] · dy[n, co, p]
 // Bindings: 0 dy [N, Co, P], 1 w, 2 wscale [Co], 3 dx [N, Ci, P] (added to when u.accumulate), 4 uniform.
 // Tiles of 64 input channels × 64 positions (lib/tile.wgsl); grid (P/64, Ci/64, N).

@@ -1,4 +1,4 @@
-// Reference: ops::conv::backward_weight for a 1×1 kernel.
+// CPU twin: ops::conv::backward_weight for a 1×1 kernel.
 // dw[co, ci] = Σ_{n, p} dy[n, co, p] · x[n, ci, p]   (overwrites)
 // Bindings: 0 x [N, Ci, P], 1 dy [N, Co, P], 2 dw [Co, Ci], 3 uniform.
 // Tiles of 64 output channels × 64 input channels over the N·P reduction steps

@@ -1,4 +1,4 @@
-// Reference: ops::conv::forward for a 1×1 kernel (and ops::linear::forward's product, P = 1).
+// CPU twin: ops::conv::forward for a 1×1 kernel (and ops::linear::forward's product, P = 1).
 // y[n, co, p] = wscale[co] · Σ_ci weight(co·ci_len + ci) · x[n, ci, p]
 // Bindings: 0 x [N, Ci, P], 1 w (weights, see `weight`), 2 wscale [Co], 3 y [N, Co, P], 4 uniform.
 // Tiles of 64 output channels × 64 positions (lib/tile.wgsl); grid (P/64, Co/64, N).

@@ -1,4 +1,4 @@
-// Reference: ops::pool::backward.  dx[n, c, i] (+)= dy[n, c] / HW
+// CPU twin: ops::pool::backward.  dx[n, c, i] (+)= dy[n, c] / HW
 // Bindings: 0 dy [N, C], 1 dx [N, C, HW] (added to when u.accumulate), 2 uniform. Folded grid.
 @group(0) @binding(0) var<storage, read> dy: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dx: array<f32>;

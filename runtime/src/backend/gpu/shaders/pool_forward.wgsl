@@ -1,4 +1,4 @@
-// Reference: ops::pool::forward.  y[n, c] = mean_i x[n, c, i]
+// CPU twin: ops::pool::forward.  y[n, c] = mean_i x[n, c, i]
 // Bindings: 0 x [N, C, HW], 1 y [N, C], 2 uniform. One invocation per (n, c), folded grid.
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;

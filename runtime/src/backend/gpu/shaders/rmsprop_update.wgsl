@@ -1,4 +1,4 @@
-// Reference: train::optim::RmsProp::update.  g' = factor·g + wd·p; s ← α·s + (1−α)·g'²; p ← p − lr·g'/(√s + ε)
+// CPU twin: train::optim::RmsProp::update.  g' = factor·g + wd·p; s ← α·s + (1−α)·g'²; p ← p − lr·g'/(√s + ε)
 // Skips the step when scalars[4] (ok) is 0. Bindings: 0 p [L], 1 g [L], 2 s [L], 3 scalars, 4 uniform. Folded grid.
 @group(0) @binding(0) var<storage, read_write> p: array<f32>;
 @group(0) @binding(1) var<storage, read> g: array<f32>;

@@ -1,4 +1,4 @@
-// Reference: train::optim::Sgd::update.  g' = factor·g + wd·p (wd only below u.decay_end); v ← μ·v + g'; p ← p − lr·v
+// CPU twin: train::optim::Sgd::update.  g' = factor·g + wd·p (wd only below u.decay_end); v ← μ·v + g'; p ← p − lr·v
 // Skips the step when scalars[4] (ok) is 0. Bindings: 0 p [L], 1 g [L], 2 v [L], 3 scalars, 4 uniform. Folded grid.
 @group(0) @binding(0) var<storage, read_write> p: array<f32>;
 @group(0) @binding(1) var<storage, read> g: array<f32>;

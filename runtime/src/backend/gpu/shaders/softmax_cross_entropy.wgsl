@@ -1,4 +1,4 @@
-// Reference: train::loss::softmax_cross_entropy.
+// CPU twin: train::loss::softmax_cross_entropy.
 // Per sample n: the loss −Σ_c t_c · log softmax(z)_c with t = (1 − ε)·onehot(label) + ε/K, the gradient
 // (softmax − t)/N, and whether the first highest logit is the label.
 // Bindings: 0 logits [N, K], 1 labels [N] (u32), 2 dlogits [N, K], 3 stats [2N] (loss_n, correct_n), 4 uniform.

@@ -89,7 +89,7 @@ impl Planner<'_> {
                         self.push(Launch::pool_backward(dy, Ref::Grad(x), p), time);
                     }
                 }
-                Op::Affine(_) | Op::Relu | Op::Relu6 => self.affine_backward(s, dy, need_dx, acc, time),
+                Op::Affine(_) | Op::Act(_) => self.affine_backward(s, dy, need_dx, acc, time),
                 Op::Add => {
                     for (j, &v) in node.inputs.iter().enumerate() {
                         if self.sched.needs_grad[v] {

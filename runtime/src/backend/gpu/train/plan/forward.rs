@@ -31,8 +31,8 @@ impl Planner<'_> {
                     let p = DepthwiseWindow::new(d, n, (xs.h, xs.w), (ys.h, ys.w), false);
                     self.push(Launch::depthwise_forward(self.value(x), self.weights(s), Ref::Value(y), p), s);
                 }
-                Op::Affine(_) | Op::Relu | Op::Relu6 if self.sched.absorbed(s) => {}
-                Op::Affine(_) | Op::Relu | Op::Relu6 => {
+                Op::Affine(_) | Op::Act(_) if self.sched.absorbed(s) => {}
+                Op::Affine(_) | Op::Act(_) => {
                     let t = self.t;
                     let (out, act, scale, bias) = match (self.sched.fused_act(s), &node.op) {
                         (Some(act), _) => (g.nodes[s + 1].output, act, t.nodes[s].scale, t.nodes[s].bias),
