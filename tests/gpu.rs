@@ -147,7 +147,7 @@ fn affine_activation_pool_add_match_the_cpu() {
         let scale = random_values(c, 12, 1.5);
         let bias = random_values(c, 13, 2.0);
         let a = edgepatch::graph::Affine { scale: scale.clone(), bias: bias.clone() };
-        for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+        for act in Activation::ALL {
             let what = format!("affine {act:?} {n}×{c}×{h}×{w}");
             let mut want = x.clone();
             ops::affine::forward(&a, &mut want, act);

@@ -64,11 +64,6 @@ pub fn affine(x: &T64, s: &[f64], b: &[f64]) -> T64 {
     T64::new(x.shape, data)
 }
 
-/// `max(x, 0)`, capped at 6 when `six`.
-pub fn relu(x: &T64, six: bool) -> T64 {
-    activation(x, if six { Activation::Relu6 } else { Activation::Relu })
-}
-
 /// `act` on every value: identity, `max(v, 0)` for ReLU, `clamp(v, 0, 6)` for ReLU6.
 pub fn activation(x: &T64, act: Activation) -> T64 {
     let f = |v: f64| match act {

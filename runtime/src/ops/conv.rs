@@ -506,7 +506,7 @@ mod tests {
                 weights: Weights::F32(values(ci * win.kernel[0] * win.kernel[1], 9)),
             };
             let ad = Affine { scale: values(ci, 5), bias: values(ci, 6) };
-            for act in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+            for act in Activation::ALL {
                 let r = forward(&conv, &x, &Epilogue::NONE);
                 let mut want = r.clone();
                 crate::ops::affine::forward(&a, &mut want, act);
