@@ -89,16 +89,14 @@ pub fn gemm_block_at(
         tile_at(level, t);
     };
     let (panels, strips) = (rows.div_ceil(mr), cols.div_ceil(nr));
-    if k <= 64 {
-        for p in 0..panels {
-            for s in 0..strips {
-                tile(p, s);
-            }
-        }
-    } else {
-        for s in 0..strips {
-            for p in 0..panels {
-                tile(p, s);
+    let by_panel = k <= 64;
+    let (outer, inner) = if by_panel { (panels, strips) } else { (strips, panels) };
+    for o in 0..outer {
+        for i in 0..inner {
+            if by_panel {
+                tile(o, i)
+            } else {
+                tile(i, o)
             }
         }
     }

@@ -4,8 +4,7 @@
 
 use super::{Planner, Ref};
 use crate::backend::gpu::kernels::params::{
-    word, AffineGrads, Channelwise, ConvWindow, DepthwiseWindow, Elementwise, LinearGrad, Pointwise, PointwiseGrad,
-    Pool,
+    word, AffineGrads, ConvWindow, DepthwiseWindow, Elementwise, LinearGrad, Pointwise, PointwiseGrad, Pool,
 };
 use crate::backend::gpu::kernels::{Launch, Range};
 use crate::graph::Op;
@@ -116,13 +115,11 @@ impl Planner<'_> {
     /// input gradient.
     fn affine_backward(&mut self, s: usize, dy: Ref, need_dx: bool, acc: u32, time: usize) {
         let (t, node) = (self.t, &self.g.nodes[s]);
-        let (x, y) = (node.inputs[0], node.output);
+        let x = node.inputs[0];
         let xs = self.shapes[x];
-        let (act, scale, mask) = match (self.sched.fused_act(s), &node.op) {
-            (Some(act), _) => (act, t.nodes[s].scale, Ref::Value(self.sched.output_of(self.g, s))),
-            (None, Op::Affine(_)) => (Activation::Identity, t.nodes[s].scale, dy.clone()),
-            (None, op) => (op.activation().expect("an activation"), Some(t.ones), Ref::Value(y)),
-        };
+        // The activation's output gives its mask (the gradient itself stands in for an identity).
+        let (out, act, scale, _) = self.affine_parts(s);
+        let mask = if act == Activation::Identity { dy.clone() } else { Ref::Value(out) };
         let (ts, tb) = (self.sched.trains[s].scale, self.sched.trains[s].bias);
         if ts.is_some() || tb.is_some() {
             let trained = || [ts, tb].into_iter().flatten().map(|i| t.layout[i]);
@@ -144,15 +141,8 @@ impl Planner<'_> {
             self.push(Launch::affine_backward_params(dy.clone(), mask.clone(), xr, grads, p), time);
         }
         if need_dx {
-            let sc = Ref::Fixed(t.src(scale.expect("affine scale")));
-            let p = Channelwise {
-                total: self.size_word(x),
-                c: word(xs.c),
-                hw: word(xs.h * xs.w),
-                act: act.code(),
-                accumulate: acc,
-            };
-            self.push(Launch::affine_backward_input(dy, mask, sc, Ref::Grad(x), p), time);
+            let p = self.channelwise(x, act, acc != 0);
+            self.push(Launch::affine_backward_input(dy, mask, Ref::Fixed(scale), Ref::Grad(x), p), time);
         }
     }
 }

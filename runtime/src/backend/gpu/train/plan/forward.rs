@@ -33,22 +33,11 @@ impl Planner<'_> {
                 }
                 Op::Affine(_) | Op::Act(_) if self.sched.absorbed(s) => {}
                 Op::Affine(_) | Op::Act(_) => {
-                    let t = self.t;
-                    let (out, act, scale, bias) = match (self.sched.fused_act(s), &node.op) {
-                        (Some(act), _) => (g.nodes[s + 1].output, act, t.nodes[s].scale, t.nodes[s].bias),
-                        (None, Op::Affine(_)) => (y, Activation::Identity, t.nodes[s].scale, t.nodes[s].bias),
-                        (None, op) => (y, op.activation().expect("an activation"), Some(t.ones), Some(t.zeros)),
-                    };
-                    let scale = Ref::Fixed(t.src(scale.expect("affine scale")));
-                    let bias = Ref::Fixed(t.src(bias.expect("affine bias")));
-                    let p = Channelwise {
-                        total: self.size_word(x),
-                        c: word(xs.c),
-                        hw: word(xs.h * xs.w),
-                        act: act.code(),
-                        accumulate: 0,
-                    };
-                    self.push(Launch::affine_forward(self.value(x), scale, bias, Ref::Value(out), p), s);
+                    let (out, act, scale, bias) = self.affine_parts(s);
+                    let p = self.channelwise(x, act, false);
+                    let launch =
+                        Launch::affine_forward(self.value(x), Ref::Fixed(scale), Ref::Fixed(bias), Ref::Value(out), p);
+                    self.push(launch, s);
                 }
                 Op::Add => {
                     let launch = Launch::add_forward(

@@ -10,8 +10,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{GpuTrainer, Program};
-use crate::backend::gpu::kernels::{params::word, DeviceWeights, Launch, Range};
-use crate::graph::{Graph, Shape};
+use crate::backend::gpu::kernels::params::{word, Channelwise};
+use crate::backend::gpu::kernels::{DeviceWeights, Launch, Range};
+use crate::graph::{Graph, Op, Shape};
+use crate::ops::Activation;
 use crate::schedule::Schedule;
 use crate::Result;
 
@@ -85,6 +87,31 @@ impl Planner<'_> {
     fn temp(&mut self, len: usize) -> Ref {
         self.temps += 1;
         Ref::Temp(self.temps - 1, len)
+    }
+
+    /// What the channelwise kernels compute for node `s` (an affine, with its fused activation,
+    /// or a lone activation: an affine of scale 1 and bias 0): the value written, the activation,
+    /// the scale and the bias.
+    fn affine_parts(&self, s: usize) -> (usize, Activation, Range, Range) {
+        let (t, node) = (self.t, &self.g.nodes[s]);
+        let (out, act, scale, bias) = match (self.sched.fused_act(s), &node.op) {
+            (Some(act), _) => (self.sched.output_of(self.g, s), act, t.nodes[s].scale, t.nodes[s].bias),
+            (None, Op::Affine(_)) => (node.output, Activation::Identity, t.nodes[s].scale, t.nodes[s].bias),
+            (None, op) => (node.output, op.activation().expect("an activation"), Some(t.ones), Some(t.zeros)),
+        };
+        (out, act, t.src(scale.expect("affine scale")), t.src(bias.expect("affine bias")))
+    }
+
+    /// The parameters of a channelwise launch over value `x` (its size and planes).
+    fn channelwise(&self, x: usize, act: Activation, accumulate: bool) -> Channelwise {
+        let xs = self.shapes[x];
+        Channelwise {
+            total: self.size_word(x),
+            c: word(xs.c),
+            hw: word(xs.h * xs.w),
+            act: act.code(),
+            accumulate: accumulate as u32,
+        }
     }
 
     /// The weights of node `s` as planned bindings.
