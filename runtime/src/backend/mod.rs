@@ -122,6 +122,11 @@ pub trait StepBackend: Send {
     fn device_bytes(&self) -> Option<u64> {
         None
     }
+    /// The memory plan of the steps (`None` where the backend makes none), made once on the
+    /// trained `graph` and applied to the steps that follow.
+    fn memory_plan(&mut self, _graph: &Graph) -> Result<Option<crate::train::memory::MemoryPlan>> {
+        Ok(None)
+    }
 }
 
 /// Forward passes of one graph on the CPU, or on a GPU when one was chosen.

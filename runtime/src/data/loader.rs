@@ -47,12 +47,22 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
-/// Builds `[B, 3, R, R]` for `indices` (decoded in parallel).
+/// Builds `[B, 3, R, R]` for `indices` (decoded in parallel, each image written into its place:
+/// the batch is the only buffer of its size).
 pub fn make_batch(ds: &dyn Dataset, indices: &[usize], t: &Transform, seed: u64) -> Result<Batch> {
     let r = t.resolution as usize;
-    let chw: Vec<Vec<f32>> = indices.par_iter().map(|&i| t.apply(ds, i, seed)).collect::<Result<_>>()?;
+    let per = 3 * r * r;
+    let mut data = vec![0f32; indices.len() * per];
+    data.par_chunks_mut(per).zip(indices.par_iter()).try_for_each(|(dst, &i)| -> Result<()> {
+        let chw = t.apply(ds, i, seed)?;
+        if chw.len() != per {
+            return Err(Error::dataset(ds.spec(), format!("image {i} gave {} values, not 3×{r}×{r}", chw.len())));
+        }
+        dst.copy_from_slice(&chw);
+        Ok(())
+    })?;
     Ok(Batch {
-        input: Tensor { shape: [indices.len(), 3, r, r], data: chw.concat() },
+        input: Tensor { shape: [indices.len(), 3, r, r], data },
         labels: indices.iter().map(|&i| ds.label(i)).collect(),
         indices: indices.to_vec(),
     })

@@ -55,6 +55,8 @@ fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
             augment: false,
             seed: 0,
             device: edgepatch::backend::Device::Auto,
+            memory_budget: None,
+            micro_batch: None,
         },
         model: None,
         json: false,

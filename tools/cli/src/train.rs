@@ -94,6 +94,15 @@ pub struct TrainFlags {
     /// Where to train and evaluate: auto (a hardware GPU when present), gpu or cpu.
     #[arg(long, default_value = "auto")]
     pub device: Device,
+    /// The peak resident memory (MB, 10^6 bytes) the whole process may reach while training on
+    /// the CPU: the largest micro-batch that fits is chosen (logged, and in --json's
+    /// memory_plan), and a budget too small for one sample per pass is refused before training
+    #[arg(long, value_name = "MB")]
+    pub memory_budget: Option<f64>,
+    /// Samples per forward and backward pass on the CPU (a batch runs as micro-batches, their
+    /// gradients summed: the same update up to rounding, less memory)
+    #[arg(long, value_name = "N")]
+    pub micro_batch: Option<usize>,
 }
 
 impl TrainFlags {
@@ -113,6 +122,13 @@ impl TrainFlags {
         config.augment = self.augment;
         config.seed = self.seed;
         config.device = self.device;
+        config.micro_batch = self.micro_batch;
+        // The library's budget is what training adds: the process's budget less what it holds
+        // now. Out-of-range budgets (negative, NaN) become 0 bytes, refused as too small.
+        config.memory_budget = self.memory_budget.map(|mb| {
+            let total = if mb.is_finite() && mb > 0.0 { (mb * 1e6) as u64 } else { 0 };
+            total.saturating_sub(rss_bytes().unwrap_or(0))
+        });
         config
     }
 }
@@ -150,9 +166,26 @@ pub fn split(
 
 /// Peak resident memory of this process (VmHWM), where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
+    status_kb("VmHWM:")
+}
+
+/// Resident memory of this process now, in bytes (Linux).
+pub fn rss_bytes() -> Option<u64> {
+    status_kb("VmRSS:")
+}
+
+fn status_kb(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Resets this process's peak resident memory to its current resident memory (Linux ≥ 4.0:
+/// `5` to `/proc/self/clear_refs`), so that [`peak_rss_bytes`] then reports the peak of what
+/// follows; returns the resident memory at the reset, `None` where it cannot.
+pub fn reset_peak_rss() -> Option<u64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    rss_bytes()
 }
 
 fn progress_bar(quiet: bool) -> ProgressBar {
@@ -206,6 +239,7 @@ pub fn run_training(
         };
     }
     let bar = progress_bar(quiet);
+    let rss_before = reset_peak_rss();
     let (patch, report) =
         train::fit_validated(backbone, train_ds.clone(), &indices, &held_out, config.clone(), &mut |p| {
             bar.set_length(p.total_steps as u64);
@@ -213,6 +247,7 @@ pub fn run_training(
             bar.set_message(format!("loss {:.4} · {:.1} img/s", p.loss, p.images_per_second));
         })?;
     bar.finish_and_clear();
+    let training_peak = rss_before.and(peak_rss_bytes());
     // The file is written last, once everything else has succeeded: a failed run leaves
     // nothing new at `--out`.
     let encoded = patch_file::to_bytes_as(&patch, a.patch_dtype)?;
@@ -266,6 +301,9 @@ pub fn run_training(
         "peak_rss_bytes": peak_rss_bytes(),
         "device": report.device,
         "gpu_buffer_bytes": report.gpu_buffer_bytes,
+        "memory_plan": report.memory,
+        "rss_before_training_bytes": rss_before,
+        "training_peak_rss_bytes": training_peak,
         "labels": patch.labels,
         "history": history,
     });

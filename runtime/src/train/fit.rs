@@ -1,0 +1,434 @@
+//! `fit`, the whole loop over a dataset with evaluation, and `fit_multi`, K tasks over one
+//! backbone.
+
+use super::{TrainConfig, Trainer};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::optim::LrSchedule;
+use crate::backbone::Backbone;
+use crate::backend::Device;
+use crate::data::{Dataset, Loader, Rng, Transform};
+use crate::graph::Graph;
+use crate::patch::Patch;
+use crate::tensor::Tensor;
+use crate::{Error, Result};
+
+/// Where a training run is, reported after every step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub epoch: usize,
+    pub step: usize,
+    pub total_steps: usize,
+    pub loss: f32,
+    pub lr: f32,
+    pub images_per_second: f32,
+}
+
+/// The outcome of [`fit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitReport {
+    pub train_images: usize,
+    pub steps: usize,
+    /// Mean loss over the last epoch.
+    pub final_loss: f32,
+    /// Training accuracy over the last epoch (on the batches as trained).
+    pub train_accuracy: f32,
+    /// Wall time of the training loop (feature caching included, evaluation excluded).
+    pub seconds: f64,
+    pub images_per_second: f64,
+    /// Where the steps ran (`cpu` or `gpu (adapter)`).
+    pub device: String,
+    /// Bytes of GPU buffers the trainer held (`None` on the CPU).
+    pub gpu_buffer_bytes: Option<u64>,
+    /// How the CPU steps used memory (`None` on a GPU and for a head-only trainer, whose
+    /// memory is the feature extraction's).
+    pub memory: Option<super::memory::MemoryPlan>,
+    /// One entry per epoch, in order.
+    pub history: Vec<EpochStats>,
+}
+
+/// One epoch of a training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches (as trained).
+    pub loss: f32,
+    /// Training accuracy over the epoch's batches (as trained).
+    pub train_accuracy: f32,
+    /// Accuracy of the patch at the epoch's end on the task's validation images (`None`
+    /// without them; scored on the CPU, outside the training time).
+    pub validation_accuracy: Option<f32>,
+    /// Training time since the start at the epoch's end.
+    pub seconds: f64,
+}
+
+/// Trains a patch on `indices` of `train` for `config.epochs` epochs (reshuffled each epoch from
+/// the seed). Head-only patches without augmentation compute each image's features once.
+pub fn fit(
+    backbone: &Backbone,
+    train: Arc<dyn Dataset>,
+    indices: &[usize],
+    config: TrainConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Patch, FitReport)> {
+    fit_validated(backbone, train, indices, &[], config, progress)
+}
+
+/// [`fit`], scoring the patch on `validation` (held-out indices of `train`) at every epoch's
+/// end into [`FitReport::history`].
+pub fn fit_validated(
+    backbone: &Backbone,
+    train: Arc<dyn Dataset>,
+    indices: &[usize],
+    validation: &[usize],
+    config: TrainConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(Patch, FitReport)> {
+    let task = TaskSpec {
+        name: "task".into(),
+        train,
+        indices: indices.to_vec(),
+        validation: validation.to_vec(),
+        config,
+        group: None,
+    };
+    let mut out = fit_multi(backbone, vec![task], &mut |_, p| progress(p))?;
+    let r = out.pop().expect("one result per task");
+    Ok((r.patch, r.report))
+}
+
+/// One task of a multi-task run ([`fit_multi`]).
+pub struct TaskSpec {
+    pub name: String,
+    pub train: Arc<dyn Dataset>,
+    /// The training images (indices into `train`).
+    pub indices: Vec<usize>,
+    /// Held-out images (indices into `train`, none of them in `indices`) scored at every
+    /// epoch's end; may be empty.
+    pub validation: Vec<usize>,
+    pub config: TrainConfig,
+    /// Tasks naming the same group train one patch together (the first task's kinds, optimizer
+    /// and learning rate; the same classes; each task its own data and resolution). `None`: the
+    /// task trains a patch of its own.
+    pub group: Option<String>,
+}
+
+/// A task's outcome: its patch (shared within a group, with the task's resolution) and report.
+pub struct TaskResult {
+    pub name: String,
+    pub patch: Patch,
+    pub report: FitReport,
+}
+
+/// One task's batches, epoch after epoch, in the order [`fit`] has always used (each epoch a
+/// shuffle of the indices from one generator seeded by the task's seed).
+struct Stream {
+    group: usize,
+    train: Arc<dyn Dataset>,
+    indices: Vec<usize>,
+    batch: usize,
+    transform: Transform,
+    seed: u64,
+    epochs: usize,
+    rng: Rng,
+    epoch: usize,
+    loader: Option<Loader>,
+    /// Feature width, features of every training image in `indices` order, and each image's
+    /// position there (head-only trainers without augmentation).
+    cached: Option<(usize, Vec<f32>, std::collections::HashMap<usize, usize>)>,
+    /// The epoch's order and how far into it the cached path is.
+    order: Vec<usize>,
+    at: usize,
+    steps: usize,
+    total: usize,
+    loss_sum: f64,
+    correct: usize,
+    last_epoch: (f64, usize),
+    history: Vec<EpochStats>,
+}
+
+impl Stream {
+    fn done(&self) -> bool {
+        self.steps == self.total
+    }
+
+    fn start_epoch(&mut self) {
+        self.order = self.indices.clone();
+        self.rng.shuffle(&mut self.order);
+        self.at = 0;
+        if self.cached.is_none() {
+            let seed = self.seed ^ ((self.epoch as u64 + 1) << 32);
+            self.loader = Some(Loader::new(self.train.clone(), self.order.clone(), self.batch, self.transform, seed));
+        }
+    }
+
+    /// The next batch (images, or features for a head-only trainer), and whether it ends an epoch.
+    fn next(&mut self, trainer: &Trainer) -> Result<(Tensor, Vec<usize>, bool)> {
+        if self.at == 0 && self.loader.is_none() {
+            self.start_epoch();
+        }
+        let (input, labels) = match &self.cached {
+            Some((f, feats, position)) => {
+                let chunk = &self.order[self.at..(self.at + self.batch).min(self.order.len())];
+                let mut data = Vec::with_capacity(chunk.len() * f);
+                for i in chunk {
+                    let p = position[i];
+                    data.extend_from_slice(&feats[p * f..(p + 1) * f]);
+                }
+                let labels = chunk.iter().map(|&i| self.train.label(i)).collect();
+                (Tensor { shape: [chunk.len(), *f, 1, 1], data }, labels)
+            }
+            None => {
+                let loader = self.loader.as_mut().expect("an epoch is running");
+                let b = loader.next().ok_or_else(|| Error::Train("the data loader stopped early".into()))??;
+                let input = if trainer.takes_features() { trainer.features(b.input)? } else { b.input };
+                (input, b.labels)
+            }
+        };
+        self.at += labels.len();
+        let end = self.at >= self.order.len();
+        if end {
+            self.loader = None;
+            self.at = 0;
+            self.epoch += 1;
+        }
+        Ok((input, labels, end))
+    }
+}
+
+/// Trains K tasks over one backbone, interleaving their batches: at every step the task
+/// furthest behind (by the fraction of its steps done) goes next, so all finish together. Each
+/// group (a task alone, or the tasks sharing a group name) has its own trainer, patch, optimizer
+/// state and warm-up + cosine schedule over the group's steps. A task alone trains exactly as
+/// [`fit`] trains it (same batches, same order, same values). `progress` gets the task index.
+pub fn fit_multi(
+    backbone: &Backbone,
+    tasks: Vec<TaskSpec>,
+    progress: &mut dyn FnMut(usize, Progress),
+) -> Result<Vec<TaskResult>> {
+    if tasks.is_empty() {
+        return Err(Error::Train("no tasks".into()));
+    }
+    let mut names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Train(format!("task '{}' is given twice", w[0])));
+    }
+    let mut group_of = Vec::new();
+    let mut leaders: Vec<usize> = Vec::new();
+    for (k, t) in tasks.iter().enumerate() {
+        if t.indices.is_empty() {
+            return Err(Error::dataset(t.train.spec(), format!("task '{}' has no training images", t.name)));
+        }
+        if t.indices.iter().chain(&t.validation).any(|&i| i >= t.train.len()) {
+            return Err(Error::dataset(t.train.spec(), format!("task '{}': an image index is out of range", t.name)));
+        }
+        let joined = t.group.as_ref().and_then(|g| leaders.iter().position(|&l| tasks[l].group.as_ref() == Some(g)));
+        match joined {
+            Some(g) => {
+                let lead = &tasks[leaders[g]];
+                if lead.config.kinds != t.config.kinds || lead.train.classes() != t.train.classes() {
+                    return Err(Error::Train(format!(
+                        "task '{}' shares a patch with '{}' but its patch kinds or classes differ",
+                        t.name, lead.name
+                    )));
+                }
+                group_of.push(g);
+            }
+            None => {
+                group_of.push(leaders.len());
+                leaders.push(k);
+            }
+        }
+    }
+    let start = Instant::now();
+    // Time spent scoring validation images, which is not training time.
+    let mut paused = std::time::Duration::ZERO;
+    let mut trainers = leaders
+        .iter()
+        .map(|&l| Trainer::new(backbone, tasks[l].config.clone(), tasks[l].train.classes().to_vec()))
+        .collect::<Result<Vec<_>>>()?;
+    let plans = trainers.iter_mut().map(Trainer::memory_plan).collect::<Result<Vec<_>>>()?;
+    let mut streams = Vec::with_capacity(tasks.len());
+    for (k, t) in tasks.iter().enumerate() {
+        let c = &t.config;
+        let transform = Transform { resolution: c.resolution, augment: c.augment };
+        let trainer = &trainers[group_of[k]];
+        let cached = if trainer.takes_features() && !c.augment {
+            let mut feats = Vec::with_capacity(t.indices.len());
+            for b in Loader::new(t.train.clone(), t.indices.clone(), 64, transform, c.seed) {
+                feats.push(trainer.features(b?.input)?);
+            }
+            let f = feats[0].shape[1];
+            log::info!("{}: cached the features of {} images", t.name, t.indices.len());
+            let position = t.indices.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+            Some((f, feats.into_iter().flat_map(|x| x.into_data()).collect::<Vec<f32>>(), position))
+        } else {
+            None
+        };
+        streams.push(Stream {
+            group: group_of[k],
+            train: t.train.clone(),
+            indices: t.indices.clone(),
+            batch: c.batch,
+            transform,
+            seed: c.seed,
+            epochs: c.epochs,
+            rng: Rng::new(c.seed),
+            epoch: 0,
+            loader: None,
+            cached,
+            order: Vec::new(),
+            at: 0,
+            steps: 0,
+            total: t.indices.len().div_ceil(c.batch) * c.epochs,
+            loss_sum: 0.0,
+            correct: 0,
+            last_epoch: (0.0, 0),
+            history: Vec::new(),
+        });
+    }
+    let schedules: Vec<LrSchedule> = leaders
+        .iter()
+        .enumerate()
+        .map(|(g, &l)| {
+            let total: usize = streams.iter().filter(|s| s.group == g).map(|s| s.total).sum();
+            let c = &tasks[l].config;
+            LrSchedule { base: c.lr(), warmup: (total as f32 * c.warmup).round() as usize, total }
+        })
+        .collect();
+    let mut group_steps = vec![0usize; leaders.len()];
+    let total: usize = streams.iter().map(|s| s.total).sum();
+    let (mut step, mut seen) = (0usize, 0usize);
+    while let Some(k) = (0..streams.len()).filter(|&k| !streams[k].done()).min_by(|&a, &b| {
+        let f = |s: &Stream| (s.steps + 1) as f64 / s.total as f64;
+        f(&streams[a]).total_cmp(&f(&streams[b])).then(a.cmp(&b))
+    }) {
+        let s = &mut streams[k];
+        let g = s.group;
+        let (input, labels, epoch_end) = s.next(&trainers[g])?;
+        let lr = schedules[g].at(group_steps[g]);
+        let stats = trainers[g].step(input, &labels, lr)?;
+        group_steps[g] += 1;
+        step += 1;
+        seen += labels.len();
+        s.steps += 1;
+        s.loss_sum += stats.loss as f64 * labels.len() as f64;
+        s.correct += stats.correct;
+        let epoch = s.epoch - epoch_end as usize;
+        if epoch_end {
+            let n = s.indices.len();
+            log::info!(
+                "{}: epoch {}/{}: loss {:.4}, train accuracy {:.4}",
+                tasks[k].name,
+                epoch + 1,
+                s.epochs,
+                s.loss_sum / n as f64,
+                s.correct as f64 / n as f64
+            );
+            s.last_epoch = (s.loss_sum, s.correct);
+            let validation_accuracy = if tasks[k].validation.is_empty() {
+                None
+            } else {
+                let scoring = Instant::now();
+                let mut p = trainers[g].patch()?;
+                p.resolution = tasks[k].config.resolution;
+                let graph = backbone.patched(&p)?;
+                let e = evaluate_on(&graph, s.train.clone(), &tasks[k].validation, p.resolution, Device::Cpu)?;
+                paused += scoring.elapsed();
+                Some(e.accuracy)
+            };
+            s.history.push(EpochStats {
+                epoch: epoch + 1,
+                loss: (s.loss_sum / n as f64) as f32,
+                train_accuracy: (s.correct as f64 / n as f64) as f32,
+                validation_accuracy,
+                seconds: (start.elapsed() - paused).as_secs_f64(),
+            });
+            (s.loss_sum, s.correct) = (0.0, 0);
+        }
+        let ips = seen as f32 / (start.elapsed() - paused).as_secs_f32().max(1e-9);
+        progress(k, Progress { epoch, step, total_steps: total, loss: stats.loss, lr, images_per_second: ips });
+    }
+    let seconds = (start.elapsed() - paused).as_secs_f64();
+    let mut patches = trainers.iter_mut().map(|t| t.patch().map(Some)).collect::<Result<Vec<_>>>()?;
+    // The last task of a group takes its patch; the others get copies.
+    let last_of = |g: usize| group_of.iter().rposition(|&h| h == g);
+    let mut out = Vec::with_capacity(tasks.len());
+    for (k, (t, s)) in tasks.into_iter().zip(&streams).enumerate() {
+        let g = group_of[k];
+        let mut patch = if last_of(g) == Some(k) { patches[g].take() } else { patches[g].clone() }
+            .expect("a group's patch is taken by its last task");
+        patch.resolution = t.config.resolution;
+        let n = s.indices.len() as f64;
+        let report = FitReport {
+            train_images: s.indices.len(),
+            steps: s.steps,
+            final_loss: (s.last_epoch.0 / n) as f32,
+            train_accuracy: (s.last_epoch.1 as f64 / n) as f32,
+            seconds,
+            images_per_second: seen as f64 / seconds.max(1e-9),
+            device: trainers[g].device(),
+            gpu_buffer_bytes: trainers[g].gpu_buffer_bytes(),
+            memory: plans[g],
+            history: s.history.clone(),
+        };
+        out.push(TaskResult { name: t.name, patch, report });
+    }
+    Ok(out)
+}
+
+/// Scores of a patch (or the backbone) on a labelled set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub images: usize,
+    pub accuracy: f32,
+    /// Accuracy per class (NaN where a class has no images in the set).
+    pub per_class: Vec<f32>,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Evaluates `graph` (a backbone with a patch applied) on `indices` of `ds` at `resolution`,
+/// on the CPU. No indices is an error, as is any image that cannot be read.
+pub fn evaluate(graph: &Graph, ds: Arc<dyn Dataset>, indices: &[usize], resolution: u32) -> Result<Evaluation> {
+    evaluate_on(graph, ds, indices, resolution, Device::Cpu)
+}
+
+/// [`evaluate`] computing on `device`.
+pub fn evaluate_on(
+    graph: &Graph,
+    ds: Arc<dyn Dataset>,
+    indices: &[usize],
+    resolution: u32,
+    device: Device,
+) -> Result<Evaluation> {
+    let k = graph.num_classes();
+    if ds.classes().len() != k {
+        return Err(Error::dataset(ds.spec(), format!("has {} classes, the model {k}", ds.classes().len())));
+    }
+    if indices.is_empty() {
+        return Err(Error::dataset(ds.spec(), "no images to evaluate on (an accuracy of 0 images is undefined)"));
+    }
+    let engine = crate::backend::Engine::new(graph, device)?;
+    let t = Transform { resolution, augment: false };
+    let mut confusion = vec![vec![0usize; k]; k];
+    let batch = 32;
+    let mut loader = Loader::new(ds.clone(), indices.to_vec(), batch, t, 0);
+    for b in &mut loader {
+        let b = b?;
+        let logits = engine.forward(graph, b.input)?;
+        for (i, &label) in b.labels.iter().enumerate() {
+            let z = logits.sample(i);
+            let pred = (0..k).fold(0, |best, c| if z[c] > z[best] { c } else { best });
+            confusion[label][pred] += 1;
+        }
+    }
+    let images: usize = confusion.iter().flatten().sum();
+    let right: usize = (0..k).map(|c| confusion[c][c]).sum();
+    let per_class =
+        confusion.iter().enumerate().map(|(c, row)| row[c] as f32 / row.iter().sum::<usize>() as f32).collect();
+    Ok(Evaluation { images, accuracy: right as f32 / images.max(1) as f32, per_class, confusion })
+}

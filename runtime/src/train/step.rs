@@ -1,0 +1,240 @@
+//! One optimisation step of a patch on a backend: the CPU step (the tape's forward and
+//! backward, the loss, clipping and the optimizer) and the GPU trainer behind the same trait.
+
+use super::memory::{self, MemoryPlan, PassCost};
+use super::TrainConfig;
+
+use super::loss::softmax_cross_entropy;
+use super::optim::{clip_global_norm, Optimizer};
+use super::tape;
+use crate::backend::StepBackend;
+use crate::graph::{Graph, Op};
+use crate::patch::{self, Role, Slot};
+use crate::schedule::Schedule;
+use crate::tensor::{Pool, Tensor};
+use crate::{Error, Result};
+
+/// One optimisation step's outcome.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    pub loss: f32,
+    pub correct: usize,
+    pub grad_norm: f32,
+}
+
+/// The CPU backend's training step: the tape's forward and backward,
+/// the loss, global-norm clipping and the optimizer update, on the graph's own parameters.
+pub struct CpuStep {
+    schedule: Schedule,
+    grads: Vec<Vec<f32>>,
+    optimizer: Box<dyn Optimizer>,
+    label_smoothing: f32,
+    clip_norm: Option<f32>,
+    weight_decay: f32,
+    /// Samples per forward and backward pass (a larger batch runs as several, see
+    /// [`TrainConfig::micro_batch`]).
+    micro: usize,
+    /// The batch, resolution, micro-batch and budget asked for, and the plan made for them.
+    batch: usize,
+    resolution: usize,
+    asked_micro: Option<usize>,
+    budget: Option<u64>,
+    /// Bytes of the trained values' copy, gradients and optimizer state.
+    state: u64,
+    memory: Option<MemoryPlan>,
+    /// Activation buffers recycled from one step to the next.
+    pool: Pool,
+}
+
+impl CpuStep {
+    /// Plans steps of `slots` of `graph` under `config`.
+    pub fn new(graph: &Graph, slots: &[Slot], config: &TrainConfig) -> Self {
+        let lens: Vec<usize> = slots.iter().map(|&s| patch::param(graph, s).len()).collect();
+        CpuStep {
+            schedule: Schedule::new(graph, slots),
+            grads: lens.iter().map(|&n| vec![0.0; n]).collect(),
+            optimizer: config.optimizer.build(&lens),
+            label_smoothing: config.label_smoothing,
+            clip_norm: config.clip_norm,
+            weight_decay: config.weight_decay,
+            micro: config.micro_batch.unwrap_or(usize::MAX).max(1),
+            batch: config.batch,
+            resolution: config.resolution as usize,
+            asked_micro: config.micro_batch,
+            budget: config.memory_budget,
+            state: memory::state_bytes(lens.iter().sum(), config.optimizer),
+            memory: None,
+            pool: Pool::default(),
+        }
+    }
+
+    /// What a step takes besides its activations.
+    fn fixed(&self, graph: &Graph) -> memory::Fixed {
+        let pixels = graph.input_channels * self.resolution * self.resolution;
+        memory::Fixed { state: self.state, overhead: memory::overhead_bytes(self.batch, pixels) }
+    }
+
+    /// The activation bytes of one pass over `m` zero images (labels 0) with a fresh buffer
+    /// pool, its gradients discarded: the most its tensors held at once on this thread.
+    fn probe(&mut self, graph: &Graph, m: usize) -> Result<u64> {
+        // A head-only step takes pooled features `[m, F, 1, 1]` (its graph is the classifier).
+        let head_only = matches!(graph.nodes.first().map(|n| &n.op), Some(Op::Linear(_)));
+        let r = if head_only { 1 } else { self.resolution };
+        let mut pool = Pool::default();
+        let mut grads = std::mem::take(&mut self.grads);
+        let pass = Pass { graph, plan: &self.schedule, smoothing: self.label_smoothing, lr: 1.0 };
+        let x = Tensor::zeros([m, graph.input_channels, r, r]);
+        let probed = pool.scope(|| pass.run(x, &vec![0; m], &mut grads, None));
+        grads.iter_mut().for_each(|g| g.fill(0.0));
+        self.grads = grads;
+        probed?;
+        Ok(pool.bytes() as u64)
+    }
+
+    /// Bytes of activation buffers the step keeps between steps (after the first step, the
+    /// most its passes hold at once on the calling thread).
+    pub fn pooled_bytes(&self) -> usize {
+        self.pool.bytes()
+    }
+}
+
+/// Samples `from..from + len` of `x`.
+fn samples(x: &Tensor, from: usize, len: usize) -> Tensor {
+    let [_, c, h, w] = x.shape;
+    let per = c * h * w;
+    let mut t = Tensor::scratch([len, c, h, w]);
+    t.data.copy_from_slice(&x.data[from * per..(from + len) * per]);
+    t
+}
+
+/// What every pass of one step shares.
+struct Pass<'a> {
+    graph: &'a Graph,
+    plan: &'a Schedule,
+    smoothing: f32,
+    lr: f32,
+}
+
+impl Pass<'_> {
+    /// One forward and backward pass of the tape over `input` with `labels`, its gradients added
+    /// to `grads`, its loss gradient scaled by `share` when the pass is one micro-batch of a
+    /// batch: its mean loss and correct count.
+    fn run(&self, input: Tensor, labels: &[usize], grads: &mut [Vec<f32>], share: Option<f32>) -> Result<(f32, usize)> {
+        let (logits, tape) = tape::forward(self.graph, self.plan, input)?;
+        let mut loss = softmax_cross_entropy(&logits, labels, self.smoothing);
+        if !loss.value.is_finite() {
+            return Err(Error::Train(format!("the loss is {}: lower the learning rate (now {})", loss.value, self.lr)));
+        }
+        if let Some(share) = share {
+            loss.grad.data.iter_mut().for_each(|g| *g *= share);
+        }
+        tape::backward(self.graph, self.plan, tape, loss.grad, grads);
+        Ok((loss.value, loss.correct))
+    }
+}
+
+impl StepBackend for CpuStep {
+    fn step(
+        &mut self,
+        graph: &mut Graph,
+        slots: &[Slot],
+        input: Tensor,
+        labels: &[usize],
+        lr: f32,
+    ) -> Result<StepStats> {
+        let pass = Pass { graph, plan: &self.schedule, smoothing: self.label_smoothing, lr };
+        let (n, micro, grads) = (input.shape[0], self.micro, &mut self.grads);
+        let loss = self.pool.scope(|| -> Result<_> {
+            grads.iter_mut().for_each(|g| g.fill(0.0));
+            if n <= micro {
+                return pass.run(input, labels, grads, None);
+            }
+            // Micro-batches: each pass's loss gradient is its share of the batch's mean.
+            let (mut loss, mut correct) = (0.0f32, 0);
+            for from in (0..n).step_by(micro) {
+                let m = micro.min(n - from);
+                let x = samples(&input, from, m);
+                let share = m as f32 / n as f32;
+                let (l, c) = pass.run(x, &labels[from..from + m], grads, Some(share))?;
+                loss += l * share;
+                correct += c;
+            }
+            Ok((loss, correct))
+        })?;
+        let grad_norm = clip_global_norm(&mut self.grads, self.clip_norm.unwrap_or(f32::INFINITY));
+        for (i, &slot) in slots.iter().enumerate() {
+            let wd = if slot.role == Role::Weights { self.weight_decay } else { 0.0 };
+            self.optimizer.update(i, patch::param_mut(graph, slot), &self.grads[i], lr, wd);
+        }
+        self.optimizer.finish_step();
+        Ok(StepStats { loss: loss.0, correct: loss.1, grad_norm })
+    }
+
+    fn sync(&self, _graph: &mut Graph) -> Result<()> {
+        Ok(())
+    }
+
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+
+    fn memory_plan(&mut self, graph: &Graph) -> Result<Option<MemoryPlan>> {
+        if let Some(plan) = self.memory {
+            return Ok(Some(plan));
+        }
+        let cost = PassCost::per_sample(self.probe(graph, 1)?);
+        let plan = match self.asked_micro {
+            Some(m) => {
+                let chosen = memory::plan(cost, self.fixed(graph), m.min(self.batch), None)?;
+                let plan =
+                    MemoryPlan { passes: self.batch.div_ceil(chosen.micro_batch), budget_bytes: self.budget, ..chosen };
+                if let Some(budget) = self.budget.filter(|&b| plan.predicted_bytes > b) {
+                    return Err(Error::Train(format!(
+                        "micro-batches of {m} need {:.0} MB and the memory budget is {:.0} MB: leave the micro-batch to the budget",
+                        plan.predicted_bytes as f64 / 1e6,
+                        budget as f64 / 1e6
+                    )));
+                }
+                plan
+            }
+            None => memory::plan(cost, self.fixed(graph), self.batch, self.budget)?,
+        };
+        self.micro = plan.micro_batch;
+        log::info!(
+            "memory plan: {} pass(es) of {} sample(s) per batch of {}, predicted {:.0} MB{}",
+            plan.passes,
+            plan.micro_batch,
+            self.batch,
+            plan.predicted_bytes as f64 / 1e6,
+            plan.budget_bytes.map_or(String::new(), |b| format!(" (budget {:.0} MB)", b as f64 / 1e6))
+        );
+        self.memory = Some(plan);
+        Ok(self.memory)
+    }
+}
+
+#[cfg(feature = "gpu")]
+impl StepBackend for crate::backend::gpu::GpuTrainer {
+    fn step(
+        &mut self,
+        _graph: &mut Graph,
+        _slots: &[Slot],
+        input: Tensor,
+        labels: &[usize],
+        lr: f32,
+    ) -> Result<StepStats> {
+        crate::backend::gpu::GpuTrainer::step(self, &input, labels, lr)
+    }
+
+    fn sync(&self, graph: &mut Graph) -> Result<()> {
+        crate::backend::gpu::GpuTrainer::sync(self, graph)
+    }
+
+    fn device(&self) -> String {
+        format!("gpu ({})", self.device_name())
+    }
+
+    fn device_bytes(&self) -> Option<u64> {
+        Some(self.buffer_bytes())
+    }
+}
