@@ -74,6 +74,14 @@ impl CpuEngine {
         self.packed = Arc::new(packed);
     }
 
+    /// The most bytes of activation buffers a forward pass on `input` holds at once (measured
+    /// by running it with a fresh buffer pool; the engine's own pool is left alone).
+    pub fn pass_bytes(&self, graph: &Graph, input: Tensor) -> Result<u64> {
+        let mut pool = Pool::default();
+        pool.scope(|| self.run(graph, input))?;
+        Ok(pool.bytes() as u64)
+    }
+
     /// Bytes of the weights the engine keeps packed.
     pub fn packed_bytes(&self) -> usize {
         self.packed.iter().flatten().map(|p| p.bytes()).sum()

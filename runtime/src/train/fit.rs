@@ -250,21 +250,25 @@ pub fn fit_multi(
         .iter()
         .map(|&l| Trainer::new(backbone, tasks[l].config.clone(), tasks[l].train.classes().to_vec()))
         .collect::<Result<Vec<_>>>()?;
-    let plans = trainers.iter_mut().map(Trainer::memory_plan).collect::<Result<Vec<_>>>()?;
+    let mut plans = vec![None; trainers.len()];
     let mut streams = Vec::with_capacity(tasks.len());
     for (k, t) in tasks.iter().enumerate() {
         let c = &t.config;
         let transform = Transform { resolution: c.resolution, augment: c.augment };
-        let trainer = &trainers[group_of[k]];
+        let trainer = &mut trainers[group_of[k]];
+        let cached_images = if trainer.takes_features() && !c.augment { t.indices.len() } else { 0 };
+        plans[group_of[k]] = trainer.memory_plan(cached_images)?;
         let cached = if trainer.takes_features() && !c.augment {
-            let mut feats = Vec::with_capacity(t.indices.len());
-            for b in Loader::new(t.train.clone(), t.indices.clone(), 64, transform, c.seed) {
-                feats.push(trainer.features(b?.input)?);
+            let (mut feats, mut f) = (Vec::new(), 0);
+            let chunk = trainer.feature_chunk();
+            for b in Loader::new(t.train.clone(), t.indices.clone(), chunk, transform, c.seed) {
+                let x = trainer.features(b?.input)?;
+                f = x.shape[1];
+                feats.extend_from_slice(&x.data);
             }
-            let f = feats[0].shape[1];
             log::info!("{}: cached the features of {} images", t.name, t.indices.len());
             let position = t.indices.iter().enumerate().map(|(p, &i)| (i, p)).collect();
-            Some((f, feats.into_iter().flat_map(|x| x.into_data()).collect::<Vec<f32>>(), position))
+            Some((f, feats, position))
         } else {
             None
         };

@@ -1,12 +1,14 @@
 //! The memory plan of CPU training: how many samples each forward and backward pass takes so
 //! that a step's activations fit a budget.
 //!
-//! Every activation of a pass has the batch as its first dimension, so a pass of `m` samples
-//! holds `m` times what a pass of one sample holds. The planner measures that by running one
-//! pass of one sample (a zero image, gradients discarded) with a fresh buffer pool: the pool's
-//! bytes after the pass are exactly the most that pass's tensors held at once
+//! Every activation of a training pass has the batch as its first dimension, so a pass of `m`
+//! samples holds `m` times what a pass of one sample holds. The planner measures that by running
+//! one pass of one sample (a zero image, gradients discarded) with a fresh buffer pool: the
+//! pool's bytes after the pass are exactly the most that pass's tensors held at once
 //! ([`crate::tensor::Pool`] allocates only when no free buffer fits), and the step then reuses
-//! the memory the probe freed. It takes the largest micro-batch, up to the batch, whose
+//! the memory the probe freed. An inference pass (a head-only trainer's feature extraction)
+//! frees values as it goes, so its bytes are measured on one and two images
+//! ([`PassCost::from_probes`]). It takes the largest micro-batch, up to the batch, whose
 //! activations, trained state ([`state_bytes`]) and other working memory ([`overhead_bytes`]:
 //! the batches the loader prepares ahead) fit the budget.
 
@@ -74,9 +76,11 @@ pub struct MemoryPlan {
     pub recompute: bool,
     /// Bytes of the activations of one pass (measured, [`PassCost`]).
     pub activation_bytes: u64,
-    /// Bytes of the trained values' copy, gradients and optimizer state ([`state_bytes`]).
+    /// Bytes of the trained values' copy, gradients and optimizer state ([`state_bytes`]; for a
+    /// head-only trainer also the feature engine's packed weights).
     pub state_bytes: u64,
-    /// Bytes of the other working memory ([`overhead_bytes`]).
+    /// Bytes of the other working memory ([`overhead_bytes`]; for a head-only trainer, the
+    /// cached features).
     pub overhead_bytes: u64,
     /// The predicted increase of resident memory while training: activations, state and
     /// overhead.

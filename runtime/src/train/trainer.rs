@@ -1,5 +1,6 @@
 //! The trainer: one patch over a frozen backbone, stepped on batches.
 
+use super::memory::{self, MemoryPlan, PassCost};
 use super::{CpuStep, StepStats, TrainConfig};
 
 use crate::backbone::Backbone;
@@ -26,7 +27,16 @@ pub struct Trainer {
     slots: Vec<Slot>,
     params: usize,
     backend: Box<dyn StepBackend>,
+    /// For a head-only trainer on the CPU: the activation bytes of feature passes (measured on
+    /// one and two images), and the plan of the feature passes.
+    feature_probe: Option<PassCost>,
+    feature_plan: Option<MemoryPlan>,
 }
+
+/// Images per feature pass of a head-only trainer without a memory budget. Measured with the
+/// shipped model at 224 px (`train --patch logits --micro-batch N`): 2, 8 and 64 images per pass
+/// extracted 97, 91 and 81 images/s at 79, 166 and 376 MB peak, so small passes cost nothing.
+const FEATURE_CHUNK: usize = 8;
 
 impl Trainer {
     /// A trainer for a task with `labels` (its class names) over `backbone`, on
@@ -101,10 +111,6 @@ impl Trainer {
             }
             _ => Box::new(CpuStep::new(&graph, &slots, &config)),
         };
-        let mut backend = backend;
-        if features.is_none() && (config.memory_budget.is_some() || config.micro_batch.is_some()) {
-            backend.memory_plan(&graph)?;
-        }
         log::info!(
             "training {} ({} values in {} tensors) with {} at lr {} on the {}",
             kinds,
@@ -114,7 +120,7 @@ impl Trainer {
             config.lr(),
             backend.device()
         );
-        Ok(Trainer {
+        let mut trainer = Trainer {
             config,
             fingerprint: backbone.fingerprint().to_string(),
             labels,
@@ -124,7 +130,15 @@ impl Trainer {
             slots,
             params,
             backend,
-        })
+            feature_probe: None,
+            feature_plan: None,
+        };
+        // A budget or micro-batch is planned for at once, so that one that cannot fit is an
+        // error here (a head-only plan is made again when the number of images is known).
+        if trainer.config.memory_budget.is_some() || trainer.config.micro_batch.is_some() {
+            trainer.memory_plan(0)?;
+        }
+        Ok(trainer)
     }
 
     /// The configuration.
@@ -147,13 +161,47 @@ impl Trainer {
         self.backend.device_bytes()
     }
 
-    /// How the steps use memory: samples per pass and the predicted peak (made once, by two
-    /// probing passes; `None` on a GPU).
-    pub fn memory_plan(&mut self) -> Result<Option<super::memory::MemoryPlan>> {
-        if self.takes_features() {
-            return Ok(None);
+    /// How training uses memory on the CPU (`None` on a GPU), for a task of `images` training
+    /// images: samples per pass and the predicted peak. The passes are measured once by a
+    /// one-sample probe ([`super::memory`]). For a head-only trainer the passes are the feature
+    /// extraction's, whose features of all `images` are kept ([`Trainer::features`] then runs
+    /// in chunks of the plan's micro-batch); otherwise they are the training steps'.
+    pub fn memory_plan(&mut self, images: usize) -> Result<Option<MemoryPlan>> {
+        let Some((engine, graph)) = &self.features else { return self.backend.memory_plan(&self.graph) };
+        let r = self.config.resolution as usize;
+        let probe = |m: usize| engine.pass_bytes(graph, Tensor::zeros([m, graph.input_channels, r, r]));
+        let probed = match self.feature_probe {
+            Some(p) => p,
+            None => PassCost::from_probes(probe(1)?, probe(2)?),
+        };
+        self.feature_probe = Some(probed);
+        // Each sample of a chunk is also an image of the loader's batch.
+        let image = 4 * (graph.input_channels * r * r) as u64;
+        let cost = PassCost { per_sample: probed.per_sample + image, ..probed };
+        // The engine's packed weights were made with the trainer, so they count as training's.
+        let state = memory::state_bytes(self.params, self.config.optimizer) + engine.packed_bytes() as u64;
+        let cache = 4 * (images * self.graph.input_channels) as u64;
+        let fixed = memory::Fixed { state, overhead: cache };
+        let chunk = self.config.micro_batch.unwrap_or(FEATURE_CHUNK);
+        let plan = match self.config.micro_batch {
+            Some(_) => memory::plan(cost, fixed, chunk, None)?,
+            None => memory::plan(cost, fixed, FEATURE_CHUNK, self.config.memory_budget)?,
+        };
+        let plan = MemoryPlan { budget_bytes: self.config.memory_budget, ..plan };
+        if let Some(budget) = plan.budget_bytes.filter(|&b| memory::needs(&plan) > b) {
+            return Err(Error::Train(format!(
+                "feature chunks of {chunk} need {:.0} MB and the memory budget leaves {:.0} MB: leave the micro-batch to the budget",
+                memory::needs(&plan) as f64 / 1e6,
+                budget as f64 / 1e6
+            )));
         }
-        self.backend.memory_plan(&self.graph)
+        self.feature_plan = Some(plan);
+        Ok(Some(plan))
+    }
+
+    /// Images per feature pass of a head-only trainer: the plan's micro-batch, or 8.
+    pub fn feature_chunk(&self) -> usize {
+        self.feature_plan.map_or(FEATURE_CHUNK, |p| p.micro_batch)
     }
 
     /// True when the trainer takes pooled features instead of images.
@@ -165,7 +213,23 @@ impl Trainer {
     /// [`Trainer::takes_features`]).
     pub fn features(&self, images: Tensor) -> Result<Tensor> {
         let (engine, graph) = self.features.as_ref().ok_or_else(|| Error::Train("not a head-only trainer".into()))?;
-        engine.forward(graph, images)
+        let (n, chunk) = (images.shape[0], self.feature_chunk());
+        if n <= chunk {
+            return engine.forward(graph, images);
+        }
+        let [_, c, h, w] = images.shape;
+        let per = c * h * w;
+        let mut out: Vec<f32> = Vec::new();
+        let mut f = 0;
+        for from in (0..n).step_by(chunk) {
+            let m = chunk.min(n - from);
+            let x = Tensor::from_vec([m, c, h, w], images.data[from * per..(from + m) * per].to_vec())
+                .expect("a chunk of the batch");
+            let y = engine.forward(graph, x)?;
+            f = y.shape[1];
+            out.extend_from_slice(&y.data);
+        }
+        Ok(Tensor { shape: [n, f, 1, 1], data: out })
     }
 
     /// One step on a batch (images, or features for a head-only trainer) at learning rate `lr`.

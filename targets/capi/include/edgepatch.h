@@ -139,6 +139,12 @@ int32_t ep_trainer_new(struct EpRuntime *rt,
                        uint32_t resolution,
                        struct EpTrainer **out_tr);
 
+// Sets the most bytes training may add to the process's resident memory (0: no limit, the
+// default). `ep_trainer_fit` then runs each batch as micro-batches of the largest size that fits
+// (the same update up to rounding) and fails with `EP_ERR_TRAIN`, before training, when one
+// sample per pass does not fit; `ep_last_error` says how much it needs.
+int32_t ep_trainer_set_memory_budget(struct EpTrainer *tr, uint64_t bytes);
+
 // Adds one RGB8 training image with its label index.
 int32_t ep_trainer_add_rgb8(struct EpTrainer *tr,
                             const uint8_t *rgb,

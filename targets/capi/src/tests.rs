@@ -42,6 +42,21 @@ fn trainer_new_refuses_resolutions_the_trainer_cannot_use() {
 }
 
 #[test]
+fn a_memory_budget_too_small_for_one_sample_fails_the_fit_and_a_large_one_trains() {
+    let rt = runtime();
+    let tr = red_and_blue(rt, 2);
+    assert_eq!(ep_trainer_set_memory_budget(tr, 1000), EP_OK);
+    assert_eq!(ep_trainer_fit(tr, 1, 0.0, 0, ptr::null_mut()), EP_ERR_TRAIN);
+    let err = last_error();
+    assert!(err.contains("training needs at least") && err.contains("memory budget"), "{err}");
+    assert_eq!(ep_trainer_set_memory_budget(tr, 1 << 34), EP_OK);
+    assert_eq!(ep_trainer_fit(tr, 1, 0.0, 0, ptr::null_mut()), EP_OK, "{}", last_error());
+    assert_eq!(ep_trainer_set_memory_budget(ptr::null_mut(), 0), EP_ERR_ARGUMENT);
+    ep_trainer_free(tr);
+    ep_runtime_free(rt);
+}
+
+#[test]
 fn fit_refuses_a_learning_rate_that_is_not_a_number() {
     let rt = runtime();
     let tr = red_and_blue(rt, 1);

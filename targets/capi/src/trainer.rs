@@ -70,6 +70,19 @@ pub extern "C" fn ep_trainer_new(
     })
 }
 
+/// Sets the most bytes training may add to the process's resident memory (0: no limit, the
+/// default). `ep_trainer_fit` then runs each batch as micro-batches of the largest size that fits
+/// (the same update up to rounding) and fails with `EP_ERR_TRAIN`, before training, when one
+/// sample per pass does not fit; `ep_last_error` says how much it needs.
+#[no_mangle]
+pub extern "C" fn ep_trainer_set_memory_budget(tr: *mut EpTrainer, bytes: u64) -> i32 {
+    guard(|| {
+        let tr = &mut *take(tr)?;
+        tr.config.memory_budget = (bytes > 0).then_some(bytes);
+        Ok(())
+    })
+}
+
 /// Adds one RGB8 training image with its label index.
 #[no_mangle]
 pub extern "C" fn ep_trainer_add_rgb8(tr: *mut EpTrainer, rgb: *const u8, width: u32, height: u32, label: u32) -> i32 {
