@@ -110,7 +110,13 @@ impl CpuEngine {
     /// passes are allowed; one of them at a time uses the buffer pool.
     pub fn forward(&self, graph: &Graph, input: Tensor) -> Result<Tensor> {
         match self.pool.try_lock() {
-            Ok(mut pool) => pool.scope(|| self.run(graph, input)),
+            // The pass runs on a copy from the pool, so that the caller's buffer is freed, not
+            // added to the pool (where a buffer of a size no pass asks for would stay).
+            Ok(mut pool) => pool.scope(|| {
+                let mut x = Tensor::scratch(input.shape);
+                x.data.copy_from_slice(&input.data);
+                self.run(graph, x)
+            }),
             Err(_) => self.run(graph, input),
         }
     }

@@ -68,7 +68,8 @@ pub fn make_batch(ds: &dyn Dataset, indices: &[usize], t: &Transform, seed: u64)
     })
 }
 
-/// Batches of a fixed order of images, prepared ahead on a background thread (two in flight).
+/// Batches of a fixed order of images, prepared ahead on a background thread (two waiting, and
+/// a third built, by default; see [`Loader::with_depth`]).
 /// A failure of that thread is an error of the iteration, never a short one: a panic, a thread
 /// that could not start or that stopped before the last batch yields `Err`, then ends.
 pub struct Loader {
@@ -84,7 +85,21 @@ pub struct Loader {
 impl Loader {
     /// Starts preparing `order` in batches of `batch` (the last may be smaller).
     pub fn new(ds: Arc<dyn Dataset>, order: Vec<usize>, batch: usize, t: Transform, seed: u64) -> Self {
-        let (tx, rx) = sync_channel(2);
+        Loader::with_depth(ds, order, batch, t, seed, 2)
+    }
+
+    /// [`Loader::new`] with `depth` batches waiting to be taken: the thread holds at most
+    /// `depth + 1` batches (`depth` waiting, one built and waiting for room), the consumer the one
+    /// it took.
+    pub fn with_depth(
+        ds: Arc<dyn Dataset>,
+        order: Vec<usize>,
+        batch: usize,
+        t: Transform,
+        seed: u64,
+        depth: usize,
+    ) -> Self {
+        let (tx, rx) = sync_channel(depth);
         let spec = ds.spec().to_string();
         let left = order.len().div_ceil(batch.max(1));
         let spawned = std::thread::Builder::new().name("edgepatch-loader".into()).spawn(move || {

@@ -129,6 +129,8 @@ struct Stream {
     train: Arc<dyn Dataset>,
     indices: Vec<usize>,
     batch: usize,
+    /// Batches the loader keeps waiting ([`super::memory::loader_depth`]).
+    depth: usize,
     transform: Transform,
     seed: u64,
     epochs: usize,
@@ -160,7 +162,8 @@ impl Stream {
         self.at = 0;
         if self.cached.is_none() {
             let seed = self.seed ^ ((self.epoch as u64 + 1) << 32);
-            self.loader = Some(Loader::new(self.train.clone(), self.order.clone(), self.batch, self.transform, seed));
+            let (train, order) = (self.train.clone(), self.order.clone());
+            self.loader = Some(Loader::with_depth(train, order, self.batch, self.transform, seed, self.depth));
         }
     }
 
@@ -261,7 +264,8 @@ pub fn fit_multi(
         let cached = if trainer.takes_features() && !c.augment {
             let (mut feats, mut f) = (Vec::new(), 0);
             let chunk = trainer.feature_chunk();
-            for b in Loader::new(t.train.clone(), t.indices.clone(), chunk, transform, c.seed) {
+            let depth = super::memory::loader_depth(c.memory_budget.is_some());
+            for b in Loader::with_depth(t.train.clone(), t.indices.clone(), chunk, transform, c.seed, depth) {
                 let x = trainer.features(b?.input)?;
                 f = x.shape[1];
                 feats.extend_from_slice(&x.data);
@@ -277,6 +281,7 @@ pub fn fit_multi(
             train: t.train.clone(),
             indices: t.indices.clone(),
             batch: c.batch,
+            depth: super::memory::loader_depth(c.memory_budget.is_some()),
             transform,
             seed: c.seed,
             epochs: c.epochs,

@@ -16,15 +16,33 @@ use serde::Serialize;
 
 use crate::{Error, Result};
 
+/// Batches the data loader keeps waiting ([`crate::data::Loader::with_depth`]): two, or none
+/// under a memory budget (the next batch is still built while a step runs).
+pub fn loader_depth(budget: bool) -> usize {
+    if budget {
+        0
+    } else {
+        2
+    }
+}
+
+/// The batches training holds at its peak besides its passes, with the loader keeping `depth`
+/// waiting: the one it trains on and the waiting ones. (The loader also builds one more while it
+/// waits for room; at 128–224 px and batches of 8–32, counting it too over-predicted the peak by
+/// about one batch in every configuration measured, so it is not counted.)
+pub fn batches_held(depth: usize) -> usize {
+    depth + 1
+}
+
 /// The working memory of training beyond activations and state for batches of `batch` images
-/// of `pixels` values each: the next batch, which the loader prepares while a step runs.
-/// Nothing more is counted. With the shipped model, over `sb`, `bias`, `dw`, `sb+dw` (each with
-/// `logits`) and `full` at 128–224 px and 1–16 samples per pass, the peak resident memory
-/// increase less the activations, the state and one batch was −10 to +7 MB: the worker threads'
-/// scratch and packed weight panels are that small, and memory the process freed before
-/// training is reused. `tests/memory.rs` checks the whole prediction where it is over 80 MB.
-pub fn overhead_bytes(batch: usize, pixels: usize) -> u64 {
-    4 * (batch * pixels) as u64
+/// of `pixels` values each, with the loader keeping `depth` batches waiting: the batches held
+/// ([`batches_held`]). Nothing more is counted. With the shipped model, over `sb`, `bias`, `dw`,
+/// `sb+dw` (each with `logits`) and `full` at 128–224 px and 1–16 samples per pass, what else
+/// the peak resident memory grew by was within −10 to +7 MB: the worker threads' scratch and packed
+/// weight panels are that small, and memory the process freed before training is reused.
+/// `tests/memory.rs` checks the whole prediction where it is over 80 MB.
+pub fn overhead_bytes(batch: usize, pixels: usize, depth: usize) -> u64 {
+    (batches_held(depth) * 4 * batch * pixels) as u64
 }
 
 /// The bytes of the training state of `values` trained f32 values: the trained copy, the

@@ -71,7 +71,8 @@ impl CpuStep {
     /// What a step takes besides its activations.
     fn fixed(&self, graph: &Graph) -> memory::Fixed {
         let pixels = graph.input_channels * self.resolution * self.resolution;
-        memory::Fixed { state: self.state, overhead: memory::overhead_bytes(self.batch, pixels) }
+        let depth = memory::loader_depth(self.budget.is_some());
+        memory::Fixed { state: self.state, overhead: memory::overhead_bytes(self.batch, pixels, depth) }
     }
 
     /// The activation bytes of one pass over `m` zero images (labels 0) with a fresh buffer
@@ -147,7 +148,10 @@ impl StepBackend for CpuStep {
         let loss = self.pool.scope(|| -> Result<_> {
             grads.iter_mut().for_each(|g| g.fill(0.0));
             if n <= micro {
-                return pass.run(input, labels, grads, None);
+                // A copy from the pool: the caller's buffer is freed after the scope instead of
+                // joining the pool, which would then grow by one batch a step until best-fit
+                // reuse caught up (measured: +57 MB over 8 steps at 224 px, batch 16).
+                return pass.run(samples(&input, 0, n), labels, grads, None);
             }
             // Micro-batches: each pass's loss gradient is its share of the batch's mean.
             let (mut loss, mut correct) = (0.0f32, 0);

@@ -175,8 +175,9 @@ impl Trainer {
             None => PassCost::from_probes(probe(1)?, probe(2)?),
         };
         self.feature_probe = Some(probed);
-        // Each sample of a chunk is also an image of the loader's batch.
-        let image = 4 * (graph.input_channels * r * r) as u64;
+        // Each sample of a chunk is also an image of each batch the loader and the trainer hold.
+        let held = memory::batches_held(memory::loader_depth(self.config.memory_budget.is_some()));
+        let image = (held * 4 * graph.input_channels * r * r) as u64;
         let cost = PassCost { per_sample: probed.per_sample + image, ..probed };
         // The engine's packed weights were made with the trainer, so they count as training's.
         let state = memory::state_bytes(self.params, self.config.optimizer) + engine.packed_bytes() as u64;

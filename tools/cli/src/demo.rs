@@ -30,7 +30,17 @@ fn embedded(spec: &str, images: &[u8], labels: &[u8]) -> edgepatch::Result<Arc<d
     Ok(Arc::new(Idx::from_bytes(spec, images, labels, names)?))
 }
 
-fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
+/// The demo's training settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub epochs: usize,
+    pub resolution: u32,
+    /// The process's peak resident memory while training, in MB (`train --memory-budget`).
+    pub memory_budget: Option<f64>,
+}
+
+fn args(kinds: &str, out: &Path, s: Settings) -> TrainArgs {
+    let Settings { epochs, resolution, memory_budget } = s;
     TrainArgs {
         train: "embedded:fashion-mnist-mini/train".into(),
         test: Some("embedded:fashion-mnist-mini/t10k".into()),
@@ -55,7 +65,7 @@ fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
             augment: false,
             seed: 0,
             device: edgepatch::backend::Device::Auto,
-            memory_budget: None,
+            memory_budget,
             micro_batch: None,
         },
         model: None,
@@ -63,7 +73,8 @@ fn args(kinds: &str, out: &Path, epochs: usize, resolution: u32) -> TrainArgs {
     }
 }
 
-pub fn demo(out: &Path, epochs: usize, resolution: u32, as_json: bool) -> edgepatch::Result<String> {
+pub fn demo(out: &Path, settings: Settings, as_json: bool) -> edgepatch::Result<String> {
+    let Settings { epochs, resolution, .. } = settings;
     // Refuse an output that is not a regular file or a new path before training.
     edgepatch::fsio::output_target(out)?;
     edgepatch::fsio::output_target(&PathBuf::from(format!("{}.logits", out.display())))?;
@@ -88,13 +99,7 @@ pub fn demo(out: &Path, epochs: usize, resolution: u32, as_json: bool) -> edgepa
     );
     let logits_out = PathBuf::from(format!("{}.logits", out.display()));
     for (kinds, path) in [("logits", logits_out.as_path()), ("sb+logits", out)] {
-        let t = run_training(
-            &backbone,
-            train.clone(),
-            Some(test.clone()),
-            &args(kinds, path, epochs, resolution),
-            as_json,
-        )?;
+        let t = run_training(&backbone, train.clone(), Some(test.clone()), &args(kinds, path, settings), as_json)?;
         let s = &t.summary;
         let acc = t.test.as_ref().map_or(0.0, |e| e.accuracy);
         o += &format!(

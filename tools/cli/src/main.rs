@@ -119,6 +119,9 @@ enum Command {
         epochs: usize,
         #[arg(long, default_value_t = 64)]
         resolution: u32,
+        /// The peak resident memory (MB) the process may reach while training (as `train`'s)
+        #[arg(long, value_name = "MB")]
+        memory_budget: Option<f64>,
         #[arg(long)]
         json: bool,
     },
@@ -329,7 +332,11 @@ fn main() -> ExitCode {
         Command::Eval { test, patch, test_limit, seed, model, device, json } => {
             train::eval(test, patch, *test_limit, *seed, model.as_deref(), *device, *json)
         }
-        Command::Demo { out, epochs, resolution, json } => demo::demo(out, *epochs, *resolution, *json),
+        Command::Demo { out, epochs, resolution, memory_budget, json } => demo::demo(
+            out,
+            demo::Settings { epochs: *epochs, resolution: *resolution, memory_budget: *memory_budget },
+            *json,
+        ),
         Command::Export { patch, store, task, out, weights, model, json } => {
             let source = match (patch, store, task) {
                 (Some(p), _, _) => PatchSource::File(p),

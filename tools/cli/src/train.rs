@@ -239,6 +239,7 @@ pub fn run_training(
         };
     }
     let bar = progress_bar(quiet);
+    let peak_before = peak_rss_bytes();
     let rss_before = reset_peak_rss();
     let (patch, report) =
         train::fit_validated(backbone, train_ds.clone(), &indices, &held_out, config.clone(), &mut |p| {
@@ -298,7 +299,7 @@ pub fn run_training(
         "steps": report.steps,
         "seconds": report.seconds,
         "images_per_second": report.images_per_second,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": peak_before.max(peak_rss_bytes()),
         "device": report.device,
         "gpu_buffer_bytes": report.gpu_buffer_bytes,
         "memory_plan": report.memory,
