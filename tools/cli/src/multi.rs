@@ -155,6 +155,7 @@ pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
             "patch_params": patch.params(),
             "patch_bytes": entry.bytes,
             "file": a.out_dir.join(&entry.file).display().to_string(),
+            "memory_plan": r.report.memory,
         }));
     }
     let report = &results[0].report;
