@@ -109,15 +109,25 @@ impl CpuEngine {
     /// Forward pass: `input: [N, C, H, W]` → the graph output `[N, classes, 1, 1]`. Concurrent
     /// passes are allowed; one of them at a time uses the buffer pool.
     pub fn forward(&self, graph: &Graph, input: Tensor) -> Result<Tensor> {
+        self.forward_from(graph, input.shape, &input.data)
+    }
+
+    /// [`CpuEngine::forward`] of the values `data` of shape `shape` (`data.len()` is its
+    /// product), copied into a buffer of the pool: the caller's buffer is never added to the pool
+    /// (where a buffer of a size no pass asks for would stay), and a slice of a larger batch is
+    /// copied once.
+    pub fn forward_from(&self, graph: &Graph, shape: [usize; 4], data: &[f32]) -> Result<Tensor> {
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(Error::Input(format!("{} values for a tensor of shape {shape:?}", data.len())));
+        }
+        let copy = || {
+            let mut x = Tensor::scratch(shape);
+            x.data.copy_from_slice(data);
+            x
+        };
         match self.pool.try_lock() {
-            // The pass runs on a copy from the pool, so that the caller's buffer is freed, not
-            // added to the pool (where a buffer of a size no pass asks for would stay).
-            Ok(mut pool) => pool.scope(|| {
-                let mut x = Tensor::scratch(input.shape);
-                x.data.copy_from_slice(&input.data);
-                self.run(graph, x)
-            }),
-            Err(_) => self.run(graph, input),
+            Ok(mut pool) => pool.scope(|| self.run(graph, copy())),
+            Err(_) => self.run(graph, copy()),
         }
     }
 

@@ -31,9 +31,6 @@ pub struct CpuStep {
     label_smoothing: f32,
     clip_norm: Option<f32>,
     weight_decay: f32,
-    /// Samples per forward and backward pass (a larger batch runs as several, see
-    /// [`TrainConfig::micro_batch`]).
-    micro: usize,
     /// The batch, resolution, micro-batch and budget asked for, and the plan made for them.
     batch: usize,
     resolution: usize,
@@ -57,7 +54,6 @@ impl CpuStep {
             label_smoothing: config.label_smoothing,
             clip_norm: config.clip_norm,
             weight_decay: config.weight_decay,
-            micro: config.micro_batch.unwrap_or(usize::MAX).max(1),
             batch: config.batch,
             resolution: config.resolution as usize,
             asked_micro: config.micro_batch,
@@ -66,6 +62,12 @@ impl CpuStep {
             memory: None,
             pool: Pool::default(),
         }
+    }
+
+    /// Samples per forward and backward pass: the plan's, else the micro-batch asked for, else
+    /// the whole batch (see [`TrainConfig::micro_batch`]).
+    fn micro(&self) -> usize {
+        self.memory.map(|p| p.micro_batch).or(self.asked_micro).unwrap_or(usize::MAX).max(1)
     }
 
     /// What a step takes besides its activations.
@@ -144,7 +146,7 @@ impl StepBackend for CpuStep {
         lr: f32,
     ) -> Result<StepStats> {
         let pass = Pass { graph, plan: &self.schedule, smoothing: self.label_smoothing, lr };
-        let (n, micro, grads) = (input.shape[0], self.micro, &mut self.grads);
+        let (n, micro, grads) = (input.shape[0], self.micro(), &mut self.grads);
         let loss = self.pool.scope(|| -> Result<_> {
             grads.iter_mut().for_each(|g| g.fill(0.0));
             if n <= micro {
@@ -203,7 +205,6 @@ impl StepBackend for CpuStep {
             }
             None => memory::plan(cost, self.fixed(graph), self.batch, self.budget)?,
         };
-        self.micro = plan.micro_batch;
         log::info!(
             "memory plan: {} pass(es) of {} sample(s) per batch of {}, predicted {:.0} MB{}",
             plan.passes,

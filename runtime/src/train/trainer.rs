@@ -224,9 +224,7 @@ impl Trainer {
         let mut f = 0;
         for from in (0..n).step_by(chunk) {
             let m = chunk.min(n - from);
-            let x = Tensor::from_vec([m, c, h, w], images.data[from * per..(from + m) * per].to_vec())
-                .expect("a chunk of the batch");
-            let y = engine.forward(graph, x)?;
+            let y = engine.forward_from(graph, [m, c, h, w], &images.data[from * per..(from + m) * per])?;
             f = y.shape[1];
             out.extend_from_slice(&y.data);
         }
