@@ -242,4 +242,8 @@ impl StepBackend for crate::backend::gpu::GpuTrainer {
     fn device_bytes(&self) -> Option<u64> {
         Some(self.buffer_bytes())
     }
+
+    fn memory_plan(&mut self, _graph: &Graph) -> Result<Option<MemoryPlan>> {
+        crate::backend::gpu::GpuTrainer::memory_plan(self).map(Some)
+    }
 }

@@ -106,6 +106,9 @@ impl Trainer {
                     label_smoothing: config.label_smoothing,
                     clip_norm: config.clip_norm,
                     resolution: config.resolution as usize,
+                    batch: config.batch,
+                    micro_batch: config.micro_batch,
+                    memory_budget: config.memory_budget,
                 };
                 Box::new(crate::backend::gpu::GpuTrainer::new(gpu, &graph, &slots, settings)?)
             }

@@ -94,13 +94,14 @@ pub struct TrainFlags {
     /// Where to train and evaluate: auto (a hardware GPU when present), gpu or cpu.
     #[arg(long, default_value = "auto")]
     pub device: Device,
-    /// The peak resident memory (MB, 10^6 bytes) the whole process may reach while training on
-    /// the CPU: the largest micro-batch that fits is chosen (logged, and in --json's
-    /// memory_plan), and a budget too small for one sample per pass is refused before training
+    /// The memory (MB, 10^6 bytes) training may use: on the CPU the peak resident memory of the
+    /// whole process, on a GPU the device buffers of training. The largest micro-batch that fits
+    /// is chosen (logged, and in --json's memory_plan), and a budget too small for one sample per
+    /// pass is refused before training
     #[arg(long, value_name = "MB")]
     pub memory_budget: Option<f64>,
-    /// Samples per forward and backward pass on the CPU (a batch runs as micro-batches, their
-    /// gradients summed: the same update up to rounding, less memory)
+    /// Samples per forward and backward pass (a batch runs as micro-batches, their gradients
+    /// summed: the same update up to rounding, less memory)
     #[arg(long, value_name = "N")]
     pub micro_batch: Option<usize>,
 }
@@ -123,11 +124,16 @@ impl TrainFlags {
         config.seed = self.seed;
         config.device = self.device;
         config.micro_batch = self.micro_batch;
-        // The library's budget is what training adds: the process's budget less what it holds
-        // now. Out-of-range budgets (negative, NaN) become 0 bytes, refused as too small.
+        // On a GPU the library's budget is the device buffers'; on the CPU it is what training
+        // adds: the process's budget less what it holds now, measured after the device is
+        // resolved (looking for a GPU can load drivers that stay mapped). Out-of-range budgets
+        // (negative, NaN) become 0 bytes, refused as too small.
         config.memory_budget = self.memory_budget.map(|mb| {
             let total = if mb.is_finite() && mb > 0.0 { (mb * 1e6) as u64 } else { 0 };
-            total.saturating_sub(rss_bytes().unwrap_or(0))
+            match edgepatch::backend::resolve(self.device) {
+                Ok(Some(_)) => total,
+                _ => total.saturating_sub(rss_bytes().unwrap_or(0)),
+            }
         });
         config
     }

@@ -8,6 +8,7 @@
 //! tensor at a 256-byte boundary so that it binds as a range.
 
 mod plan;
+mod split;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::patch::{self, Role, Slot};
 use crate::tensor::Tensor;
 use crate::train::{optim, OptimizerKind, StepStats};
 use crate::{Error, Result};
+use plan::IoBuf;
 
 /// What a [`GpuTrainer`] needs of the training configuration.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +32,21 @@ pub struct GpuSettings {
     pub clip_norm: Option<f32>,
     /// Input height and width.
     pub resolution: usize,
+    /// The batch of the steps (a larger one is planned for when it comes).
+    pub batch: usize,
+    /// Samples per pass ([`crate::train::TrainConfig::micro_batch`]).
+    pub micro_batch: Option<usize>,
+    /// The most bytes of device buffers training may hold: the largest micro-batch whose
+    /// buffers fit is chosen ([`crate::train::TrainConfig::memory_budget`]).
+    pub memory_budget: Option<u64>,
+}
+
+impl GpuSettings {
+    /// True when steps run as passes whose gradients are summed (a micro-batch or a budget was
+    /// given): every batch then runs on one set of buffers.
+    fn split(&self) -> bool {
+        self.micro_batch.is_some() || self.memory_budget.is_some()
+    }
 }
 
 /// Where a per-channel vector or a weight tensor lives on the device.
@@ -48,15 +65,14 @@ struct NodeSrc {
     bias: Option<Src>,
 }
 
-/// A planned forward pass or training step for one input shape.
+/// A planned forward pass or whole training step for one input shape.
 struct Program {
     calls: Vec<Call>,
-    input: Range,
-    labels: Range,
-    scalars: Range,
+    io: plan::Io,
     output: Range,
     /// The optimizer's call (whose uniform changes every step), when training.
     optimizer: Option<usize>,
+    /// Bytes of the buffers it allocated.
     bytes: u64,
 }
 
@@ -80,6 +96,9 @@ pub struct GpuTrainer {
     settings: GpuSettings,
     /// Planned programs by batch size, input height and width, and whether they train.
     programs: HashMap<(usize, usize, usize, bool), Program>,
+    /// The split step, when steps run in passes ([`GpuSettings::split`]).
+    split: Option<split::Split>,
+    memory: Option<crate::train::memory::MemoryPlan>,
     adam_t: i32,
 }
 
@@ -87,6 +106,11 @@ impl std::fmt::Debug for GpuTrainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuTrainer").field("gpu", &self.gpu).field("params", &self.total).finish()
     }
+}
+
+/// Labels as the words the labels buffer holds.
+fn labels_bytes(labels: &[usize]) -> Vec<u8> {
+    bytes_of(&labels.iter().map(|&l| l as u32).collect::<Vec<_>>())
 }
 
 struct Arena(Vec<u32>);
@@ -181,6 +205,8 @@ impl GpuTrainer {
             nodes,
             settings,
             programs: HashMap::new(),
+            split: None,
+            memory: None,
             adam_t: 1,
         };
         trainer.gpu.check()?;
@@ -200,8 +226,15 @@ impl GpuTrainer {
     /// Bytes of device buffers held (trained values, gradients, optimizer state, frozen
     /// weights, and the activations of every planned batch size).
     pub fn buffer_bytes(&self) -> u64 {
-        [&self.params, &self.grads, &self.state, &self.consts].iter().map(|b| b.size()).sum::<u64>()
+        self.state_bytes()
+            + self.consts.size()
             + self.programs.values().map(|p| p.bytes).sum::<u64>()
+            + self.split.as_ref().map_or(0, |s| s.bytes)
+    }
+
+    /// Bytes of the trained values, their gradients and the optimizer state.
+    fn state_bytes(&self) -> u64 {
+        [&self.params, &self.grads, &self.state].iter().map(|b| b.size()).sum::<u64>()
     }
 
     fn src(&self, s: Src) -> Range {
@@ -227,27 +260,31 @@ impl GpuTrainer {
         if input.shape[1..] != [self.graph.input_channels, r, r] || labels.len() != n {
             return Err(Error::Input(format!("a batch of shape {:?} for a {r}×{r} GPU trainer", input.shape)));
         }
-        let key = (n, r, r, true);
-        if !self.programs.contains_key(&key) {
-            let p = self.plan(n, (r, r), true)?;
-            self.programs.insert(key, p);
+        if n == 0 {
+            return Err(Error::Input("an empty batch".into()));
         }
         let started = std::time::Instant::now();
-        let p = &self.programs[&key];
-        let q = &self.gpu.queue;
-        q.write_buffer(&p.input.buf, p.input.offset, bytemuck::cast_slice(&input.data));
-        q.write_buffer(
-            &p.labels.buf,
-            p.labels.offset,
-            &bytes_of(&labels.iter().map(|&l| l as u32).collect::<Vec<_>>()),
-        );
-        if let Some(o) = p.optimizer {
-            q.write_buffer(&p.calls[o].uniform, 0, &self.update(lr).params());
-        }
-        let mut encoder = self.gpu.encoder();
-        self.gpu.record(&mut encoder, &p.calls);
-        let staging = self.gpu.stage(&mut encoder, &p.scalars);
-        q.submit([encoder.finish()]);
+        let staging = if self.settings.split() {
+            self.step_split(input, labels, lr)?
+        } else {
+            let key = (n, r, r, true);
+            if !self.programs.contains_key(&key) {
+                let p = self.plan(n, (r, r), true)?;
+                self.programs.insert(key, p);
+            }
+            let p = &self.programs[&key];
+            let q = &self.gpu.queue;
+            q.write_buffer(&p.io.range(IoBuf::Input).buf, 0, bytemuck::cast_slice(&input.data));
+            q.write_buffer(&p.io.range(IoBuf::Labels).buf, 0, &labels_bytes(labels));
+            if let Some(o) = p.optimizer {
+                q.write_buffer(&p.calls[o].uniform, 0, &self.update(lr).params());
+            }
+            let mut encoder = self.gpu.encoder();
+            self.gpu.record(&mut encoder, &p.calls);
+            let staging = self.gpu.stage(&mut encoder, p.io.range(IoBuf::Scalars));
+            q.submit([encoder.finish()]);
+            staging
+        };
         let submitted = started.elapsed();
         let s = f32s(&self.gpu.read_staged(&staging)?);
         log::debug!("GPU step: {:?} to upload, record and submit, {:?} in all", submitted, started.elapsed());
@@ -287,6 +324,9 @@ impl GpuTrainer {
             label_smoothing: 0.0,
             clip_norm: None,
             resolution: 0,
+            batch: 1,
+            micro_batch: None,
+            memory_budget: None,
         };
         Self::new(gpu, graph, &[], settings)
     }
@@ -307,7 +347,7 @@ impl GpuTrainer {
             self.programs.insert(key, p);
         }
         let p = &self.programs[&key];
-        self.gpu.queue.write_buffer(&p.input.buf, p.input.offset, bytemuck::cast_slice(&input.data));
+        self.gpu.queue.write_buffer(&p.io.range(IoBuf::Input).buf, 0, bytemuck::cast_slice(&input.data));
         let mut encoder = self.gpu.encoder();
         self.gpu.record(&mut encoder, &p.calls);
         let staging = self.gpu.stage(&mut encoder, &p.output);
@@ -321,6 +361,11 @@ impl GpuTrainer {
     /// so each includes one submission's latency), slowest first: `(kernel, calls, ms)`. The
     /// step's updates are applied as in [`GpuTrainer::step`].
     pub fn profile(&mut self, input: &Tensor, labels: &[usize], lr: f32) -> Result<Vec<(&'static str, usize, f64)>> {
+        if self.settings.split() {
+            return Err(Error::Gpu(
+                "the profile is of a whole step: leave the micro-batch and the budget unset".into(),
+            ));
+        }
         self.step(input, labels, lr)?;
         let r = self.settings.resolution;
         let p = &self.programs[&(input.shape[0], r, r, true)];

@@ -127,6 +127,9 @@ fn profile(backbone: &Backbone, kinds: &str, n: usize, res: usize) -> edgepatch:
         label_smoothing: 0.0,
         clip_norm: Some(5.0),
         resolution: res,
+        batch: n,
+        micro_batch: None,
+        memory_budget: None,
     };
     let mut t = GpuTrainer::new(Gpu::shared()?, &graph, &slots, settings)?;
     let (x, y) = batch(n, res, 0);

@@ -212,8 +212,13 @@ pub fn softmax_cross_entropy(
     let lab: Vec<u32> = labels.iter().map(|&l| word(l)).collect();
     let (z, lb) = (upload(gpu, &logits.data)?, Range::whole(gpu.storage_from(&bytes_of(&lab), "labels")?));
     let (dz, stats) = (out(gpu, n * k)?, out(gpu, 2 * n)?);
-    let launch =
-        Launch::softmax_cross_entropy(z, lb, dz.clone(), stats.clone(), Loss { n: word(n), k: word(k), smoothing });
+    let launch = Launch::softmax_cross_entropy(
+        z,
+        lb,
+        dz.clone(),
+        stats.clone(),
+        Loss { n: word(n), k: word(k), smoothing, first: 0, batch: word(n) },
+    );
     let call = gpu.call(&launch);
     let [s, g] = <[Vec<f32>; 2]>::try_from(gpu.run_all(&[call], &[&stats, &dz])?).expect("two outputs");
     let (loss, correct) = (s.iter().step_by(2).copied().collect(), s.iter().skip(1).step_by(2).copied().collect());

@@ -57,8 +57,9 @@ params! {
     Elementwise { total: u32, accumulate: u32 }
     /// The global mean pool: `nc` planes of `hw` values; `accumulate` adds to the input gradient.
     Pool { nc: u32, hw: u32, accumulate: u32 }
-    /// Softmax cross-entropy over `n` rows of `k` logits with label smoothing.
-    Loss { n: u32, k: u32, smoothing: f32 }
+    /// Softmax cross-entropy over `n` rows of `k` logits with label smoothing: samples
+    /// `first..first + n` of a batch of `batch` (the gradient is of the batch's mean loss).
+    Loss { n: u32, k: u32, smoothing: f32, first: u32, batch: u32 }
     /// Sums of squares of `len` gradient values, one per chunk of `chunk`.
     GradNorm { len: u32, chunk: u32 }
     /// The clip factor from `count` partial sums, and the mean loss of `n` samples.

@@ -7,54 +7,130 @@ mod forward;
 mod update;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::{GpuTrainer, Program};
 use crate::backend::gpu::kernels::params::{word, Channelwise};
-use crate::backend::gpu::kernels::{DeviceWeights, Launch, Range};
+use crate::backend::gpu::kernels::{Call, DeviceWeights, Launch, Range};
+use crate::backend::gpu::Gpu;
 use crate::graph::{Graph, Op, Shape};
 use crate::ops::Activation;
 use crate::schedule::Schedule;
-use crate::Result;
+use crate::{Error, Result};
 
 /// A buffer before allocation: a value of the graph, the gradient of one, a temporary of a
-/// length, or a range that exists already.
+/// length, one of the step's fixed buffers ([`IoBuf`]), or a range that exists already.
 #[derive(Debug, Clone)]
-enum Ref {
+pub(super) enum Ref {
     Value(usize),
     Grad(usize),
     Temp(usize, usize),
+    Io(IoBuf),
     Fixed(Range),
 }
 
-/// A launch over planned buffers, at a time (an order of the step; buffers whose first and
-/// last times do not overlap share memory).
-struct Planned {
+/// A planned launch over planned buffers, at a time (an order of the step; buffers whose first
+/// and last times do not overlap share memory).
+pub(super) struct Planned {
     launch: Launch<Ref>,
     time: usize,
 }
 
 /// The buffer range of each value, gradient and temporary of a planned step.
-type Allocation = HashMap<(u8, usize), Range>;
+pub(super) type Allocation = HashMap<(u8, usize), Range>;
 
-/// The buffers every step binds at the same place: the input batch, the labels, the
-/// per-sample loss stats, the step's scalars and the gradient norm's partial sums.
-struct Io {
+/// The buffers every pass binds at the same place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum IoBuf {
+    /// The pass's images `[n, C, h, w]`.
+    Input,
+    /// The batch's labels `[batch]`.
+    Labels,
+    /// The per-sample loss and correctness `[2·batch]`.
+    Stats,
+    /// The step's scalars `[8]`.
+    Scalars,
+    /// The gradient norm's partial sums.
+    Partial,
+    /// The gradients summed over the passes of a split step (as long as `grads`).
+    Accum,
+}
+
+/// The words of each [`IoBuf`] for passes of `n` samples of batches of `batch` (`accum`: the
+/// trained values when the step is split, else 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct IoSizes {
+    pub input: usize,
+    pub labels: usize,
+    pub stats: usize,
+    pub partial: usize,
+    pub accum: usize,
+}
+
+impl IoSizes {
+    /// Bytes of the buffers (as [`crate::backend::gpu::Gpu`] allocates: at least one word each).
+    pub fn bytes(&self) -> u64 {
+        let words = [self.input, self.labels, self.stats, 8, self.partial];
+        words.iter().chain((self.accum > 0).then_some(&self.accum)).map(|&w| 4 * w.max(1) as u64).sum()
+    }
+}
+
+/// The [`IoBuf`] buffers on the device.
+pub(super) struct Io {
     input: Range,
     labels: Range,
     stats: Range,
     scalars: Range,
     partial: Range,
+    accum: Option<Range>,
+}
+
+impl Io {
+    pub fn new(gpu: &Gpu, s: IoSizes) -> Result<Self> {
+        let make =
+            |words: usize, what: &str| -> Result<Range> { Ok(Range::words(&gpu.storage(words, what)?, 0, words)) };
+        Ok(Io {
+            input: make(s.input, "input")?,
+            labels: make(s.labels, "labels")?,
+            stats: make(s.stats, "losses")?,
+            scalars: make(8, "scalars")?,
+            partial: make(s.partial, "norm parts")?,
+            accum: if s.accum > 0 { Some(make(s.accum, "summed gradients")?) } else { None },
+        })
+    }
+
+    /// The range bound for `b` (the input of `n_words`, a pass's part of the input buffer).
+    pub fn range(&self, b: IoBuf) -> &Range {
+        match b {
+            IoBuf::Input => &self.input,
+            IoBuf::Labels => &self.labels,
+            IoBuf::Stats => &self.stats,
+            IoBuf::Scalars => &self.scalars,
+            IoBuf::Partial => &self.partial,
+            IoBuf::Accum => self.accum.as_ref().expect("a split step's summed gradients"),
+        }
+    }
+}
+
+/// What a planned program computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum What {
+    /// The forward pass.
+    Forward,
+    /// A whole training step: forward, loss, backward and the update over `grads`.
+    Step,
+    /// One pass of a split step: forward, loss and backward (the update is planned apart).
+    Pass,
 }
 
 /// What the parts of the planner share while they add launches.
-struct Planner<'a> {
+pub(super) struct Planner<'a> {
     t: &'a GpuTrainer,
     g: &'a Graph,
     sched: Schedule,
     shapes: Vec<Shape>,
+    /// Samples per pass, and in the batch (labels and per-sample stats).
     n: usize,
-    io: Io,
+    batch: usize,
     calls: Vec<Planned>,
     temps: usize,
 }
@@ -78,7 +154,7 @@ impl Planner<'_> {
     /// Value `v` (the graph input is a fixed buffer).
     fn value(&self, v: usize) -> Ref {
         if v == 0 {
-            Ref::Fixed(self.io.input.clone())
+            Ref::Io(IoBuf::Input)
         } else {
             Ref::Value(v)
         }
@@ -121,74 +197,42 @@ impl Planner<'_> {
     }
 }
 
-impl GpuTrainer {
-    /// The program for batches `[n, C, h, w]`: the forward, and when `train`, the loss, the
-    /// backward, the gradient norm and the optimizer update.
-    pub(super) fn plan(&self, n: usize, (h, w): (usize, usize), train: bool) -> Result<Program> {
-        let g = &self.graph;
-        let shapes = g.infer_shapes(h, w)?;
-        let gpu = &self.gpu;
-        let size0 = n * shapes[0].c * shapes[0].h * shapes[0].w;
-        let parts = self.total.div_ceil(update::CHUNK);
-        let io = Io {
-            input: Range::words(&gpu.storage(size0, "input")?, 0, size0),
-            labels: Range::words(&gpu.storage(n, "labels")?, 0, n),
-            stats: Range::words(&gpu.storage(2 * n, "losses")?, 0, 2 * n),
-            scalars: Range::words(&gpu.storage(8, "scalars")?, 0, 8),
-            partial: Range::words(&gpu.storage(parts, "norm parts")?, 0, parts),
-        };
-        let mut p =
-            Planner { t: self, g, sched: Schedule::new(g, &self.slots), shapes, n, io, calls: Vec::new(), temps: 0 };
-        p.forward();
-        if train {
-            p.loss();
-            p.backward()?;
-            p.update();
-        }
+/// The buffers of a planned program before allocation: which buffer each value, gradient and
+/// temporary shares, and each buffer's words. Made without the device, so that a plan's bytes
+/// are known before anything is allocated.
+pub(super) struct Layout {
+    slot: HashMap<(u8, usize), usize>,
+    words: Vec<usize>,
+    /// Words of each value, gradient and temporary.
+    need: HashMap<(u8, usize), usize>,
+}
 
-        let (buffers, bytes) = self.allocate(&p.calls, &p.shapes, n)?;
-        let recorded: Vec<_> = p
-            .calls
-            .iter()
-            .map(|c| {
-                gpu.call(&c.launch.clone().map(|r| match r {
-                    Ref::Fixed(range) => range,
-                    other => buffers[&key(&other)].clone(),
-                }))
-            })
-            .collect();
-        gpu.check()?;
-        let io = p.io;
-        let fixed_bytes =
-            [&io.input, &io.labels, &io.stats, &io.scalars, &io.partial].iter().map(|r| r.size).sum::<u64>();
-        log::info!(
-            "planned a GPU {} for batch {n} at {h}×{w}: {} kernel calls, {:.1} MiB of activation buffers",
-            if train { "training step" } else { "forward pass" },
-            recorded.len(),
-            bytes as f64 / (1 << 20) as f64
-        );
-        let optimizer = train.then(|| recorded.len() - 1);
-        let output = buffers[&key(&Ref::Value(g.output))].clone();
-        Ok(Program {
-            calls: recorded,
-            input: io.input,
-            labels: io.labels,
-            scalars: io.scalars,
-            output,
-            optimizer,
-            bytes: bytes + fixed_bytes,
-        })
+impl Layout {
+    /// Bytes of its buffers.
+    pub fn bytes(&self) -> u64 {
+        self.words.iter().map(|&w| 4 * w.max(1) as u64).sum()
     }
+}
 
-    /// Buffers for every value, gradient and temporary, shared between those whose lifetimes
-    /// (first to last call that names them) do not overlap.
-    fn allocate(&self, calls: &[Planned], shapes: &[Shape], n: usize) -> Result<(Allocation, u64)> {
+/// A planned program on the device.
+pub(super) struct Realized {
+    pub calls: Vec<Call>,
+    pub buffers: Allocation,
+    /// Bytes of the buffers it allocated (none when it reused another's).
+    pub bytes: u64,
+}
+
+impl Planner<'_> {
+    /// The buffers of the planned calls: each value, gradient and temporary shares a buffer
+    /// with those whose lifetimes (first to last call that names them) do not overlap, the
+    /// smallest free one that is large enough, else a new one.
+    pub fn layout(&self) -> Layout {
         let mut life: HashMap<(u8, usize), (usize, usize, usize)> = HashMap::new();
-        for c in calls {
+        for c in &self.calls {
             for r in &c.launch.bindings {
                 let words = match r {
-                    Ref::Fixed(_) => continue,
-                    Ref::Value(v) | Ref::Grad(v) => n * shapes[*v].c * shapes[*v].h * shapes[*v].w,
+                    Ref::Fixed(_) | Ref::Io(_) => continue,
+                    Ref::Value(v) | Ref::Grad(v) => self.size(*v),
                     Ref::Temp(_, len) => *len,
                 };
                 let e = life.entry(key(r)).or_insert((c.time, c.time, words));
@@ -198,29 +242,150 @@ impl GpuTrainer {
         }
         let mut order: Vec<_> = life.into_iter().collect();
         order.sort_by_key(|&(k, (start, ..))| (start, k));
-        let mut free: Vec<Arc<wgpu::Buffer>> = Vec::new();
-        let mut busy: Vec<(usize, Arc<wgpu::Buffer>)> = Vec::new();
-        let mut out = HashMap::new();
-        let mut bytes = 0;
+        let (mut free, mut busy): (Vec<usize>, Vec<(usize, usize)>) = (Vec::new(), Vec::new());
+        let mut layout = Layout { slot: HashMap::new(), words: Vec::new(), need: HashMap::new() };
         for (k, (start, end, words)) in order {
             let (done, still): (Vec<_>, Vec<_>) = busy.into_iter().partition(|(e, _)| *e < start);
             busy = still;
             free.extend(done.into_iter().map(|(_, b)| b));
-            let need = 4 * words as u64;
-            let pick =
-                free.iter().enumerate().filter(|(_, b)| b.size() >= need).min_by_key(|(_, b)| b.size()).map(|(i, _)| i);
+            let size = |b: usize| 4 * layout.words[b].max(1);
+            let pick = free
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| size(b) >= 4 * words.max(1))
+                .min_by_key(|(_, &b)| size(b))
+                .map(|(i, _)| i);
             let buf = match pick {
                 Some(i) => free.swap_remove(i),
                 None => {
-                    let b = self.gpu.storage(words, "activations")?;
-                    bytes += b.size();
-                    b
+                    layout.words.push(words);
+                    layout.words.len() - 1
                 }
             };
-            out.insert(k, Range::words(&buf, 0, words));
+            layout.slot.insert(k, buf);
+            layout.need.insert(k, words);
             busy.push((end, buf));
         }
-        Ok((out, bytes))
+        layout
+    }
+
+    /// The calls on the device over `io` and `layout`'s buffers, new ones or, with `reuse`,
+    /// those of a program of at least as many samples planned from the same graph (so that the
+    /// same values, gradients and temporaries exist, each at least as large).
+    pub fn realize(&self, layout: &Layout, io: &Io, reuse: Option<&Allocation>) -> Result<Realized> {
+        let gpu = &self.t.gpu;
+        let mut buffers = HashMap::new();
+        let mut bytes = 0;
+        match reuse {
+            Some(other) => {
+                for (k, &words) in &layout.need {
+                    let r = other.get(k).filter(|r| r.size >= 4 * words.max(1) as u64).ok_or_else(|| {
+                        Error::Gpu("a pass of fewer samples needs a buffer its larger pass lacks".into())
+                    })?;
+                    buffers.insert(*k, Range::words(&r.buf, 0, words));
+                }
+            }
+            None => {
+                let made = layout.words.iter().map(|&w| gpu.storage(w, "activations")).collect::<Result<Vec<_>>>()?;
+                bytes = made.iter().map(|b| b.size()).sum();
+                for (k, &b) in &layout.slot {
+                    buffers.insert(*k, Range::words(&made[b], 0, layout.need[k]));
+                }
+            }
+        }
+        let calls = self
+            .calls
+            .iter()
+            .map(|c| {
+                gpu.call(&c.launch.clone().map(|r| match r {
+                    Ref::Fixed(range) => range,
+                    Ref::Io(b) => io.range(b).clone(),
+                    other => buffers[&key(&other)].clone(),
+                }))
+            })
+            .collect();
+        gpu.check()?;
+        Ok(Realized { calls, buffers, bytes })
+    }
+
+    /// The sizes of the fixed buffers for these passes (`split`: with the summed gradients).
+    pub fn io_sizes(&self, split: bool) -> IoSizes {
+        let t = self.t;
+        IoSizes {
+            input: self.size(0),
+            labels: self.batch,
+            stats: 2 * self.batch,
+            partial: t.total.div_ceil(update::CHUNK),
+            accum: if split { t.total } else { 0 },
+        }
+    }
+
+    /// Index of the loss call among the planned calls.
+    pub fn loss_index(&self) -> Option<usize> {
+        self.calls.iter().position(|c| c.launch.kernel == crate::backend::gpu::kernels::Kernel::SoftmaxCrossEntropy)
+    }
+}
+
+impl Realized {
+    /// The range of value `v`.
+    pub fn value(&self, v: usize) -> Range {
+        self.buffers[&key(&Ref::Value(v))].clone()
+    }
+}
+
+impl GpuTrainer {
+    /// The program for batches `[n, C, h, w]`: the forward, and when `train`, the loss, the
+    /// backward, the gradient norm and the optimizer update.
+    pub(super) fn plan(&self, n: usize, (h, w): (usize, usize), train: bool) -> Result<Program> {
+        let p = self.planned(n, n, (h, w), if train { What::Step } else { What::Forward })?;
+        let (layout, sizes) = (p.layout(), p.io_sizes(false));
+        let io = Io::new(&self.gpu, sizes)?;
+        let r = p.realize(&layout, &io, None)?;
+        log::info!(
+            "planned a GPU {} for batch {n} at {h}×{w}: {} kernel calls, {:.1} MiB of activation buffers",
+            if train { "training step" } else { "forward pass" },
+            r.calls.len(),
+            r.bytes as f64 / (1 << 20) as f64
+        );
+        let optimizer = train.then(|| r.calls.len() - 1);
+        let output = r.value(self.graph.output);
+        Ok(Program { bytes: r.bytes + sizes.bytes(), calls: r.calls, io, output, optimizer })
+    }
+
+    /// The calls of `what` for passes of `n` samples `[n, C, h, w]` of batches of `batch`.
+    pub(super) fn planned(&self, n: usize, batch: usize, (h, w): (usize, usize), what: What) -> Result<Planner<'_>> {
+        let g = &self.graph;
+        let shapes = g.infer_shapes(h, w)?;
+        let sched = Schedule::new(g, &self.slots);
+        let mut p = Planner { t: self, g, sched, shapes, n, batch, calls: Vec::new(), temps: 0 };
+        p.forward();
+        if what != What::Forward {
+            p.loss();
+            p.backward()?;
+        }
+        if what == What::Step {
+            p.update(Ref::Fixed(Range::whole(self.grads.clone())));
+        }
+        Ok(p)
+    }
+
+    /// The launches after each pass of a split step: the two folds of a pass's gradients into the
+    /// sum ([`Planner::fold`]), then the gradient norm, clip and optimizer over the sum, for
+    /// batches of up to `batch`.
+    pub(super) fn planned_update(&self, batch: usize) -> Result<Planner<'_>> {
+        let mut p = Planner {
+            t: self,
+            g: &self.graph,
+            sched: Schedule::new(&self.graph, &self.slots),
+            shapes: Vec::new(),
+            n: batch,
+            batch,
+            calls: Vec::new(),
+            temps: 0,
+        };
+        p.fold();
+        p.update(Ref::Io(IoBuf::Accum));
+        Ok(p)
     }
 }
 
@@ -229,6 +394,6 @@ fn key(r: &Ref) -> (u8, usize) {
         Ref::Value(v) => (0, *v),
         Ref::Grad(v) => (1, *v),
         Ref::Temp(t, _) => (2, *t),
-        Ref::Fixed(_) => unreachable!("fixed ranges are not allocated"),
+        Ref::Fixed(_) | Ref::Io(_) => unreachable!("fixed ranges are not allocated"),
     }
 }
