@@ -87,8 +87,24 @@ fn the_budget_picks_the_largest_micro_batch_that_fits_and_refuses_less_than_one_
     assert!(err.contains("training needs at least") && err.contains("memory budget"), "{err}");
 }
 
-/// `train --json` on the shipped model: the plan and the measured peak increase.
-fn measured(kinds: &str, resolution: u32, batch: usize, micro: Option<usize>, budget: Option<&str>) -> (u64, u64, u64) {
+/// What `train --json` measured: the plan's predicted bytes, the peak increase while training,
+/// the peak while training and the peak of the whole process.
+struct Measured {
+    predicted: u64,
+    increase: u64,
+    training_peak: u64,
+    peak: u64,
+}
+
+/// `train --json` on the shipped model with `extra` arguments.
+fn measured(
+    kinds: &str,
+    resolution: u32,
+    batch: usize,
+    micro: Option<usize>,
+    budget: Option<&str>,
+    extra: &[&str],
+) -> Measured {
     let data = format!("idx:{}", repo_root().join("models/datasets/fashion-mnist-mini/train").display());
     let out = std::env::temp_dir().join(format!("edgepatch-memory-{}.patch", std::process::id()));
     // Six steps: the loader's waiting batches are all there from the third.
@@ -102,11 +118,17 @@ fn measured(kinds: &str, resolution: u32, batch: usize, micro: Option<usize>, bu
     if let Some(budget) = budget {
         args.extend(["--memory-budget", budget]);
     }
+    args.extend(extra);
     let v = json(&run(&args));
     std::fs::remove_file(&out).ok();
     let (before, peak) = (v["rss_before_training_bytes"].as_u64(), v["training_peak_rss_bytes"].as_u64());
     let predicted = v["memory_plan"]["predicted_bytes"].as_u64().expect("a plan");
-    (predicted, peak.expect("a peak") - before.expect("a baseline"), peak.unwrap())
+    Measured {
+        predicted,
+        increase: peak.expect("a peak") - before.expect("a baseline"),
+        training_peak: peak.unwrap(),
+        peak: v["peak_rss_bytes"].as_u64().expect("the whole peak"),
+    }
 }
 
 #[test]
@@ -129,7 +151,7 @@ fn the_predicted_peak_is_within_15_percent_of_the_measured_one() {
         ("logits", 224, 16, 8),
         ("logits", 224, 16, 16),
     ] {
-        let (predicted, increase, _) = measured(kinds, resolution, batch, Some(micro), None);
+        let Measured { predicted, increase, .. } = measured(kinds, resolution, batch, Some(micro), None, &[]);
         let ratio = predicted as f64 / increase as f64;
         assert!(
             (0.85..=1.15).contains(&ratio),
@@ -138,7 +160,17 @@ fn the_predicted_peak_is_within_15_percent_of_the_measured_one() {
     }
     // Whole-process budgets at 224 px, batch 16.
     for (kinds, budget) in [("sb+logits", 150), ("dw+logits", 150), ("bias+logits", 90), ("logits", 80)] {
-        let (_, _, peak) = measured(kinds, 224, 16, None, Some(&budget.to_string()));
-        assert!(peak <= budget * 1_000_000, "{kinds}: peak {peak} bytes over a {budget} MB budget");
+        let m = measured(kinds, 224, 16, None, Some(&budget.to_string()), &[]);
+        assert!(
+            m.training_peak <= budget * 1_000_000,
+            "{kinds}: peak {} bytes over a {budget} MB budget",
+            m.training_peak
+        );
     }
+    // The whole run within the budget: loading the data, scoring validation images after each
+    // epoch and the test images at the end.
+    let test = format!("idx:{}", repo_root().join("models/datasets/fashion-mnist-mini/t10k").display());
+    let extra = ["--validate", "48", "--test", &test, "--test-limit", "96"];
+    let m = measured("sb+logits", 224, 16, None, Some("150"), &extra);
+    assert!(m.peak <= 150_000_000, "peak {} bytes of the whole run over a 150 MB budget", m.peak);
 }

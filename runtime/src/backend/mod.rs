@@ -127,6 +127,9 @@ pub trait StepBackend: Send {
     fn memory_plan(&mut self, _graph: &Graph) -> Result<Option<crate::train::memory::MemoryPlan>> {
         Ok(None)
     }
+    /// Frees the working memory kept between steps (before work that needs it, such as scoring
+    /// validation images under a memory budget); the next step allocates it again.
+    fn release(&mut self) {}
 }
 
 /// Forward passes of one graph on the CPU, or on a GPU when one was chosen.
@@ -152,6 +155,45 @@ impl Engine {
                 None => None,
             },
         })
+    }
+
+    /// An engine for `graph` on `device` that keeps as little as it can: on the CPU no packed
+    /// weights (each pass packs its own, for passes under a memory budget).
+    pub fn lean(graph: &Graph, device: Device) -> Result<Self> {
+        let mut engine = Engine::new(graph, device)?;
+        #[cfg(feature = "gpu")]
+        let on_gpu = engine.gpu.is_some();
+        #[cfg(not(feature = "gpu"))]
+        let on_gpu = false;
+        if !on_gpu {
+            engine.cpu = cpu::CpuEngine::unpacked(graph);
+        }
+        Ok(engine)
+    }
+
+    /// The most images up to `most` per forward pass at `r`×`r` whose working memory fits
+    /// `budget` bytes (at least 1): on the CPU the pass's activations (measured on one and two
+    /// images) and `per_image` more bytes per image, with a tenth more; on a GPU the buffers of
+    /// the pass's program (planned without allocating, exact).
+    pub fn batch_within(&self, graph: &Graph, r: usize, most: usize, per_image: u64, budget: u64) -> Result<usize> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = &self.gpu {
+            let g = g.lock().unwrap_or_else(|p| p.into_inner());
+            for m in (1..=most).rev() {
+                if g.forward_bytes(m, (r, r))? <= budget {
+                    return Ok(m);
+                }
+            }
+            return Ok(1);
+        }
+        let probe = |m: usize| self.cpu.pass_bytes(graph, Tensor::zeros([m, graph.input_channels, r, r]));
+        let cost = crate::train::memory::PassCost::from_probes(probe(1)?, probe(2)?);
+        // A tenth more, as a training plan needs ([`crate::train::memory::needs`]).
+        let fits = |m: usize| {
+            let bytes = cost.bytes(m) + per_image * m as u64;
+            bytes + bytes / 10 <= budget
+        };
+        Ok((1..=most).rev().find(|&m| fits(m)).unwrap_or(1))
     }
 
     /// Logits `[N, classes, 1, 1]` for `input: [N, C, H, W]`; `graph` must be the graph the

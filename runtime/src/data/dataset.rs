@@ -171,7 +171,14 @@ impl Idx {
             spec: spec.to_string(),
             rows: ishape[1],
             cols: ishape[2],
-            pixels: images[ihead..].to_vec(),
+            // The decompressed file's buffer becomes the pixels (no second copy of them).
+            pixels: match images {
+                std::borrow::Cow::Owned(mut v) => {
+                    v.drain(..ihead);
+                    v
+                }
+                std::borrow::Cow::Borrowed(b) => b[ihead..].to_vec(),
+            },
             labels,
             classes: names,
         })
@@ -191,6 +198,10 @@ fn gunzip_if_needed<'a>(spec: &str, name: &str, bytes: &'a [u8], dims: usize) ->
     let mut out = Vec::new();
     (&mut inflate).take(4 + 4 * dims as u64).read_to_end(&mut out).map_err(corrupt)?;
     let (_, size) = idx_header(spec, name, &out, dims)?;
+    // Room for exactly the declared size, so that the buffer does not grow past it by doubling
+    // (address space only: the pages are touched as data arrives, and a header that declares
+    // more than the stream holds fails below). If the room cannot be had, the buffer grows.
+    let _ = out.try_reserve_exact(size + 1 - out.len());
     inflate.take((size - out.len()) as u64 + 1).read_to_end(&mut out).map_err(corrupt)?;
     Ok(std::borrow::Cow::Owned(out))
 }

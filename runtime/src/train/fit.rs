@@ -345,7 +345,13 @@ pub fn fit_multi(
                 let mut p = trainers[g].patch()?;
                 p.resolution = tasks[k].config.resolution;
                 let graph = backbone.patched(&p)?;
-                let e = evaluate_on(&graph, s.train.clone(), &tasks[k].validation, p.resolution, Device::Cpu)?;
+                // Under a budget the steps' activations are freed for the scoring to use.
+                let budget = plans[g].and_then(|m| m.budget_bytes.map(|_| m.activation_bytes));
+                if budget.is_some() {
+                    trainers[g].release_buffers();
+                }
+                let validation = &tasks[k].validation;
+                let e = evaluate_within(&graph, s.train.clone(), validation, p.resolution, Device::Cpu, budget)?;
                 paused += scoring.elapsed();
                 Some(e.accuracy)
             };
@@ -400,6 +406,9 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// Images per forward pass of an evaluation.
+const EVAL_BATCH: usize = 32;
+
 /// Evaluates `graph` (a backbone with a patch applied) on `indices` of `ds` at `resolution`,
 /// on the CPU. No indices is an error, as is any image that cannot be read.
 pub fn evaluate(graph: &Graph, ds: Arc<dyn Dataset>, indices: &[usize], resolution: u32) -> Result<Evaluation> {
@@ -414,6 +423,21 @@ pub fn evaluate_on(
     resolution: u32,
     device: Device,
 ) -> Result<Evaluation> {
+    evaluate_within(graph, ds, indices, resolution, device, None)
+}
+
+/// [`evaluate_on`] within `budget` bytes of working memory when one is given (the memory a
+/// budgeted training run has freed, [`super::memory`]): then no weights are kept packed, the
+/// loader prepares no batch ahead, and the batch is the largest up to 32 whose pass fits (at
+/// least one image). The accuracy is the same at any batch.
+pub fn evaluate_within(
+    graph: &Graph,
+    ds: Arc<dyn Dataset>,
+    indices: &[usize],
+    resolution: u32,
+    device: Device,
+    budget: Option<u64>,
+) -> Result<Evaluation> {
     let k = graph.num_classes();
     if ds.classes().len() != k {
         return Err(Error::dataset(ds.spec(), format!("has {} classes, the model {k}", ds.classes().len())));
@@ -421,11 +445,20 @@ pub fn evaluate_on(
     if indices.is_empty() {
         return Err(Error::dataset(ds.spec(), "no images to evaluate on (an accuracy of 0 images is undefined)"));
     }
-    let engine = crate::backend::Engine::new(graph, device)?;
     let t = Transform { resolution, augment: false };
+    let (engine, batch, depth) = match budget {
+        None => (crate::backend::Engine::new(graph, device)?, EVAL_BATCH, 2),
+        Some(budget) => {
+            let engine = crate::backend::Engine::lean(graph, device)?;
+            // The batch scored and the one the loader builds meanwhile.
+            let image = (2 * 4 * graph.input_channels * (resolution * resolution) as usize) as u64;
+            let batch = engine.batch_within(graph, resolution as usize, EVAL_BATCH, image, budget)?;
+            log::debug!("scoring {} images in batches of {batch} within {:.0} MB", indices.len(), budget as f64 / 1e6);
+            (engine, batch, 0)
+        }
+    };
     let mut confusion = vec![vec![0usize; k]; k];
-    let batch = 32;
-    let mut loader = Loader::new(ds.clone(), indices.to_vec(), batch, t, 0);
+    let mut loader = Loader::with_depth(ds.clone(), indices.to_vec(), batch, t, 0, depth);
     for b in &mut loader {
         let b = b?;
         let logits = engine.forward(graph, b.input)?;

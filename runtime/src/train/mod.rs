@@ -12,8 +12,8 @@ mod trainer;
 
 pub use config::TrainConfig;
 pub use fit::{
-    evaluate, evaluate_on, fit, fit_multi, fit_validated, EpochStats, Evaluation, FitReport, Progress, TaskResult,
-    TaskSpec,
+    evaluate, evaluate_on, evaluate_within, fit, fit_multi, fit_validated, EpochStats, Evaluation, FitReport, Progress,
+    TaskResult, TaskSpec,
 };
 pub use optim::{LrSchedule, OptimizerKind};
 pub use step::{CpuStep, StepStats};

@@ -184,6 +184,10 @@ impl StepBackend for CpuStep {
         "cpu".into()
     }
 
+    fn release(&mut self) {
+        self.pool = Pool::default();
+    }
+
     fn memory_plan(&mut self, graph: &Graph) -> Result<Option<MemoryPlan>> {
         if let Some(plan) = self.memory {
             return Ok(Some(plan));

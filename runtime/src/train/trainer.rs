@@ -154,6 +154,11 @@ impl Trainer {
         self.params
     }
 
+    /// Frees the working memory the steps keep between them (the next step allocates it again).
+    pub fn release_buffers(&mut self) {
+        self.backend.release();
+    }
+
     /// Where the steps run (`cpu`, or `gpu (adapter name)`).
     pub fn device(&self) -> String {
         self.backend.device()

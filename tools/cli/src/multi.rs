@@ -134,7 +134,8 @@ pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
             Some(ds) => {
                 let idx = select(ds.as_ref(), t.test_limit, t.config.seed);
                 let graph = backbone.patched(&patch)?;
-                Some(train::evaluate_on(&graph, ds.clone(), &idx, patch.resolution, a.flags.device)?)
+                let (r, device, budget) = (patch.resolution, a.flags.device, t.config.memory_budget);
+                Some(train::evaluate_within(&graph, ds.clone(), &idx, r, device, budget)?)
             }
             None => None,
         };

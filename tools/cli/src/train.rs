@@ -263,7 +263,14 @@ pub fn run_training(
     let test = match (&test_ds, &test_idx) {
         (Some(t), Some(idx)) => {
             let graph = backbone.patched(&patch)?;
-            Some(train::evaluate_on(&graph, t.clone(), idx, patch.resolution, a.flags.device)?)
+            Some(train::evaluate_within(
+                &graph,
+                t.clone(),
+                idx,
+                patch.resolution,
+                a.flags.device,
+                config.memory_budget,
+            )?)
         }
         _ => None,
     };
@@ -271,7 +278,8 @@ pub fn run_training(
         None
     } else {
         let graph = backbone.patched(&patch)?;
-        Some(train::evaluate_on(&graph, train_ds.clone(), &held_out, patch.resolution, a.flags.device)?)
+        let (r, device, budget) = (patch.resolution, a.flags.device, config.memory_budget);
+        Some(train::evaluate_within(&graph, train_ds.clone(), &held_out, r, device, budget)?)
     };
     let history: Vec<Value> = report
         .history

@@ -352,6 +352,16 @@ impl GpuTrainer {
         Ok(Program { bytes: r.bytes + sizes.bytes(), calls: r.calls, io, output, optimizer })
     }
 
+    /// The device bytes a forward pass of `n` images `[n, C, h, w]` allocates when first run
+    /// (planned without allocating).
+    pub fn forward_bytes(&self, n: usize, (h, w): (usize, usize)) -> Result<u64> {
+        if self.programs.contains_key(&(n, h, w, false)) {
+            return Ok(0);
+        }
+        let p = self.planned(n, n, (h, w), What::Forward)?;
+        Ok(p.layout().bytes() + p.io_sizes(false).bytes())
+    }
+
     /// The calls of `what` for passes of `n` samples `[n, C, h, w]` of batches of `batch`.
     pub(super) fn planned(&self, n: usize, batch: usize, (h, w): (usize, usize), what: What) -> Result<Planner<'_>> {
         let g = &self.graph;
