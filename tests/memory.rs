@@ -60,6 +60,82 @@ fn micro_batches_give_the_whole_batch_update() {
     }
 }
 
+/// Recomputing each block before its backward gives the pass without recomputation bit for bit,
+/// on the shipped model (whose inverted residual blocks are the segments), for every kind.
+#[test]
+fn recomputation_gives_the_same_patch_bit_for_bit() {
+    let b = Backbone::embedded().unwrap();
+    let slots = edgepatch::patch::slots(b.graph(), "sb".parse().unwrap()).unwrap();
+    let plan = edgepatch::schedule::Schedule::new(b.graph(), &slots);
+    let segments = edgepatch::train::recompute::Segments::new(b.graph(), &plan);
+    // The stem (with the first block, which does not widen), the 16 widening blocks and the
+    // last 1×1 convolution with the head.
+    assert_eq!(segments.len(), 18);
+    let x = Tensor::from_vec([3, 3, 64, 64], random_values(3 * 3 * 64 * 64, 9, 1.0)).unwrap();
+    let labels = [0, 2, 1];
+    for kinds in ["sb+logits", "bias+logits", "dw+logits", "sb+dw+logits", "full"] {
+        let patches: Vec<_> = [false, true]
+            .map(|recompute| {
+                let mut config = TrainConfig::new(kinds.parse().unwrap());
+                config.resolution = 64;
+                config.batch = 3;
+                config.recompute = Some(recompute);
+                config.device = edgepatch::backend::Device::Cpu;
+                let mut t = Trainer::new(&b, config, ["a", "b", "c"].map(String::from).to_vec()).unwrap();
+                assert_eq!(t.memory_plan(0).unwrap().unwrap().recompute, recompute);
+                for _ in 0..2 {
+                    t.step(x.clone(), &labels, 0.01).unwrap();
+                }
+                t.patch().unwrap()
+            })
+            .into_iter()
+            .collect();
+        for (a, r) in patches[0].tensors.iter().zip(&patches[1].tensors) {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.values), bits(&r.values), "{kinds}: node {} {:?}", a.node, a.role);
+        }
+    }
+}
+
+/// Under a budget too small for passes of two samples without it, the planner recomputes and
+/// fits more; a budget that fits two or more without it does not recompute.
+#[test]
+fn the_budget_recomputes_only_when_it_fits_more_samples() {
+    let b = Backbone::embedded().unwrap();
+    let plan = |budget: Option<u64>, recompute: Option<bool>, micro: Option<usize>| {
+        let mut config = TrainConfig::new("sb+logits".parse().unwrap());
+        config.resolution = 128;
+        config.batch = 8;
+        config.memory_budget = budget;
+        config.recompute = recompute;
+        config.micro_batch = micro;
+        config.device = edgepatch::backend::Device::Cpu;
+        let t = Trainer::new(&b, config, ["a", "b"].map(String::from).to_vec());
+        t.and_then(|mut t| t.memory_plan(0)).map(|p| p.unwrap())
+    };
+    // Plans by hand under a budget that does not bind (the loader depth of a budget's plan).
+    let by_hand = |recompute, micro| plan(Some(1 << 40), Some(recompute), Some(micro)).unwrap();
+    let (plain, recomputed) = (by_hand(false, 1), by_hand(true, 1));
+    assert!(
+        recomputed.activation_bytes * 4 < plain.activation_bytes * 3,
+        "recomputation holds at most three quarters: {} against {} bytes per sample",
+        recomputed.activation_bytes,
+        plain.activation_bytes
+    );
+    // Room for one sample without recomputation and not two: the planner recomputes, with more
+    // per pass.
+    let two = edgepatch::train::memory::needs(&by_hand(false, 2));
+    let p = plan(Some(two - 1), None, None).unwrap();
+    assert!(p.recompute && p.micro_batch > 1, "{p:?}");
+    // Room for four without it: no recomputation.
+    let four = by_hand(false, 4);
+    let p = plan(Some(edgepatch::train::memory::needs(&four) + 1), None, None).unwrap();
+    assert!(!p.recompute && p.micro_batch == 4, "{p:?}");
+    // Less than one recomputing sample needs is refused, naming what that needs.
+    let err = plan(Some(edgepatch::train::memory::needs(&recomputed) - 1), None, None).err().expect("refused");
+    assert!(err.to_string().contains("training needs at least"), "{err}");
+}
+
 #[test]
 fn the_budget_picks_the_largest_micro_batch_that_fits_and_refuses_less_than_one_sample() {
     let b = tiny();

@@ -28,10 +28,15 @@ pub struct TrainConfig {
     /// frozen, so the update is the whole batch's up to summation order; the activations held
     /// shrink with the micro-batch. `None`: the whole batch, or what `memory_budget` picks.
     pub micro_batch: Option<usize>,
-    /// The most bytes a training step may add to the process's resident memory: the trainer
-    /// picks the largest micro-batch that fits ([`crate::train::memory`]) and refuses to start
-    /// when even one sample does not. `None`: no limit.
+    /// The most bytes a training step may add to the process's resident memory (on a GPU: the
+    /// device buffers of training): the trainer picks the largest micro-batch that fits
+    /// ([`crate::train::memory`]) and refuses to start when even one sample does not. `None`: no
+    /// limit.
     pub memory_budget: Option<u64>,
+    /// Recomputation on the CPU ([`crate::train::recompute`]): keep only each block's input and
+    /// recompute the block before its backward. `None`: only under a `memory_budget`, when it
+    /// lets more samples per pass fit (or any at all); `Some(on)`: always or never.
+    pub recompute: Option<bool>,
     pub augment: bool,
     pub seed: u64,
     /// Where the steps run.
@@ -61,6 +66,7 @@ impl TrainConfig {
             device: Device::Auto,
             micro_batch: None,
             memory_budget: None,
+            recompute: None,
             init: None,
         }
     }

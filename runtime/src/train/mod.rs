@@ -6,6 +6,7 @@ mod fit;
 pub mod loss;
 pub mod memory;
 pub mod optim;
+pub mod recompute;
 mod step;
 pub mod tape;
 mod trainer;

@@ -6,6 +6,7 @@ use super::TrainConfig;
 
 use super::loss::softmax_cross_entropy;
 use super::optim::{clip_global_norm, Optimizer};
+use super::recompute::{self, Segments};
 use super::tape;
 use crate::backend::StepBackend;
 use crate::graph::{Graph, Op};
@@ -36,6 +37,9 @@ pub struct CpuStep {
     resolution: usize,
     asked_micro: Option<usize>,
     budget: Option<u64>,
+    asked_recompute: Option<bool>,
+    /// The segments of the pass when it recomputes ([`recompute`]).
+    segments: Option<Segments>,
     /// Bytes of the trained values' copy, gradients and optimizer state.
     state: u64,
     memory: Option<MemoryPlan>,
@@ -58,6 +62,8 @@ impl CpuStep {
             resolution: config.resolution as usize,
             asked_micro: config.micro_batch,
             budget: config.memory_budget,
+            asked_recompute: config.recompute,
+            segments: None,
             state: memory::state_bytes(lens.iter().sum(), config.optimizer),
             memory: None,
             pool: Pool::default(),
@@ -78,14 +84,17 @@ impl CpuStep {
     }
 
     /// The activation bytes of one pass over `m` zero images (labels 0) with a fresh buffer
-    /// pool, its gradients discarded: the most its tensors held at once on this thread.
-    fn probe(&mut self, graph: &Graph, m: usize) -> Result<u64> {
+    /// pool, its gradients discarded, recomputing or not: the most its tensors held at once on
+    /// this thread.
+    fn probe(&mut self, graph: &Graph, m: usize, recompute: bool) -> Result<u64> {
         // A head-only step takes pooled features `[m, F, 1, 1]` (its graph is the classifier).
         let head_only = matches!(graph.nodes.first().map(|n| &n.op), Some(Op::Linear(_)));
         let r = if head_only { 1 } else { self.resolution };
         let mut pool = Pool::default();
         let mut grads = std::mem::take(&mut self.grads);
-        let pass = Pass { graph, plan: &self.schedule, smoothing: self.label_smoothing, lr: 1.0 };
+        let segments = recompute.then(|| Segments::new(graph, &self.schedule));
+        let pass =
+            Pass { graph, plan: &self.schedule, segments: segments.as_ref(), smoothing: self.label_smoothing, lr: 1.0 };
         let x = Tensor::zeros([m, graph.input_channels, r, r]);
         let probed = pool.scope(|| pass.run(x, &vec![0; m], &mut grads, None));
         grads.iter_mut().for_each(|g| g.fill(0.0));
@@ -110,10 +119,18 @@ fn samples(x: &Tensor, from: usize, len: usize) -> Tensor {
     t
 }
 
+/// What a training forward keeps for its backward.
+enum Kept {
+    Tape(tape::Tape),
+    Inputs(recompute::Checkpoints),
+}
+
 /// What every pass of one step shares.
 struct Pass<'a> {
     graph: &'a Graph,
     plan: &'a Schedule,
+    /// Recompute segment by segment ([`recompute`]) when given.
+    segments: Option<&'a Segments>,
     smoothing: f32,
     lr: f32,
 }
@@ -123,7 +140,10 @@ impl Pass<'_> {
     /// to `grads`, its loss gradient scaled by `share` when the pass is one micro-batch of a
     /// batch: its mean loss and correct count.
     fn run(&self, input: Tensor, labels: &[usize], grads: &mut [Vec<f32>], share: Option<f32>) -> Result<(f32, usize)> {
-        let (logits, tape) = tape::forward(self.graph, self.plan, input)?;
+        let (logits, kept) = match self.segments {
+            None => tape::forward(self.graph, self.plan, input).map(|(l, t)| (l, Kept::Tape(t)))?,
+            Some(segs) => recompute::forward(self.graph, self.plan, segs, input).map(|(l, c)| (l, Kept::Inputs(c)))?,
+        };
         let mut loss = softmax_cross_entropy(&logits, labels, self.smoothing);
         if !loss.value.is_finite() {
             return Err(Error::Train(format!("the loss is {}: lower the learning rate (now {})", loss.value, self.lr)));
@@ -131,7 +151,13 @@ impl Pass<'_> {
         if let Some(share) = share {
             loss.grad.data.iter_mut().for_each(|g| *g *= share);
         }
-        tape::backward(self.graph, self.plan, tape, loss.grad, grads);
+        match (kept, self.segments) {
+            (Kept::Inputs(kept), Some(segs)) => {
+                recompute::backward(self.graph, self.plan, segs, kept, loss.grad, grads)
+            }
+            (Kept::Tape(tape), _) => tape::backward(self.graph, self.plan, tape, loss.grad, grads),
+            (Kept::Inputs(_), None) => unreachable!("kept inputs come from segments"),
+        }
         Ok((loss.value, loss.correct))
     }
 }
@@ -145,7 +171,8 @@ impl StepBackend for CpuStep {
         labels: &[usize],
         lr: f32,
     ) -> Result<StepStats> {
-        let pass = Pass { graph, plan: &self.schedule, smoothing: self.label_smoothing, lr };
+        let segments = self.segments.as_ref();
+        let pass = Pass { graph, plan: &self.schedule, segments, smoothing: self.label_smoothing, lr };
         let (n, micro, grads) = (input.shape[0], self.micro(), &mut self.grads);
         let loss = self.pool.scope(|| -> Result<_> {
             grads.iter_mut().for_each(|g| g.fill(0.0));
@@ -192,7 +219,40 @@ impl StepBackend for CpuStep {
         if let Some(plan) = self.memory {
             return Ok(Some(plan));
         }
-        let cost = PassCost::per_sample(self.probe(graph, 1)?);
+        // Recomputation costs a second forward: under a budget it is taken only when passes of
+        // two samples or more do not fit without it, and it fits more samples per pass.
+        let plan = match self.asked_recompute {
+            Some(on) => self.plan_with(graph, on)?,
+            None if self.budget.is_none() => self.plan_with(graph, false)?,
+            None => match self.plan_with(graph, false) {
+                Ok(p) if p.micro_batch >= self.batch.min(2) => p,
+                plain => match (plain, self.plan_with(graph, true)) {
+                    (Ok(p), Ok(r)) if r.micro_batch > p.micro_batch => r,
+                    (Ok(p), _) => p,
+                    (Err(_), r) => r?,
+                },
+            },
+        };
+        self.segments = plan.recompute.then(|| Segments::new(graph, &self.schedule));
+        log::info!(
+            "memory plan: {} pass(es) of {} sample(s) per batch of {}{}, predicted {:.0} MB{}",
+            plan.passes,
+            plan.micro_batch,
+            self.batch,
+            if plan.recompute { " recomputing each block" } else { "" },
+            plan.predicted_bytes as f64 / 1e6,
+            plan.budget_bytes.map_or(String::new(), |b| format!(" (budget {:.0} MB)", b as f64 / 1e6))
+        );
+        self.memory = Some(plan);
+        Ok(self.memory)
+    }
+}
+
+impl CpuStep {
+    /// The plan for passes that recompute or not: probed, then sized for the micro-batch asked
+    /// for or the budget.
+    fn plan_with(&mut self, graph: &Graph, recompute: bool) -> Result<MemoryPlan> {
+        let cost = PassCost::per_sample(self.probe(graph, 1, recompute)?);
         let plan = match self.asked_micro {
             Some(m) => {
                 let chosen = memory::plan(cost, self.fixed(graph), m.min(self.batch), None)?;
@@ -209,16 +269,7 @@ impl StepBackend for CpuStep {
             }
             None => memory::plan(cost, self.fixed(graph), self.batch, self.budget)?,
         };
-        log::info!(
-            "memory plan: {} pass(es) of {} sample(s) per batch of {}, predicted {:.0} MB{}",
-            plan.passes,
-            plan.micro_batch,
-            self.batch,
-            plan.predicted_bytes as f64 / 1e6,
-            plan.budget_bytes.map_or(String::new(), |b| format!(" (budget {:.0} MB)", b as f64 / 1e6))
-        );
-        self.memory = Some(plan);
-        Ok(self.memory)
+        Ok(MemoryPlan { recompute, ..plan })
     }
 }
 

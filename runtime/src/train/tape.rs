@@ -16,7 +16,7 @@ use crate::tensor::Tensor;
 use crate::{Error, Result};
 
 #[derive(Debug)]
-enum Saved {
+pub(super) enum Saved {
     Nothing,
     Input(Arc<Tensor>),
     Mask(Mask),
@@ -68,20 +68,47 @@ fn take(
 
 /// Forward pass keeping the tape: `input: [N, C, H, W]` → (logits `[N, classes, 1, 1]`, tape).
 pub fn forward(graph: &Graph, plan: &Schedule, input: Tensor) -> Result<(Tensor, Tape)> {
+    let (n, shapes) = check(graph, &input)?;
+    let mut values: Vec<Option<Arc<Tensor>>> = vec![None; graph.num_values];
+    values[0] = Some(Arc::new(input));
+    let mut saved = nothing_saved(graph);
+    forward_nodes(graph, plan, &mut values, &mut saved, 0..graph.nodes.len(), true);
+    let out = values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
+    Ok((owned(out), Tape { saved, shapes, batch: n }))
+}
+
+/// The batch of `input` and the shapes of the graph's values for it.
+pub(super) fn check(graph: &Graph, input: &Tensor) -> Result<(usize, Vec<Shape>)> {
     let [n, c, h, w] = input.shape;
     if n == 0 || c != graph.input_channels {
         return Err(Error::Input(format!("input of shape {:?} for a {c}-channel model", input.shape)));
     }
-    let shapes = graph.infer_shapes(h, w)?;
-    let mut values: Vec<Option<Arc<Tensor>>> = vec![None; graph.num_values];
-    values[0] = Some(Arc::new(input));
-    let mut saved = Vec::with_capacity(graph.nodes.len());
+    Ok((n, graph.infer_shapes(h, w)?))
+}
+
+/// A tape with nothing kept yet, one entry per node.
+pub(super) fn nothing_saved(graph: &Graph) -> Vec<Saved> {
+    graph.nodes.iter().map(|_| Saved::Nothing).collect()
+}
+
+/// Runs `nodes` (whole schedule steps; every value they read is in `values` or computed by
+/// them), keeping in `saved` what the backward needs when `keep` (nothing otherwise, as an
+/// inference pass). Values are freed after their last reader.
+pub(super) fn forward_nodes(
+    graph: &Graph,
+    plan: &Schedule,
+    values: &mut [Option<Arc<Tensor>>],
+    saved: &mut [Saved],
+    nodes: std::ops::Range<usize>,
+    keep: bool,
+) {
     let mut ready: Option<Tensor> = None;
-    for (s, node) in graph.nodes.iter().enumerate() {
+    for s in nodes {
+        let node = &graph.nodes[s];
         if plan.absorbed(s) {
-            saved.push(Saved::Nothing);
             continue;
         }
+        let wanted = if keep { plan.keep[s] } else { Keep::Nothing };
         let input = values[node.inputs[0]].clone();
         let x = || input.clone().expect("computed before use");
         let output = plan.output_of(graph, s);
@@ -89,16 +116,18 @@ pub fn forward(graph: &Graph, plan: &Schedule, input: Tensor) -> Result<(Tensor,
             if plan.last_use[node.inputs[0]] == s {
                 values[node.inputs[0]] = None;
             }
-            saved.push(Saved::Input(x()));
+            if keep {
+                saved[s] = Saved::Input(x());
+            }
             values[output] = Some(x());
             continue;
         }
-        let mut keep = Saved::Nothing;
+        let mut kept = Saved::Nothing;
         let out = match &node.op {
             Op::Conv(_) | Op::Depthwise(_) => {
                 let x = x();
-                if plan.keep[s] == Keep::Input {
-                    keep = Saved::Input(x.clone());
+                if wanted == Keep::Input {
+                    kept = Saved::Input(x.clone());
                 }
                 let (raw, y) = convolve(&node.op, &x, deferred_before(graph, plan, s), next_affine(graph, plan, s));
                 ready = y;
@@ -106,54 +135,54 @@ pub fn forward(graph: &Graph, plan: &Schedule, input: Tensor) -> Result<(Tensor,
             }
             Op::Linear(l) => {
                 let x = x();
-                if plan.keep[s] == Keep::Input {
-                    keep = Saved::Input(x.clone());
+                if wanted == Keep::Input {
+                    kept = Saved::Input(x.clone());
                 }
                 Some(ops::linear::forward(l, &x))
             }
             Op::GlobalPool => Some(ops::pool::forward(&x())),
             Op::Affine(a) => match plan.fused_act(s) {
-                _ if plan.keep[s] == Keep::Input => {
+                _ if wanted == Keep::Input => {
                     let y = match ready.take() {
                         Some(y) => y,
                         None => ops::affine::forward_act(a, &x(), plan.fused_act(s).unwrap_or(Activation::Identity)),
                     };
-                    keep = Saved::Input(x());
+                    kept = Saved::Input(x());
                     Some(y)
                 }
                 Some(act) => {
                     let y = match ready.take() {
                         Some(y) => y,
                         None => {
-                            let mut y = take(&mut values, plan, node, s, x());
+                            let mut y = take(values, plan, node, s, x());
                             ops::affine::forward(a, &mut y, act);
                             y
                         }
                     };
-                    if plan.keep[s] == Keep::Mask {
-                        keep = Saved::Mask(ops::activation::mask(act, &y));
+                    if wanted == Keep::Mask {
+                        kept = Saved::Mask(ops::activation::mask(act, &y));
                     }
                     Some(y)
                 }
                 None => Some(match ready.take() {
                     Some(y) => y,
                     None => {
-                        let mut y = take(&mut values, plan, node, s, x());
+                        let mut y = take(values, plan, node, s, x());
                         ops::affine::forward(a, &mut y, Activation::Identity);
                         y
                     }
                 }),
             },
             &Op::Act(act) => {
-                if plan.keep[s] == Keep::Mask {
-                    keep = Saved::Mask(ops::activation::mask(act, &x()));
+                if wanted == Keep::Mask {
+                    kept = Saved::Mask(ops::activation::mask(act, &x()));
                 }
-                let mut y = take(&mut values, plan, node, s, x());
+                let mut y = take(values, plan, node, s, x());
                 ops::activation::forward(act, &mut y);
                 Some(y)
             }
             Op::Add => {
-                let mut y = take(&mut values, plan, node, s, x());
+                let mut y = take(values, plan, node, s, x());
                 ops::add::forward(&mut y, values[node.inputs[1]].as_ref().expect("computed before use"));
                 Some(y)
             }
@@ -163,11 +192,9 @@ pub fn forward(graph: &Graph, plan: &Schedule, input: Tensor) -> Result<(Tensor,
                 values[v] = None;
             }
         }
-        saved.push(keep);
+        saved[s] = kept;
         values[output] = out.map(Arc::new);
     }
-    let out = values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
-    Ok((owned(out), Tape { saved, shapes, batch: n }))
 }
 
 /// The affine that [`Schedule::then`] computes inside convolution `s`, with its fused
@@ -222,7 +249,32 @@ pub fn backward(graph: &Graph, plan: &Schedule, tape: Tape, dlogits: Tensor, gra
     let mut g: Vec<Option<Tensor>> = vec![None; graph.num_values];
     g[graph.output] = Some(dlogits);
     let Tape { mut saved, shapes, batch } = tape;
-    for (s, node) in graph.nodes.iter().enumerate().rev() {
+    let all = Shapes { shapes: &shapes, batch };
+    backward_nodes(graph, plan, &mut saved, all, &mut g, 0..graph.nodes.len(), grads);
+}
+
+/// The shapes of a pass's values and its batch.
+#[derive(Clone, Copy)]
+pub(super) struct Shapes<'a> {
+    pub shapes: &'a [Shape],
+    pub batch: usize,
+}
+
+/// The backward of `nodes` (whole schedule steps, in reverse), from the gradients in `g` and
+/// what `saved` kept of them, adding parameter gradients to `grads` and leaving the gradients of
+/// the values `nodes` read in `g`.
+pub(super) fn backward_nodes(
+    graph: &Graph,
+    plan: &Schedule,
+    saved: &mut [Saved],
+    pass: Shapes,
+    g: &mut [Option<Tensor>],
+    nodes: std::ops::Range<usize>,
+    grads: &mut [Vec<f32>],
+) {
+    let (shapes, batch) = (pass.shapes, pass.batch);
+    for s in nodes.rev() {
+        let node = &graph.nodes[s];
         if plan.absorbed(s) {
             continue;
         }
@@ -248,7 +300,7 @@ pub fn backward(graph: &Graph, plan: &Schedule, tape: Tape, dlogits: Tensor, gra
                 if let (Some(i), Some(x)) = (t.weights, kept_input) {
                     ops::depthwise::backward_weight(dw, x, &dy, &mut grads[i]);
                 }
-                match need_dx.then(|| affine_before(graph, plan, &saved, s)).flatten() {
+                match need_dx.then(|| affine_before(graph, plan, saved, s)).flatten() {
                     Some((b, a, act)) => {
                         let Saved::Input(x) = std::mem::replace(&mut saved[b], Saved::Nothing) else {
                             unreachable!("affine_before checked the kept input")
@@ -260,7 +312,7 @@ pub fn backward(graph: &Graph, plan: &Schedule, tape: Tape, dlogits: Tensor, gra
                         let (ds, db) = two_mut(grads, tb.scale, tb.bias);
                         ops::affine::add_sums(&sums, (x.shape[0], x.shape[1]), ds, db);
                         if plan.needs_grad[into] {
-                            accumulate(&mut g, into, dx);
+                            accumulate(g, into, dx);
                         }
                         None
                     }
@@ -309,13 +361,13 @@ pub fn backward(graph: &Graph, plan: &Schedule, tape: Tape, dlogits: Tensor, gra
             },
             Op::Add => {
                 if plan.needs_grad[node.inputs[1]] {
-                    accumulate(&mut g, node.inputs[1], dy.clone());
+                    accumulate(g, node.inputs[1], dy.clone());
                 }
                 need_dx.then_some(dy)
             }
         };
         if let Some(dx) = dx {
-            accumulate(&mut g, input, dx);
+            accumulate(g, input, dx);
         }
     }
 }

@@ -99,6 +99,12 @@ impl Trainer {
         let params = slots.iter().map(|&s| patch::param(&graph, s).len()).sum();
         let backend: Box<dyn StepBackend> = match gpu {
             #[cfg(feature = "gpu")]
+            #[cfg(feature = "gpu")]
+            Some(_) if config.recompute == Some(true) => {
+                return Err(Error::Train(
+                    "recomputation runs on the CPU (on a GPU, --memory-budget fits the step by micro-batches)".into(),
+                ))
+            }
             Some(gpu) => {
                 let settings = crate::backend::gpu::train::GpuSettings {
                     optimizer: config.optimizer,
@@ -138,7 +144,8 @@ impl Trainer {
         };
         // A budget or micro-batch is planned for at once, so that one that cannot fit is an
         // error here (a head-only plan is made again when the number of images is known).
-        if trainer.config.memory_budget.is_some() || trainer.config.micro_batch.is_some() {
+        let c = &trainer.config;
+        if c.memory_budget.is_some() || c.micro_batch.is_some() || c.recompute.is_some() {
             trainer.memory_plan(0)?;
         }
         Ok(trainer)
