@@ -97,10 +97,10 @@ fn recomputation_gives_the_same_patch_bit_for_bit() {
     }
 }
 
-/// Under a budget too small for passes of two samples without it, the planner recomputes and
-/// fits more; a budget that fits two or more without it does not recompute.
+/// Under a budget too small for one sample per pass without it, the planner recomputes; a budget
+/// that fits one without it does not recompute.
 #[test]
-fn the_budget_recomputes_only_when_it_fits_more_samples() {
+fn the_budget_recomputes_only_when_nothing_fits_without() {
     let b = Backbone::embedded().unwrap();
     let plan = |budget: Option<u64>, recompute: Option<bool>, micro: Option<usize>| {
         let mut config = TrainConfig::new("sb+logits".parse().unwrap());
@@ -122,17 +122,15 @@ fn the_budget_recomputes_only_when_it_fits_more_samples() {
         recomputed.activation_bytes,
         plain.activation_bytes
     );
-    // Room for one sample without recomputation and not two: the planner recomputes, with more
-    // per pass.
-    let two = edgepatch::train::memory::needs(&by_hand(false, 2));
-    let p = plan(Some(two - 1), None, None).unwrap();
-    assert!(p.recompute && p.micro_batch > 1, "{p:?}");
-    // Room for four without it: no recomputation.
-    let four = by_hand(false, 4);
-    let p = plan(Some(edgepatch::train::memory::needs(&four) + 1), None, None).unwrap();
-    assert!(!p.recompute && p.micro_batch == 4, "{p:?}");
+    let needs = edgepatch::train::memory::needs;
+    // Room for one sample without recomputation: no recomputation.
+    let p = plan(Some(needs(&plain)), None, None).unwrap();
+    assert!(!p.recompute && p.micro_batch == 1, "{p:?}");
+    // Less: the planner recomputes.
+    let p = plan(Some(needs(&plain) - 1), None, None).unwrap();
+    assert!(p.recompute, "{p:?}");
     // Less than one recomputing sample needs is refused, naming what that needs.
-    let err = plan(Some(edgepatch::train::memory::needs(&recomputed) - 1), None, None).err().expect("refused");
+    let err = plan(Some(needs(&recomputed) - 1), None, None).err().expect("refused");
     assert!(err.to_string().contains("training needs at least"), "{err}");
 }
 
@@ -234,6 +232,18 @@ fn the_predicted_peak_is_within_15_percent_of_the_measured_one() {
             "{kinds} {resolution} px batch {batch} micro {micro}: predicted {predicted}, measured {increase}"
         );
     }
+    // Recomputing passes.
+    for (kinds, resolution, batch, micro) in [("sb+logits", 224, 16, 4), ("full", 224, 16, 2), ("dw+logits", 192, 8, 4)]
+    {
+        let m = measured(kinds, resolution, batch, Some(micro), None, &["--recompute"]);
+        let ratio = m.predicted as f64 / m.increase as f64;
+        assert!(
+            (0.85..=1.15).contains(&ratio),
+            "{kinds} {resolution} px micro {micro}, recomputing: predicted {}, measured {}",
+            m.predicted,
+            m.increase
+        );
+    }
     // Whole-process budgets at 224 px, batch 16.
     for (kinds, budget) in [("sb+logits", 150), ("dw+logits", 150), ("bias+logits", 90), ("logits", 80)] {
         let m = measured(kinds, 224, 16, None, Some(&budget.to_string()), &[]);
@@ -249,4 +259,46 @@ fn the_predicted_peak_is_within_15_percent_of_the_measured_one() {
     let extra = ["--validate", "48", "--test", &test, "--test-limit", "96"];
     let m = measured("sb+logits", 224, 16, None, Some("150"), &extra);
     assert!(m.peak <= 150_000_000, "peak {} bytes of the whole run over a 150 MB budget", m.peak);
+}
+
+/// `train-multi` with two task groups under one budget: they plan against it together (each
+/// against the budget less what the other holds), and the whole run stays within it.
+#[test]
+fn train_multi_groups_share_one_budget() {
+    let data = format!("idx:{}", repo_root().join("models/datasets/fashion-mnist-mini/train").display());
+    let dir = std::env::temp_dir().join(format!("edgepatch-memory-multi-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let (a, b) = (format!("a={data},patch=sb+logits,limit=32"), format!("b={data},patch=bias+logits,limit=32"));
+    let args = [
+        "train-multi",
+        "--task",
+        &a,
+        "--task",
+        &b,
+        "--out-dir",
+        dir.to_str().unwrap(),
+        "--resolution",
+        "224",
+        "--batch",
+        "16",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--memory-budget",
+        "150",
+        "--json",
+    ];
+    let v = json(&run(&args));
+    std::fs::remove_dir_all(&dir).ok();
+    let peak = v["peak_rss_bytes"].as_u64().expect("the peak");
+    assert!(peak <= 150_000_000, "peak {peak} bytes over a 150 MB budget");
+    let tasks = v["tasks"].as_array().expect("tasks");
+    let budgets: Vec<u64> = tasks.iter().map(|t| t["memory_plan"]["budget_bytes"].as_u64().expect("a plan")).collect();
+    assert_eq!(budgets.len(), 2);
+    // Each group's share is the budget less what the other holds throughout.
+    let held = |t: &serde_json::Value| {
+        t["memory_plan"]["state_bytes"].as_u64().unwrap() + t["memory_plan"]["overhead_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(budgets[0] + held(&tasks[1]), budgets[1] + held(&tasks[0]), "{budgets:?}");
 }

@@ -20,14 +20,17 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KINDS = ["logits", "bias+logits", "sb+logits", "dw+logits", "sb+dw+logits", "full"]
-BUDGETS = [None, 300, 150, 100, 80]
+# A budget in MB, None (unconstrained), or "recompute" (no budget, --recompute: its time cost).
+BUDGETS = [None, "recompute", 300, 150, 100, 80]
 
 
 def train(binary, kinds, budget, out):
     data = "idx:" + os.path.join(ROOT, "models/datasets/fashion-mnist-mini/train")
     args = [binary, "train", "--train", data, "--patch", kinds, "--out", out, "--limit", "64", "--epochs", "1",
             "--batch", "16", "--resolution", "224", "--device", "cpu", "--json"]
-    if budget is not None:
+    if budget == "recompute":
+        args += ["--recompute"]
+    elif budget is not None:
         args += ["--memory-budget", str(budget)]
     p = subprocess.run(args, capture_output=True, text=True)
     if p.returncode != 0:
@@ -50,19 +53,22 @@ COLOURS = {"logits": "#1b9e77", "bias+logits": "#d95f02", "sb+logits": "#7570b3"
 
 
 def parse_table(text):
-    """The trained rows of a printed table: (kind, budget, peak MB, images/s)."""
+    """The trained rows of a printed table: (kind, budget, peak MB, images/s); a table of the
+    older layout (no recompute column) reads too."""
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 6 or cells[0] not in COLOURS or cells[2].startswith("refused"):
             continue
-        rows.append((cells[0], cells[1], float(cells[4]), float(cells[5])))
+        at = 5 if cells[3] in ("yes", "no") else 4
+        rows.append((cells[0], cells[1], float(cells[at]), float(cells[at + 1])))
     return rows
 
 
 def svg(rows, path):
     """Peak resident memory against the time per image of a step (batch 16, 224 px), one colour
-    per patch kind, points joined from the tightest budget to none."""
+    per patch kind, points joined from the tightest budget to none; a hollow point is the whole
+    batch with --recompute."""
     w, h, left, bottom = 720, 420, 70, 50
     xmax = max(r[2] for r in rows) * 1.05
     ymax = max(1000.0 / r[3] for r in rows) * 1.1
@@ -80,11 +86,13 @@ def svg(rows, path):
     out.append('<text x="%d" y="%d" text-anchor="middle">peak resident memory of the process (MB)</text>' % ((w + left) // 2, h - 12))
     out.append('<text x="16" y="%d" transform="rotate(-90 16 %d)" text-anchor="middle">ms per image (1000 / images/s)</text>' % (h // 2, h // 2))
     for i, (kind, colour) in enumerate(COLOURS.items()):
-        pts = [(X(r[2]), Y(1000.0 / r[3])) for r in rows if r[0] == kind]
+        pts = [(X(r[2]), Y(1000.0 / r[3])) for r in rows if r[0] == kind and r[1] != "recompute"]
+        forced = [(X(r[2]), Y(1000.0 / r[3])) for r in rows if r[0] == kind and r[1] == "recompute"]
         if not pts:
             continue
         out.append('<polyline fill="none" stroke="%s" points="%s"/>' % (colour, " ".join("%.1f,%.1f" % p for p in pts)))
         out += ['<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>' % (x, y, colour) for x, y in pts]
+        out += ['<circle cx="%.1f" cy="%.1f" r="4" fill="white" stroke="%s"/>' % (x, y, colour) for x, y in forced]
         out.append('<text x="%d" y="%d" fill="%s">%s</text>' % (w - 150, 40 + 16 * i, colour, kind))
     out.append("</svg>")
     with open(path, "w") as f:
@@ -112,21 +120,21 @@ def main():
             torch[k] = torch_peak(k, graph)
     lines = []
     emit = lambda line: (print(line), lines.append(line), sys.stdout.flush())
-    emit("| patch | budget (MB) | samples per pass | predicted increase (MB) | measured peak (MB) | images/s | "
-          "PyTorch peak (MB) |")
-    emit("|---|---:|---:|---:|---:|---:|---:|")
+    emit("| patch | budget (MB) | samples per pass | recompute | predicted increase (MB) | measured peak (MB) | "
+         "images/s | PyTorch peak (MB) |")
+    emit("|---|---:|---:|---|---:|---:|---:|---:|")
     for k in KINDS:
         for b in BUDGETS:
             r = train(a.bin, k, b, os.path.join(tmp, "p.patch"))
             t = torch.get(k)
             tp = "%.0f" % (t["peak_rss_bytes"] / 1e6) if t else ""
             if "error" in r:
-                emit("| %s | %s | refused: %s | | | | %s |" % (k, b or "none", r["error"][:90], tp))
+                emit("| %s | %s | refused: %s | | | | | %s |" % (k, b or "none", r["error"][:90], tp))
                 continue
             p = r["memory_plan"] or {}
-            emit("| %s | %s | %s | %.0f | %.0f | %.1f | %s |" % (
-                k, b or "none", p.get("micro_batch", ""), p.get("predicted_bytes", 0) / 1e6,
-                r["peak_rss_bytes"] / 1e6, r["images_per_second"], tp))
+            emit("| %s | %s | %s | %s | %.0f | %.0f | %.1f | %s |" % (
+                k, b or "none", p.get("micro_batch", ""), "yes" if p.get("recompute") else "no",
+                p.get("predicted_bytes", 0) / 1e6, r["peak_rss_bytes"] / 1e6, r["images_per_second"], tp))
     if a.svg:
         svg(parse_table("\n".join(lines)), a.svg)
 

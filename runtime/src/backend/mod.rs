@@ -130,6 +130,9 @@ pub trait StepBackend: Send {
     /// Frees the working memory kept between steps (before work that needs it, such as scoring
     /// validation images under a memory budget); the next step allocates it again.
     fn release(&mut self) {}
+    /// Plans the steps again under `budget` ([`crate::train::TrainConfig::memory_budget`]) when
+    /// the plan is next asked for.
+    fn set_memory_budget(&mut self, _budget: Option<u64>) {}
 }
 
 /// Forward passes of one graph on the CPU, or on a GPU when one was chosen.

@@ -5,6 +5,7 @@ use super::{TrainConfig, Trainer};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::memory::MemoryPlan;
 use super::optim::LrSchedule;
 use crate::backbone::Backbone;
 use crate::backend::Device;
@@ -253,15 +254,22 @@ pub fn fit_multi(
         .iter()
         .map(|&l| Trainer::new(backbone, tasks[l].config.clone(), tasks[l].train.classes().to_vec()))
         .collect::<Result<Vec<_>>>()?;
-    let mut plans = vec![None; trainers.len()];
+    // A head-only group caches the features of each of its tasks' images.
+    let caches = |t: &TaskSpec, trainer: &Trainer| trainer.takes_features() && !t.config.augment;
+    let mut cached_images = vec![0; trainers.len()];
+    for (k, t) in tasks.iter().enumerate() {
+        if caches(t, &trainers[group_of[k]]) {
+            cached_images[group_of[k]] += t.indices.len();
+        }
+    }
+    let plans = plan_memory(&mut trainers, &cached_images)?;
+    let shared_budget = trainers.len() > 1 && plans.iter().any(|p| p.is_some_and(|p| p.budget_bytes.is_some()));
     let mut streams = Vec::with_capacity(tasks.len());
     for (k, t) in tasks.iter().enumerate() {
         let c = &t.config;
         let transform = Transform { resolution: c.resolution, augment: c.augment };
         let trainer = &mut trainers[group_of[k]];
-        let cached_images = if trainer.takes_features() && !c.augment { t.indices.len() } else { 0 };
-        plans[group_of[k]] = trainer.memory_plan(cached_images)?;
-        let cached = if trainer.takes_features() && !c.augment {
+        let cached = if caches(t, trainer) {
             let (mut feats, mut f) = (Vec::new(), 0);
             let chunk = trainer.feature_chunk();
             let depth = super::memory::loader_depth(c.memory_budget.is_some());
@@ -320,6 +328,10 @@ pub fn fit_multi(
         let (input, labels, epoch_end) = s.next(&trainers[g])?;
         let lr = schedules[g].at(group_steps[g]);
         let stats = trainers[g].step(input, &labels, lr)?;
+        if shared_budget {
+            // Groups sharing a budget take turns with its room for activations.
+            trainers[g].release_buffers();
+        }
         group_steps[g] += 1;
         step += 1;
         seen += labels.len();
@@ -404,6 +416,30 @@ pub struct Evaluation {
     pub per_class: Vec<f32>,
     /// `confusion[true][predicted]`.
     pub confusion: Vec<Vec<usize>>,
+}
+
+/// The memory plans of the trainers of several groups that train in turns, the features of
+/// `cached_images[g]` images cached for group `g`. Each holds its trained state and other working
+/// memory (loader batches, cached features) throughout and its step's activations only during
+/// its steps (freed after each when several groups share a budget), so each plans against its
+/// budget less the other groups' state and working memory.
+fn plan_memory(trainers: &mut [Trainer], cached_images: &[usize]) -> Result<Vec<Option<MemoryPlan>>> {
+    let mut plans = Vec::with_capacity(trainers.len());
+    for (t, &images) in trainers.iter_mut().zip(cached_images) {
+        plans.push(t.memory_plan(images)?);
+    }
+    if trainers.len() < 2 {
+        return Ok(plans);
+    }
+    let held: Vec<u64> = plans.iter().map(|p| p.map_or(0, |p| p.state_bytes + p.overhead_bytes)).collect();
+    let all: u64 = held.iter().sum();
+    for (g, t) in trainers.iter_mut().enumerate() {
+        if let Some(budget) = t.config().memory_budget {
+            t.set_memory_budget(Some(budget.saturating_sub(all - held[g])));
+            plans[g] = t.memory_plan(cached_images[g])?;
+        }
+    }
+    Ok(plans)
 }
 
 /// Images per forward pass of an evaluation.

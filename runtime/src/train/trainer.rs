@@ -161,6 +161,14 @@ impl Trainer {
         self.params
     }
 
+    /// Makes the next [`Trainer::memory_plan`] for `budget` (for a trainer that shares a
+    /// budget with others, [`super::fit_multi`]).
+    pub fn set_memory_budget(&mut self, budget: Option<u64>) {
+        self.config.memory_budget = budget;
+        self.feature_plan = None;
+        self.backend.set_memory_budget(budget);
+    }
+
     /// Frees the working memory the steps keep between them (the next step allocates it again).
     pub fn release_buffers(&mut self) {
         self.backend.release();

@@ -67,6 +67,7 @@ fn args(kinds: &str, out: &Path, s: Settings) -> TrainArgs {
             device: edgepatch::backend::Device::Auto,
             memory_budget,
             micro_batch: None,
+            recompute: false,
         },
         model: None,
         json: false,

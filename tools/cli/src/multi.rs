@@ -92,7 +92,10 @@ fn parse_task(spec: &str, a: &MultiArgs) -> edgepatch::Result<Task> {
 
 pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
     let backbone = load(a.model.as_deref())?;
-    let tasks = a.tasks.iter().map(|t| parse_task(t, a)).collect::<edgepatch::Result<Vec<_>>>()?;
+    let mut tasks = a.tasks.iter().map(|t| parse_task(t, a)).collect::<edgepatch::Result<Vec<_>>>()?;
+    // The budget is what the process holds besides, once every task's data is open.
+    let budget = a.flags.memory_budget_now();
+    tasks.iter_mut().for_each(|t| t.config.memory_budget = budget);
     // Refuse a directory the store cannot use before training; create the store only once
     // there are patches to put in it, so that a failed run leaves nothing behind.
     Store::check_target(&a.out_dir)?;

@@ -104,6 +104,11 @@ pub struct TrainFlags {
     /// summed: the same update up to rounding, less memory)
     #[arg(long, value_name = "N")]
     pub micro_batch: Option<usize>,
+    /// Recompute each block's activations in the backward instead of keeping them (CPU; about
+    /// one more forward pass per step, less memory). Without it, a --memory-budget recomputes
+    /// only when that fits more samples per pass
+    #[arg(long)]
+    pub recompute: bool,
 }
 
 impl TrainFlags {
@@ -124,18 +129,24 @@ impl TrainFlags {
         config.seed = self.seed;
         config.device = self.device;
         config.micro_batch = self.micro_batch;
+        config.recompute = self.recompute.then_some(true);
         // On a GPU the library's budget is the device buffers'; on the CPU it is what training
         // adds: the process's budget less what it holds now, measured after the device is
         // resolved (looking for a GPU can load drivers that stay mapped). Out-of-range budgets
         // (negative, NaN) become 0 bytes, refused as too small.
-        config.memory_budget = self.memory_budget.map(|mb| {
+        config.memory_budget = self.memory_budget_now();
+        config
+    }
+
+    /// The library's memory budget for `--memory-budget` at this moment (see [`Self::config`]).
+    pub fn memory_budget_now(&self) -> Option<u64> {
+        self.memory_budget.map(|mb| {
             let total = if mb.is_finite() && mb > 0.0 { (mb * 1e6) as u64 } else { 0 };
             match edgepatch::backend::resolve(self.device) {
                 Ok(Some(_)) => total,
                 _ => total.saturating_sub(rss_bytes().unwrap_or(0)),
             }
-        });
-        config
+        })
     }
 }
 

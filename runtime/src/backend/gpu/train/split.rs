@@ -152,6 +152,13 @@ impl GpuTrainer {
         Ok(plan)
     }
 
+    /// Plans again under `budget`: the split step is planned anew at the next step.
+    pub fn set_memory_budget(&mut self, budget: Option<u64>) {
+        self.settings.memory_budget = budget;
+        self.memory = None;
+        self.split = None;
+    }
+
     /// A pass of `n` samples planned for `split`'s shape, on `reuse`'s buffers when given.
     fn pass(&self, n: usize, batch: usize, shape: (usize, usize), io: &Io, reuse: Option<&Allocation>) -> Result<Pass> {
         let p = self.planned(n, batch, shape, What::Pass)?;
