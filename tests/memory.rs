@@ -130,7 +130,7 @@ fn the_budget_recomputes_only_when_nothing_fits_without() {
     let p = plan(Some(needs(&plain) - 1), None, None).unwrap();
     assert!(p.recompute, "{p:?}");
     // Less than one recomputing sample needs is refused, naming what that needs.
-    let err = plan(Some(needs(&recomputed) - 1), None, None).err().expect("refused");
+    let err = plan(Some(needs(&recomputed) - 1), None, None).expect_err("refused");
     assert!(err.to_string().contains("training needs at least"), "{err}");
 }
 
