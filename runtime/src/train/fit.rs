@@ -5,14 +5,14 @@ use super::{TrainConfig, Trainer};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::evaluate::evaluate_within;
 use super::memory::MemoryPlan;
 use super::optim::LrSchedule;
+use super::stream::Stream;
 use crate::backbone::Backbone;
 use crate::backend::Device;
 use crate::data::{Dataset, Loader, Rng, Transform};
-use crate::graph::Graph;
 use crate::patch::Patch;
-use crate::tensor::Tensor;
 use crate::{Error, Result};
 
 /// Where a training run is, reported after every step.
@@ -121,85 +121,6 @@ pub struct TaskResult {
     pub name: String,
     pub patch: Patch,
     pub report: FitReport,
-}
-
-/// One task's batches, epoch after epoch, in the order [`fit`] has always used (each epoch a
-/// shuffle of the indices from one generator seeded by the task's seed).
-struct Stream {
-    group: usize,
-    train: Arc<dyn Dataset>,
-    indices: Vec<usize>,
-    batch: usize,
-    /// Batches the loader keeps waiting ([`super::memory::loader_depth`]).
-    depth: usize,
-    transform: Transform,
-    seed: u64,
-    epochs: usize,
-    rng: Rng,
-    epoch: usize,
-    loader: Option<Loader>,
-    /// Feature width, features of every training image in `indices` order, and each image's
-    /// position there (head-only trainers without augmentation).
-    cached: Option<(usize, Vec<f32>, std::collections::HashMap<usize, usize>)>,
-    /// The epoch's order and how far into it the cached path is.
-    order: Vec<usize>,
-    at: usize,
-    steps: usize,
-    total: usize,
-    loss_sum: f64,
-    correct: usize,
-    last_epoch: (f64, usize),
-    history: Vec<EpochStats>,
-}
-
-impl Stream {
-    fn done(&self) -> bool {
-        self.steps == self.total
-    }
-
-    fn start_epoch(&mut self) {
-        self.order = self.indices.clone();
-        self.rng.shuffle(&mut self.order);
-        self.at = 0;
-        if self.cached.is_none() {
-            let seed = self.seed ^ ((self.epoch as u64 + 1) << 32);
-            let (train, order) = (self.train.clone(), self.order.clone());
-            self.loader = Some(Loader::with_depth(train, order, self.batch, self.transform, seed, self.depth));
-        }
-    }
-
-    /// The next batch (images, or features for a head-only trainer), and whether it ends an epoch.
-    fn next(&mut self, trainer: &Trainer) -> Result<(Tensor, Vec<usize>, bool)> {
-        if self.at == 0 && self.loader.is_none() {
-            self.start_epoch();
-        }
-        let (input, labels) = match &self.cached {
-            Some((f, feats, position)) => {
-                let chunk = &self.order[self.at..(self.at + self.batch).min(self.order.len())];
-                let mut data = Vec::with_capacity(chunk.len() * f);
-                for i in chunk {
-                    let p = position[i];
-                    data.extend_from_slice(&feats[p * f..(p + 1) * f]);
-                }
-                let labels = chunk.iter().map(|&i| self.train.label(i)).collect();
-                (Tensor { shape: [chunk.len(), *f, 1, 1], data }, labels)
-            }
-            None => {
-                let loader = self.loader.as_mut().expect("an epoch is running");
-                let b = loader.next().ok_or_else(|| Error::Train("the data loader stopped early".into()))??;
-                let input = if trainer.takes_features() { trainer.features(b.input)? } else { b.input };
-                (input, b.labels)
-            }
-        };
-        self.at += labels.len();
-        let end = self.at >= self.order.len();
-        if end {
-            self.loader = None;
-            self.at = 0;
-            self.epoch += 1;
-        }
-        Ok((input, labels, end))
-    }
 }
 
 /// Trains K tasks over one backbone, interleaving their batches: at every step the task
@@ -407,17 +328,6 @@ pub fn fit_multi(
     Ok(out)
 }
 
-/// Scores of a patch (or the backbone) on a labelled set.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Evaluation {
-    pub images: usize,
-    pub accuracy: f32,
-    /// Accuracy per class (NaN where a class has no images in the set).
-    pub per_class: Vec<f32>,
-    /// `confusion[true][predicted]`.
-    pub confusion: Vec<Vec<usize>>,
-}
-
 /// The memory plans of the trainers of several groups that train in turns, the features of
 /// `cached_images[g]` images cached for group `g`. Each holds its trained state and other working
 /// memory (loader batches, cached features) throughout and its step's activations only during
@@ -440,73 +350,4 @@ fn plan_memory(trainers: &mut [Trainer], cached_images: &[usize]) -> Result<Vec<
         }
     }
     Ok(plans)
-}
-
-/// Images per forward pass of an evaluation.
-const EVAL_BATCH: usize = 32;
-
-/// Evaluates `graph` (a backbone with a patch applied) on `indices` of `ds` at `resolution`,
-/// on the CPU. No indices is an error, as is any image that cannot be read.
-pub fn evaluate(graph: &Graph, ds: Arc<dyn Dataset>, indices: &[usize], resolution: u32) -> Result<Evaluation> {
-    evaluate_on(graph, ds, indices, resolution, Device::Cpu)
-}
-
-/// [`evaluate`] computing on `device`.
-pub fn evaluate_on(
-    graph: &Graph,
-    ds: Arc<dyn Dataset>,
-    indices: &[usize],
-    resolution: u32,
-    device: Device,
-) -> Result<Evaluation> {
-    evaluate_within(graph, ds, indices, resolution, device, None)
-}
-
-/// [`evaluate_on`] within `budget` bytes of working memory when one is given (the memory a
-/// budgeted training run has freed, [`super::memory`]): then no weights are kept packed, the
-/// loader prepares no batch ahead, and the batch is the largest up to 32 whose pass fits (at
-/// least one image). The accuracy is the same at any batch.
-pub fn evaluate_within(
-    graph: &Graph,
-    ds: Arc<dyn Dataset>,
-    indices: &[usize],
-    resolution: u32,
-    device: Device,
-    budget: Option<u64>,
-) -> Result<Evaluation> {
-    let k = graph.num_classes();
-    if ds.classes().len() != k {
-        return Err(Error::dataset(ds.spec(), format!("has {} classes, the model {k}", ds.classes().len())));
-    }
-    if indices.is_empty() {
-        return Err(Error::dataset(ds.spec(), "no images to evaluate on (an accuracy of 0 images is undefined)"));
-    }
-    let t = Transform { resolution, augment: false };
-    let (engine, batch, depth) = match budget {
-        None => (crate::backend::Engine::new(graph, device)?, EVAL_BATCH, 2),
-        Some(budget) => {
-            let engine = crate::backend::Engine::lean(graph, device)?;
-            // The batch scored and the one the loader builds meanwhile.
-            let image = (2 * 4 * graph.input_channels * (resolution * resolution) as usize) as u64;
-            let batch = engine.batch_within(graph, resolution as usize, EVAL_BATCH, image, budget)?;
-            log::debug!("scoring {} images in batches of {batch} within {:.0} MB", indices.len(), budget as f64 / 1e6);
-            (engine, batch, 0)
-        }
-    };
-    let mut confusion = vec![vec![0usize; k]; k];
-    let mut loader = Loader::with_depth(ds.clone(), indices.to_vec(), batch, t, 0, depth);
-    for b in &mut loader {
-        let b = b?;
-        let logits = engine.forward(graph, b.input)?;
-        for (i, &label) in b.labels.iter().enumerate() {
-            let z = logits.sample(i);
-            let pred = (0..k).fold(0, |best, c| if z[c] > z[best] { c } else { best });
-            confusion[label][pred] += 1;
-        }
-    }
-    let images: usize = confusion.iter().flatten().sum();
-    let right: usize = (0..k).map(|c| confusion[c][c]).sum();
-    let per_class =
-        confusion.iter().enumerate().map(|(c, row)| row[c] as f32 / row.iter().sum::<usize>() as f32).collect();
-    Ok(Evaluation { images, accuracy: right as f32 / images.max(1) as f32, per_class, confusion })
 }

@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod demo;
+mod flags;
 mod info;
 mod multi;
 mod report;

@@ -7,10 +7,14 @@
 //! affine's input when its scale trains; a 1-bit mask per element for ReLU/ReLU6. Nothing else:
 //! a `bias+logits` patch keeps only masks and the pooled features.
 
+mod fused;
+
 use std::sync::Arc;
 
-use crate::graph::{Affine, Graph, Op, Shape};
-use crate::ops::{self, activation::Mask, Activation, Then};
+use fused::{accumulate, affine_before, convolve, deferred_before, next_affine, two_mut};
+
+use crate::graph::{Graph, Op, Shape};
+use crate::ops::{self, activation::Mask, Activation};
 use crate::schedule::{Keep, Schedule};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -197,52 +201,6 @@ pub(super) fn forward_nodes(
     }
 }
 
-/// The affine that [`Schedule::then`] computes inside convolution `s`, with its fused
-/// activation: kept beside the raw output when its scale trains (its backward needs the raw
-/// output), in place of it otherwise.
-fn next_affine<'g>(graph: &'g Graph, plan: &Schedule, s: usize) -> Then<'g> {
-    match plan.then(s).filter(|&b| !plan.deferred[b]).map(|b| &graph.nodes[b].op) {
-        Some(Op::Affine(a)) => {
-            let act = plan.fused_act(s + 1).unwrap_or(Activation::Identity);
-            if plan.trains[s + 1].scale.is_some() {
-                Then::Keep(a, act)
-            } else {
-                Then::InPlace(a, act)
-            }
-        }
-        _ => Then::Nothing,
-    }
-}
-
-/// The affine and activation [`Schedule::deferred`] to depthwise node `s`.
-fn deferred_before<'g>(graph: &'g Graph, plan: &Schedule, s: usize) -> Option<(&'g Affine, Activation)> {
-    let b = s.checked_sub(2)?;
-    match (&graph.nodes[b].op, plan.deferred[b]) {
-        (Op::Affine(a), true) => Some((a, plan.fused_act(b)?)),
-        _ => None,
-    }
-}
-
-/// Convolution node `op` on `x` (or, for a depthwise node, on `before`'s output from `x`, see
-/// [`deferred_before`]), with `then` (from [`next_affine`]) computed inside: the raw output
-/// (`None` when the affine ran in place: the affine is its only reader) and the affine's output.
-fn convolve(
-    op: &Op,
-    x: &Tensor,
-    before: Option<(&Affine, Activation)>,
-    then: Then,
-) -> (Option<Tensor>, Option<Tensor>) {
-    let (first, second) = match op {
-        Op::Conv(c) => ops::conv::forward_with(c, x, then),
-        Op::Depthwise(d) => ops::depthwise::forward_fused(d, x, before, then),
-        _ => unreachable!("called on convolution nodes"),
-    };
-    match then {
-        Then::InPlace(..) => (None, Some(first)),
-        _ => (Some(first), second),
-    }
-}
-
 /// Backward pass: `dlogits` (the loss gradient at the output, `[N, classes, 1, 1]`) → gradients
 /// added into `grads[i]` for each trained slot `i` of the plan.
 pub fn backward(graph: &Graph, plan: &Schedule, tape: Tape, dlogits: Tensor, grads: &mut [Vec<f32>]) {
@@ -369,48 +327,5 @@ pub(super) fn backward_nodes(
         if let Some(dx) = dx {
             accumulate(g, input, dx);
         }
-    }
-}
-
-/// The affine (node `b`, with its activation) whose kept input and activation the backward of
-/// node `s` can finish plane by plane: `s`'s input is that activation's output, read by nothing
-/// else, and the affine kept its input (its scale trains).
-fn affine_before<'g>(
-    graph: &'g Graph,
-    plan: &Schedule,
-    saved: &[Saved],
-    s: usize,
-) -> Option<(usize, &'g Affine, Activation)> {
-    let b = s.checked_sub(2)?;
-    let input = graph.nodes[s].inputs[0];
-    let Op::Affine(a) = &graph.nodes[b].op else { return None };
-    let act = plan.fused_act(b)?;
-    let sole = graph.nodes.iter().filter(|n| n.inputs.contains(&input)).count() == 1;
-    (graph.nodes[b + 1].output == input && sole && matches!(saved[b], Saved::Input(_))).then_some((b, a, act))
-}
-
-fn accumulate(g: &mut [Option<Tensor>], v: usize, dx: Tensor) {
-    match &mut g[v] {
-        Some(acc) => acc.add_assign(&dx),
-        slot => *slot = Some(dx),
-    }
-}
-
-/// Two distinct gradient buffers by optional index.
-fn two_mut(grads: &mut [Vec<f32>], a: Option<usize>, b: Option<usize>) -> (Option<&mut [f32]>, Option<&mut [f32]>) {
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            debug_assert_ne!(a, b);
-            if a < b {
-                let (lo, hi) = grads.split_at_mut(b);
-                (Some(&mut lo[a]), Some(&mut hi[0]))
-            } else {
-                let (lo, hi) = grads.split_at_mut(a);
-                (Some(&mut hi[0]), Some(&mut lo[b]))
-            }
-        }
-        (Some(a), None) => (Some(&mut grads[a]), None),
-        (None, Some(b)) => (None, Some(&mut grads[b])),
-        (None, None) => (None, None),
     }
 }
