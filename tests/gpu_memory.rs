@@ -13,7 +13,7 @@ use edgepatch::backend::Device;
 use edgepatch::train::{OptimizerKind, TrainConfig, Trainer};
 use edgepatch::{Backbone, Tensor};
 use edgepatch_tests::onnx_builder::{tiny_net, TinyNet};
-use edgepatch_tests::random_values;
+use edgepatch_tests::{largest_relative_difference, random_values};
 
 fn have_gpu() -> bool {
     match Gpu::shared() {
@@ -81,13 +81,7 @@ fn split_gpu_steps_give_the_whole_batch_step() {
                 assert!(close(a.loss, s.loss), "{kinds} {opt} step {step}: loss {} vs {}", a.loss, s.loss);
                 assert!(close(a.grad_norm, s.grad_norm), "{kinds} {opt}: norm {} vs {}", a.grad_norm, s.grad_norm);
             }
-            let (pw, ps) = (whole.patch().unwrap(), split.patch().unwrap());
-            let mut worst = 0f32;
-            for (tw, ts) in pw.tensors.iter().zip(&ps.tensors) {
-                for (a, s) in tw.values.iter().zip(&ts.values) {
-                    worst = worst.max((a - s).abs() / a.abs().max(1e-2));
-                }
-            }
+            let worst = largest_relative_difference(&whole.patch().unwrap(), &split.patch().unwrap());
             assert!(worst <= 1e-5, "{kinds} {opt}: largest relative difference {worst}");
         }
     }

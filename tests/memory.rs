@@ -8,7 +8,7 @@ use cli_support::{json, run};
 use edgepatch::train::{OptimizerKind, TrainConfig, Trainer};
 use edgepatch::{Backbone, Tensor};
 use edgepatch_tests::onnx_builder::{tiny_net, TinyNet};
-use edgepatch_tests::{random_values, repo_root};
+use edgepatch_tests::{largest_relative_difference, random_values, repo_root};
 
 fn tiny() -> Backbone {
     Backbone::from_onnx_bytes(&tiny_net(TinyNet { quantized: true, ..TinyNet::default() }, 7)).unwrap()
@@ -48,13 +48,7 @@ fn micro_batches_give_the_whole_batch_update() {
                     s.loss
                 );
             }
-            let (pw, ps) = (whole.patch().unwrap(), split.patch().unwrap());
-            let mut worst = 0f32;
-            for (tw, ts) in pw.tensors.iter().zip(&ps.tensors) {
-                for (a, s) in tw.values.iter().zip(&ts.values) {
-                    worst = worst.max((a - s).abs() / a.abs().max(1e-2));
-                }
-            }
+            let worst = largest_relative_difference(&whole.patch().unwrap(), &split.patch().unwrap());
             assert!(worst <= 1e-5, "{kinds} {opt}: largest relative difference {worst}");
         }
     }

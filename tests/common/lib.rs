@@ -52,6 +52,20 @@ impl Tolerance {
     }
 }
 
+/// The largest difference between two patches of the same slots, relative to each value of
+/// `a` (at least 0.01 in magnitude, so that values near zero compare absolutely).
+pub fn largest_relative_difference(a: &edgepatch::Patch, b: &edgepatch::Patch) -> f32 {
+    assert_eq!(a.tensors.len(), b.tensors.len(), "patches of other slots");
+    let mut worst = 0f32;
+    for (ta, tb) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!((ta.node, ta.role), (tb.node, tb.role), "patches of other slots");
+        for (x, y) in ta.values.iter().zip(&tb.values) {
+            worst = worst.max((x - y).abs() / x.abs().max(1e-2));
+        }
+    }
+    worst
+}
+
 /// Deterministic pseudo-random values in `[-scale, scale]` (a 64-bit LCG; no extra crates).
 pub fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
