@@ -133,6 +133,26 @@ pub trait StepBackend: Send {
     /// Plans the steps again under `budget` ([`crate::train::TrainConfig::memory_budget`]) when
     /// the plan is next asked for.
     fn set_memory_budget(&mut self, _budget: Option<u64>) {}
+    /// The trained values of `slots` (one vector each) and the optimizer's state, for a
+    /// checkpoint ([`crate::train::checkpoint`]).
+    fn save_state(
+        &self,
+        _graph: &Graph,
+        _slots: &[Slot],
+    ) -> Result<(Vec<Vec<f32>>, crate::train::checkpoint::OptimizerState)> {
+        Err(Error::Train(format!("checkpoints of training on the {} are not supported", self.device())))
+    }
+    /// Takes up trained values and optimizer state from [`StepBackend::save_state`] of the same
+    /// run.
+    fn load_state(
+        &mut self,
+        _graph: &mut Graph,
+        _slots: &[Slot],
+        _params: Vec<Vec<f32>>,
+        _state: crate::train::checkpoint::OptimizerState,
+    ) -> Result<()> {
+        Err(Error::Train(format!("checkpoints of training on the {} are not supported", self.device())))
+    }
 }
 
 /// Forward passes of one graph on the CPU, or on a GPU when one was chosen.

@@ -37,6 +37,9 @@ pub struct TrainConfig {
     /// recompute the block before its backward. `None`: only under a `memory_budget`, when it
     /// lets more samples per pass fit (or any at all); `Some(on)`: always or never.
     pub recompute: Option<bool>,
+    /// Write a checkpoint every so many steps, and resume from it ([`super::checkpoint`]). For
+    /// several tasks trained together, the first task's setting holds for the run.
+    pub checkpoint: Option<super::checkpoint::Checkpointing>,
     pub augment: bool,
     pub seed: u64,
     /// Where the steps run.
@@ -67,6 +70,7 @@ impl TrainConfig {
             micro_batch: None,
             memory_budget: None,
             recompute: None,
+            checkpoint: None,
             init: None,
         }
     }

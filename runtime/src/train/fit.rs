@@ -5,6 +5,7 @@ use super::{TrainConfig, Trainer};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::checkpoint;
 use super::evaluate::evaluate_within;
 use super::memory::MemoryPlan;
 use super::optim::LrSchedule;
@@ -50,7 +51,7 @@ pub struct FitReport {
 }
 
 /// One epoch of a training run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     /// 1-based.
     pub epoch: usize,
@@ -240,6 +241,22 @@ pub fn fit_multi(
     let mut group_steps = vec![0usize; leaders.len()];
     let total: usize = streams.iter().map(|s| s.total).sum();
     let (mut step, mut seen) = (0usize, 0usize);
+    // Training seconds of the run before it was resumed.
+    let mut before = 0.0;
+    let saving = tasks[0].config.checkpoint.clone();
+    let run = checkpoint::run_digest(&checkpoint::describe(backbone, &tasks));
+    if let Some(c) = saving.as_ref().filter(|c| c.resume) {
+        if let Some(saved) = checkpoint::Checkpoint::load(&c.path)? {
+            (step, seen, before) = checkpoint::restore(saved, run, &mut trainers, &mut streams, &mut group_steps)?;
+            log::info!("resumed from {} at step {step} of {total}", c.path.display());
+        }
+    }
+    if saving.is_some() {
+        // A trainer that cannot be checkpointed is refused before training, not at its first
+        // checkpoint.
+        trainers.iter().try_for_each(|t| t.save_state().map(drop))?;
+    }
+    let elapsed = |paused: std::time::Duration| (start.elapsed() - paused).as_secs_f64() + before;
     while let Some(k) = (0..streams.len()).filter(|&k| !streams[k].done()).min_by(|&a, &b| {
         let f = |s: &Stream| (s.steps + 1) as f64 / s.total as f64;
         f(&streams[a]).total_cmp(&f(&streams[b])).then(a.cmp(&b))
@@ -293,14 +310,22 @@ pub fn fit_multi(
                 loss: (s.loss_sum / n as f64) as f32,
                 train_accuracy: (s.correct as f64 / n as f64) as f32,
                 validation_accuracy,
-                seconds: (start.elapsed() - paused).as_secs_f64(),
+                seconds: elapsed(paused),
             });
             (s.loss_sum, s.correct) = (0.0, 0);
         }
-        let ips = seen as f32 / (start.elapsed() - paused).as_secs_f32().max(1e-9);
+        let ips = (seen as f64 / elapsed(paused).max(1e-9)) as f32;
         progress(k, Progress { epoch, step, total_steps: total, loss: stats.loss, lr, images_per_second: ips });
+        if let Some(c) = saving.as_ref().filter(|c| step % c.every.max(1) == 0 && step < total) {
+            let at = checkpoint::Position { run, step, seen, seconds: elapsed(paused) };
+            checkpoint::capture(at, &trainers, &streams, &group_steps)?.save(&c.path)?;
+        }
     }
-    let seconds = (start.elapsed() - paused).as_secs_f64();
+    let seconds = elapsed(paused);
+    if let Some(c) = &saving {
+        let at = checkpoint::Position { run, step, seen, seconds };
+        checkpoint::capture(at, &trainers, &streams, &group_steps)?.save(&c.path)?;
+    }
     let mut patches = trainers.iter_mut().map(|t| t.patch().map(Some)).collect::<Result<Vec<_>>>()?;
     // The last task of a group takes its patch; the others get copies.
     let last_of = |g: usize| group_of.iter().rposition(|&h| h == g);

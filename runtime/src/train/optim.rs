@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::checkpoint::OptimizerState;
 use crate::{Error, Result};
 
 /// Updates parameter tensors from their gradients; holds per-tensor state.
@@ -13,6 +14,23 @@ pub trait Optimizer: Send {
     fn update(&mut self, slot: usize, p: &mut [f32], g: &[f32], lr: f32, weight_decay: f32);
     /// Marks the end of one step (all tensors updated).
     fn finish_step(&mut self) {}
+    /// The state the next updates depend on (for a checkpoint).
+    fn state(&self) -> OptimizerState;
+    /// Takes up `state` (from [`Optimizer::state`] of the same optimizer over the same tensors).
+    fn set_state(&mut self, state: OptimizerState) -> Result<()>;
+}
+
+/// `state`'s vectors if they are `count` kinds of vectors as long as those of `like`.
+fn checked(state: OptimizerState, like: &[Vec<f32>], count: usize) -> Result<Vec<Vec<Vec<f32>>>> {
+    let fits = state.slots.len() == count
+        && state
+            .slots
+            .iter()
+            .all(|kind| kind.len() == like.len() && kind.iter().zip(like).all(|(a, b)| a.len() == b.len()));
+    if !fits {
+        return Err(Error::Train("the checkpoint's optimizer state is not this optimizer's".into()));
+    }
+    Ok(state.slots)
 }
 
 /// The optimizer to build.
@@ -76,6 +94,14 @@ pub struct Sgd {
 }
 
 impl Optimizer for Sgd {
+    fn state(&self) -> OptimizerState {
+        OptimizerState { slots: vec![self.velocity.clone()], t: 0 }
+    }
+    fn set_state(&mut self, state: OptimizerState) -> Result<()> {
+        let [v] = <[_; 1]>::try_from(checked(state, &self.velocity, 1)?).expect("one kind");
+        self.velocity = v;
+        Ok(())
+    }
     fn update(&mut self, slot: usize, p: &mut [f32], g: &[f32], lr: f32, wd: f32) {
         for ((p, &g), v) in p.iter_mut().zip(g).zip(&mut self.velocity[slot]) {
             *v = self.momentum * *v + g + wd * *p;
@@ -95,6 +121,18 @@ pub struct Adam {
 }
 
 impl Optimizer for Adam {
+    fn state(&self) -> OptimizerState {
+        OptimizerState { slots: vec![self.m.clone(), self.v.clone()], t: self.t }
+    }
+    fn set_state(&mut self, state: OptimizerState) -> Result<()> {
+        let t = state.t;
+        if t < 1 {
+            return Err(Error::Train(format!("the checkpoint's Adam step {t} is not positive")));
+        }
+        let [m, v] = <[_; 2]>::try_from(checked(state, &self.m, 2)?).expect("two kinds");
+        (self.m, self.v, self.t) = (m, v, t);
+        Ok(())
+    }
     fn update(&mut self, slot: usize, p: &mut [f32], g: &[f32], lr: f32, wd: f32) {
         let c1 = 1.0 - self.beta1.powi(self.t);
         let c2 = 1.0 - self.beta2.powi(self.t);
@@ -118,6 +156,14 @@ pub struct RmsProp {
 }
 
 impl Optimizer for RmsProp {
+    fn state(&self) -> OptimizerState {
+        OptimizerState { slots: vec![self.square.clone()], t: 0 }
+    }
+    fn set_state(&mut self, state: OptimizerState) -> Result<()> {
+        let [s] = <[_; 1]>::try_from(checked(state, &self.square, 1)?).expect("one kind");
+        self.square = s;
+        Ok(())
+    }
     fn update(&mut self, slot: usize, p: &mut [f32], g: &[f32], lr: f32, wd: f32) {
         for ((p, &g), s) in p.iter_mut().zip(g).zip(&mut self.square[slot]) {
             let g = g + wd * *p;

@@ -4,6 +4,7 @@
 use super::memory::{self, MemoryPlan, PassCost};
 use super::TrainConfig;
 
+use super::checkpoint::OptimizerState;
 use super::loss::softmax_cross_entropy;
 use super::optim::{clip_global_norm, Optimizer};
 use super::recompute::{self, Segments};
@@ -219,6 +220,29 @@ impl StepBackend for CpuStep {
         self.budget = budget;
         self.memory = None;
         self.segments = None;
+    }
+
+    fn save_state(&self, graph: &Graph, slots: &[Slot]) -> Result<(Vec<Vec<f32>>, OptimizerState)> {
+        Ok((slots.iter().map(|&s| patch::param(graph, s).to_vec()).collect(), self.optimizer.state()))
+    }
+
+    fn load_state(
+        &mut self,
+        graph: &mut Graph,
+        slots: &[Slot],
+        params: Vec<Vec<f32>>,
+        state: OptimizerState,
+    ) -> Result<()> {
+        let fits = params.len() == slots.len()
+            && slots.iter().zip(&params).all(|(&s, p)| patch::param(graph, s).len() == p.len());
+        if !fits {
+            return Err(Error::Train("the checkpoint's trained values are not this patch's".into()));
+        }
+        self.optimizer.set_state(state)?;
+        for (&s, p) in slots.iter().zip(&params) {
+            patch::param_mut(graph, s).copy_from_slice(p);
+        }
+        Ok(())
     }
 
     fn memory_plan(&mut self, graph: &Graph) -> Result<Option<MemoryPlan>> {

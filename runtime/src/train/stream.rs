@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::checkpoint::StreamState;
 use super::fit::EpochStats;
 use super::Trainer;
 use crate::data::{Dataset, Loader, Rng, Transform};
@@ -85,5 +86,49 @@ impl Stream {
             self.epoch += 1;
         }
         Ok((input, labels, end))
+    }
+
+    /// The stream's position and statistics (for a checkpoint).
+    pub fn state(&self) -> StreamState {
+        StreamState {
+            rng: self.rng.state(),
+            epoch: self.epoch,
+            order: self.order.iter().map(|&i| i as u32).collect(),
+            at: self.at,
+            steps: self.steps,
+            loss_sum: self.loss_sum,
+            correct: self.correct,
+            last_epoch: self.last_epoch,
+            history: self.history.clone(),
+        }
+    }
+
+    /// Continues from `s` (a [`Stream::state`] of this stream): mid-epoch, a loader over the
+    /// rest of the epoch's order with the epoch's seed.
+    pub fn restore(&mut self, s: StreamState) -> Result<()> {
+        let order: Vec<usize> = s.order.iter().map(|&i| i as usize).collect();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        let mut mine = self.indices.clone();
+        mine.sort_unstable();
+        let fits = (order.is_empty() || sorted == mine)
+            && s.at <= order.len()
+            && s.steps <= self.total
+            && s.epoch <= self.epochs
+            && s.loss_sum.is_finite();
+        if !fits {
+            return Err(Error::Train("the checkpoint's position in the data is not this task's".into()));
+        }
+        self.rng = Rng::new(s.rng);
+        (self.epoch, self.order, self.at, self.steps) = (s.epoch, order, s.at, s.steps);
+        (self.loss_sum, self.correct, self.last_epoch, self.history) = (s.loss_sum, s.correct, s.last_epoch, s.history);
+        self.loader = None;
+        if self.at > 0 && self.cached.is_none() {
+            let seed = self.seed ^ ((self.epoch as u64 + 1) << 32);
+            let rest = self.order[self.at..].to_vec();
+            self.loader =
+                Some(Loader::with_depth(self.train.clone(), rest, self.batch, self.transform, seed, self.depth));
+        }
+        Ok(())
     }
 }

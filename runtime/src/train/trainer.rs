@@ -161,6 +161,17 @@ impl Trainer {
         self.params
     }
 
+    /// The trained values and optimizer state (for a checkpoint).
+    pub fn save_state(&self) -> Result<(Vec<Vec<f32>>, super::checkpoint::OptimizerState)> {
+        self.backend.save_state(&self.graph, &self.slots)
+    }
+
+    /// Takes up trained values and optimizer state saved by [`Trainer::save_state`] in the same
+    /// run; values of another patch are refused.
+    pub fn load_state(&mut self, params: Vec<Vec<f32>>, state: super::checkpoint::OptimizerState) -> Result<()> {
+        self.backend.load_state(&mut self.graph, &self.slots, params, state)
+    }
+
     /// Makes the next [`Trainer::memory_plan`] for `budget` (for a trainer that shares a
     /// budget with others, [`super::fit_multi`]).
     pub fn set_memory_budget(&mut self, budget: Option<u64>) {

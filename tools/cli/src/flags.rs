@@ -2,6 +2,8 @@
 //! test images, and the process's resident memory (what `--memory-budget` and the JSON report
 //! measure).
 
+use std::path::PathBuf;
+
 use clap::Args;
 use edgepatch::backend::Device;
 use edgepatch::data::{Dataset, Rng};
@@ -57,6 +59,17 @@ pub struct TrainFlags {
     /// only when that fits more samples per pass
     #[arg(long)]
     pub recompute: bool,
+    /// Write a checkpoint here (atomically) every --checkpoint-every steps and at the end: the
+    /// trained values, optimizer state, schedule position and data order
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Steps between checkpoints
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
+    /// Continue from --checkpoint when the file exists (a run with the same data and settings
+    /// then ends with the same patch, bit for bit on the CPU, as one never interrupted)
+    #[arg(long, requires = "checkpoint")]
+    pub resume: bool,
 }
 
 impl TrainFlags {
@@ -78,6 +91,11 @@ impl TrainFlags {
         config.device = self.device;
         config.micro_batch = self.micro_batch;
         config.recompute = self.recompute.then_some(true);
+        config.checkpoint = self.checkpoint.as_ref().map(|path| edgepatch::train::checkpoint::Checkpointing {
+            path: path.clone(),
+            every: self.checkpoint_every as usize,
+            resume: self.resume,
+        });
         // On a GPU the library's budget is the device buffers'; on the CPU it is what training
         // adds: the process's budget less what it holds now, measured after the device is
         // resolved (looking for a GPU can load drivers that stay mapped). Out-of-range budgets

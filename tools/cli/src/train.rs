@@ -97,6 +97,9 @@ pub fn run_training(
     // Everything that could fail after training is checked before it: the output path, and
     // that every test and validation image can be read.
     edgepatch::fsio::output_target(&a.out)?;
+    if let Some(c) = &config.checkpoint {
+        edgepatch::fsio::output_target(&c.path)?;
+    }
     let test_idx = test_ds.as_ref().map(|t| select(t.as_ref(), a.test_limit, a.flags.seed));
     if let (Some(t), Some(idx)) = (&test_ds, &test_idx) {
         data::check_readable(t.as_ref(), idx, "test set")?;
