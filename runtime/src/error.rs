@@ -48,6 +48,11 @@ pub enum Error {
     /// operation the GPU backend does not implement.
     #[error("GPU: {0}")]
     Gpu(String),
+
+    /// Training stopped because it was cancelled ([`crate::train::Cancel`]); with a checkpoint
+    /// it can be resumed.
+    #[error("training cancelled: {0}")]
+    Cancelled(String),
 }
 
 /// The runtime's result type.

@@ -40,6 +40,9 @@ pub struct TrainConfig {
     /// Write a checkpoint every so many steps, and resume from it ([`super::checkpoint`]). For
     /// several tasks trained together, the first task's setting holds for the run.
     pub checkpoint: Option<super::checkpoint::Checkpointing>,
+    /// Stops training after the step in progress when cancelled, from any thread or from the
+    /// progress callback ([`Cancel`]). For several tasks trained together, the first task's.
+    pub cancel: Cancel,
     pub augment: bool,
     pub seed: u64,
     /// Where the steps run.
@@ -71,6 +74,7 @@ impl TrainConfig {
             memory_budget: None,
             recompute: None,
             checkpoint: None,
+            cancel: Cancel::default(),
             init: None,
         }
     }
@@ -124,5 +128,35 @@ impl TrainConfig {
             return Err(Error::Train("label smoothing and warm-up must be in [0, 1)".into()));
         }
         Ok(())
+    }
+}
+
+/// A flag that stops a training run after its current step (it then writes its checkpoint, when
+/// it has one, and fails with [`crate::Error::Cancelled`]). Clones share the flag: keep one to
+/// cancel from another thread or from the progress callback.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// Asks the run to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether it was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Clears the request (before a new run with the same flag).
+    pub fn reset(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Two configurations are equal whatever their cancel flags.
+impl PartialEq for Cancel {
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
 }

@@ -19,12 +19,17 @@ use crate::{Error, Result};
 /// Where a training run is, reported after every step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
+    /// 0-based epoch of the task that stepped, and the run's steps done and in all.
     pub epoch: usize,
     pub step: usize,
     pub total_steps: usize,
+    /// The step's loss, the task's training accuracy so far in this epoch, the learning rate.
     pub loss: f32,
+    pub accuracy: f32,
     pub lr: f32,
     pub images_per_second: f32,
+    /// Estimated training seconds left (from the steps' pace so far).
+    pub seconds_left: f64,
 }
 
 /// The outcome of [`fit`].
@@ -256,6 +261,7 @@ pub fn fit_multi(
         // checkpoint.
         trainers.iter().try_for_each(|t| t.save_state().map(drop))?;
     }
+    let (cancel, first_step) = (tasks[0].config.cancel.clone(), step);
     let elapsed = |paused: std::time::Duration| (start.elapsed() - paused).as_secs_f64() + before;
     while let Some(k) = (0..streams.len()).filter(|&k| !streams[k].done()).min_by(|&a, &b| {
         let f = |s: &Stream| (s.steps + 1) as f64 / s.total as f64;
@@ -314,11 +320,35 @@ pub fn fit_multi(
             });
             (s.loss_sum, s.correct) = (0.0, 0);
         }
-        let ips = (seen as f64 / elapsed(paused).max(1e-9)) as f32;
-        progress(k, Progress { epoch, step, total_steps: total, loss: stats.loss, lr, images_per_second: ips });
-        if let Some(c) = saving.as_ref().filter(|c| step % c.every.max(1) == 0 && step < total) {
+        let now = elapsed(paused);
+        let ips = (seen as f64 / now.max(1e-9)) as f32;
+        let in_epoch = if epoch_end {
+            s.last_epoch.1 as f32 / s.indices.len() as f32
+        } else {
+            s.correct as f32 / s.at.max(1) as f32
+        };
+        let left = (now - before) / (step - first_step).max(1) as f64 * (total - step) as f64;
+        progress(
+            k,
+            Progress {
+                epoch,
+                step,
+                total_steps: total,
+                loss: stats.loss,
+                accuracy: in_epoch,
+                lr,
+                images_per_second: ips,
+                seconds_left: left,
+            },
+        );
+        let cancelled = cancel.is_cancelled() && step < total;
+        if let Some(c) = saving.as_ref().filter(|c| (step % c.every.max(1) == 0 || cancelled) && step < total) {
             let at = checkpoint::Position { run, step, seen, seconds: elapsed(paused) };
             checkpoint::capture(at, &trainers, &streams, &group_steps)?.save(&c.path)?;
+        }
+        if cancelled {
+            let resumable = if saving.is_some() { "; its checkpoint resumes it" } else { "" };
+            return Err(Error::Cancelled(format!("stopped after step {step} of {total}{resumable}")));
         }
     }
     let seconds = elapsed(paused);

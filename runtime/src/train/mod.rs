@@ -14,7 +14,7 @@ mod stream;
 pub mod tape;
 mod trainer;
 
-pub use config::TrainConfig;
+pub use config::{Cancel, TrainConfig};
 pub use evaluate::{evaluate, evaluate_on, evaluate_within, Evaluation};
 pub use fit::{fit, fit_multi, fit_validated, EpochStats, FitReport, Progress, TaskResult, TaskSpec};
 pub use optim::{LrSchedule, OptimizerKind};

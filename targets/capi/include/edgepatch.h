@@ -50,8 +50,26 @@
 // The trainer is inside a call on another thread (a trainer takes one call at a time).
 #define EP_ERR_BUSY 8
 
+// Training was cancelled (`ep_trainer_cancel`, or the progress callback returned non-zero);
+// with a checkpoint set, the next `ep_trainer_fit` resumes it.
+#define EP_ERR_CANCELLED 9
+
+// The version of this C ABI: raised whenever a function, constant or struct changes (1: the
+// first header; 2: devices, progress, cancel, checkpoints, versions). Compare it with
+// `EP_ABI_VERSION` from the header the app was built with.
+#define EP_ABI_VERSION 2
+
 // Longest label copied into `EpClass::label`, including the terminating NUL.
 #define EP_LABEL_LEN 64
+
+// Train where `Device::Auto` chooses: a hardware GPU when there is one, else the CPU.
+#define EP_DEVICE_AUTO 0
+
+// Train on the CPU (the default).
+#define EP_DEVICE_CPU 1
+
+// Train on the GPU (`ep_trainer_fit` fails with `EP_ERR_DEVICE` without one).
+#define EP_DEVICE_GPU 2
 
 // A backbone with its named task patches and the active one, behind a lock: predictions
 // share it, changes take it alone.
@@ -68,9 +86,36 @@ typedef struct EpClass {
   char label[EP_LABEL_LEN];
 } EpClass;
 
+// Where a fit is, passed to the progress callback after every step.
+typedef struct EpProgress {
+  // 0-based epoch.
+  uint32_t epoch;
+  // Steps done and in all.
+  uint32_t step;
+  uint32_t total_steps;
+  // The step's loss and the training accuracy so far in this epoch.
+  float loss;
+  float accuracy;
+  float images_per_second;
+  // Estimated seconds left.
+  double seconds_left;
+} EpProgress;
+
+// A progress callback: called on the fitting thread after every step with the progress and the
+// `user` pointer given to `ep_trainer_set_progress`; a non-zero return stops the fit
+// (`EP_ERR_CANCELLED`). It must not call functions on the same trainer except
+// `ep_trainer_cancel`.
+typedef int32_t (*EpProgressFn)(const struct EpProgress *progress, void *user);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+// The ABI version of the library loaded (`EP_ABI_VERSION` of the header it was built with).
+uint32_t ep_abi_version(void);
+
+// The library's version, e.g. "edgepatch 0.1.0 (ABI 2)": a static NUL-terminated string.
+const char *ep_version(void);
 
 // The message of the last failure on this thread ("" after a success). Valid until the next
 // call on this thread.
@@ -153,8 +198,11 @@ int32_t ep_trainer_add_rgb8(struct EpTrainer *tr,
                             uint32_t label);
 
 // Trains on the images added so far for `epochs` epochs at learning rate `lr` (≤ 0: the
-// default for the patch kinds; NaN or infinite: refused) from `seed`; `*train_accuracy` (may be null) receives the
-// accuracy over the last epoch.
+// default for the patch kinds; NaN or infinite: refused) from `seed`; `*train_accuracy` (may be
+// null) receives the accuracy over the last epoch. Calls the progress callback after every step
+// (`ep_trainer_set_progress`), writes checkpoints and resumes from one
+// (`ep_trainer_set_checkpoint`), and returns `EP_ERR_CANCELLED` when cancelled
+// (`ep_trainer_cancel`, or the callback).
 int32_t ep_trainer_fit(struct EpTrainer *tr,
                        uint32_t epochs,
                        float lr,
@@ -167,6 +215,34 @@ int32_t ep_trainer_save(struct EpTrainer *tr, uint8_t **out_bytes, size_t *out_l
 
 // Frees a trainer (null is ignored; not while another thread is inside a call on it).
 void ep_trainer_free(struct EpTrainer *tr);
+
+// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
+// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran.
+int32_t ep_trainer_set_device(struct EpTrainer *tr, int32_t device);
+
+// Where the last successful fit ran ("cpu", or "gpu (adapter)"), copied NUL-terminated into
+// `buf` of `len` bytes (cut to fit); an empty string before any fit.
+int32_t ep_trainer_device(struct EpTrainer *tr, char *buf, size_t len);
+
+// Sets the progress callback of the next fits (null: none) and its `user` pointer.
+int32_t ep_trainer_set_progress(struct EpTrainer *tr, EpProgressFn callback, void *user);
+
+// Checkpoints the next fits at `path` (UTF-8; null: none) every `every` steps (at least 1) and
+// at the end, written atomically. With `resume` non-zero a fit starts from the checkpoint when
+// the file exists, so that a fit cancelled or killed at any moment and fitted again with the
+// same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
+// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is. Checkpoints of GPU
+// fits are not supported yet (refused before training).
+int32_t ep_trainer_set_checkpoint(struct EpTrainer *tr,
+                                  const char *path,
+                                  uint32_t every,
+                                  int32_t resume);
+
+// Stops the fit in progress on this trainer after its current step (it writes its checkpoint,
+// when one is set, and returns `EP_ERR_CANCELLED`). Any thread may call it at any time, also
+// while the fit holds the trainer; without a fit in progress it does nothing (a fit clears the
+// request when it starts).
+int32_t ep_trainer_cancel(struct EpTrainer *tr);
 
 #ifdef __cplusplus
 }  // extern "C"

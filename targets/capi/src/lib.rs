@@ -13,7 +13,8 @@
 //! concurrently (they share the runtime read-only), and a call that changes it (loading,
 //! unloading or activating a patch) waits for the predictions in flight and is seen whole by
 //! the ones after it. A trainer takes one call at a time: a call made while another thread is
-//! inside a call on the same trainer is refused with `EP_ERR_BUSY`, never interleaved. A
+//! inside a call on the same trainer is refused with `EP_ERR_BUSY`, never interleaved, except
+//! `ep_trainer_cancel`, which any thread may call while a fit runs. A
 //! trainer trains on its own copy of the backbone, so a runtime predicts while a trainer made
 //! from it fits on another thread. Freeing a handle while another thread uses it is the one
 //! thing C must not do. `ep_last_error` is per thread.
@@ -53,6 +54,31 @@ pub const EP_ERR_INTERNAL: i32 = 99;
 
 /// The trainer is inside a call on another thread (a trainer takes one call at a time).
 pub const EP_ERR_BUSY: i32 = 8;
+/// Training was cancelled (`ep_trainer_cancel`, or the progress callback returned non-zero);
+/// with a checkpoint set, the next `ep_trainer_fit` resumes it.
+pub const EP_ERR_CANCELLED: i32 = 9;
+
+/// The version of this C ABI: raised whenever a function, constant or struct changes (1: the
+/// first header; 2: devices, progress, cancel, checkpoints, versions). Compare it with
+/// `EP_ABI_VERSION` from the header the app was built with.
+pub const EP_ABI_VERSION: u32 = 2;
+
+/// The ABI version of the library loaded (`EP_ABI_VERSION` of the header it was built with).
+#[no_mangle]
+pub extern "C" fn ep_abi_version() -> u32 {
+    EP_ABI_VERSION
+}
+
+/// The library's version, e.g. "edgepatch 0.1.0 (ABI 2)": a static NUL-terminated string.
+#[no_mangle]
+pub extern "C" fn ep_version() -> *const c_char {
+    static VERSION: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            CString::new(format!("edgepatch {} (ABI {EP_ABI_VERSION})", env!("CARGO_PKG_VERSION"))).unwrap_or_default()
+        })
+        .as_ptr()
+}
 /// Longest label copied into `EpClass::label`, including the terminating NUL.
 pub const EP_LABEL_LEN: usize = 64;
 
@@ -76,6 +102,7 @@ fn code(e: &Error) -> i32 {
         Error::Patch(_) => EP_ERR_PATCH,
         Error::Dataset { .. } | Error::Train(_) => EP_ERR_TRAIN,
         Error::Gpu(_) => EP_ERR_DEVICE,
+        Error::Cancelled(_) => EP_ERR_CANCELLED,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The C entry points called as C calls them: bad arguments are refused at the call that takes
 //! them, with a status and a message, never later and never as a panic.
 
-use std::ffi::{CStr, CString};
+use std::ffi::{c_void, CStr, CString};
 use std::ptr;
 
 use super::*;
@@ -173,4 +173,102 @@ fn the_pixel_limit_applies_to_decoded_files() {
     assert_eq!(ep_predict_file(rt, path.as_ptr(), 1, classes.as_mut_ptr(), &mut n), EP_OK, "{}", last_error());
     assert_eq!(n, 1);
     ep_runtime_free(rt);
+}
+
+/// Counts the calls in the `AtomicUsize` at `user`.
+extern "C" fn record(p: *const EpProgress, user: *mut c_void) -> i32 {
+    // SAFETY: the trainer passes a valid progress; the tests pass an `AtomicUsize` as `user`.
+    let (p, seen) = unsafe { (&*p, &*(user as *const std::sync::atomic::AtomicUsize)) };
+    assert!(p.step >= 1 && p.step <= p.total_steps && p.loss.is_finite() && (0.0..=1.0).contains(&p.accuracy));
+    assert!(p.seconds_left.is_finite() && p.seconds_left >= 0.0);
+    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    0
+}
+
+/// [`record`], and stops the fit at step 3.
+extern "C" fn stop_at_three(p: *const EpProgress, user: *mut c_void) -> i32 {
+    record(p, user);
+    // SAFETY: as in `record`.
+    (unsafe { &*p }.step == 3) as i32
+}
+
+fn patch_bytes(tr: *mut EpTrainer) -> Vec<u8> {
+    let (mut p, mut len) = (ptr::null_mut(), 0usize);
+    assert_eq!(ep_trainer_save(tr, &mut p, &mut len), EP_OK, "{}", last_error());
+    // SAFETY: `ep_trainer_save` returned `len` bytes at `p`.
+    let v = unsafe { std::slice::from_raw_parts(p, len) }.to_vec();
+    ep_bytes_free(p, len);
+    v
+}
+
+#[test]
+fn a_fit_stopped_by_its_progress_callback_resumes_to_the_uninterrupted_patch() {
+    let rt = runtime();
+    let whole = red_and_blue(rt, 8);
+    assert_eq!(ep_trainer_fit(whole, 6, 0.05, 3, ptr::null_mut()), EP_OK, "{}", last_error());
+    let expected = patch_bytes(whole);
+
+    let dir = std::env::temp_dir().join(format!("edgepatch-capi-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = CString::new(dir.join("fit.ckpt").to_str().unwrap()).unwrap();
+    let tr = red_and_blue(rt, 8);
+    assert_eq!(ep_trainer_set_checkpoint(tr, path.as_ptr(), 1, 1), EP_OK, "{}", last_error());
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let user = &seen as *const _ as *mut c_void;
+    assert_eq!(ep_trainer_set_progress(tr, Some(stop_at_three), user), EP_OK);
+    assert_eq!(ep_trainer_fit(tr, 6, 0.05, 3, ptr::null_mut()), EP_ERR_CANCELLED);
+    assert!(last_error().contains("cancelled") && last_error().contains("step 3 of 6"), "{}", last_error());
+    // The next fit resumes at step 4 and runs to the end.
+    assert_eq!(ep_trainer_set_progress(tr, Some(record), user), EP_OK);
+    seen.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(ep_trainer_fit(tr, 6, 0.05, 3, ptr::null_mut()), EP_OK, "{}", last_error());
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3, "steps 4 to 6 only");
+    assert!(patch_bytes(tr) == expected, "the resumed patch differs from the uninterrupted one");
+    let mut device = [0 as c_char; 32];
+    assert_eq!(ep_trainer_device(tr, device.as_mut_ptr(), device.len()), EP_OK);
+    // SAFETY: `ep_trainer_device` wrote a NUL-terminated string.
+    assert_eq!(unsafe { CStr::from_ptr(device.as_ptr()) }.to_str().unwrap(), "cpu");
+    // Bad arguments.
+    assert_eq!(ep_trainer_set_checkpoint(tr, path.as_ptr(), 0, 1), EP_ERR_ARGUMENT);
+    assert_eq!(ep_trainer_set_device(tr, 7), EP_ERR_ARGUMENT);
+    assert_eq!(ep_trainer_device(tr, ptr::null_mut(), 4), EP_ERR_ARGUMENT);
+    assert_eq!(ep_trainer_cancel(ptr::null_mut()), EP_ERR_ARGUMENT);
+    for t in [whole, tr] {
+        ep_trainer_free(t);
+    }
+    ep_runtime_free(rt);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn another_thread_cancels_a_fit_in_progress() {
+    let rt = runtime();
+    let tr = red_and_blue(rt, 4);
+    let seen = Box::leak(Box::new(std::sync::atomic::AtomicUsize::new(0)));
+    assert_eq!(ep_trainer_set_progress(tr, Some(record), seen as *const _ as *mut c_void), EP_OK);
+    let addr = tr as usize;
+    let fit = std::thread::spawn(move || ep_trainer_fit(addr as *mut EpTrainer, 100_000, 0.01, 0, ptr::null_mut()));
+    let started = std::time::Instant::now();
+    while seen.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(started.elapsed().as_secs() < 60, "no progress reported");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The fit holds the trainer: other calls are refused, a cancel is not.
+    assert_eq!(ep_trainer_set_memory_budget(tr, 0), EP_ERR_BUSY);
+    assert_eq!(ep_trainer_cancel(tr), EP_OK);
+    assert_eq!(fit.join().unwrap(), EP_ERR_CANCELLED);
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst) < 100_000);
+    // The trainer is free again, and a new fit is not cancelled by the old request.
+    assert_eq!(ep_trainer_set_progress(tr, None, ptr::null_mut()), EP_OK);
+    assert_eq!(ep_trainer_fit(tr, 1, 0.01, 0, ptr::null_mut()), EP_OK, "{}", last_error());
+    ep_trainer_free(tr);
+    ep_runtime_free(rt);
+}
+
+#[test]
+fn the_version_is_the_headers() {
+    assert_eq!(ep_abi_version(), EP_ABI_VERSION);
+    // SAFETY: `ep_version` returns a static NUL-terminated string.
+    let v = unsafe { CStr::from_ptr(ep_version()) }.to_str().unwrap();
+    assert!(v.starts_with("edgepatch ") && v.ends_with(&format!("(ABI {EP_ABI_VERSION})")), "{v}");
 }

@@ -1,20 +1,53 @@
 //! The trainer of the C ABI: labelled images added one by one, a fit, the patch as bytes. One
-//! call at a time per trainer (a second thread's call is refused with `EP_ERR_BUSY`).
+//! call at a time per trainer (a second thread's call is refused with `EP_ERR_BUSY`), except
+//! `ep_trainer_cancel`, which any thread may call at any time.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use edgepatch::data::dataset::Memory;
 use edgepatch::data::image::Rgb8;
 use edgepatch::patch::file as patch_file;
-use edgepatch::train::{self, TrainConfig};
+use edgepatch::train::{self, checkpoint::Checkpointing, Cancel, TrainConfig};
 use edgepatch::{Backbone, Patch, PatchKinds};
 
 use super::{arg, cstr, guard, handle, out, rgb8, EpRuntime, Failure, EP_ERR_BUSY, EP_ERR_TRAIN};
 
+/// Train where `Device::Auto` chooses: a hardware GPU when there is one, else the CPU.
+pub const EP_DEVICE_AUTO: i32 = 0;
+/// Train on the CPU (the default).
+pub const EP_DEVICE_CPU: i32 = 1;
+/// Train on the GPU (`ep_trainer_fit` fails with `EP_ERR_DEVICE` without one).
+pub const EP_DEVICE_GPU: i32 = 2;
+
+/// Where a fit is, passed to the progress callback after every step.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpProgress {
+    /// 0-based epoch.
+    pub epoch: u32,
+    /// Steps done and in all.
+    pub step: u32,
+    pub total_steps: u32,
+    /// The step's loss and the training accuracy so far in this epoch.
+    pub loss: f32,
+    pub accuracy: f32,
+    pub images_per_second: f32,
+    /// Estimated seconds left.
+    pub seconds_left: f64,
+}
+
+/// A progress callback: called on the fitting thread after every step with the progress and the
+/// `user` pointer given to `ep_trainer_set_progress`; a non-zero return stops the fit
+/// (`EP_ERR_CANCELLED`). It must not call functions on the same trainer except
+/// `ep_trainer_cancel`.
+pub type EpProgressFn = Option<extern "C" fn(progress: *const EpProgress, user: *mut c_void) -> i32>;
+
 /// Learns a patch from labelled images added one by one.
 pub struct EpTrainer {
     state: Mutex<TrainerState>,
+    /// Outside the lock, so that another thread can cancel a fit in progress.
+    cancel: Cancel,
 }
 
 struct TrainerState {
@@ -23,6 +56,11 @@ struct TrainerState {
     labels: Vec<String>,
     images: Vec<(Rgb8, usize)>,
     patch: Option<Patch>,
+    progress: EpProgressFn,
+    /// The callback's user pointer (C's; kept as an address).
+    user: usize,
+    /// Where the last fit ran.
+    device: String,
 }
 
 /// The trainer's state for one call, or `EP_ERR_BUSY` while another thread is inside a call.
@@ -64,8 +102,17 @@ pub extern "C" fn ep_trainer_new(
         // The C ABI has no device choice yet: it trains on the CPU.
         config.device = edgepatch::backend::Device::Cpu;
         config.check()?;
-        let state = TrainerState { backbone, config, labels: names, images: Vec::new(), patch: None };
-        *slot = Box::into_raw(Box::new(EpTrainer { state: Mutex::new(state) }));
+        let state = TrainerState {
+            backbone,
+            config,
+            labels: names,
+            images: Vec::new(),
+            patch: None,
+            progress: None,
+            user: 0,
+            device: String::new(),
+        };
+        *slot = Box::into_raw(Box::new(EpTrainer { state: Mutex::new(state), cancel: Cancel::default() }));
         Ok(())
     })
 }
@@ -97,10 +144,14 @@ pub extern "C" fn ep_trainer_add_rgb8(tr: *mut EpTrainer, rgb: *const u8, width:
 }
 
 /// Trains on the images added so far for `epochs` epochs at learning rate `lr` (≤ 0: the
-/// default for the patch kinds; NaN or infinite: refused) from `seed`; `*train_accuracy` (may be null) receives the
-/// accuracy over the last epoch.
+/// default for the patch kinds; NaN or infinite: refused) from `seed`; `*train_accuracy` (may be
+/// null) receives the accuracy over the last epoch. Calls the progress callback after every step
+/// (`ep_trainer_set_progress`), writes checkpoints and resumes from one
+/// (`ep_trainer_set_checkpoint`), and returns `EP_ERR_CANCELLED` when cancelled
+/// (`ep_trainer_cancel`, or the callback).
 #[no_mangle]
 pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed: u64, train_accuracy: *mut f32) -> i32 {
+    let trp = tr;
     guard(|| {
         let tr = &mut *take(tr)?;
         let mut config = tr.config.clone();
@@ -109,9 +160,37 @@ pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed:
         config.lr = (lr.is_nan() || lr > 0.0).then_some(lr);
         config.seed = seed;
         config.batch = config.batch.min(tr.images.len().max(1));
-        let ds = Arc::new(Memory::new("c-api images", tr.images.clone(), tr.labels.clone())?);
+        // The images' digest names them in a checkpoint, so that another set is not resumed.
+        let digest = tr.images.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, (img, label)| {
+            let words = [img.width as u64, img.height as u64, *label as u64];
+            words
+                .into_iter()
+                .chain(img.data.iter().map(|&b| b as u64))
+                .fold(h, |h, w| (h ^ w).wrapping_mul(0x0100_0000_01b3))
+        });
+        let spec = format!("c-api images {digest:016x}");
+        let ds = Arc::new(Memory::new(&spec, tr.images.clone(), tr.labels.clone())?);
         let idx: Vec<usize> = (0..tr.images.len()).collect();
-        let (patch, report) = train::fit(&tr.backbone, ds, &idx, config, &mut |_| {})?;
+        let cancel = handle(trp, "trainer")?.cancel.clone();
+        cancel.reset();
+        config.cancel = cancel.clone();
+        let (callback, user) = (tr.progress, tr.user);
+        let (patch, report) = train::fit(&tr.backbone, ds, &idx, config, &mut |p| {
+            let Some(f) = callback else { return };
+            let c = EpProgress {
+                epoch: p.epoch as u32,
+                step: p.step as u32,
+                total_steps: p.total_steps as u32,
+                loss: p.loss,
+                accuracy: p.accuracy,
+                images_per_second: p.images_per_second,
+                seconds_left: p.seconds_left,
+            };
+            if f(&c, user as *mut c_void) != 0 {
+                cancel.cancel();
+            }
+        })?;
+        tr.device = report.device.clone();
         tr.patch = Some(patch);
         if !train_accuracy.is_null() {
             *out(train_accuracy, "train_accuracy")? = report.train_accuracy;
@@ -143,4 +222,85 @@ pub extern "C" fn ep_trainer_free(tr: *mut EpTrainer) {
         // SAFETY: `tr` came from `Box::into_raw` in this library and is freed once.
         drop(unsafe { Box::from_raw(tr) });
     }
+}
+
+/// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
+/// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran.
+#[no_mangle]
+pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 {
+    guard(|| {
+        let tr = &mut *take(tr)?;
+        tr.config.device = match device {
+            EP_DEVICE_AUTO => edgepatch::backend::Device::Auto,
+            EP_DEVICE_CPU => edgepatch::backend::Device::Cpu,
+            EP_DEVICE_GPU => edgepatch::backend::Device::Gpu,
+            other => return Err(arg(format!("device {other} (EP_DEVICE_AUTO, EP_DEVICE_CPU or EP_DEVICE_GPU)"))),
+        };
+        Ok(())
+    })
+}
+
+/// Where the last successful fit ran ("cpu", or "gpu (adapter)"), copied NUL-terminated into
+/// `buf` of `len` bytes (cut to fit); an empty string before any fit.
+#[no_mangle]
+pub extern "C" fn ep_trainer_device(tr: *mut EpTrainer, buf: *mut c_char, len: usize) -> i32 {
+    guard(|| {
+        let tr = take(tr)?;
+        if buf.is_null() || len == 0 {
+            return Err(arg("buf is null or empty"));
+        }
+        let bytes = tr.device.as_bytes();
+        let n = bytes.len().min(len - 1);
+        // SAFETY: C passes `len` writable bytes at `buf`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len) };
+        dst[..n].copy_from_slice(&bytes[..n]);
+        dst[n] = 0;
+        Ok(())
+    })
+}
+
+/// Sets the progress callback of the next fits (null: none) and its `user` pointer.
+#[no_mangle]
+pub extern "C" fn ep_trainer_set_progress(tr: *mut EpTrainer, callback: EpProgressFn, user: *mut c_void) -> i32 {
+    guard(|| {
+        let tr = &mut *take(tr)?;
+        (tr.progress, tr.user) = (callback, user as usize);
+        Ok(())
+    })
+}
+
+/// Checkpoints the next fits at `path` (UTF-8; null: none) every `every` steps (at least 1) and
+/// at the end, written atomically. With `resume` non-zero a fit starts from the checkpoint when
+/// the file exists, so that a fit cancelled or killed at any moment and fitted again with the
+/// same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
+/// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is. Checkpoints of GPU
+/// fits are not supported yet (refused before training).
+#[no_mangle]
+pub extern "C" fn ep_trainer_set_checkpoint(tr: *mut EpTrainer, path: *const c_char, every: u32, resume: i32) -> i32 {
+    guard(|| {
+        let tr = &mut *take(tr)?;
+        if path.is_null() {
+            tr.config.checkpoint = None;
+            return Ok(());
+        }
+        if every == 0 {
+            return Err(arg("checkpoints every 0 steps"));
+        }
+        let path = std::path::PathBuf::from(cstr(path, "path")?);
+        edgepatch::fsio::output_target(&path)?;
+        tr.config.checkpoint = Some(Checkpointing { path, every: every as usize, resume: resume != 0 });
+        Ok(())
+    })
+}
+
+/// Stops the fit in progress on this trainer after its current step (it writes its checkpoint,
+/// when one is set, and returns `EP_ERR_CANCELLED`). Any thread may call it at any time, also
+/// while the fit holds the trainer; without a fit in progress it does nothing (a fit clears the
+/// request when it starts).
+#[no_mangle]
+pub extern "C" fn ep_trainer_cancel(tr: *mut EpTrainer) -> i32 {
+    guard(|| {
+        handle(tr, "trainer")?.cancel.cancel();
+        Ok(())
+    })
 }
