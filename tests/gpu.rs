@@ -329,3 +329,39 @@ fn a_gpu_session_switches_patches_like_a_cpu_session() {
     on_gpu.clear_patch().unwrap();
     assert!(on_gpu.device().starts_with("gpu"));
 }
+
+/// A GPU trainer's values and optimizer state, saved and loaded into a new trainer, continue the
+/// run exactly (what a checkpoint of GPU training holds).
+#[test]
+fn a_gpu_trainer_continues_from_its_saved_state() {
+    let Some(_) = gpu() else { return };
+    let b = Backbone::from_onnx_bytes(&tiny_net(TinyNet { quantized: true, ..TinyNet::default() }, 7)).unwrap();
+    let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    for opt in [OptimizerKind::Adam, OptimizerKind::Sgd] {
+        let make = || {
+            let mut config = TrainConfig::new("sb+logits".parse().unwrap());
+            (config.optimizer, config.resolution, config.device) = (opt, 32, Device::Gpu);
+            Trainer::new(&b, config, names.clone()).unwrap()
+        };
+        let (mut a, mut c) = (make(), make());
+        for step in 0..2 {
+            let (x, labels) = batch(6, 32, step);
+            a.step(x, &labels, 0.01).unwrap();
+        }
+        let (params, state) = a.save_state().unwrap();
+        c.load_state(params.clone(), state.clone()).unwrap();
+        for step in 2..4 {
+            let (x, labels) = batch(6, 32, step);
+            a.step(x.clone(), &labels, 0.01).unwrap();
+            c.step(x, &labels, 0.01).unwrap();
+        }
+        let bits = |t: &mut Trainer| {
+            t.patch().unwrap().tensors.iter().flat_map(|x| x.values.iter().map(|v| v.to_bits())).collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&mut a), bits(&mut c), "{opt}");
+        // State of another patch is refused.
+        let mut other = params;
+        other[0].push(0.0);
+        assert!(c.load_state(other, state).is_err());
+    }
+}

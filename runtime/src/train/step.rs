@@ -333,4 +333,18 @@ impl StepBackend for crate::backend::gpu::GpuTrainer {
     fn set_memory_budget(&mut self, budget: Option<u64>) {
         crate::backend::gpu::GpuTrainer::set_memory_budget(self, budget)
     }
+
+    fn save_state(&self, _graph: &Graph, _slots: &[Slot]) -> Result<(Vec<Vec<f32>>, OptimizerState)> {
+        crate::backend::gpu::GpuTrainer::save_state(self)
+    }
+
+    fn load_state(
+        &mut self,
+        _graph: &mut Graph,
+        _slots: &[Slot],
+        params: Vec<Vec<f32>>,
+        state: OptimizerState,
+    ) -> Result<()> {
+        crate::backend::gpu::GpuTrainer::load_state(self, params, state)
+    }
 }

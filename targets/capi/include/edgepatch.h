@@ -231,8 +231,7 @@ int32_t ep_trainer_set_progress(struct EpTrainer *tr, EpProgressFn callback, voi
 // at the end, written atomically. With `resume` non-zero a fit starts from the checkpoint when
 // the file exists, so that a fit cancelled or killed at any moment and fitted again with the
 // same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
-// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is. Checkpoints of GPU
-// fits are not supported yet (refused before training).
+// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is.
 int32_t ep_trainer_set_checkpoint(struct EpTrainer *tr,
                                   const char *path,
                                   uint32_t every,

@@ -273,8 +273,7 @@ pub extern "C" fn ep_trainer_set_progress(tr: *mut EpTrainer, callback: EpProgre
 /// at the end, written atomically. With `resume` non-zero a fit starts from the checkpoint when
 /// the file exists, so that a fit cancelled or killed at any moment and fitted again with the
 /// same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
-/// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is. Checkpoints of GPU
-/// fits are not supported yet (refused before training).
+/// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is.
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_checkpoint(tr: *mut EpTrainer, path: *const c_char, every: u32, resume: i32) -> i32 {
     guard(|| {

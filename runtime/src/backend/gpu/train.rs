@@ -9,6 +9,7 @@
 
 mod plan;
 mod split;
+mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -383,22 +384,5 @@ impl GpuTrainer {
         let mut v: Vec<_> = by.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
         v.sort_by(|a, b| b.2.total_cmp(&a.2));
         Ok(v)
-    }
-
-    /// The trained values, one vector per slot (in slot order).
-    pub fn read_params(&self) -> Result<Vec<Vec<f32>>> {
-        let mut encoder = self.gpu.encoder();
-        let staging = self.gpu.stage(&mut encoder, &Range::whole(self.params.clone()));
-        self.gpu.queue.submit([encoder.finish()]);
-        let all = f32s(&self.gpu.read_staged(&staging)?);
-        Ok(self.layout.iter().map(|&(at, len)| all[at..at + len].to_vec()).collect())
-    }
-
-    /// Copies the trained values into `graph` (the graph the trainer was made from).
-    pub fn sync(&self, graph: &mut Graph) -> Result<()> {
-        for (s, v) in self.slots.iter().zip(self.read_params()?) {
-            patch::param_mut(graph, *s).copy_from_slice(&v);
-        }
-        Ok(())
     }
 }
