@@ -54,11 +54,6 @@
 // with a checkpoint set, the next `ep_trainer_fit` resumes it.
 #define EP_ERR_CANCELLED 9
 
-// The version of this C ABI: raised whenever a function, constant or struct changes (1: the
-// first header; 2: devices, progress, cancel, checkpoints, versions). Compare it with
-// `EP_ABI_VERSION` from the header the app was built with.
-#define EP_ABI_VERSION 2
-
 // Longest label copied into `EpClass::label`, including the terminating NUL.
 #define EP_LABEL_LEN 64
 
@@ -71,9 +66,17 @@
 // Train on the GPU (`ep_trainer_fit` fails with `EP_ERR_DEVICE` without one).
 #define EP_DEVICE_GPU 2
 
+// The version of this C ABI: raised whenever a function, constant or struct changes (1: the
+// first header; 2: devices, progress, cancel, checkpoints, versions). Compare it with
+// `EP_ABI_VERSION` from the header the app was built with.
+#define EP_ABI_VERSION 2
+
 // A backbone with its named task patches and the active one, behind a lock: predictions
 // share it, changes take it alone.
 typedef struct EpRuntime EpRuntime;
+
+// An open patch store.
+typedef struct EpStore EpStore;
 
 // Learns a patch from labelled images added one by one.
 typedef struct EpTrainer EpTrainer;
@@ -110,12 +113,6 @@ typedef int32_t (*EpProgressFn)(const struct EpProgress *progress, void *user);
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
-
-// The ABI version of the library loaded (`EP_ABI_VERSION` of the header it was built with).
-uint32_t ep_abi_version(void);
-
-// The library's version, e.g. "edgepatch 0.1.0 (ABI 2)": a static NUL-terminated string.
-const char *ep_version(void);
 
 // The message of the last failure on this thread ("" after a success). Valid until the next
 // call on this thread.
@@ -173,6 +170,32 @@ int32_t ep_predict_file(struct EpRuntime *rt,
 
 // Releases bytes returned by this library.
 void ep_bytes_free(uint8_t *bytes, size_t len);
+
+// Opens the store in directory `dir` (UTF-8); with `create` non-zero an absent store is created
+// (the directory must be new or empty). `*out_store` receives the handle (free it with
+// `ep_store_free`).
+int32_t ep_store_open(const char *dir, int32_t create, struct EpStore **out_store);
+
+// Frees a store handle (null is ignored; the files stay).
+void ep_store_free(struct EpStore *s);
+
+// `*out_count` receives the number of tasks in the store now.
+int32_t ep_store_count(struct EpStore *s, size_t *out_count);
+
+// The name of task `index` (in the order they were added), copied NUL-terminated into `buf` of
+// `len` bytes; a name that does not fit is refused (`EP_ERR_ARGUMENT`; names are at most 64
+// bytes). An index past the end is refused.
+int32_t ep_store_name(struct EpStore *s, size_t index, char *buf, size_t len);
+
+// Adds (or replaces) task `name` with a patch file's bytes, checked and written atomically.
+int32_t ep_store_add_bytes(struct EpStore *s, const char *name, const uint8_t *patch, size_t len);
+
+// Removes task `name` from the store (its file and index entry, atomically).
+int32_t ep_store_remove(struct EpStore *s, const char *name);
+
+// Loads task `name` from the store into the runtime under the same name (checked against the
+// runtime's backbone) and makes it active.
+int32_t ep_store_activate(struct EpStore *s, struct EpRuntime *rt, const char *name);
 
 // Creates a trainer over the runtime's backbone for patch `kinds` (e.g. "sb+logits") and
 // `n_labels` class names, at `resolution` px (a multiple of 32 from 32 to 1024: anything else is
@@ -242,6 +265,12 @@ int32_t ep_trainer_set_checkpoint(struct EpTrainer *tr,
 // while the fit holds the trainer; without a fit in progress it does nothing (a fit clears the
 // request when it starts).
 int32_t ep_trainer_cancel(struct EpTrainer *tr);
+
+// The ABI version of the library loaded (`EP_ABI_VERSION` of the header it was built with).
+uint32_t ep_abi_version(void);
+
+// The library's version, e.g. "edgepatch 0.1.0 (ABI 2)": a static NUL-terminated string.
+const char *ep_version(void);
 
 #ifdef __cplusplus
 }  // extern "C"

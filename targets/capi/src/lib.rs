@@ -30,8 +30,12 @@ use edgepatch::data::image::Rgb8;
 use edgepatch::patch::file as patch_file;
 use edgepatch::{Backbone, Error, Patch, Session};
 
+mod store;
 mod trainer;
+mod version;
+pub use store::*;
 pub use trainer::*;
+pub use version::*;
 
 /// Success.
 pub const EP_OK: i32 = 0;
@@ -58,27 +62,6 @@ pub const EP_ERR_BUSY: i32 = 8;
 /// with a checkpoint set, the next `ep_trainer_fit` resumes it.
 pub const EP_ERR_CANCELLED: i32 = 9;
 
-/// The version of this C ABI: raised whenever a function, constant or struct changes (1: the
-/// first header; 2: devices, progress, cancel, checkpoints, versions). Compare it with
-/// `EP_ABI_VERSION` from the header the app was built with.
-pub const EP_ABI_VERSION: u32 = 2;
-
-/// The ABI version of the library loaded (`EP_ABI_VERSION` of the header it was built with).
-#[no_mangle]
-pub extern "C" fn ep_abi_version() -> u32 {
-    EP_ABI_VERSION
-}
-
-/// The library's version, e.g. "edgepatch 0.1.0 (ABI 2)": a static NUL-terminated string.
-#[no_mangle]
-pub extern "C" fn ep_version() -> *const c_char {
-    static VERSION: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
-    VERSION
-        .get_or_init(|| {
-            CString::new(format!("edgepatch {} (ABI {EP_ABI_VERSION})", env!("CARGO_PKG_VERSION"))).unwrap_or_default()
-        })
-        .as_ptr()
-}
 /// Longest label copied into `EpClass::label`, including the terminating NUL.
 pub const EP_LABEL_LEN: usize = 64;
 
@@ -292,18 +275,25 @@ pub extern "C" fn ep_patch_unload(rt: *mut EpRuntime, name: *const c_char) -> i3
 #[no_mangle]
 pub extern "C" fn ep_patch_activate(rt: *mut EpRuntime, name: *const c_char) -> i32 {
     guard(|| {
-        let rt = &mut *handle(rt, "runtime")?.write();
+        let r = handle(rt, "runtime")?;
         if name.is_null() {
+            let rt = &mut *r.write();
             rt.session.clear_patch()?;
             rt.active = None;
+            Ok(())
         } else {
-            let name = cstr(name, "name")?;
-            let p = rt.patches.get(name).ok_or_else(|| arg(format!("no patch named '{name}'")))?;
-            rt.session.set_patch(p)?;
-            rt.active = Some(name.to_string());
+            activate(r, cstr(name, "name")?)
         }
-        Ok(())
     })
+}
+
+/// Makes the loaded patch `name` active.
+fn activate(rt: &EpRuntime, name: &str) -> Result<(), Failure> {
+    let rt = &mut *rt.write();
+    let p = rt.patches.get(name).ok_or_else(|| arg(format!("no patch named '{name}'")))?;
+    rt.session.set_patch(p)?;
+    rt.active = Some(name.to_string());
+    Ok(())
 }
 
 /// One class of a prediction.

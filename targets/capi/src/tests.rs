@@ -272,3 +272,49 @@ fn the_version_is_the_headers() {
     let v = unsafe { CStr::from_ptr(ep_version()) }.to_str().unwrap();
     assert!(v.starts_with("edgepatch ") && v.ends_with(&format!("(ABI {EP_ABI_VERSION})")), "{v}");
 }
+
+#[test]
+fn the_store_adds_lists_activates_and_removes_patches() {
+    let rt = runtime();
+    let tr = red_and_blue(rt, 4);
+    assert_eq!(ep_trainer_fit(tr, 2, 0.05, 0, ptr::null_mut()), EP_OK, "{}", last_error());
+    let patch = patch_bytes(tr);
+    let dir = std::env::temp_dir().join(format!("edgepatch-capi-store-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let d = CString::new(dir.to_str().unwrap()).unwrap();
+    let mut s = ptr::null_mut();
+    assert_eq!(ep_store_open(d.as_ptr(), 0, &mut s), EP_ERR_IO, "no store there yet");
+    assert_eq!(ep_store_open(d.as_ptr(), 1, &mut s), EP_OK, "{}", last_error());
+    let colours = CString::new("colours").unwrap();
+    assert_eq!(ep_store_add_bytes(s, colours.as_ptr(), patch.as_ptr(), patch.len()), EP_OK, "{}", last_error());
+    // A damaged patch and a bad name are refused; the store keeps what it had.
+    let mut bad = patch.clone();
+    bad[50] ^= 1;
+    assert_eq!(ep_store_add_bytes(s, colours.as_ptr(), bad.as_ptr(), bad.len()), EP_ERR_PATCH);
+    let slash = CString::new("a/b").unwrap();
+    assert_ne!(ep_store_add_bytes(s, slash.as_ptr(), patch.as_ptr(), patch.len()), EP_OK);
+    let mut n = 0usize;
+    assert_eq!(ep_store_count(s, &mut n), EP_OK);
+    assert_eq!(n, 1);
+    let mut name = [0 as c_char; 16];
+    assert_eq!(ep_store_name(s, 0, name.as_mut_ptr(), name.len()), EP_OK);
+    // SAFETY: `ep_store_name` wrote a NUL-terminated string.
+    assert_eq!(unsafe { CStr::from_ptr(name.as_ptr()) }.to_str().unwrap(), "colours");
+    assert_eq!(ep_store_name(s, 0, name.as_mut_ptr(), 7), EP_ERR_ARGUMENT, "too short for the name");
+    assert_eq!(ep_store_name(s, 1, name.as_mut_ptr(), name.len()), EP_ERR_ARGUMENT);
+    // Activated from the store, the patch classifies red and blue.
+    assert_eq!(ep_store_activate(s, rt, colours.as_ptr()), EP_OK, "{}", last_error());
+    assert_eq!(top(rt as usize, &solid([250, 10, 10], 40), 40), (EP_OK, 0));
+    assert_eq!(top(rt as usize, &solid([10, 10, 250], 40), 40), (EP_OK, 1));
+    let missing = CString::new("missing").unwrap();
+    assert_ne!(ep_store_activate(s, rt, missing.as_ptr()), EP_OK);
+    assert_eq!(ep_store_remove(s, colours.as_ptr()), EP_OK, "{}", last_error());
+    assert_eq!(ep_store_count(s, &mut n), EP_OK);
+    assert_eq!(n, 0);
+    assert_ne!(ep_store_remove(s, colours.as_ptr()), EP_OK);
+    assert_eq!(ep_store_count(ptr::null_mut(), &mut n), EP_ERR_ARGUMENT);
+    ep_store_free(s);
+    ep_trainer_free(tr);
+    ep_runtime_free(rt);
+    std::fs::remove_dir_all(&dir).ok();
+}
