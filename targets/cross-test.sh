@@ -47,4 +47,10 @@ out="$CARGO_TARGET_DIR/$triple/release"
 grep -q "backbone top-1: Egyptian cat" "$out/example.txt"
 grep -q "patch top-1 for a red image: red" "$out/example.txt"
 grep -q "patch top-1 for a blue image: blue" "$out/example.txt"
+"$gcc" -O2 -o "$out/personalise" targets/capi/examples/personalise.c -I targets/capi/include \
+  "$out/libedgepatch.a" -lm -lpthread -ldl -Wl,-z,noexecstack
+rm -rf "$out/personalise.dir" && mkdir -p "$out/personalise.dir"
+"${qemu[@]}" "$out/personalise" "$out/personalise.dir" | tee "$out/personalise.txt"
+grep -q "resumed patch identical to an uninterrupted fit: yes" "$out/personalise.txt"
+grep -q "store task 0: colours" "$out/personalise.txt"
 echo "== $triple passed in $(( $(date +%s) - start )) s"

@@ -240,7 +240,9 @@ int32_t ep_trainer_save(struct EpTrainer *tr, uint8_t **out_bytes, size_t *out_l
 void ep_trainer_free(struct EpTrainer *tr);
 
 // Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
-// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran.
+// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
+// for a GPU loads the Vulkan drivers; on Linux with Mesa, set `NODEVICE_SELECT=1` before any
+// thread starts to keep its device-selection layer from printing about a missing display.
 int32_t ep_trainer_set_device(struct EpTrainer *tr, int32_t device);
 
 // Where the last successful fit ran ("cpu", or "gpu (adapter)"), copied NUL-terminated into

@@ -225,7 +225,9 @@ pub extern "C" fn ep_trainer_free(tr: *mut EpTrainer) {
 }
 
 /// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
-/// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran.
+/// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
+/// for a GPU loads the Vulkan drivers; on Linux with Mesa, set `NODEVICE_SELECT=1` before any
+/// thread starts to keep its device-selection layer from printing about a missing display.
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 {
     guard(|| {
