@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use edgepatch::data::{self, Dataset};
+use edgepatch::patch::Role;
 use edgepatch::train::optim::{clip_global_norm, LrSchedule};
 use edgepatch::train::{self, OptimizerKind, TrainConfig, Trainer};
 use edgepatch::{Backbone, Error, Tensor};
@@ -321,4 +322,36 @@ fn multi_task_training_equals_training_each_task_alone_and_groups_share_a_patch(
     other.indices = all(&d);
     assert!(bad(vec![shared("x", 32), other]).contains("classes differ"));
     assert!(bad(vec![]).contains("no tasks"));
+}
+
+/// Adding classes later: a patch trained on three classes, continued with a fourth, starts with
+/// the three classes' classifier rows (and the rest of the patch) and a new row for the fourth.
+#[test]
+fn new_classes_keep_the_known_classes_rows() {
+    let b = backbone();
+    let three = colours("c", 3, 4, 1);
+    let mut config = TrainConfig::new("sb+logits".parse().unwrap());
+    (config.resolution, config.epochs, config.batch) = (32, 3, 6);
+    let idx: Vec<usize> = (0..three.len()).collect();
+    let (first, _) = train::fit(&b, three.clone(), &idx, config.clone(), &mut |_| {}).unwrap();
+    // The fourth class comes first in the new task's order: rows move with their names.
+    let mut labels: Vec<String> = vec!["c 3".into()];
+    labels.extend(three.classes().iter().cloned());
+    config.init = Some(first.clone());
+    let mut t = Trainer::new(&b, config, labels.clone()).unwrap();
+    let start = t.patch().unwrap();
+    // sb+logits trains one kernel: the classifier's.
+    let classifier = |p: &edgepatch::Patch| p.tensors.iter().find(|x| x.role == Role::Weights).unwrap().clone();
+    let (w0, w1) = (classifier(&first).values, classifier(&start).values);
+    let f = w0.len() / 3;
+    for (old, new) in [(0, 1), (1, 2), (2, 3)] {
+        assert_eq!(w0[old * f..(old + 1) * f], w1[new * f..(new + 1) * f], "class {old}'s row");
+    }
+    assert_ne!(w1[..f], w0[..f], "the new class has a row of its own");
+    // The rest of the patch is the first patch's.
+    let head = classifier(&first).node;
+    for t0 in first.tensors.iter().filter(|x| x.node != head) {
+        let t1 = start.tensors.iter().find(|x| x.node == t0.node && x.role == t0.role).unwrap();
+        assert_eq!(t0.values, t1.values);
+    }
 }

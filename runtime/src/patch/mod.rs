@@ -236,6 +236,29 @@ pub fn new_head(graph: &mut Graph, classes: usize, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Copies into the classifier at node `head` (made by [`new_head`] for `labels`) the rows that
+/// `rows` (a patch's classifier tensors for classes `old`) hold for the same class names; returns
+/// how many classes kept their rows.
+pub fn keep_rows(graph: &mut Graph, head: usize, rows: &[PatchTensor], old: &[String], labels: &[String]) -> usize {
+    let Op::Linear(l) = &mut graph.nodes[head].op else { return 0 };
+    let f = l.in_features;
+    let (weights, bias) = (rows.iter().find(|t| t.role == Role::Weights), rows.iter().find(|t| t.role == Role::Bias));
+    let mut kept = 0;
+    for (j, name) in labels.iter().enumerate() {
+        let Some(i) = old.iter().position(|o| o == name) else { continue };
+        if let (Some(t), Weights::F32(w)) = (weights, &mut l.weights) {
+            if let Some(row) = t.values.get(i * f..(i + 1) * f) {
+                w[j * f..(j + 1) * f].copy_from_slice(row);
+            }
+        }
+        if let Some(&b) = bias.and_then(|t| t.values.get(i)) {
+            l.bias[j] = b;
+        }
+        kept += 1;
+    }
+    kept
+}
+
 /// One tensor of a patch: the new value of `role` at node `node` (named `name` in the graph).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PatchTensor {

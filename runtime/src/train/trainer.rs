@@ -66,12 +66,20 @@ impl Trainer {
             init.check(backbone.graph(), backbone.fingerprint())?;
             let mut init = init.clone();
             if kinds.new_head() && init.labels != labels {
+                // Classes the initial patch knows keep their classifier rows; new ones start as a
+                // new classifier's rows.
                 let head = patch::head_index(&graph)?;
-                init.tensors.retain(|t| t.node as usize != head);
-                init.labels = labels.clone();
-                log::info!("starting from the initial patch with a new classifier (its classes differ)");
+                let (rows, others): (Vec<_>, Vec<_>) = init.tensors.into_iter().partition(|t| t.node as usize == head);
+                init.tensors = others;
+                init.write_into(&mut graph);
+                let kept = patch::keep_rows(&mut graph, head, &rows, &init.labels, &labels);
+                log::info!(
+                    "starting from the initial patch: classifier rows kept for {kept} of {} classes, new for the rest",
+                    labels.len()
+                );
+            } else {
+                init.write_into(&mut graph);
             }
-            init.write_into(&mut graph);
         }
         let mut node_offset = 0;
         let mut features = None;
