@@ -43,6 +43,10 @@ pub struct TrainConfig {
     /// Stops training after the step in progress when cancelled, from any thread or from the
     /// progress callback ([`Cancel`]). For several tasks trained together, the first task's.
     pub cancel: Cancel,
+    /// Training seconds a call may take: past them the run stops after its current step as if
+    /// cancelled (its checkpoint, when it has one, resumes it). For several tasks trained
+    /// together, the first task's. `None`: no limit.
+    pub time_budget: Option<f64>,
     pub augment: bool,
     pub seed: u64,
     /// Where the steps run.
@@ -75,6 +79,7 @@ impl TrainConfig {
             recompute: None,
             checkpoint: None,
             cancel: Cancel::default(),
+            time_budget: None,
             init: None,
         }
     }
@@ -111,6 +116,9 @@ impl TrainConfig {
         }
         if self.batch == 0 || self.epochs == 0 || self.micro_batch == Some(0) {
             return Err(Error::Train("batch, micro-batch and epochs must be at least 1".into()));
+        }
+        if let Some(t) = self.time_budget.filter(|t| !(t.is_finite() && *t > 0.0)) {
+            return Err(Error::Train(format!("time budget {t} s is not a finite positive number of seconds")));
         }
         let lr = self.lr();
         if !(lr.is_finite() && lr > 0.0) {

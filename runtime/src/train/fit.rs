@@ -262,6 +262,7 @@ pub fn fit_multi(
         trainers.iter().try_for_each(|t| t.save_state().map(drop))?;
     }
     let (cancel, first_step) = (tasks[0].config.cancel.clone(), step);
+    let time_budget = tasks[0].config.time_budget;
     let elapsed = |paused: std::time::Duration| (start.elapsed() - paused).as_secs_f64() + before;
     while let Some(k) = (0..streams.len()).filter(|&k| !streams[k].done()).min_by(|&a, &b| {
         let f = |s: &Stream| (s.steps + 1) as f64 / s.total as f64;
@@ -341,14 +342,17 @@ pub fn fit_multi(
                 seconds_left: left,
             },
         );
-        let cancelled = cancel.is_cancelled() && step < total;
+        // The time budget counts this session's training, not the time before a resume.
+        let out_of_time = time_budget.is_some_and(|b| elapsed(paused) - before >= b);
+        let cancelled = (cancel.is_cancelled() || out_of_time) && step < total;
         if let Some(c) = saving.as_ref().filter(|c| (step % c.every.max(1) == 0 || cancelled) && step < total) {
             let at = checkpoint::Position { run, step, seen, seconds: elapsed(paused) };
             checkpoint::capture(at, &trainers, &streams, &group_steps)?.save(&c.path)?;
         }
         if cancelled {
             let resumable = if saving.is_some() { "; its checkpoint resumes it" } else { "" };
-            return Err(Error::Cancelled(format!("stopped after step {step} of {total}{resumable}")));
+            let why = if out_of_time && !cancel.is_cancelled() { "the time budget ran out: " } else { "" };
+            return Err(Error::Cancelled(format!("{why}stopped after step {step} of {total}{resumable}")));
         }
     }
     let seconds = elapsed(paused);

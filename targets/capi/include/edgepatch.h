@@ -171,6 +171,62 @@ int32_t ep_predict_file(struct EpRuntime *rt,
 // Releases bytes returned by this library.
 void ep_bytes_free(uint8_t *bytes, size_t len);
 
+// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
+// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
+// for a GPU loads the Vulkan drivers; on Linux with Mesa, set `NODEVICE_SELECT=1` before any
+// thread starts to keep its device-selection layer from printing about a missing display.
+int32_t ep_trainer_set_device(struct EpTrainer *tr, int32_t device);
+
+// Where the last successful fit ran ("cpu", or "gpu (adapter)"), copied NUL-terminated into
+// `buf` of `len` bytes (cut to fit); an empty string before any fit.
+int32_t ep_trainer_device(struct EpTrainer *tr, char *buf, size_t len);
+
+// Sets the progress callback of the next fits (null: none) and its `user` pointer.
+int32_t ep_trainer_set_progress(struct EpTrainer *tr, EpProgressFn callback, void *user);
+
+// Checkpoints the next fits at `path` (UTF-8; null: none) every `every` steps (at least 1) and
+// at the end, written atomically. With `resume` non-zero a fit starts from the checkpoint when
+// the file exists, so that a fit cancelled or killed at any moment and fitted again with the
+// same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
+// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is.
+int32_t ep_trainer_set_checkpoint(struct EpTrainer *tr,
+                                  const char *path,
+                                  uint32_t every,
+                                  int32_t resume);
+
+// Stops the fit in progress on this trainer after its current step (it writes its checkpoint,
+// when one is set, and returns `EP_ERR_CANCELLED`). Any thread may call it at any time, also
+// while the fit holds the trainer; without a fit in progress it does nothing (a fit clears the
+// request when it starts).
+int32_t ep_trainer_cancel(struct EpTrainer *tr);
+
+// Stops each fit after the step during which it has trained for `seconds` (0: no limit, the
+// default; NaN, infinite or negative: refused): the fit writes its checkpoint, when one is set,
+// and returns `EP_ERR_CANCELLED`; the next fit resumes it. Time before a resume does not count.
+int32_t ep_trainer_set_time_budget(struct EpTrainer *tr, double seconds);
+
+// Holds `count` of the added images out of each fit (a seeded shuffle of the fit's seed picks
+// them) and scores the patch on them at every epoch's end; 0 (the default) holds none out.
+// `ep_trainer_validation_accuracy` gives the last fit's score. A fit that would leave no image
+// to train on is refused.
+int32_t ep_trainer_set_validation(struct EpTrainer *tr, uint32_t count);
+
+// `*accuracy` receives the last fit's accuracy on its held-out images; `EP_ERR_TRAIN` when the
+// last fit held none out (or there was none).
+int32_t ep_trainer_validation_accuracy(struct EpTrainer *tr, float *accuracy);
+
+// Adds one labelled RGB8 test image for `ep_trainer_evaluate` (never trained on).
+int32_t ep_trainer_add_test_rgb8(struct EpTrainer *tr,
+                                 const uint8_t *rgb,
+                                 uint32_t width,
+                                 uint32_t height,
+                                 uint32_t label);
+
+// Scores the trained patch on the test images added so far: `*accuracy` receives the share
+// classified right, `per_class` (may be null; else room for one value per label) each class's.
+// On the trainer's device and within its memory budget.
+int32_t ep_trainer_evaluate(struct EpTrainer *tr, float *accuracy, float *per_class);
+
 // Opens the store in directory `dir` (UTF-8); with `create` non-zero an absent store is created
 // (the directory must be new or empty). `*out_store` receives the handle (free it with
 // `ep_store_free`).
@@ -238,35 +294,6 @@ int32_t ep_trainer_save(struct EpTrainer *tr, uint8_t **out_bytes, size_t *out_l
 
 // Frees a trainer (null is ignored; not while another thread is inside a call on it).
 void ep_trainer_free(struct EpTrainer *tr);
-
-// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
-// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
-// for a GPU loads the Vulkan drivers; on Linux with Mesa, set `NODEVICE_SELECT=1` before any
-// thread starts to keep its device-selection layer from printing about a missing display.
-int32_t ep_trainer_set_device(struct EpTrainer *tr, int32_t device);
-
-// Where the last successful fit ran ("cpu", or "gpu (adapter)"), copied NUL-terminated into
-// `buf` of `len` bytes (cut to fit); an empty string before any fit.
-int32_t ep_trainer_device(struct EpTrainer *tr, char *buf, size_t len);
-
-// Sets the progress callback of the next fits (null: none) and its `user` pointer.
-int32_t ep_trainer_set_progress(struct EpTrainer *tr, EpProgressFn callback, void *user);
-
-// Checkpoints the next fits at `path` (UTF-8; null: none) every `every` steps (at least 1) and
-// at the end, written atomically. With `resume` non-zero a fit starts from the checkpoint when
-// the file exists, so that a fit cancelled or killed at any moment and fitted again with the
-// same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
-// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is.
-int32_t ep_trainer_set_checkpoint(struct EpTrainer *tr,
-                                  const char *path,
-                                  uint32_t every,
-                                  int32_t resume);
-
-// Stops the fit in progress on this trainer after its current step (it writes its checkpoint,
-// when one is set, and returns `EP_ERR_CANCELLED`). Any thread may call it at any time, also
-// while the fit holds the trainer; without a fit in progress it does nothing (a fit clears the
-// request when it starts).
-int32_t ep_trainer_cancel(struct EpTrainer *tr);
 
 // The ABI version of the library loaded (`EP_ABI_VERSION` of the header it was built with).
 uint32_t ep_abi_version(void);

@@ -30,9 +30,11 @@ use edgepatch::data::image::Rgb8;
 use edgepatch::patch::file as patch_file;
 use edgepatch::{Backbone, Error, Patch, Session};
 
+mod options;
 mod store;
 mod trainer;
 mod version;
+pub use options::*;
 pub use store::*;
 pub use trainer::*;
 pub use version::*;

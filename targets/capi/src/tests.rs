@@ -318,3 +318,39 @@ fn the_store_adds_lists_activates_and_removes_patches() {
     ep_runtime_free(rt);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn held_out_and_test_images_are_scored_and_a_time_budget_stops_the_fit() {
+    let rt = runtime();
+    let tr = red_and_blue(rt, 6);
+    let mut acc = -1f32;
+    assert_eq!(ep_trainer_validation_accuracy(tr, &mut acc), EP_ERR_TRAIN, "no fit yet");
+    assert_eq!(ep_trainer_set_validation(tr, 12), EP_OK);
+    assert_eq!(ep_trainer_fit(tr, 1, 0.05, 0, ptr::null_mut()), EP_ERR_ARGUMENT, "nothing left to train on");
+    assert_eq!(ep_trainer_set_validation(tr, 4), EP_OK);
+    assert_eq!(ep_trainer_fit(tr, 30, 0.1, 0, ptr::null_mut()), EP_OK, "{}", last_error());
+    assert_eq!(ep_trainer_validation_accuracy(tr, &mut acc), EP_OK);
+    assert!((0.0..=1.0).contains(&acc) && acc * 4.0 == (acc * 4.0).round(), "{acc} of 4 images");
+    // Test images.
+    let mut per_class = [-1f32; 2];
+    assert_eq!(ep_trainer_evaluate(tr, &mut acc, per_class.as_mut_ptr()), EP_ERR_ARGUMENT, "no test images yet");
+    for (label, rgb) in [(0, [240u8, 20, 20]), (1, [20, 20, 240])] {
+        for _ in 0..3 {
+            assert_eq!(ep_trainer_add_test_rgb8(tr, solid(rgb, 36).as_ptr(), 36, 36, label), EP_OK);
+        }
+    }
+    assert_eq!(ep_trainer_add_test_rgb8(tr, solid([0, 0, 0], 36).as_ptr(), 36, 36, 2), EP_ERR_ARGUMENT);
+    assert_eq!(ep_trainer_evaluate(tr, &mut acc, per_class.as_mut_ptr()), EP_OK, "{}", last_error());
+    assert_eq!(acc, 1.0, "solid red and blue after 30 epochs");
+    assert_eq!(per_class, [1.0, 1.0]);
+    // A time budget already spent after the first step stops the fit there.
+    assert_eq!(ep_trainer_set_time_budget(tr, 1e-9), EP_OK);
+    assert_eq!(ep_trainer_fit(tr, 50, 0.05, 0, ptr::null_mut()), EP_ERR_CANCELLED);
+    assert!(last_error().contains("time budget") && last_error().contains("step 1 of"), "{}", last_error());
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        assert_eq!(ep_trainer_set_time_budget(tr, bad), EP_ERR_ARGUMENT, "{bad}");
+    }
+    assert_eq!(ep_trainer_set_time_budget(tr, 0.0), EP_OK);
+    ep_trainer_free(tr);
+    ep_runtime_free(rt);
+}

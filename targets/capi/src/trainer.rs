@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use edgepatch::data::dataset::Memory;
 use edgepatch::data::image::Rgb8;
 use edgepatch::patch::file as patch_file;
-use edgepatch::train::{self, checkpoint::Checkpointing, Cancel, TrainConfig};
+use edgepatch::train::{self, Cancel, TrainConfig};
 use edgepatch::{Backbone, Patch, PatchKinds};
 
 use super::{arg, cstr, guard, handle, out, rgb8, EpRuntime, Failure, EP_ERR_BUSY, EP_ERR_TRAIN};
@@ -47,24 +47,29 @@ pub type EpProgressFn = Option<extern "C" fn(progress: *const EpProgress, user: 
 pub struct EpTrainer {
     state: Mutex<TrainerState>,
     /// Outside the lock, so that another thread can cancel a fit in progress.
-    cancel: Cancel,
+    pub(crate) cancel: Cancel,
 }
 
-struct TrainerState {
-    backbone: Backbone,
-    config: TrainConfig,
-    labels: Vec<String>,
-    images: Vec<(Rgb8, usize)>,
-    patch: Option<Patch>,
-    progress: EpProgressFn,
+pub(crate) struct TrainerState {
+    pub(crate) backbone: Backbone,
+    pub(crate) config: TrainConfig,
+    pub(crate) labels: Vec<String>,
+    pub(crate) images: Vec<(Rgb8, usize)>,
+    pub(crate) patch: Option<Patch>,
+    pub(crate) progress: EpProgressFn,
     /// The callback's user pointer (C's; kept as an address).
-    user: usize,
+    pub(crate) user: usize,
     /// Where the last fit ran.
-    device: String,
+    pub(crate) device: String,
+    /// Images held out of each fit and scored at its epochs' ends, and the last fit's score.
+    pub(crate) validation: usize,
+    pub(crate) validation_accuracy: Option<f32>,
+    /// Labelled test images for `ep_trainer_evaluate`.
+    pub(crate) tests: Vec<(Rgb8, usize)>,
 }
 
 /// The trainer's state for one call, or `EP_ERR_BUSY` while another thread is inside a call.
-fn take(tr: *mut EpTrainer) -> Result<MutexGuard<'static, TrainerState>, Failure> {
+pub(crate) fn take(tr: *mut EpTrainer) -> Result<MutexGuard<'static, TrainerState>, Failure> {
     match handle(tr, "trainer")?.state.try_lock() {
         Ok(g) => Ok(g),
         Err(TryLockError::Poisoned(p)) => Ok(p.into_inner()),
@@ -111,6 +116,9 @@ pub extern "C" fn ep_trainer_new(
             progress: None,
             user: 0,
             device: String::new(),
+            validation: 0,
+            validation_accuracy: None,
+            tests: Vec::new(),
         };
         *slot = Box::into_raw(Box::new(EpTrainer { state: Mutex::new(state), cancel: Cancel::default() }));
         Ok(())
@@ -159,7 +167,7 @@ pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed:
         // ≤ 0: the default; NaN and infinities reach `TrainConfig::check` and are refused.
         config.lr = (lr.is_nan() || lr > 0.0).then_some(lr);
         config.seed = seed;
-        config.batch = config.batch.min(tr.images.len().max(1));
+        config.batch = config.batch.min((tr.images.len() - tr.validation.min(tr.images.len())).max(1));
         // The images' digest names them in a checkpoint, so that another set is not resumed.
         let digest = tr.images.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, (img, label)| {
             let words = [img.width as u64, img.height as u64, *label as u64];
@@ -170,12 +178,19 @@ pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed:
         });
         let spec = format!("c-api images {digest:016x}");
         let ds = Arc::new(Memory::new(&spec, tr.images.clone(), tr.labels.clone())?);
-        let idx: Vec<usize> = (0..tr.images.len()).collect();
+        // A seeded shuffle holds `validation` images out (the same ones for the same seed).
+        let mut idx: Vec<usize> = (0..tr.images.len()).collect();
+        if tr.validation >= idx.len() {
+            return Err(arg(format!("{} validation images of {} leave none to train on", tr.validation, idx.len())));
+        }
+        edgepatch::data::Rng::new(seed ^ 0x7661_6c69).shuffle(&mut idx);
+        let held: Vec<usize> = idx.drain(..tr.validation).collect();
+        idx.sort_unstable();
         let cancel = handle(trp, "trainer")?.cancel.clone();
         cancel.reset();
         config.cancel = cancel.clone();
         let (callback, user) = (tr.progress, tr.user);
-        let (patch, report) = train::fit(&tr.backbone, ds, &idx, config, &mut |p| {
+        let (patch, report) = train::fit_validated(&tr.backbone, ds, &idx, &held, config, &mut |p| {
             let Some(f) = callback else { return };
             let c = EpProgress {
                 epoch: p.epoch as u32,
@@ -191,6 +206,7 @@ pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed:
             }
         })?;
         tr.device = report.device.clone();
+        tr.validation_accuracy = report.history.last().and_then(|h| h.validation_accuracy);
         tr.patch = Some(patch);
         if !train_accuracy.is_null() {
             *out(train_accuracy, "train_accuracy")? = report.train_accuracy;
@@ -222,86 +238,4 @@ pub extern "C" fn ep_trainer_free(tr: *mut EpTrainer) {
         // SAFETY: `tr` came from `Box::into_raw` in this library and is freed once.
         drop(unsafe { Box::from_raw(tr) });
     }
-}
-
-/// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
-/// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
-/// for a GPU loads the Vulkan drivers; on Linux with Mesa, set `NODEVICE_SELECT=1` before any
-/// thread starts to keep its device-selection layer from printing about a missing display.
-#[no_mangle]
-pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 {
-    guard(|| {
-        let tr = &mut *take(tr)?;
-        tr.config.device = match device {
-            EP_DEVICE_AUTO => edgepatch::backend::Device::Auto,
-            EP_DEVICE_CPU => edgepatch::backend::Device::Cpu,
-            EP_DEVICE_GPU => edgepatch::backend::Device::Gpu,
-            other => return Err(arg(format!("device {other} (EP_DEVICE_AUTO, EP_DEVICE_CPU or EP_DEVICE_GPU)"))),
-        };
-        Ok(())
-    })
-}
-
-/// Where the last successful fit ran ("cpu", or "gpu (adapter)"), copied NUL-terminated into
-/// `buf` of `len` bytes (cut to fit); an empty string before any fit.
-#[no_mangle]
-pub extern "C" fn ep_trainer_device(tr: *mut EpTrainer, buf: *mut c_char, len: usize) -> i32 {
-    guard(|| {
-        let tr = take(tr)?;
-        if buf.is_null() || len == 0 {
-            return Err(arg("buf is null or empty"));
-        }
-        let bytes = tr.device.as_bytes();
-        let n = bytes.len().min(len - 1);
-        // SAFETY: C passes `len` writable bytes at `buf`.
-        let dst = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len) };
-        dst[..n].copy_from_slice(&bytes[..n]);
-        dst[n] = 0;
-        Ok(())
-    })
-}
-
-/// Sets the progress callback of the next fits (null: none) and its `user` pointer.
-#[no_mangle]
-pub extern "C" fn ep_trainer_set_progress(tr: *mut EpTrainer, callback: EpProgressFn, user: *mut c_void) -> i32 {
-    guard(|| {
-        let tr = &mut *take(tr)?;
-        (tr.progress, tr.user) = (callback, user as usize);
-        Ok(())
-    })
-}
-
-/// Checkpoints the next fits at `path` (UTF-8; null: none) every `every` steps (at least 1) and
-/// at the end, written atomically. With `resume` non-zero a fit starts from the checkpoint when
-/// the file exists, so that a fit cancelled or killed at any moment and fitted again with the
-/// same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
-/// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is.
-#[no_mangle]
-pub extern "C" fn ep_trainer_set_checkpoint(tr: *mut EpTrainer, path: *const c_char, every: u32, resume: i32) -> i32 {
-    guard(|| {
-        let tr = &mut *take(tr)?;
-        if path.is_null() {
-            tr.config.checkpoint = None;
-            return Ok(());
-        }
-        if every == 0 {
-            return Err(arg("checkpoints every 0 steps"));
-        }
-        let path = std::path::PathBuf::from(cstr(path, "path")?);
-        edgepatch::fsio::output_target(&path)?;
-        tr.config.checkpoint = Some(Checkpointing { path, every: every as usize, resume: resume != 0 });
-        Ok(())
-    })
-}
-
-/// Stops the fit in progress on this trainer after its current step (it writes its checkpoint,
-/// when one is set, and returns `EP_ERR_CANCELLED`). Any thread may call it at any time, also
-/// while the fit holds the trainer; without a fit in progress it does nothing (a fit clears the
-/// request when it starts).
-#[no_mangle]
-pub extern "C" fn ep_trainer_cancel(tr: *mut EpTrainer) -> i32 {
-    guard(|| {
-        handle(tr, "trainer")?.cancel.cancel();
-        Ok(())
-    })
 }

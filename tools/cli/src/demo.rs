@@ -71,6 +71,7 @@ fn args(kinds: &str, out: &Path, s: Settings) -> TrainArgs {
             checkpoint: None,
             checkpoint_every: 20,
             resume: false,
+            time_budget: None,
         },
         model: None,
         json: false,

@@ -70,6 +70,10 @@ pub struct TrainFlags {
     /// then ends with the same patch, bit for bit on the CPU, as one never interrupted)
     #[arg(long, requires = "checkpoint")]
     pub resume: bool,
+    /// Stop after the step during which training has taken this many seconds (the checkpoint, when
+    /// one is written, resumes the run; the command fails as cancelled)
+    #[arg(long, value_name = "SECONDS")]
+    pub time_budget: Option<f64>,
 }
 
 impl TrainFlags {
@@ -91,6 +95,7 @@ impl TrainFlags {
         config.device = self.device;
         config.micro_batch = self.micro_batch;
         config.recompute = self.recompute.then_some(true);
+        config.time_budget = self.time_budget;
         config.checkpoint = self.checkpoint.as_ref().map(|path| edgepatch::train::checkpoint::Checkpointing {
             path: path.clone(),
             every: self.checkpoint_every as usize,

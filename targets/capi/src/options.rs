@@ -1,0 +1,181 @@
+//! The trainer's options (device, progress, checkpoints, cancel, time budget, validation) and its
+//! evaluation on held-out and test images.
+
+use std::ffi::{c_char, c_void};
+use std::sync::Arc;
+
+use edgepatch::data::dataset::Memory;
+use edgepatch::train::{self, checkpoint::Checkpointing};
+
+use super::trainer::{take, EpProgressFn, EpTrainer, EP_DEVICE_AUTO, EP_DEVICE_CPU, EP_DEVICE_GPU};
+use super::{arg, cstr, guard, handle, out, rgb8, Failure, EP_ERR_TRAIN};
+
+/// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
+/// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
+/// for a GPU loads the Vulkan drivers; on Linux with Mesa, set `NODEVICE_SELECT=1` before any
+/// thread starts to keep its device-selection layer from printing about a missing display.
+#[no_mangle]
+pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 {
+    guard(|| {
+        let tr = &mut *take(tr)?;
+        tr.config.device = match device {
+            EP_DEVICE_AUTO => edgepatch::backend::Device::Auto,
+            EP_DEVICE_CPU => edgepatch::backend::Device::Cpu,
+            EP_DEVICE_GPU => edgepatch::backend::Device::Gpu,
+            other => return Err(arg(format!("device {other} (EP_DEVICE_AUTO, EP_DEVICE_CPU or EP_DEVICE_GPU)"))),
+        };
+        Ok(())
+    })
+}
+
+/// Where the last successful fit ran ("cpu", or "gpu (adapter)"), copied NUL-terminated into
+/// `buf` of `len` bytes (cut to fit); an empty string before any fit.
+#[no_mangle]
+pub extern "C" fn ep_trainer_device(tr: *mut EpTrainer, buf: *mut c_char, len: usize) -> i32 {
+    guard(|| {
+        let tr = take(tr)?;
+        if buf.is_null() || len == 0 {
+            return Err(arg("buf is null or empty"));
+        }
+        let bytes = tr.device.as_bytes();
+        let n = bytes.len().min(len - 1);
+        // SAFETY: C passes `len` writable bytes at `buf`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len) };
+        dst[..n].copy_from_slice(&bytes[..n]);
+        dst[n] = 0;
+        Ok(())
+    })
+}
+
+/// Sets the progress callback of the next fits (null: none) and its `user` pointer.
+#[no_mangle]
+pub extern "C" fn ep_trainer_set_progress(tr: *mut EpTrainer, callback: EpProgressFn, user: *mut c_void) -> i32 {
+    guard(|| {
+        let tr = &mut *take(tr)?;
+        (tr.progress, tr.user) = (callback, user as usize);
+        Ok(())
+    })
+}
+
+/// Checkpoints the next fits at `path` (UTF-8; null: none) every `every` steps (at least 1) and
+/// at the end, written atomically. With `resume` non-zero a fit starts from the checkpoint when
+/// the file exists, so that a fit cancelled or killed at any moment and fitted again with the
+/// same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
+/// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is.
+#[no_mangle]
+pub extern "C" fn ep_trainer_set_checkpoint(tr: *mut EpTrainer, path: *const c_char, every: u32, resume: i32) -> i32 {
+    guard(|| {
+        let tr = &mut *take(tr)?;
+        if path.is_null() {
+            tr.config.checkpoint = None;
+            return Ok(());
+        }
+        if every == 0 {
+            return Err(arg("checkpoints every 0 steps"));
+        }
+        let path = std::path::PathBuf::from(cstr(path, "path")?);
+        edgepatch::fsio::output_target(&path)?;
+        tr.config.checkpoint = Some(Checkpointing { path, every: every as usize, resume: resume != 0 });
+        Ok(())
+    })
+}
+
+/// Stops the fit in progress on this trainer after its current step (it writes its checkpoint,
+/// when one is set, and returns `EP_ERR_CANCELLED`). Any thread may call it at any time, also
+/// while the fit holds the trainer; without a fit in progress it does nothing (a fit clears the
+/// request when it starts).
+#[no_mangle]
+pub extern "C" fn ep_trainer_cancel(tr: *mut EpTrainer) -> i32 {
+    guard(|| {
+        handle(tr, "trainer")?.cancel.cancel();
+        Ok(())
+    })
+}
+
+/// Stops each fit after the step during which it has trained for `seconds` (0: no limit, the
+/// default; NaN, infinite or negative: refused): the fit writes its checkpoint, when one is set,
+/// and returns `EP_ERR_CANCELLED`; the next fit resumes it. Time before a resume does not count.
+#[no_mangle]
+pub extern "C" fn ep_trainer_set_time_budget(tr: *mut EpTrainer, seconds: f64) -> i32 {
+    guard(|| {
+        let tr = &mut *take(tr)?;
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(arg(format!("time budget {seconds} s")));
+        }
+        tr.config.time_budget = (seconds > 0.0).then_some(seconds);
+        Ok(())
+    })
+}
+
+/// Holds `count` of the added images out of each fit (a seeded shuffle of the fit's seed picks
+/// them) and scores the patch on them at every epoch's end; 0 (the default) holds none out.
+/// `ep_trainer_validation_accuracy` gives the last fit's score. A fit that would leave no image
+/// to train on is refused.
+#[no_mangle]
+pub extern "C" fn ep_trainer_set_validation(tr: *mut EpTrainer, count: u32) -> i32 {
+    guard(|| {
+        take(tr)?.validation = count as usize;
+        Ok(())
+    })
+}
+
+/// `*accuracy` receives the last fit's accuracy on its held-out images; `EP_ERR_TRAIN` when the
+/// last fit held none out (or there was none).
+#[no_mangle]
+pub extern "C" fn ep_trainer_validation_accuracy(tr: *mut EpTrainer, accuracy: *mut f32) -> i32 {
+    guard(|| {
+        let tr = take(tr)?;
+        let a = tr.validation_accuracy.ok_or_else(|| Failure {
+            status: EP_ERR_TRAIN,
+            message: "the last fit scored no held-out images (ep_trainer_set_validation)".into(),
+        })?;
+        *out(accuracy, "accuracy")? = a;
+        Ok(())
+    })
+}
+
+/// Adds one labelled RGB8 test image for `ep_trainer_evaluate` (never trained on).
+#[no_mangle]
+pub extern "C" fn ep_trainer_add_test_rgb8(
+    tr: *mut EpTrainer,
+    rgb: *const u8,
+    width: u32,
+    height: u32,
+    label: u32,
+) -> i32 {
+    guard(|| {
+        let tr = &mut *take(tr)?;
+        if label as usize >= tr.labels.len() {
+            return Err(arg(format!("label {label} for {} classes", tr.labels.len())));
+        }
+        tr.tests.push((rgb8(rgb, width, height)?, label as usize));
+        Ok(())
+    })
+}
+
+/// Scores the trained patch on the test images added so far: `*accuracy` receives the share
+/// classified right, `per_class` (may be null; else room for one value per label) each class's.
+/// On the trainer's device and within its memory budget.
+#[no_mangle]
+pub extern "C" fn ep_trainer_evaluate(tr: *mut EpTrainer, accuracy: *mut f32, per_class: *mut f32) -> i32 {
+    guard(|| {
+        let tr = take(tr)?;
+        let patch =
+            tr.patch.as_ref().ok_or_else(|| Failure { status: EP_ERR_TRAIN, message: "nothing trained yet".into() })?;
+        if tr.tests.is_empty() {
+            return Err(arg("no test images (ep_trainer_add_test_rgb8)"));
+        }
+        let graph = tr.backbone.patched(patch)?;
+        let ds = Arc::new(Memory::new("c-api test images", tr.tests.clone(), tr.labels.clone())?);
+        let idx: Vec<usize> = (0..tr.tests.len()).collect();
+        let c = &tr.config;
+        let e = train::evaluate_within(&graph, ds, &idx, patch.resolution, c.device, c.memory_budget)?;
+        *out(accuracy, "accuracy")? = e.accuracy;
+        if !per_class.is_null() {
+            // SAFETY: C passes room for one f32 per label at `per_class`.
+            let dst = unsafe { std::slice::from_raw_parts_mut(per_class, e.per_class.len()) };
+            dst.copy_from_slice(&e.per_class);
+        }
+        Ok(())
+    })
+}
