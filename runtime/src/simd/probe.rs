@@ -1,6 +1,8 @@
 //! The peak f32 rate probe behind the benchmarks' roofline figures.
 
-use super::{detected, Level};
+#[cfg(target_arch = "x86_64")]
+use super::detected;
+use super::Level;
 
 /// `rounds` rounds over `N` independent multiply-add chains (12 registers of the level's width:
 /// enough to cover the latency of two FMA units without spilling).

@@ -116,37 +116,50 @@ extern "C" {
 
 // The message of the last failure on this thread ("" after a success). Valid until the next
 // call on this thread.
+// Threads: per thread (each thread sees its own last failure).
 const char *ep_last_error(void);
 
 // Creates a runtime over the shipped int8 MobileNetV2; `*out` receives the handle.
+// Threads: any thread.
 int32_t ep_runtime_new_embedded(struct EpRuntime **out_rt);
 
 // Creates a runtime from ONNX model bytes.
+// Threads: any thread.
 int32_t ep_runtime_new_from_model(const uint8_t *model, size_t len, struct EpRuntime **out_rt);
 
 // Frees a runtime (null is ignored; not while another thread uses it). Trainers made from it
 // stay usable.
+// Threads: not while any other call uses the runtime.
 void ep_runtime_free(struct EpRuntime *rt);
 
 // Loads a patch file's bytes under `name` (replacing a patch of that name), after checking it
 // fits the runtime's backbone. It does not become active.
+// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
+// see the change whole.
 int32_t ep_patch_load_bytes(struct EpRuntime *rt,
                             const char *name,
                             const uint8_t *patch,
                             size_t len);
 
 // Loads a patch file from a path under `name`.
+// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
+// see the change whole.
 int32_t ep_patch_load_path(struct EpRuntime *rt, const char *name, const char *path);
 
 // Unloads the patch `name`; when it was active, the backbone alone becomes active.
+// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
+// see the change whole.
 int32_t ep_patch_unload(struct EpRuntime *rt, const char *name);
 
 // Makes the patch `name` active for predictions; null makes the backbone alone active.
+// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
+// see the change whole.
 int32_t ep_patch_activate(struct EpRuntime *rt, const char *name);
 
 // Classifies an RGB8 image (`width·height·3` bytes, rows top to bottom, any size: it is
 // resized and normalised here) with the active patch; writes up to `k` classes, best first,
 // to `classes` and their number to `*n_out`.
+// Threads: any number of threads at once on one runtime.
 int32_t ep_predict_rgb8(struct EpRuntime *rt,
                         const uint8_t *rgb,
                         uint32_t width,
@@ -158,10 +171,12 @@ int32_t ep_predict_rgb8(struct EpRuntime *rt,
 // Sets, for the whole process, the most pixels (width × height) an image file may have to be
 // decoded by `ep_predict_file` (default 33,554,432 = 2^25); larger files are refused from
 // their header with `EP_ERR_IMAGE` before any pixel is decoded. 0 is refused.
+// Threads: any thread; applies to the decodes that start after it.
 int32_t ep_set_max_pixels(uint64_t pixels);
 
 // Decodes a JPEG or PNG file (strictly: a truncated or damaged file is `EP_ERR_IMAGE`; see
 // `ep_set_max_pixels`) and classifies it like `ep_predict_rgb8`.
+// Threads: any number of threads at once on one runtime.
 int32_t ep_predict_file(struct EpRuntime *rt,
                         const char *path,
                         size_t k,
@@ -169,19 +184,26 @@ int32_t ep_predict_file(struct EpRuntime *rt,
                         size_t *n_out);
 
 // Releases bytes returned by this library.
+// Threads: any thread, once per buffer.
 void ep_bytes_free(uint8_t *bytes, size_t len);
 
 // Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
 // `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
 // for a GPU loads the Vulkan drivers; on Linux with Mesa, set `NODEVICE_SELECT=1` before any
 // thread starts to keep its device-selection layer from printing about a missing display.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_set_device(struct EpTrainer *tr, int32_t device);
 
 // Where the last successful fit ran ("cpu", or "gpu (adapter)"), copied NUL-terminated into
 // `buf` of `len` bytes (cut to fit); an empty string before any fit.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_device(struct EpTrainer *tr, char *buf, size_t len);
 
 // Sets the progress callback of the next fits (null: none) and its `user` pointer.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_set_progress(struct EpTrainer *tr, EpProgressFn callback, void *user);
 
 // Checkpoints the next fits at `path` (UTF-8; null: none) every `every` steps (at least 1) and
@@ -189,6 +211,8 @@ int32_t ep_trainer_set_progress(struct EpTrainer *tr, EpProgressFn callback, voi
 // the file exists, so that a fit cancelled or killed at any moment and fitted again with the
 // same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
 // other images or settings is refused (`EP_ERR_TRAIN`) and left as it is.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_set_checkpoint(struct EpTrainer *tr,
                                   const char *path,
                                   uint32_t every,
@@ -198,24 +222,33 @@ int32_t ep_trainer_set_checkpoint(struct EpTrainer *tr,
 // when one is set, and returns `EP_ERR_CANCELLED`). Any thread may call it at any time, also
 // while the fit holds the trainer; without a fit in progress it does nothing (a fit clears the
 // request when it starts).
+// Threads: any thread, any time, also while a fit holds the trainer.
 int32_t ep_trainer_cancel(struct EpTrainer *tr);
 
 // Stops each fit after the step during which it has trained for `seconds` (0: no limit, the
 // default; NaN, infinite or negative: refused): the fit writes its checkpoint, when one is set,
 // and returns `EP_ERR_CANCELLED`; the next fit resumes it. Time before a resume does not count.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_set_time_budget(struct EpTrainer *tr, double seconds);
 
 // Holds `count` of the added images out of each fit (a seeded shuffle of the fit's seed picks
 // them) and scores the patch on them at every epoch's end; 0 (the default) holds none out.
 // `ep_trainer_validation_accuracy` gives the last fit's score. A fit that would leave no image
 // to train on is refused.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_set_validation(struct EpTrainer *tr, uint32_t count);
 
 // `*accuracy` receives the last fit's accuracy on its held-out images; `EP_ERR_TRAIN` when the
 // last fit held none out (or there was none).
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_validation_accuracy(struct EpTrainer *tr, float *accuracy);
 
 // Adds one labelled RGB8 test image for `ep_trainer_evaluate` (never trained on).
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_add_test_rgb8(struct EpTrainer *tr,
                                  const uint8_t *rgb,
                                  uint32_t width,
@@ -225,37 +258,54 @@ int32_t ep_trainer_add_test_rgb8(struct EpTrainer *tr,
 // Scores the trained patch on the test images added so far: `*accuracy` receives the share
 // classified right, `per_class` (may be null; else room for one value per label) each class's.
 // On the trainer's device and within its memory budget.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_evaluate(struct EpTrainer *tr, float *accuracy, float *per_class);
 
 // Opens the store in directory `dir` (UTF-8); with `create` non-zero an absent store is created
 // (the directory must be new or empty). `*out_store` receives the handle (free it with
 // `ep_store_free`).
+// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+// for other handles and processes.
 int32_t ep_store_open(const char *dir, int32_t create, struct EpStore **out_store);
 
 // Frees a store handle (null is ignored; the files stay).
+// Threads: not while any other call uses the store handle.
 void ep_store_free(struct EpStore *s);
 
 // `*out_count` receives the number of tasks in the store now.
+// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+// for other handles and processes.
 int32_t ep_store_count(struct EpStore *s, size_t *out_count);
 
 // The name of task `index` (in the order they were added), copied NUL-terminated into `buf` of
 // `len` bytes; a name that does not fit is refused (`EP_ERR_ARGUMENT`; names are at most 64
 // bytes). An index past the end is refused.
+// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+// for other handles and processes.
 int32_t ep_store_name(struct EpStore *s, size_t index, char *buf, size_t len);
 
 // Adds (or replaces) task `name` with a patch file's bytes, checked and written atomically.
+// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+// for other handles and processes.
 int32_t ep_store_add_bytes(struct EpStore *s, const char *name, const uint8_t *patch, size_t len);
 
 // Removes task `name` from the store (its file and index entry, atomically).
+// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+// for other handles and processes.
 int32_t ep_store_remove(struct EpStore *s, const char *name);
 
 // Loads task `name` from the store into the runtime under the same name (checked against the
 // runtime's backbone) and makes it active.
+// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+// for other handles and processes.
 int32_t ep_store_activate(struct EpStore *s, struct EpRuntime *rt, const char *name);
 
 // Creates a trainer over the runtime's backbone for patch `kinds` (e.g. "sb+logits") and
 // `n_labels` class names, at `resolution` px (a multiple of 32 from 32 to 1024: anything else is
 // refused here, not at fit).
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_new(struct EpRuntime *rt,
                        const char *kinds,
                        const char *const *labels,
@@ -267,9 +317,13 @@ int32_t ep_trainer_new(struct EpRuntime *rt,
 // default). `ep_trainer_fit` then runs each batch as micro-batches of the largest size that fits
 // (the same update up to rounding) and fails with `EP_ERR_TRAIN`, before training, when one
 // sample per pass does not fit; `ep_last_error` says how much it needs.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_set_memory_budget(struct EpTrainer *tr, uint64_t bytes);
 
 // Adds one RGB8 training image with its label index.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_add_rgb8(struct EpTrainer *tr,
                             const uint8_t *rgb,
                             uint32_t width,
@@ -282,6 +336,8 @@ int32_t ep_trainer_add_rgb8(struct EpTrainer *tr,
 // (`ep_trainer_set_progress`), writes checkpoints and resumes from one
 // (`ep_trainer_set_checkpoint`), and returns `EP_ERR_CANCELLED` when cancelled
 // (`ep_trainer_cancel`, or the callback).
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_fit(struct EpTrainer *tr,
                        uint32_t epochs,
                        float lr,
@@ -290,15 +346,20 @@ int32_t ep_trainer_fit(struct EpTrainer *tr,
 
 // The trained patch as patch-file bytes: `*out_bytes` receives a buffer of `*out_len` bytes
 // to release with `ep_bytes_free`.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_save(struct EpTrainer *tr, uint8_t **out_bytes, size_t *out_len);
 
 // Frees a trainer (null is ignored; not while another thread is inside a call on it).
+// Threads: not while any other call uses the trainer.
 void ep_trainer_free(struct EpTrainer *tr);
 
 // The ABI version of the library loaded (`EP_ABI_VERSION` of the header it was built with).
+// Threads: any thread, any time.
 uint32_t ep_abi_version(void);
 
 // The library's version, e.g. "edgepatch 0.1.0 (ABI 2)": a static NUL-terminated string.
+// Threads: any thread, any time.
 const char *ep_version(void);
 
 #ifdef __cplusplus

@@ -17,7 +17,8 @@
 //! `ep_trainer_cancel`, which any thread may call while a fit runs. A
 //! trainer trains on its own copy of the backbone, so a runtime predicts while a trainer made
 //! from it fits on another thread. Freeing a handle while another thread uses it is the one
-//! thing C must not do. `ep_last_error` is per thread.
+//! thing C must not do. `ep_last_error` is per thread. Every function's documentation ends with
+//! its rule ("Threads: …"), and the tests call each kind of handle from several threads.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
@@ -149,6 +150,7 @@ fn rgb8(p: *const u8, width: u32, height: u32) -> Result<Rgb8, Failure> {
 
 /// The message of the last failure on this thread ("" after a success). Valid until the next
 /// call on this thread.
+/// Threads: per thread (each thread sees its own last failure).
 #[no_mangle]
 pub extern "C" fn ep_last_error() -> *const c_char {
     LAST_ERROR.with(|l| l.borrow().as_ptr())
@@ -194,6 +196,7 @@ fn runtime(backbone: Backbone) -> Box<EpRuntime> {
 }
 
 /// Creates a runtime over the shipped int8 MobileNetV2; `*out` receives the handle.
+/// Threads: any thread.
 #[no_mangle]
 pub extern "C" fn ep_runtime_new_embedded(out_rt: *mut *mut EpRuntime) -> i32 {
     guard(|| {
@@ -204,6 +207,7 @@ pub extern "C" fn ep_runtime_new_embedded(out_rt: *mut *mut EpRuntime) -> i32 {
 }
 
 /// Creates a runtime from ONNX model bytes.
+/// Threads: any thread.
 #[no_mangle]
 pub extern "C" fn ep_runtime_new_from_model(model: *const u8, len: usize, out_rt: *mut *mut EpRuntime) -> i32 {
     guard(|| {
@@ -215,6 +219,7 @@ pub extern "C" fn ep_runtime_new_from_model(model: *const u8, len: usize, out_rt
 
 /// Frees a runtime (null is ignored; not while another thread uses it). Trainers made from it
 /// stay usable.
+/// Threads: not while any other call uses the runtime.
 #[no_mangle]
 pub extern "C" fn ep_runtime_free(rt: *mut EpRuntime) {
     if !rt.is_null() {
@@ -237,6 +242,8 @@ fn keep_patch(rt: &EpRuntime, name: &str, p: Patch) -> edgepatch::Result<()> {
 
 /// Loads a patch file's bytes under `name` (replacing a patch of that name), after checking it
 /// fits the runtime's backbone. It does not become active.
+/// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
+/// see the change whole.
 #[no_mangle]
 pub extern "C" fn ep_patch_load_bytes(rt: *mut EpRuntime, name: *const c_char, patch: *const u8, len: usize) -> i32 {
     guard(|| {
@@ -248,6 +255,8 @@ pub extern "C" fn ep_patch_load_bytes(rt: *mut EpRuntime, name: *const c_char, p
 }
 
 /// Loads a patch file from a path under `name`.
+/// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
+/// see the change whole.
 #[no_mangle]
 pub extern "C" fn ep_patch_load_path(rt: *mut EpRuntime, name: *const c_char, path: *const c_char) -> i32 {
     guard(|| {
@@ -259,6 +268,8 @@ pub extern "C" fn ep_patch_load_path(rt: *mut EpRuntime, name: *const c_char, pa
 }
 
 /// Unloads the patch `name`; when it was active, the backbone alone becomes active.
+/// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
+/// see the change whole.
 #[no_mangle]
 pub extern "C" fn ep_patch_unload(rt: *mut EpRuntime, name: *const c_char) -> i32 {
     guard(|| {
@@ -274,6 +285,8 @@ pub extern "C" fn ep_patch_unload(rt: *mut EpRuntime, name: *const c_char) -> i3
 }
 
 /// Makes the patch `name` active for predictions; null makes the backbone alone active.
+/// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
+/// see the change whole.
 #[no_mangle]
 pub extern "C" fn ep_patch_activate(rt: *mut EpRuntime, name: *const c_char) -> i32 {
     guard(|| {
@@ -334,6 +347,7 @@ fn write_top(session: &Session, img: Rgb8, k: usize, classes: *mut EpClass, n_ou
 /// Classifies an RGB8 image (`width·height·3` bytes, rows top to bottom, any size: it is
 /// resized and normalised here) with the active patch; writes up to `k` classes, best first,
 /// to `classes` and their number to `*n_out`.
+/// Threads: any number of threads at once on one runtime.
 #[no_mangle]
 pub extern "C" fn ep_predict_rgb8(
     rt: *mut EpRuntime,
@@ -354,6 +368,7 @@ pub extern "C" fn ep_predict_rgb8(
 /// Sets, for the whole process, the most pixels (width × height) an image file may have to be
 /// decoded by `ep_predict_file` (default 33,554,432 = 2^25); larger files are refused from
 /// their header with `EP_ERR_IMAGE` before any pixel is decoded. 0 is refused.
+/// Threads: any thread; applies to the decodes that start after it.
 #[no_mangle]
 pub extern "C" fn ep_set_max_pixels(pixels: u64) -> i32 {
     guard(|| {
@@ -367,6 +382,7 @@ pub extern "C" fn ep_set_max_pixels(pixels: u64) -> i32 {
 
 /// Decodes a JPEG or PNG file (strictly: a truncated or damaged file is `EP_ERR_IMAGE`; see
 /// `ep_set_max_pixels`) and classifies it like `ep_predict_rgb8`.
+/// Threads: any number of threads at once on one runtime.
 #[no_mangle]
 pub extern "C" fn ep_predict_file(
     rt: *mut EpRuntime,
@@ -383,6 +399,7 @@ pub extern "C" fn ep_predict_file(
 }
 
 /// Releases bytes returned by this library.
+/// Threads: any thread, once per buffer.
 #[no_mangle]
 pub extern "C" fn ep_bytes_free(bytes: *mut u8, len: usize) {
     if !bytes.is_null() {

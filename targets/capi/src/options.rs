@@ -14,6 +14,8 @@ use super::{arg, cstr, guard, handle, out, rgb8, Failure, EP_ERR_TRAIN};
 /// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
 /// for a GPU loads the Vulkan drivers; on Linux with Mesa, set `NODEVICE_SELECT=1` before any
 /// thread starts to keep its device-selection layer from printing about a missing display.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 {
     guard(|| {
@@ -30,6 +32,8 @@ pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 
 
 /// Where the last successful fit ran ("cpu", or "gpu (adapter)"), copied NUL-terminated into
 /// `buf` of `len` bytes (cut to fit); an empty string before any fit.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_device(tr: *mut EpTrainer, buf: *mut c_char, len: usize) -> i32 {
     guard(|| {
@@ -48,6 +52,8 @@ pub extern "C" fn ep_trainer_device(tr: *mut EpTrainer, buf: *mut c_char, len: u
 }
 
 /// Sets the progress callback of the next fits (null: none) and its `user` pointer.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_progress(tr: *mut EpTrainer, callback: EpProgressFn, user: *mut c_void) -> i32 {
     guard(|| {
@@ -62,6 +68,8 @@ pub extern "C" fn ep_trainer_set_progress(tr: *mut EpTrainer, callback: EpProgre
 /// the file exists, so that a fit cancelled or killed at any moment and fitted again with the
 /// same images and settings ends with the same patch, bit for bit on the CPU. A checkpoint of
 /// other images or settings is refused (`EP_ERR_TRAIN`) and left as it is.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_checkpoint(tr: *mut EpTrainer, path: *const c_char, every: u32, resume: i32) -> i32 {
     guard(|| {
@@ -84,6 +92,7 @@ pub extern "C" fn ep_trainer_set_checkpoint(tr: *mut EpTrainer, path: *const c_c
 /// when one is set, and returns `EP_ERR_CANCELLED`). Any thread may call it at any time, also
 /// while the fit holds the trainer; without a fit in progress it does nothing (a fit clears the
 /// request when it starts).
+/// Threads: any thread, any time, also while a fit holds the trainer.
 #[no_mangle]
 pub extern "C" fn ep_trainer_cancel(tr: *mut EpTrainer) -> i32 {
     guard(|| {
@@ -95,6 +104,8 @@ pub extern "C" fn ep_trainer_cancel(tr: *mut EpTrainer) -> i32 {
 /// Stops each fit after the step during which it has trained for `seconds` (0: no limit, the
 /// default; NaN, infinite or negative: refused): the fit writes its checkpoint, when one is set,
 /// and returns `EP_ERR_CANCELLED`; the next fit resumes it. Time before a resume does not count.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_time_budget(tr: *mut EpTrainer, seconds: f64) -> i32 {
     guard(|| {
@@ -111,6 +122,8 @@ pub extern "C" fn ep_trainer_set_time_budget(tr: *mut EpTrainer, seconds: f64) -
 /// them) and scores the patch on them at every epoch's end; 0 (the default) holds none out.
 /// `ep_trainer_validation_accuracy` gives the last fit's score. A fit that would leave no image
 /// to train on is refused.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_validation(tr: *mut EpTrainer, count: u32) -> i32 {
     guard(|| {
@@ -121,6 +134,8 @@ pub extern "C" fn ep_trainer_set_validation(tr: *mut EpTrainer, count: u32) -> i
 
 /// `*accuracy` receives the last fit's accuracy on its held-out images; `EP_ERR_TRAIN` when the
 /// last fit held none out (or there was none).
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_validation_accuracy(tr: *mut EpTrainer, accuracy: *mut f32) -> i32 {
     guard(|| {
@@ -135,6 +150,8 @@ pub extern "C" fn ep_trainer_validation_accuracy(tr: *mut EpTrainer, accuracy: *
 }
 
 /// Adds one labelled RGB8 test image for `ep_trainer_evaluate` (never trained on).
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_add_test_rgb8(
     tr: *mut EpTrainer,
@@ -156,6 +173,8 @@ pub extern "C" fn ep_trainer_add_test_rgb8(
 /// Scores the trained patch on the test images added so far: `*accuracy` receives the share
 /// classified right, `per_class` (may be null; else room for one value per label) each class's.
 /// On the trainer's device and within its memory budget.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_evaluate(tr: *mut EpTrainer, accuracy: *mut f32, per_class: *mut f32) -> i32 {
     guard(|| {

@@ -23,6 +23,8 @@ fn store<'a>(s: *mut EpStore) -> Result<std::sync::MutexGuard<'a, Store>, Failur
 /// Opens the store in directory `dir` (UTF-8); with `create` non-zero an absent store is created
 /// (the directory must be new or empty). `*out_store` receives the handle (free it with
 /// `ep_store_free`).
+/// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+/// for other handles and processes.
 #[no_mangle]
 pub extern "C" fn ep_store_open(dir: *const c_char, create: i32, out_store: *mut *mut EpStore) -> i32 {
     guard(|| {
@@ -35,6 +37,7 @@ pub extern "C" fn ep_store_open(dir: *const c_char, create: i32, out_store: *mut
 }
 
 /// Frees a store handle (null is ignored; the files stay).
+/// Threads: not while any other call uses the store handle.
 #[no_mangle]
 pub extern "C" fn ep_store_free(s: *mut EpStore) {
     if !s.is_null() {
@@ -44,6 +47,8 @@ pub extern "C" fn ep_store_free(s: *mut EpStore) {
 }
 
 /// `*out_count` receives the number of tasks in the store now.
+/// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+/// for other handles and processes.
 #[no_mangle]
 pub extern "C" fn ep_store_count(s: *mut EpStore, out_count: *mut usize) -> i32 {
     guard(|| {
@@ -56,6 +61,8 @@ pub extern "C" fn ep_store_count(s: *mut EpStore, out_count: *mut usize) -> i32 
 /// The name of task `index` (in the order they were added), copied NUL-terminated into `buf` of
 /// `len` bytes; a name that does not fit is refused (`EP_ERR_ARGUMENT`; names are at most 64
 /// bytes). An index past the end is refused.
+/// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+/// for other handles and processes.
 #[no_mangle]
 pub extern "C" fn ep_store_name(s: *mut EpStore, index: usize, buf: *mut c_char, len: usize) -> i32 {
     guard(|| {
@@ -73,6 +80,8 @@ pub extern "C" fn ep_store_name(s: *mut EpStore, index: usize, buf: *mut c_char,
 }
 
 /// Adds (or replaces) task `name` with a patch file's bytes, checked and written atomically.
+/// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+/// for other handles and processes.
 #[no_mangle]
 pub extern "C" fn ep_store_add_bytes(s: *mut EpStore, name: *const c_char, patch: *const u8, len: usize) -> i32 {
     guard(|| {
@@ -83,6 +92,8 @@ pub extern "C" fn ep_store_add_bytes(s: *mut EpStore, name: *const c_char, patch
 }
 
 /// Removes task `name` from the store (its file and index entry, atomically).
+/// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+/// for other handles and processes.
 #[no_mangle]
 pub extern "C" fn ep_store_remove(s: *mut EpStore, name: *const c_char) -> i32 {
     guard(|| {
@@ -94,6 +105,8 @@ pub extern "C" fn ep_store_remove(s: *mut EpStore, name: *const c_char) -> i32 {
 
 /// Loads task `name` from the store into the runtime under the same name (checked against the
 /// runtime's backbone) and makes it active.
+/// Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
+/// for other handles and processes.
 #[no_mangle]
 pub extern "C" fn ep_store_activate(s: *mut EpStore, rt: *mut EpRuntime, name: *const c_char) -> i32 {
     guard(|| {

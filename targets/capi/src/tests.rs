@@ -354,3 +354,47 @@ fn held_out_and_test_images_are_scored_and_a_time_budget_stops_the_fit() {
     ep_trainer_free(tr);
     ep_runtime_free(rt);
 }
+
+/// Threads adding to one store handle, and another handle on the same directory counting, all
+/// at once: every add lands, every count is a consistent index.
+#[test]
+fn threads_share_a_store_handle_and_a_directory() {
+    let rt = runtime();
+    let tr = red_and_blue(rt, 2);
+    assert_eq!(ep_trainer_fit(tr, 1, 0.05, 0, ptr::null_mut()), EP_OK, "{}", last_error());
+    let patch = patch_bytes(tr);
+    let dir = std::env::temp_dir().join(format!("edgepatch-capi-store-threads-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    let d = CString::new(dir.to_str().unwrap()).unwrap();
+    let (mut a, mut b) = (ptr::null_mut(), ptr::null_mut());
+    assert_eq!(ep_store_open(d.as_ptr(), 1, &mut a), EP_OK, "{}", last_error());
+    assert_eq!(ep_store_open(d.as_ptr(), 0, &mut b), EP_OK, "{}", last_error());
+    let (a_addr, b_addr) = (a as usize, b as usize);
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let patch = &patch;
+            s.spawn(move || {
+                for k in 0..4 {
+                    let name = CString::new(format!("t{t}-{k}")).unwrap();
+                    let status = ep_store_add_bytes(a_addr as *mut EpStore, name.as_ptr(), patch.as_ptr(), patch.len());
+                    assert_eq!(status, EP_OK, "{}", last_error());
+                }
+            });
+        }
+        s.spawn(move || {
+            for _ in 0..20 {
+                let mut n = 0usize;
+                assert_eq!(ep_store_count(b_addr as *mut EpStore, &mut n), EP_OK, "{}", last_error());
+                assert!(n <= 12);
+            }
+        });
+    });
+    let mut n = 0usize;
+    assert_eq!(ep_store_count(b, &mut n), EP_OK);
+    assert_eq!(n, 12);
+    ep_store_free(a);
+    ep_store_free(b);
+    ep_trainer_free(tr);
+    ep_runtime_free(rt);
+    std::fs::remove_dir_all(&dir).ok();
+}

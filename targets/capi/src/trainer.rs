@@ -83,6 +83,8 @@ pub(crate) fn take(tr: *mut EpTrainer) -> Result<MutexGuard<'static, TrainerStat
 /// Creates a trainer over the runtime's backbone for patch `kinds` (e.g. "sb+logits") and
 /// `n_labels` class names, at `resolution` px (a multiple of 32 from 32 to 1024: anything else is
 /// refused here, not at fit).
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_new(
     rt: *mut EpRuntime,
@@ -129,6 +131,8 @@ pub extern "C" fn ep_trainer_new(
 /// default). `ep_trainer_fit` then runs each batch as micro-batches of the largest size that fits
 /// (the same update up to rounding) and fails with `EP_ERR_TRAIN`, before training, when one
 /// sample per pass does not fit; `ep_last_error` says how much it needs.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_memory_budget(tr: *mut EpTrainer, bytes: u64) -> i32 {
     guard(|| {
@@ -139,6 +143,8 @@ pub extern "C" fn ep_trainer_set_memory_budget(tr: *mut EpTrainer, bytes: u64) -
 }
 
 /// Adds one RGB8 training image with its label index.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_add_rgb8(tr: *mut EpTrainer, rgb: *const u8, width: u32, height: u32, label: u32) -> i32 {
     guard(|| {
@@ -157,6 +163,8 @@ pub extern "C" fn ep_trainer_add_rgb8(tr: *mut EpTrainer, rgb: *const u8, width:
 /// (`ep_trainer_set_progress`), writes checkpoints and resumes from one
 /// (`ep_trainer_set_checkpoint`), and returns `EP_ERR_CANCELLED` when cancelled
 /// (`ep_trainer_cancel`, or the callback).
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed: u64, train_accuracy: *mut f32) -> i32 {
     let trp = tr;
@@ -217,6 +225,8 @@ pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed:
 
 /// The trained patch as patch-file bytes: `*out_bytes` receives a buffer of `*out_len` bytes
 /// to release with `ep_bytes_free`.
+/// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+/// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_save(tr: *mut EpTrainer, out_bytes: *mut *mut u8, out_len: *mut usize) -> i32 {
     guard(|| {
@@ -232,6 +242,7 @@ pub extern "C" fn ep_trainer_save(tr: *mut EpTrainer, out_bytes: *mut *mut u8, o
 }
 
 /// Frees a trainer (null is ignored; not while another thread is inside a call on it).
+/// Threads: not while any other call uses the trainer.
 #[no_mangle]
 pub extern "C" fn ep_trainer_free(tr: *mut EpTrainer) {
     if !tr.is_null() {

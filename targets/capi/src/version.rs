@@ -8,12 +8,14 @@ use std::ffi::{c_char, CString};
 pub const EP_ABI_VERSION: u32 = 2;
 
 /// The ABI version of the library loaded (`EP_ABI_VERSION` of the header it was built with).
+/// Threads: any thread, any time.
 #[no_mangle]
 pub extern "C" fn ep_abi_version() -> u32 {
     EP_ABI_VERSION
 }
 
 /// The library's version, e.g. "edgepatch 0.1.0 (ABI 2)": a static NUL-terminated string.
+/// Threads: any thread, any time.
 #[no_mangle]
 pub extern "C" fn ep_version() -> *const c_char {
     static VERSION: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
