@@ -81,7 +81,13 @@ pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
 
 /// The digest of a run's description (FNV-1a, 64 bits).
 pub fn run_digest(description: &str) -> u64 {
-    description.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    digest(description.bytes())
+}
+
+/// FNV-1a (64 bits) of `bytes`: what names a run's description, or data a description cannot
+/// spell out (the C ABI's images).
+pub fn digest(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl Checkpoint {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use edgepatch::data::dataset::Memory;
 use edgepatch::train::{self, checkpoint::Checkpointing};
 
-use super::trainer::{take, EpProgressFn, EpTrainer, EP_DEVICE_AUTO, EP_DEVICE_CPU, EP_DEVICE_GPU};
-use super::{arg, cstr, guard, handle, out, rgb8, Failure, EP_ERR_TRAIN};
+use super::trainer::{labelled, take, EpProgressFn, EpTrainer, EP_DEVICE_AUTO, EP_DEVICE_CPU, EP_DEVICE_GPU};
+use super::{arg, cstr, guard, handle, out, Failure, EP_ERR_TRAIN};
 
 /// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
 /// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
@@ -162,10 +162,8 @@ pub extern "C" fn ep_trainer_add_test_rgb8(
 ) -> i32 {
     guard(|| {
         let tr = &mut *take(tr)?;
-        if label as usize >= tr.labels.len() {
-            return Err(arg(format!("label {label} for {} classes", tr.labels.len())));
-        }
-        tr.tests.push((rgb8(rgb, width, height)?, label as usize));
+        let image = labelled(tr, rgb, width, height, label)?;
+        tr.tests.push(image);
         Ok(())
     })
 }

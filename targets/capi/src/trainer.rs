@@ -149,10 +149,8 @@ pub extern "C" fn ep_trainer_set_memory_budget(tr: *mut EpTrainer, bytes: u64) -
 pub extern "C" fn ep_trainer_add_rgb8(tr: *mut EpTrainer, rgb: *const u8, width: u32, height: u32, label: u32) -> i32 {
     guard(|| {
         let tr = &mut *take(tr)?;
-        if label as usize >= tr.labels.len() {
-            return Err(arg(format!("label {label} for {} classes", tr.labels.len())));
-        }
-        tr.images.push((rgb8(rgb, width, height)?, label as usize));
+        let image = labelled(tr, rgb, width, height, label)?;
+        tr.images.push(image);
         Ok(())
     })
 }
@@ -177,13 +175,10 @@ pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed:
         config.seed = seed;
         config.batch = config.batch.min((tr.images.len() - tr.validation.min(tr.images.len())).max(1));
         // The images' digest names them in a checkpoint, so that another set is not resumed.
-        let digest = tr.images.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, (img, label)| {
-            let words = [img.width as u64, img.height as u64, *label as u64];
-            words
-                .into_iter()
-                .chain(img.data.iter().map(|&b| b as u64))
-                .fold(h, |h, w| (h ^ w).wrapping_mul(0x0100_0000_01b3))
-        });
+        let digest = edgepatch::train::checkpoint::digest(tr.images.iter().flat_map(|(img, label)| {
+            let head = [img.width, img.height, *label as u32].map(u32::to_le_bytes);
+            head.into_iter().flatten().chain(img.data.iter().copied())
+        }));
         let spec = format!("c-api images {digest:016x}");
         let ds = Arc::new(Memory::new(&spec, tr.images.clone(), tr.labels.clone())?);
         // A seeded shuffle holds `validation` images out (the same ones for the same seed).
@@ -249,4 +244,18 @@ pub extern "C" fn ep_trainer_free(tr: *mut EpTrainer) {
         // SAFETY: `tr` came from `Box::into_raw` in this library and is freed once.
         drop(unsafe { Box::from_raw(tr) });
     }
+}
+
+/// An RGB8 image and its label index, checked against the trainer's labels.
+pub(crate) fn labelled(
+    tr: &TrainerState,
+    rgb: *const u8,
+    width: u32,
+    height: u32,
+    label: u32,
+) -> Result<(Rgb8, usize), Failure> {
+    if label as usize >= tr.labels.len() {
+        return Err(arg(format!("label {label} for {} classes", tr.labels.len())));
+    }
+    Ok((rgb8(rgb, width, height)?, label as usize))
 }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::plan::{Allocation, Io, IoBuf, IoSizes, What};
+use super::plan::{Allocation, Io, IoBuf, IoSizes, Layout, Planner, What};
 use super::{labels_bytes, GpuTrainer};
 use crate::backend::gpu::kernels::params::{word, Loss};
 use crate::backend::gpu::kernels::Call;
@@ -162,9 +162,7 @@ impl GpuTrainer {
     /// A pass of `n` samples planned for `split`'s shape, on `reuse`'s buffers when given.
     fn pass(&self, n: usize, batch: usize, shape: (usize, usize), io: &Io, reuse: Option<&Allocation>) -> Result<Pass> {
         let p = self.planned(n, batch, shape, What::Pass)?;
-        let loss = p.loss_index().expect("a training pass has a loss");
-        let r = p.realize(&p.layout(), io, reuse)?;
-        Ok(Pass { calls: r.calls, loss, buffers: r.buffers })
+        realize_pass(&p, &p.layout(), io, reuse)
     }
 
     /// Plans the split step for batches of up to `batch` (replacing a smaller one).
@@ -177,7 +175,7 @@ impl GpuTrainer {
         let sizes = p.io_sizes(true);
         let io = Io::new(&self.gpu, sizes)?;
         let layout = p.layout();
-        let full = self.pass(micro, batch, (r, r), &io, None)?;
+        let full = realize_pass(&p, &layout, &io, None)?;
         let after = self.planned_update(batch)?.realize(&layout, &io, Some(&full.buffers))?.calls;
         let bytes = layout.bytes() + sizes.bytes();
         log::info!(
@@ -250,4 +248,11 @@ impl GpuTrainer {
         }
         Ok(staging.expect("a batch of at least one sample"))
     }
+}
+
+/// The planned pass `p` on the device, over `layout`'s new buffers or `reuse`'s.
+fn realize_pass(p: &Planner, layout: &Layout, io: &Io, reuse: Option<&Allocation>) -> Result<Pass> {
+    let loss = p.loss_index().expect("a training pass has a loss");
+    let r = p.realize(layout, io, reuse)?;
+    Ok(Pass { calls: r.calls, loss, buffers: r.buffers })
 }
