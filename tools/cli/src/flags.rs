@@ -96,6 +96,8 @@ impl TrainFlags {
         config.micro_batch = self.micro_batch;
         config.recompute = self.recompute.then_some(true);
         config.time_budget = self.time_budget;
+        // Ctrl-C (or SIGTERM) stops the run after its step, writing its checkpoint.
+        config.cancel = crate::interrupt::cancel();
         config.checkpoint = self.checkpoint.as_ref().map(|path| edgepatch::train::checkpoint::Checkpointing {
             path: path.clone(),
             every: self.checkpoint_every as usize,

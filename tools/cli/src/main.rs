@@ -15,6 +15,7 @@ macro_rules! outln {
 mod demo;
 mod flags;
 mod info;
+mod interrupt;
 mod multi;
 mod report;
 mod store;
@@ -369,7 +370,12 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("edgepatch: error: {e}");
-            ExitCode::FAILURE
+            match e {
+                edgepatch::Error::Cancelled(_) if interrupt::interrupted() => {
+                    ExitCode::from(interrupt::EXIT_INTERRUPTED)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
