@@ -45,6 +45,7 @@ struct Run {
 
 static int32_t progress(const EpProgress *p, void *user) {
     struct Run *run = user;
+    if (p->struct_size < sizeof *p) return 1; /* an older library than the header: stop */
     run->calls++;
     int done = (int)(20 * p->step / (p->total_steps ? p->total_steps : 1));
     char bar[21];
@@ -55,11 +56,17 @@ static int32_t progress(const EpProgress *p, void *user) {
     return run->stop_at != 0 && p->step == run->stop_at;
 }
 
-/* A bias+logits trainer over 16 red and blue images, on the device Auto picks. */
+/* A bias+logits trainer over 16 red and blue images, in batches of 8 with Adam, on the device
+ * Auto picks (a hardware GPU when there is one). */
 static int make_trainer(EpRuntime *rt, EpTrainer **tr) {
     const char *labels[] = {"red", "blue"};
     CHECK(ep_trainer_new(rt, "bias+logits", labels, 2, 32, tr));
-    CHECK(ep_trainer_set_device(*tr, EP_DEVICE_AUTO));
+    EpTrainOptions options;
+    CHECK(ep_train_options_init(&options));
+    options.device = EP_DEVICE_AUTO;
+    options.batch = 8;
+    options.optimizer = EP_OPTIMIZER_ADAM;
+    CHECK(ep_trainer_set_options(*tr, &options));
     uint8_t img[48 * 40 * 3];
     for (unsigned i = 0; i < 16; i++) {
         int red = i % 2 == 0;
@@ -102,11 +109,14 @@ int main(int argc, char **argv) {
 
     EpRuntime *rt = NULL;
     CHECK(ep_runtime_new_embedded(&rt));
+    CHECK(ep_runtime_set_device(rt, EP_DEVICE_AUTO));
+    CHECK(ep_runtime_device(rt, device, sizeof device));
+    printf("predicting on %s\n", device);
 
     /* The reference: one fit never interrupted. */
     EpTrainer *ref = NULL;
     if (make_trainer(rt, &ref)) return 1;
-    CHECK(ep_trainer_fit(ref, EPOCHS, 0.03f, 1, NULL));
+    CHECK(ep_trainer_fit(ref, EPOCHS, 0.003f, 1, NULL));
     uint8_t *want = NULL;
     size_t want_len = 0;
     CHECK(ep_trainer_save(ref, &want, &want_len));
@@ -118,7 +128,7 @@ int main(int argc, char **argv) {
     CHECK(ep_trainer_set_checkpoint(tr, ckpt, 1, 1));
     struct Run run = {5, 0};
     CHECK(ep_trainer_set_progress(tr, progress, &run));
-    int status = ep_trainer_fit(tr, EPOCHS, 0.03f, 1, NULL);
+    int status = ep_trainer_fit(tr, EPOCHS, 0.003f, 1, NULL);
     if (status != EP_ERR_CANCELLED) {
         fprintf(stderr, "the fit was not cancelled (%d): %s\n", status, ep_last_error());
         return 1;
@@ -127,7 +137,7 @@ int main(int argc, char **argv) {
     run.stop_at = 0;
     run.calls = 0;
     float accuracy = 0.0f;
-    CHECK(ep_trainer_fit(tr, EPOCHS, 0.03f, 1, &accuracy));
+    CHECK(ep_trainer_fit(tr, EPOCHS, 0.003f, 1, &accuracy));
     CHECK(ep_trainer_device(tr, device, sizeof device));
     printf("resumed for %u more steps on %s: last-epoch training accuracy %.2f\n", run.calls, device, accuracy);
     uint8_t *bytes = NULL;

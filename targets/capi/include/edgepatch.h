@@ -54,22 +54,32 @@
 // with a checkpoint set, the next `ep_trainer_fit` resumes it.
 #define EP_ERR_CANCELLED 9
 
+// A hardware GPU when there is one, else the CPU (`Device::Auto`).
+#define EP_DEVICE_AUTO 0
+
+// The CPU (the default of runtimes and trainers).
+#define EP_DEVICE_CPU 1
+
+// A GPU adapter, software ones included; `EP_ERR_DEVICE` without one.
+#define EP_DEVICE_GPU 2
+
 // Longest label copied into `EpClass::label`, including the terminating NUL.
 #define EP_LABEL_LEN 64
 
-// Train where `Device::Auto` chooses: a hardware GPU when there is one, else the CPU.
-#define EP_DEVICE_AUTO 0
+// SGD with momentum 0.9 (the default).
+#define EP_OPTIMIZER_SGD 0
 
-// Train on the CPU (the default).
-#define EP_DEVICE_CPU 1
+// Adam.
+#define EP_OPTIMIZER_ADAM 1
 
-// Train on the GPU (`ep_trainer_fit` fails with `EP_ERR_DEVICE` without one).
-#define EP_DEVICE_GPU 2
+// RMSProp.
+#define EP_OPTIMIZER_RMSPROP 2
 
 // The version of this C ABI: raised whenever a function, constant or struct changes (1: the
-// first header; 2: devices, progress, cancel, checkpoints, versions). Compare it with
-// `EP_ABI_VERSION` from the header the app was built with.
-#define EP_ABI_VERSION 2
+// first header; 2: devices, progress, cancel, checkpoints, versions; 3: the runtime's device,
+// `EpTrainOptions`, `EpProgress::struct_size`). Compare it with `EP_ABI_VERSION` from the header
+// the app was built with.
+#define EP_ABI_VERSION 3
 
 // A backbone with its named task patches and the active one, behind a lock: predictions
 // share it, changes take it alone.
@@ -81,16 +91,11 @@ typedef struct EpStore EpStore;
 // Learns a patch from labelled images added one by one.
 typedef struct EpTrainer EpTrainer;
 
-// One class of a prediction.
-typedef struct EpClass {
-  uint32_t class_index;
-  float prob;
-  // NUL-terminated, truncated to fit.
-  char label[EP_LABEL_LEN];
-} EpClass;
-
 // Where a fit is, passed to the progress callback after every step.
 typedef struct EpProgress {
+  // The size of this struct as the library filled it: a callback built with a newer header
+  // reads only fields that end within it.
+  uint32_t struct_size;
   // 0-based epoch.
   uint32_t epoch;
   // Steps done and in all.
@@ -109,6 +114,44 @@ typedef struct EpProgress {
 // (`EP_ERR_CANCELLED`). It must not call functions on the same trainer except
 // `ep_trainer_cancel`.
 typedef int32_t (*EpProgressFn)(const struct EpProgress *progress, void *user);
+
+// One class of a prediction.
+typedef struct EpClass {
+  uint32_t class_index;
+  float prob;
+  // NUL-terminated, truncated to fit.
+  char label[EP_LABEL_LEN];
+} EpClass;
+
+// The options of a trainer's fits (the patch kinds, labels and resolution are the trainer's).
+// Get one from `ep_train_options_init`, or a trainer's from `ep_trainer_options`.
+typedef struct EpTrainOptions {
+  // `sizeof(EpTrainOptions)` as the app compiled it (`ep_train_options_init` sets it). The
+  // library refuses sizes it does not know (a header newer than the library).
+  uint32_t struct_size;
+  // `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or `EP_DEVICE_GPU`.
+  int32_t device;
+  // Images per step (default 32; at least 1; a fit on fewer images takes them all).
+  uint32_t batch;
+  // `EP_OPTIMIZER_SGD` (the default), `EP_OPTIMIZER_ADAM` or `EP_OPTIMIZER_RMSPROP`.
+  int32_t optimizer;
+  // Non-zero: random crops and flips while training (default 0).
+  int32_t augment;
+  // Images held out of each fit and scored at its epochs' ends (`ep_trainer_set_validation`).
+  uint32_t validation;
+  // L2 weight decay on kernels and classifier weights, ≥ 0 (default 0).
+  float weight_decay;
+  // Label smoothing in [0, 1) (default 0).
+  float label_smoothing;
+  // Fraction of the steps warming the learning rate up, in [0, 1) (default 0.05).
+  float warmup;
+  // Largest global gradient norm; 0: no clipping (default 5).
+  float clip_norm;
+  // Bytes training may add to the process's memory; 0: no limit (`ep_trainer_set_memory_budget`).
+  uint64_t memory_budget;
+  // Training seconds per fit; 0: no limit (`ep_trainer_set_time_budget`).
+  double time_budget;
+} EpTrainOptions;
 
 #ifdef __cplusplus
 extern "C" {
@@ -156,36 +199,23 @@ int32_t ep_patch_unload(struct EpRuntime *rt, const char *name);
 // see the change whole.
 int32_t ep_patch_activate(struct EpRuntime *rt, const char *name);
 
-// Classifies an RGB8 image (`width·height·3` bytes, rows top to bottom, any size: it is
-// resized and normalised here) with the active patch; writes up to `k` classes, best first,
-// to `classes` and their number to `*n_out`.
-// Threads: any number of threads at once on one runtime.
-int32_t ep_predict_rgb8(struct EpRuntime *rt,
-                        const uint8_t *rgb,
-                        uint32_t width,
-                        uint32_t height,
-                        size_t k,
-                        struct EpClass *classes,
-                        size_t *n_out);
-
-// Sets, for the whole process, the most pixels (width × height) an image file may have to be
-// decoded by `ep_predict_file` (default 33,554,432 = 2^25); larger files are refused from
-// their header with `EP_ERR_IMAGE` before any pixel is decoded. 0 is refused.
-// Threads: any thread; applies to the decodes that start after it.
-int32_t ep_set_max_pixels(uint64_t pixels);
-
-// Decodes a JPEG or PNG file (strictly: a truncated or damaged file is `EP_ERR_IMAGE`; see
-// `ep_set_max_pixels`) and classifies it like `ep_predict_rgb8`.
-// Threads: any number of threads at once on one runtime.
-int32_t ep_predict_file(struct EpRuntime *rt,
-                        const char *path,
-                        size_t k,
-                        struct EpClass *classes,
-                        size_t *n_out);
-
 // Releases bytes returned by this library.
 // Threads: any thread, once per buffer.
 void ep_bytes_free(uint8_t *bytes, size_t len);
+
+// Moves the runtime's predictions to `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (a new runtime's) or
+// `EP_DEVICE_GPU`, keeping its patches and the active one; `ep_runtime_device` tells which
+// device was chosen. When the device cannot be used (`EP_ERR_DEVICE` for an absent or failing
+// GPU) the runtime stays as it was. Predictions on a GPU agree with the CPU's up to summation
+// order. See `ep_trainer_set_device` about the Vulkan drivers' messages.
+// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
+// run on the new device.
+int32_t ep_runtime_set_device(struct EpRuntime *rt, int32_t device);
+
+// Where the runtime predicts now ("cpu", or "gpu (adapter)"), copied NUL-terminated into `buf`
+// of `len` bytes (cut to fit).
+// Threads: any number of threads at once on one runtime.
+int32_t ep_runtime_device(struct EpRuntime *rt, char *buf, size_t len);
 
 // Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
 // `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
@@ -262,6 +292,33 @@ int32_t ep_trainer_add_test_rgb8(struct EpTrainer *tr,
 // trainer returns `EP_ERR_BUSY`.
 int32_t ep_trainer_evaluate(struct EpTrainer *tr, float *accuracy, float *per_class);
 
+// Classifies an RGB8 image (`width·height·3` bytes, rows top to bottom, any size: it is
+// resized and normalised here) with the active patch; writes up to `k` classes, best first,
+// to `classes` and their number to `*n_out`.
+// Threads: any number of threads at once on one runtime.
+int32_t ep_predict_rgb8(struct EpRuntime *rt,
+                        const uint8_t *rgb,
+                        uint32_t width,
+                        uint32_t height,
+                        size_t k,
+                        struct EpClass *classes,
+                        size_t *n_out);
+
+// Sets, for the whole process, the most pixels (width × height) an image file may have to be
+// decoded by `ep_predict_file` (default 33,554,432 = 2^25); larger files are refused from
+// their header with `EP_ERR_IMAGE` before any pixel is decoded. 0 is refused.
+// Threads: any thread; applies to the decodes that start after it.
+int32_t ep_set_max_pixels(uint64_t pixels);
+
+// Decodes a JPEG or PNG file (strictly: a truncated or damaged file is `EP_ERR_IMAGE`; see
+// `ep_set_max_pixels`) and classifies it like `ep_predict_rgb8`.
+// Threads: any number of threads at once on one runtime.
+int32_t ep_predict_file(struct EpRuntime *rt,
+                        const char *path,
+                        size_t k,
+                        struct EpClass *classes,
+                        size_t *n_out);
+
 // Opens the store in directory `dir` (UTF-8); with `create` non-zero an absent store is created
 // (the directory must be new or empty). `*out_store` receives the handle (free it with
 // `ep_store_free`).
@@ -300,6 +357,23 @@ int32_t ep_store_remove(struct EpStore *s, const char *name);
 // Threads: any thread; calls on one handle wait for each other, and the store's writes are atomic
 // for other handles and processes.
 int32_t ep_store_activate(struct EpStore *s, struct EpRuntime *rt, const char *name);
+
+// Fills `*options` with the defaults of a new trainer and its `struct_size`.
+// Threads: any thread.
+int32_t ep_train_options_init(struct EpTrainOptions *options);
+
+// Sets all of the trainer's options at once from `*options` (its `struct_size` must be one this
+// library knows): every field is checked first, and on any refusal (`EP_ERR_ARGUMENT`, naming
+// the field) nothing changes.
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
+int32_t ep_trainer_set_options(struct EpTrainer *tr, const struct EpTrainOptions *options);
+
+// Writes the trainer's options into `*options`, whose `struct_size` the app sets first (one
+// this library knows).
+// Threads: one call at a time per trainer: a call while another thread is inside one on the same
+// trainer returns `EP_ERR_BUSY`.
+int32_t ep_trainer_options(struct EpTrainer *tr, struct EpTrainOptions *options);
 
 // Creates a trainer over the runtime's backbone for patch `kinds` (e.g. "sb+logits") and
 // `n_labels` class names, at `resolution` px (a multiple of 32 from 32 to 1024: anything else is
@@ -358,7 +432,7 @@ void ep_trainer_free(struct EpTrainer *tr);
 // Threads: any thread, any time.
 uint32_t ep_abi_version(void);
 
-// The library's version, e.g. "edgepatch 0.1.0 (ABI 2)": a static NUL-terminated string.
+// The library's version, e.g. "edgepatch 0.1.0 (ABI 3)": a static NUL-terminated string.
 // Threads: any thread, any time.
 const char *ep_version(void);
 

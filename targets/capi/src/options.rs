@@ -7,7 +7,8 @@ use std::sync::Arc;
 use edgepatch::data::dataset::Memory;
 use edgepatch::train::{self, checkpoint::Checkpointing};
 
-use super::trainer::{labelled, take, EpProgressFn, EpTrainer, EP_DEVICE_AUTO, EP_DEVICE_CPU, EP_DEVICE_GPU};
+use super::device::{copy_str, parse_device};
+use super::trainer::{labelled, take, EpProgressFn, EpTrainer};
 use super::{arg, cstr, guard, handle, out, Failure, EP_ERR_TRAIN};
 
 /// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
@@ -20,12 +21,7 @@ use super::{arg, cstr, guard, handle, out, Failure, EP_ERR_TRAIN};
 pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 {
     guard(|| {
         let tr = &mut *take(tr)?;
-        tr.config.device = match device {
-            EP_DEVICE_AUTO => edgepatch::backend::Device::Auto,
-            EP_DEVICE_CPU => edgepatch::backend::Device::Cpu,
-            EP_DEVICE_GPU => edgepatch::backend::Device::Gpu,
-            other => return Err(arg(format!("device {other} (EP_DEVICE_AUTO, EP_DEVICE_CPU or EP_DEVICE_GPU)"))),
-        };
+        tr.config.device = parse_device(device)?;
         Ok(())
     })
 }
@@ -36,19 +32,7 @@ pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 
 /// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_device(tr: *mut EpTrainer, buf: *mut c_char, len: usize) -> i32 {
-    guard(|| {
-        let tr = take(tr)?;
-        if buf.is_null() || len == 0 {
-            return Err(arg("buf is null or empty"));
-        }
-        let bytes = tr.device.as_bytes();
-        let n = bytes.len().min(len - 1);
-        // SAFETY: C passes `len` writable bytes at `buf`.
-        let dst = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len) };
-        dst[..n].copy_from_slice(&bytes[..n]);
-        dst[n] = 0;
-        Ok(())
-    })
+    guard(|| copy_str(&take(tr)?.device, buf, len))
 }
 
 /// Sets the progress callback of the next fits (null: none) and its `user` pointer.

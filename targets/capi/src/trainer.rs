@@ -13,17 +13,13 @@ use edgepatch::{Backbone, Patch, PatchKinds};
 
 use super::{arg, cstr, guard, handle, out, rgb8, EpRuntime, Failure, EP_ERR_BUSY, EP_ERR_TRAIN};
 
-/// Train where `Device::Auto` chooses: a hardware GPU when there is one, else the CPU.
-pub const EP_DEVICE_AUTO: i32 = 0;
-/// Train on the CPU (the default).
-pub const EP_DEVICE_CPU: i32 = 1;
-/// Train on the GPU (`ep_trainer_fit` fails with `EP_ERR_DEVICE` without one).
-pub const EP_DEVICE_GPU: i32 = 2;
-
 /// Where a fit is, passed to the progress callback after every step.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EpProgress {
+    /// The size of this struct as the library filled it: a callback built with a newer header
+    /// reads only fields that end within it.
+    pub struct_size: u32,
     /// 0-based epoch.
     pub epoch: u32,
     /// Steps done and in all.
@@ -106,7 +102,7 @@ pub extern "C" fn ep_trainer_new(
         let names = names.iter().map(|&p| cstr(p, "label").map(str::to_string)).collect::<Result<Vec<_>, _>>()?;
         let mut config = TrainConfig::new(kinds);
         config.resolution = resolution;
-        // The C ABI has no device choice yet: it trains on the CPU.
+        // The CPU unless the app chooses (`ep_trainer_set_device`, `ep_trainer_set_options`).
         config.device = edgepatch::backend::Device::Cpu;
         config.check()?;
         let state = TrainerState {
@@ -196,6 +192,7 @@ pub extern "C" fn ep_trainer_fit(tr: *mut EpTrainer, epochs: u32, lr: f32, seed:
         let (patch, report) = train::fit_validated(&tr.backbone, ds, &idx, &held, config, &mut |p| {
             let Some(f) = callback else { return };
             let c = EpProgress {
+                struct_size: std::mem::size_of::<EpProgress>() as u32,
                 epoch: p.epoch as u32,
                 step: p.step as u32,
                 total_steps: p.total_steps as u32,

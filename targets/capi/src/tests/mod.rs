@@ -6,18 +6,18 @@ use std::ptr;
 
 use super::*;
 
-fn last_error() -> String {
+pub(super) fn last_error() -> String {
     // SAFETY: `ep_last_error` returns a NUL-terminated string owned by this thread.
     unsafe { CStr::from_ptr(ep_last_error()) }.to_string_lossy().into_owned()
 }
 
-fn runtime() -> *mut EpRuntime {
+pub(super) fn runtime() -> *mut EpRuntime {
     let mut rt = ptr::null_mut();
     assert_eq!(ep_runtime_new_embedded(&mut rt), EP_OK, "{}", last_error());
     rt
 }
 
-fn trainer(rt: *mut EpRuntime, resolution: u32) -> (i32, *mut EpTrainer) {
+pub(super) fn trainer(rt: *mut EpRuntime, resolution: u32) -> (i32, *mut EpTrainer) {
     let names = [CString::new("red").unwrap(), CString::new("blue").unwrap()];
     let labels: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
     let kinds = CString::new("logits").unwrap();
@@ -70,12 +70,12 @@ fn fit_refuses_a_learning_rate_that_is_not_a_number() {
     ep_runtime_free(rt);
 }
 
-fn solid(rgb: [u8; 3], side: usize) -> Vec<u8> {
+pub(super) fn solid(rgb: [u8; 3], side: usize) -> Vec<u8> {
     rgb.iter().copied().cycle().take(side * side * 3).collect()
 }
 
 /// A 32 px `logits` trainer holding `per_class` red images (label 0) and blue ones (label 1).
-fn red_and_blue(rt: *mut EpRuntime, per_class: usize) -> *mut EpTrainer {
+pub(super) fn red_and_blue(rt: *mut EpRuntime, per_class: usize) -> *mut EpTrainer {
     let (status, tr) = trainer(rt, 32);
     assert_eq!(status, EP_OK, "{}", last_error());
     for (label, rgb) in [(0, [250u8, 10, 10]), (1, [10, 10, 250])] {
@@ -87,12 +87,12 @@ fn red_and_blue(rt: *mut EpRuntime, per_class: usize) -> *mut EpTrainer {
 }
 
 /// Room for `k` classes of a prediction.
-fn room(k: usize) -> Vec<EpClass> {
+pub(super) fn room(k: usize) -> Vec<EpClass> {
     (0..k).map(|_| EpClass { class_index: 0, prob: 0.0, label: [0; EP_LABEL_LEN] }).collect()
 }
 
 /// The top class of `img` on `rt` (the pointer as an address, so that threads can share it).
-fn top(rt: usize, img: &[u8], side: u32) -> (i32, u32) {
+pub(super) fn top(rt: usize, img: &[u8], side: u32) -> (i32, u32) {
     let mut classes = room(3);
     let mut n = 0usize;
     let status = ep_predict_rgb8(rt as *mut EpRuntime, img.as_ptr(), side, side, 3, classes.as_mut_ptr(), &mut n);
@@ -176,7 +176,7 @@ fn the_pixel_limit_applies_to_decoded_files() {
 }
 
 /// Counts the calls in the `AtomicUsize` at `user`.
-extern "C" fn record(p: *const EpProgress, user: *mut c_void) -> i32 {
+pub(super) extern "C" fn record(p: *const EpProgress, user: *mut c_void) -> i32 {
     // SAFETY: the trainer passes a valid progress; the tests pass an `AtomicUsize` as `user`.
     let (p, seen) = unsafe { (&*p, &*(user as *const std::sync::atomic::AtomicUsize)) };
     assert!(p.step >= 1 && p.step <= p.total_steps && p.loss.is_finite() && (0.0..=1.0).contains(&p.accuracy));
@@ -192,7 +192,7 @@ extern "C" fn stop_at_three(p: *const EpProgress, user: *mut c_void) -> i32 {
     (unsafe { &*p }.step == 3) as i32
 }
 
-fn patch_bytes(tr: *mut EpTrainer) -> Vec<u8> {
+pub(super) fn patch_bytes(tr: *mut EpTrainer) -> Vec<u8> {
     let (mut p, mut len) = (ptr::null_mut(), 0usize);
     assert_eq!(ep_trainer_save(tr, &mut p, &mut len), EP_OK, "{}", last_error());
     // SAFETY: `ep_trainer_save` returned `len` bytes at `p`.
@@ -355,46 +355,5 @@ fn held_out_and_test_images_are_scored_and_a_time_budget_stops_the_fit() {
     ep_runtime_free(rt);
 }
 
-/// Threads adding to one store handle, and another handle on the same directory counting, all
-/// at once: every add lands, every count is a consistent index.
-#[test]
-fn threads_share_a_store_handle_and_a_directory() {
-    let rt = runtime();
-    let tr = red_and_blue(rt, 2);
-    assert_eq!(ep_trainer_fit(tr, 1, 0.05, 0, ptr::null_mut()), EP_OK, "{}", last_error());
-    let patch = patch_bytes(tr);
-    let dir = std::env::temp_dir().join(format!("edgepatch-capi-store-threads-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    let d = CString::new(dir.to_str().unwrap()).unwrap();
-    let (mut a, mut b) = (ptr::null_mut(), ptr::null_mut());
-    assert_eq!(ep_store_open(d.as_ptr(), 1, &mut a), EP_OK, "{}", last_error());
-    assert_eq!(ep_store_open(d.as_ptr(), 0, &mut b), EP_OK, "{}", last_error());
-    let (a_addr, b_addr) = (a as usize, b as usize);
-    std::thread::scope(|s| {
-        for t in 0..3 {
-            let patch = &patch;
-            s.spawn(move || {
-                for k in 0..4 {
-                    let name = CString::new(format!("t{t}-{k}")).unwrap();
-                    let status = ep_store_add_bytes(a_addr as *mut EpStore, name.as_ptr(), patch.as_ptr(), patch.len());
-                    assert_eq!(status, EP_OK, "{}", last_error());
-                }
-            });
-        }
-        s.spawn(move || {
-            for _ in 0..20 {
-                let mut n = 0usize;
-                assert_eq!(ep_store_count(b_addr as *mut EpStore, &mut n), EP_OK, "{}", last_error());
-                assert!(n <= 12);
-            }
-        });
-    });
-    let mut n = 0usize;
-    assert_eq!(ep_store_count(b, &mut n), EP_OK);
-    assert_eq!(n, 12);
-    ep_store_free(a);
-    ep_store_free(b);
-    ep_trainer_free(tr);
-    ep_runtime_free(rt);
-    std::fs::remove_dir_all(&dir).ok();
-}
+mod options;
+mod threads;
