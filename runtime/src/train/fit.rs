@@ -256,11 +256,6 @@ pub fn fit_multi(
             log::info!("resumed from {} at step {step} of {total}", c.path.display());
         }
     }
-    if saving.is_some() {
-        // A trainer that cannot be checkpointed is refused before training, not at its first
-        // checkpoint.
-        trainers.iter().try_for_each(|t| t.save_state().map(drop))?;
-    }
     let (cancel, first_step) = (tasks[0].config.cancel.clone(), step);
     let time_budget = tasks[0].config.time_budget;
     let elapsed = |paused: std::time::Duration| (start.elapsed() - paused).as_secs_f64() + before;
