@@ -9,7 +9,8 @@ the `side-by-side` markers and prints them.
 
 Options: --quick (a smoke: one kind, small batches and images, one timed step), --steps N
 (timed training steps per configuration, default 5), --reps N (inference runs, default 20 at
-batch 1 and a quarter of that at batch 16), --no-write.
+batch 1 and a quarter of that at batch 16), --rounds N (inference rounds alternating the
+engines, default 3), --no-write.
 """
 import argparse
 import datetime
@@ -53,6 +54,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     graph = CACHE / "bench" / "graph"
@@ -71,16 +73,31 @@ def main():
                 pt = run([TORCH_PY, ROOT / "tools/bench/torch_bench.py", graph, "--train", k, "--batch", b,
                           "--resolution", res, "--steps", steps])[0]
                 train.append((k, b, res, ep, pt))
+    # Inference: every engine in the configuration its users deploy, alternating engine by engine
+    # for `rounds` rounds (this machine is noisy); each cell is the median of the rounds' medians.
+    f32 = CACHE / "mobilenet_v2_f32.onnx"
+    engines = {
+        "edgepatch": lambda b, r: [BENCH, "run", "--engine", "edgepatch-int8", "--batch", b, "--reps", r],
+        "ort-f32": lambda b, r: [VENV_PY, ROOT / "tools/bench/ort_bench.py", f32, "--batch", b, "--steps", r],
+        "ort-int8": lambda b, r: [VENV_PY, ROOT / "tools/bench/ort_bench.py", INT8, "--batch", b, "--steps", r],
+        "tract-f32": lambda b, r: [BENCH, "run", "--engine", "tract", "--model", f32, "--batch", b, "--reps", r],
+        "tract-int8": lambda b, r: [BENCH, "run", "--engine", "tract", "--model", INT8, "--batch", b, "--reps", r],
+        "torchscript": lambda b, r: [TORCH_PY, ROOT / "tools/bench/torch_bench.py", graph, "--infer", "--batch", b,
+                                     "--steps", r],
+    }
+    rounds = 1 if a.quick else a.rounds
     infer = []
     for b in [1, 16]:
         r = reps if b == 1 else max(3, reps // 4)
-        row = {
-            "edgepatch": run([BENCH, "run", "--engine", "edgepatch-int8", "--batch", b, "--reps", r])[0],
-            "tract": run([BENCH, "run", "--engine", "tract", "--model", INT8, "--batch", b, "--reps", r])[0],
-            "onnxruntime": run([VENV_PY, ROOT / "tools/bench/ort_bench.py", INT8, "--batch", b, "--steps", r])[0],
-            "pytorch": run([TORCH_PY, ROOT / "tools/bench/torch_bench.py", graph, "--infer", "--batch", b,
-                            "--steps", r])[0],
-        }
+        seen = {k: [] for k in engines}
+        for _ in range(rounds):
+            for k, cmd in engines.items():
+                seen[k].append(run(cmd(b, r))[0])
+        row = {}
+        for k, results in seen.items():
+            ms = sorted(x["median_ms"] for x in results)
+            row[k] = {**results[0], "median_ms": ms[len(ms) // 2], "all_ms": ms,
+                      "peak_rss_bytes": max(x["peak_rss_bytes"] for x in results)}
         infer.append((b, row))
     pointwise = [run([BENCH, "pointwise", "--batch", b, "--resolution", 64 if a.quick else 224,
                       "--reps", 2 if a.quick else 5])[0] for b in ([2] if a.quick else [16, 1])]
@@ -98,7 +115,10 @@ def main():
          "",
          f"{steps} timed step{'s' if steps > 1 else ''} after 2 warm-ups on a fixed random batch, 10 classes; SGD momentum 0.9, gradient "
          "norm clipped at 5; BatchNorm in eval mode (edgepatch: the folded affine); `requires_grad` only on the "
-         "patch's parameters. A step is forward, backward and update (for `logits`, the frozen features too).",
+         "patch's parameters. A step is forward, backward and update (for `logits`, the frozen features too). "
+         f"PyTorch {torch_version} is Debian's build (Debian ships 1.13, not a current release), in eager mode, how "
+         "PyTorch users train; its own intra-op thread pool on every core. TensorFlow-CPU and onnxruntime-training "
+         "are not in this table yet.",
          "",
          "| patch | batch | px | edgepatch img/s | PyTorch img/s | speed ratio | edgepatch MB | PyTorch MB | memory ratio |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -106,15 +126,29 @@ def main():
         L.append(f"| {k} | {b} | {res} | {ep['images_per_s']:.1f} | {pt['images_per_s']:.1f} | "
                  f"{ep['images_per_s'] / pt['images_per_s']:.2f}× | {ep['peak_rss_bytes'] / 1e6:.0f} | "
                  f"{pt['peak_rss_bytes'] / 1e6:.0f} | {ep['peak_rss_bytes'] / pt['peak_rss_bytes']:.2f} |")
-    L += ["", "### Inference, shipped int8 MobileNetV2, 224 px (ms; ratio = engine / edgepatch)", "",
-          "PyTorch runs the dequantized f32 weights (the same values); the others run the int8 QDQ ONNX file.", "",
-          "| batch | edgepatch | tract-onnx | onnxruntime | PyTorch | peak MB (edgepatch / tract / ort / torch) |",
-          "|---:|---:|---:|---:|---:|---|"]
+    L += ["", "### Inference, MobileNetV2, 224 px (ms; ratio = edgepatch / engine: below 1 is edgepatch faster)", "",
+          f"Each engine as its users deploy it, alternating engine by engine for {rounds} round(s); a cell is the "
+          "median of the rounds' medians (the spread of the rounds in brackets). Configurations:", "",
+          "- **edgepatch**: the shipped int8 model (int8 weights, f32 arithmetic), the blocked-channel CPU engine, "
+          "rayon's pool.",
+          "- **onnxruntime f32**: the f32 model (`cache/mobilenet_v2_f32.onnx`), CPU provider, "
+          "`ORT_ENABLE_ALL` graph optimizations, all cores as intra-op threads: how most onnxruntime users deploy.",
+          "- **onnxruntime int8**: the shipped QDQ file (weight-only DequantizeLinear, which onnxruntime does not fuse: "
+          "its slow path, shown for completeness).",
+          "- **tract f32 / int8**: tract-onnx 0.23.9 on each file, optimized plan (`into_optimized`), single-threaded "
+          "(its only mode).",
+          f"- **PyTorch**: {torch_version} (Debian's python3-torch; 1.13 is what Debian ships), the same weights "
+          "dequantized, traced and frozen TorchScript with `optimize_for_inference`, all cores.", "",
+          "| batch | edgepatch | onnxruntime f32 | onnxruntime int8 | tract f32 | tract int8 | PyTorch TorchScript | "
+          "peak MB (edgepatch / ort f32 / torch) |",
+          "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    spread = lambda x: f"{x['all_ms'][0]:.1f}–{x['all_ms'][-1]:.1f}"
     for b, row in infer:
         e = row["edgepatch"]["median_ms"]
-        cells = [f"{row[k]['median_ms']:.1f} ({row[k]['median_ms'] / e:.2f}×)" for k in ["tract", "onnxruntime", "pytorch"]]
-        mem = " / ".join(f"{row[k]['peak_rss_bytes'] / 1e6:.0f}" for k in ["edgepatch", "tract", "onnxruntime", "pytorch"])
-        L.append(f"| {b} | {e:.1f} | {' | '.join(cells)} | {mem} |")
+        cells = [f"{row[k]['median_ms']:.1f} [{spread(row[k])}] ({e / row[k]['median_ms']:.2f}×)"
+                 for k in ["ort-f32", "ort-int8", "tract-f32", "tract-int8", "torchscript"]]
+        mem = " / ".join(f"{row[k]['peak_rss_bytes'] / 1e6:.0f}" for k in ["edgepatch", "ort-f32", "torchscript"])
+        L.append(f"| {b} | {e:.1f} [{spread(row['edgepatch'])}] | {' | '.join(cells)} | {mem} |")
     L += ["", "### The 1×1 convolutions against this machine's peak f32 rate", "",
           "`edgepatch-bench pointwise`: every 1×1 layer of the shipped model, forward and input gradient (what an "
           "S/B step runs for it), on all threads, as in a training step (buffers recycled). Peak: "

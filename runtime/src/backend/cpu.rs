@@ -2,6 +2,7 @@
 //! convolution fused with the affine and activation that follow it.
 
 use crate::graph::{Graph, Node, Op};
+use crate::ops::blocked::{self, Value};
 use crate::ops::{self, Epilogue};
 use crate::schedule::{Schedule, Step};
 use std::sync::{Arc, Mutex};
@@ -24,9 +25,33 @@ pub struct CpuEngine {
     steps: Vec<Step>,
     /// For each value, the last node that reads it (values are freed after its step).
     last_use: Vec<usize>,
-    /// For each step, its convolution's packed weights.
+    /// For each step, its convolution's packed weights (planar layout).
     packed: Arc<Vec<Option<ops::conv::Packed>>>,
+    /// For each step, its convolution's weights for the blocked layout, when the engine runs it
+    /// ([`Layout::Blocked`]).
+    packed_blocked: Arc<Vec<Option<blocked::PackedConv>>>,
+    layout: Layout,
     pool: Mutex<Pool>,
+}
+
+/// How a pass lays out its activations (the values are the same bits either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `[N, C, H, W]`, as training's kernels.
+    Planar,
+    /// Blocks of channels per pixel ([`crate::ops::blocked`]): faster on small planes and at
+    /// batch 1. The default, unless `EDGEPATCH_LAYOUT=planar`.
+    Blocked,
+}
+
+impl Layout {
+    /// The layout of new engines: [`Layout::Blocked`] unless `EDGEPATCH_LAYOUT=planar`.
+    pub fn default_for_inference() -> Layout {
+        match std::env::var("EDGEPATCH_LAYOUT").as_deref() {
+            Ok("planar") => Layout::Planar,
+            _ => Layout::Blocked,
+        }
+    }
 }
 
 impl Clone for CpuEngine {
@@ -35,6 +60,8 @@ impl Clone for CpuEngine {
             steps: self.steps.clone(),
             last_use: self.last_use.clone(),
             packed: self.packed.clone(),
+            packed_blocked: self.packed_blocked.clone(),
+            layout: self.layout,
             pool: CpuEngine::pool(),
         }
     }
@@ -43,7 +70,13 @@ impl Clone for CpuEngine {
 impl CpuEngine {
     /// Plans the execution (one pass per fused chain of [`Schedule::inference`]) and packs the convolutions' int8 weights.
     pub fn new(graph: &Graph) -> Self {
+        Self::with_layout(graph, Layout::default_for_inference())
+    }
+
+    /// [`CpuEngine::new`] running its passes in `layout`.
+    pub fn with_layout(graph: &Graph, layout: Layout) -> Self {
         let mut engine = CpuEngine::unpacked(graph);
+        engine.layout = layout;
         engine.update(graph);
         engine
     }
@@ -52,12 +85,36 @@ impl CpuEngine {
     /// stands by while a GPU runs the passes.
     pub(crate) fn unpacked(graph: &Graph) -> Self {
         let Schedule { steps, last_use, .. } = Schedule::inference(graph);
-        CpuEngine { steps, last_use, packed: Arc::default(), pool: CpuEngine::pool() }
+        CpuEngine {
+            steps,
+            last_use,
+            packed: Arc::default(),
+            packed_blocked: Arc::default(),
+            layout: Layout::default_for_inference(),
+            pool: CpuEngine::pool(),
+        }
     }
 
     /// Takes up new parameter values of the planned graph (another patch): packs the weights of
     /// the convolutions whose weights changed.
     pub fn update(&mut self, graph: &Graph) {
+        if self.layout == Layout::Blocked {
+            let old = std::mem::take(&mut self.packed_blocked);
+            let packed = self
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(s, step)| match &graph.nodes.get(step.head)?.op {
+                    Op::Conv(conv) => match old.get(s) {
+                        Some(Some(p)) if p.fits(conv) => Some(p.clone()),
+                        _ => Some(blocked::PackedConv::new(conv)).filter(|p| p.fits(conv)),
+                    },
+                    _ => None,
+                })
+                .collect();
+            self.packed_blocked = Arc::new(packed);
+            return;
+        }
         let old = std::mem::take(&mut self.packed);
         let packed = self
             .steps
@@ -84,7 +141,8 @@ impl CpuEngine {
 
     /// Bytes of the weights the engine keeps packed.
     pub fn packed_bytes(&self) -> usize {
-        self.packed.iter().flatten().map(|p| p.bytes()).sum()
+        self.packed.iter().flatten().map(|p| p.bytes()).sum::<usize>()
+            + self.packed_blocked.iter().flatten().map(|p| p.bytes()).sum::<usize>()
     }
 
     /// The most bytes of free activation buffers an engine keeps between passes.
@@ -96,7 +154,7 @@ impl CpuEngine {
 
     /// The first input of `node` (the head of step `step`) for in-place use: moved out when
     /// the step is its last reader (and it is not read twice by this node), cloned otherwise.
-    fn take(&self, values: &mut [Option<Tensor>], node: &Node, step: &Step) -> Tensor {
+    fn take(&self, values: &mut [Option<Value>], node: &Node, step: &Step) -> Value {
         let v = node.inputs[0];
         let once = node.inputs.iter().filter(|&&u| u == v).count() == 1;
         if self.last_use[v] == step.head && once {
@@ -132,6 +190,27 @@ impl CpuEngine {
     }
 
     fn run(&self, graph: &Graph, input: Tensor) -> Result<Tensor> {
+        self.run_timed(graph, input, None)
+    }
+
+    /// A forward pass (as [`CpuEngine::forward`]) that also returns the wall time of each step of
+    /// [`Schedule::inference`], in order, with the step's head node: what a per-layer profile
+    /// reads. The pass runs with a fresh buffer pool, so allocation is in the times.
+    pub fn profile(&self, graph: &Graph, input: Tensor) -> Result<(Tensor, Vec<(usize, std::time::Duration)>)> {
+        let mut times = Vec::with_capacity(self.steps.len());
+        let out = match self.pool.try_lock() {
+            Ok(mut pool) => pool.scope(|| self.run_timed(graph, input, Some(&mut times))),
+            Err(_) => self.run_timed(graph, input, Some(&mut times)),
+        }?;
+        Ok((out, times))
+    }
+
+    fn run_timed(
+        &self,
+        graph: &Graph,
+        input: Tensor,
+        mut times: Option<&mut Vec<(usize, std::time::Duration)>>,
+    ) -> Result<Tensor> {
         let [n, c, h, w] = input.shape;
         if n == 0 || c != graph.input_channels {
             return Err(Error::Input(format!(
@@ -140,54 +219,90 @@ impl CpuEngine {
             )));
         }
         graph.shapes(h, w)?;
-        let mut values: Vec<Option<Tensor>> = vec![None; graph.num_values];
-        values[0] = Some(input);
+        let mut values: Vec<Option<Value>> = vec![None; graph.num_values];
+        values[0] = Some(Value::Planar(input));
         for (s, step) in self.steps.iter().enumerate() {
+            let started = times.is_some().then(std::time::Instant::now);
+            let out = self.step(graph, &mut values, s);
             let node = &graph.nodes[step.head];
-            let affine = step.affine.map(|a| match &graph.nodes[a].op {
-                Op::Affine(a) => a,
-                _ => unreachable!("planned as an affine"),
-            });
-            let epi = Epilogue {
-                scale: affine.map(|a| a.scale.as_slice()),
-                bias: affine.map(|a| a.bias.as_slice()),
-                act: step.activation(),
-            };
-            let out = match &node.op {
-                Op::Conv(conv) => {
-                    let packed = self.packed.get(s).and_then(Option::as_ref);
-                    ops::conv::forward_packed(conv, packed, read(&values, node, 0), &epi)
-                }
-                Op::Depthwise(dw) => ops::depthwise::forward(dw, read(&values, node, 0), &epi),
-                Op::Affine(a) => {
-                    let mut t = self.take(&mut values, node, step);
-                    ops::affine::forward(a, &mut t, step.activation());
-                    t
-                }
-                Op::Act(act) => {
-                    let mut t = self.take(&mut values, node, step);
-                    ops::activation::forward(*act, &mut t);
-                    t
-                }
-                Op::Add => {
-                    let mut t = self.take(&mut values, node, step);
-                    ops::add::forward(&mut t, read(&values, node, 1));
-                    t
-                }
-                Op::GlobalPool => ops::pool::forward(read(&values, node, 0)),
-                Op::Linear(l) => ops::linear::forward(l, read(&values, node, 0)),
-            };
             for &v in &node.inputs {
                 if self.last_use[v] == step.head {
                     values[v] = None;
                 }
             }
             values[step.output] = Some(out);
+            if let (Some(t), Some(started)) = (times.as_mut(), started) {
+                t.push((step.head, started.elapsed()));
+            }
         }
-        values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))
+        let out = values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
+        Ok(out.planar())
+    }
+
+    /// Runs step `s` on `values` and returns its output.
+    fn step(&self, graph: &Graph, values: &mut [Option<Value>], s: usize) -> Value {
+        let step = &self.steps[s];
+        let node = &graph.nodes[step.head];
+        let affine = step.affine.map(|a| match &graph.nodes[a].op {
+            Op::Affine(a) => a,
+            _ => unreachable!("planned as an affine"),
+        });
+        let epi = Epilogue {
+            scale: affine.map(|a| a.scale.as_slice()),
+            bias: affine.map(|a| a.bias.as_slice()),
+            act: step.activation(),
+        };
+        let blocked = self.layout == Layout::Blocked;
+        match &node.op {
+            Op::Conv(conv) if blocked => {
+                let fresh;
+                let packed = match self.packed_blocked.get(s).and_then(Option::as_ref).filter(|p| p.fits(conv)) {
+                    Some(p) => p,
+                    None => {
+                        fresh = blocked::PackedConv::new(conv);
+                        &fresh
+                    }
+                };
+                blocked::conv(conv, packed, read(values, node, 0), &epi)
+            }
+            Op::Conv(conv) => {
+                let packed = self.packed.get(s).and_then(Option::as_ref);
+                Value::Planar(ops::conv::forward_packed(conv, packed, &read(values, node, 0).as_planar(), &epi))
+            }
+            Op::Depthwise(dw) if blocked => blocked::depthwise(dw, read(values, node, 0), &epi),
+            Op::Depthwise(dw) => Value::Planar(ops::depthwise::forward(dw, &read(values, node, 0).as_planar(), &epi)),
+            Op::Affine(a) => blocked::affine(a, self.take(values, node, step), step.activation()),
+            Op::Act(act) => match self.take(values, node, step) {
+                Value::Planar(mut t) => {
+                    ops::activation::forward(*act, &mut t);
+                    Value::Planar(t)
+                }
+                Value::Blocked(mut t, c) => {
+                    ops::activation::forward(*act, &mut t);
+                    Value::Blocked(t, c)
+                }
+            },
+            Op::Add => match (self.take(values, node, step), read(values, node, 1)) {
+                (Value::Planar(mut t), Value::Planar(b)) => {
+                    ops::add::forward(&mut t, b);
+                    Value::Planar(t)
+                }
+                (Value::Blocked(mut t, c), Value::Blocked(b, _)) => {
+                    ops::add::forward(&mut t, b);
+                    Value::Blocked(t, c)
+                }
+                (a, b) => {
+                    let mut t = a.planar();
+                    ops::add::forward(&mut t, &b.as_planar());
+                    Value::Planar(t)
+                }
+            },
+            Op::GlobalPool => Value::Planar(ops::pool::forward(&read(values, node, 0).as_planar())),
+            Op::Linear(l) => Value::Planar(ops::linear::forward(l, &read(values, node, 0).as_planar())),
+        }
     }
 }
 
-fn read<'a>(values: &'a [Option<Tensor>], node: &Node, i: usize) -> &'a Tensor {
+fn read<'a>(values: &'a [Option<Value>], node: &Node, i: usize) -> &'a Value {
     values[node.inputs[i]].as_ref().expect("computed before use")
 }

@@ -287,7 +287,7 @@ fn run(conv: &Conv, packed: Option<&Packed>, x: &Tensor, epi: &Epilogue, then: T
 /// The columns of a dense convolution as a matrix product: `x: [N, C, H, W]` →
 /// `[N, C·kh·kw, OH, OW]`, row `(c, ky, kx)` of image `n` holding `x[n, c, oy·sh + ky − pt,
 /// ox·sw + kx − pl]` (zero outside `x`).
-fn im2col(x: &Tensor, win: &crate::graph::Window, (oh, ow): (usize, usize)) -> Tensor {
+pub(crate) fn im2col(x: &Tensor, win: &crate::graph::Window, (oh, ow): (usize, usize)) -> Tensor {
     let [n, ci, ih, iw] = x.shape;
     let ([kh, kw], [sh, sw]) = (win.kernel, win.stride);
     let hw = oh * ow;

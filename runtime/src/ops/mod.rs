@@ -7,6 +7,7 @@ use crate::graph;
 pub mod activation;
 pub mod add;
 pub mod affine;
+pub mod blocked;
 pub mod conv;
 pub mod depthwise;
 pub mod linear;

@@ -100,6 +100,7 @@ macro_rules! multiversion {
     };
 }
 
+pub mod blocked;
 mod epilogue;
 pub mod gemm;
 mod layout;

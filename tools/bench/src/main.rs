@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+mod profile;
+
 use edgepatch::{Backbone, Tensor};
 use serde_json::json;
 use tract_onnx::prelude::*;
@@ -331,10 +333,14 @@ fn main() {
             let res: usize = arg(&args, "--resolution").and_then(|b| b.parse().ok()).unwrap_or(224);
             println!("{}", pointwise(batch, res, reps));
         }
+        Some("profile") => {
+            let batch: usize = arg(&args, "--batch").and_then(|b| b.parse().ok()).unwrap_or(1);
+            println!("{}", profile::profile(batch, reps));
+        }
         Some("dump-graph") => dump_graph(std::path::Path::new(&arg(&args, "--out").expect("--out DIR"))),
         Some("compare") | None => compare(&model, reps),
         Some(other) => {
-            eprintln!("unknown command {other}; use `compare`, `run`, `train`, `pointwise` or `dump-graph`");
+            eprintln!("unknown command {other}; use `compare`, `run`, `train`, `pointwise`, `profile` or `dump-graph`");
             std::process::exit(2);
         }
     }

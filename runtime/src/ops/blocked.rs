@@ -1,0 +1,322 @@
+//! Inference in the channel-blocked layout: a tensor `[N, C, H, W]` held as `[N][C/B][H][W][B]`
+//! (`B` = [`BLOCK`] channels of one pixel together, the channels past `C` zero). A 1×1
+//! convolution is then a product whose register tile is pixels × output blocks, and a depthwise
+//! window a sum of whole vectors, with no per-plane padding or layout pass: what batch-1 passes
+//! on small planes need. Training keeps the planar layout of the other kernels.
+//!
+//! Every value equals the planar kernels' bit for bit (the same operations in the same order,
+//! see [`crate::simd::blocked`]); the engine tests compare the two layouts' passes exactly.
+
+use rayon::prelude::*;
+
+use super::{Activation, Epilogue};
+use crate::graph::{Conv, Depthwise, Weights};
+use crate::simd::blocked::{self as kernels, BLOCK};
+use crate::tensor::Tensor;
+
+/// A value of a pass: planar, or blocked with its real channel count.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Planar(Tensor),
+    /// Shape `[N, blocks·BLOCK, H, W]`, laid out `[N][blocks][H][W][BLOCK]`; the channels.
+    Blocked(Tensor, usize),
+}
+
+impl Value {
+    /// The value in the planar layout, borrowed when it is.
+    pub fn as_planar(&self) -> std::borrow::Cow<'_, Tensor> {
+        match self {
+            Value::Planar(t) => std::borrow::Cow::Borrowed(t),
+            Value::Blocked(t, c) => std::borrow::Cow::Owned(unblock(t, *c)),
+        }
+    }
+
+    /// The value in the blocked layout, borrowed when it is, and its channels.
+    pub fn as_blocked(&self) -> (std::borrow::Cow<'_, Tensor>, usize) {
+        match self {
+            Value::Planar(t) => (std::borrow::Cow::Owned(block(t)), t.shape[1]),
+            Value::Blocked(t, c) => (std::borrow::Cow::Borrowed(t), *c),
+        }
+    }
+
+    /// The value in the planar layout.
+    pub fn planar(self) -> Tensor {
+        match self {
+            Value::Planar(t) => t,
+            Value::Blocked(t, c) => unblock(&t, c),
+        }
+    }
+
+    /// The value in the blocked layout, and its channels.
+    pub fn blocked(self) -> (Tensor, usize) {
+        match self {
+            Value::Planar(t) => {
+                let c = t.shape[1];
+                (block(&t), c)
+            }
+            Value::Blocked(t, c) => (t, c),
+        }
+    }
+}
+
+/// `x: [N, C, H, W]` planar → blocked.
+pub fn block(x: &Tensor) -> Tensor {
+    let [n, c, h, w] = x.shape;
+    let (cb, hw) = (c.div_ceil(BLOCK), h * w);
+    let mut out = Tensor::zeros([n, cb * BLOCK, h, w]);
+    out.data.par_chunks_mut(hw * BLOCK).enumerate().for_each(|(nb, dst)| {
+        let (img, b) = (nb / cb, nb % cb);
+        for l in 0..BLOCK.min(c - b * BLOCK) {
+            let src = &x.data[(img * c + b * BLOCK + l) * hw..][..hw];
+            for (p, &v) in src.iter().enumerate() {
+                dst[p * BLOCK + l] = v;
+            }
+        }
+    });
+    out
+}
+
+/// Blocked `x` of `c` channels → planar `[N, c, H, W]`.
+pub fn unblock(x: &Tensor, c: usize) -> Tensor {
+    let [n, cp, h, w] = x.shape;
+    let (cb, hw) = (cp / BLOCK, h * w);
+    let mut out = Tensor::scratch([n, c, h, w]);
+    out.data.par_chunks_mut(hw).enumerate().for_each(|(nc, dst)| {
+        let (img, ch) = (nc / c, nc % c);
+        let src = &x.data[(img * cb + ch / BLOCK) * hw * BLOCK..][..hw * BLOCK];
+        for (d, px) in dst.iter_mut().zip(src.chunks_exact(BLOCK)) {
+            *d = px[ch % BLOCK];
+        }
+    });
+    out
+}
+
+/// The values of [`PackedConv`]: int8 weights stay int8 (converted as the kernel loads them).
+#[derive(Debug, Clone)]
+enum Packed {
+    F32(Vec<f32>),
+    I8(Vec<i8>),
+}
+
+/// A convolution's weights for [`conv`]: `[blocks][k][BLOCK]` (the raw int8 values, or the f32
+/// weights), and each output channel's dequantization scale (1 for f32 weights).
+#[derive(Debug, Clone)]
+pub struct PackedConv {
+    w: Packed,
+    q: Vec<f32>,
+    /// The int8 values packed (`None` for f32 weights, which may change in place).
+    source: Option<std::sync::Arc<[i8]>>,
+}
+
+impl PackedConv {
+    /// Whether these are `conv`'s int8 weights (the same shared allocation, which cannot change
+    /// while this holds it).
+    pub fn fits(&self, conv: &Conv) -> bool {
+        let k = conv.in_channels * conv.window.kernel[0] * conv.window.kernel[1];
+        let same = match (&conv.weights, &self.source) {
+            (Weights::Int8 { values, .. }, Some(s)) => std::sync::Arc::ptr_eq(values, s),
+            _ => false,
+        };
+        same && self.weights().len() == conv.out_channels.div_ceil(BLOCK) * k * BLOCK
+    }
+
+    fn weights(&self) -> kernels::Weights<'_> {
+        match &self.w {
+            Packed::F32(w) => kernels::Weights::F32(w),
+            Packed::I8(w) => kernels::Weights::I8(w),
+        }
+    }
+
+    /// `conv`'s weights packed.
+    pub fn new(conv: &Conv) -> Self {
+        let (co, k) = (conv.out_channels, conv.in_channels * conv.window.kernel[0] * conv.window.kernel[1]);
+        let at = |o: usize, i: usize| ((o / BLOCK) * k + i) * BLOCK + o % BLOCK;
+        let len = co.div_ceil(BLOCK) * k * BLOCK;
+        let (w, q, source) = match &conv.weights {
+            Weights::Int8 { values, scales } => {
+                let mut w = vec![0i8; len];
+                for (o, row) in values.chunks_exact(k).enumerate() {
+                    for (i, &v) in row.iter().enumerate() {
+                        w[at(o, i)] = v;
+                    }
+                }
+                (Packed::I8(w), scales.clone(), Some(values.clone()))
+            }
+            Weights::F32(values) => {
+                let mut w = vec![0f32; len];
+                for (o, row) in values.chunks_exact(k).enumerate() {
+                    for (i, &v) in row.iter().enumerate() {
+                        w[at(o, i)] = v;
+                    }
+                }
+                (Packed::F32(w), vec![1.0; co], None)
+            }
+        };
+        PackedConv { w, q, source }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        let w = match &self.w {
+            Packed::F32(w) => 4 * w.len(),
+            Packed::I8(w) => w.len(),
+        };
+        w + 4 * self.q.len()
+    }
+}
+
+/// Per output lane `(s, b)` of an epilogue over `c` channels whose accumulators carry the factor
+/// `q[c]`: `s = q·scale`, `b = bias` (as [`Epilogue::finish`] computes them), zero past `c`.
+fn lanes(epi: &Epilogue, q: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = c.div_ceil(BLOCK) * BLOCK;
+    let (mut s, mut b) = (vec![0f32; n], vec![0f32; n]);
+    for ch in 0..c {
+        s[ch] = q[ch] * epi.scale.map_or(1.0, |v| v[ch]);
+        b[ch] = epi.bias.map_or(0.0, |v| v[ch]);
+    }
+    (s, b)
+}
+
+/// Tasks a pass splits a layer into at least (enough for the thread pool to balance).
+fn tasks_wanted() -> usize {
+    4 * rayon::current_num_threads().max(1)
+}
+
+/// A dense convolution with its epilogue: `x` (any layout) → blocked `[N, Cout, OH, OW]`. A 1×1
+/// window reads the blocked input in place; other windows go through the planar im2col.
+pub fn conv(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue) -> Value {
+    let (co, win) = (conv.out_channels, &conv.window);
+    let wide = crate::simd::level() == crate::simd::Level::Avx512;
+    let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == Activation::Identity;
+    let (s, b) = if raw { (lanes(&Epilogue::NONE, &packed.q, co).0, vec![]) } else { lanes(epi, &packed.q, co) };
+    // The input as `(data, per-image stride, channel offsets, pixel step)`.
+    let (input, k, offsets, step, (oh, ow), n);
+    if win.is_pointwise() {
+        let (t, c) = x.as_blocked();
+        let [nn, cp, h, w] = t.shape;
+        (n, oh, ow, k) = (nn, h, w, c);
+        offsets = (0..c).map(|i| (i / BLOCK) * h * w * BLOCK + i % BLOCK).collect::<Vec<_>>();
+        step = BLOCK;
+        input = (t, cp * h * w);
+    } else {
+        let t = x.as_planar();
+        let [nn, _, ih, iw] = t.shape;
+        let (h, w) = win.output_size(ih, iw).expect("shape checked by Graph::shapes");
+        let cols = super::conv::im2col(&t, win, (h, w));
+        (n, oh, ow, k) = (nn, h, w, cols.shape[1]);
+        offsets = (0..k).map(|i| i * h * w).collect();
+        step = 1;
+        let stride = k * h * w;
+        input = (std::borrow::Cow::Owned(cols), stride);
+    }
+    let (hw, cb) = (oh * ow, co.div_ceil(BLOCK));
+    let mut out = Tensor::scratch([n, cb * BLOCK, oh, ow]);
+    let group = if wide { 2 } else { 1 };
+    let groups = cb.div_ceil(group);
+    // Pixels per task: enough tasks, and a task's input columns within about 256 KB.
+    let by_count = hw.div_ceil(tasks_wanted().div_ceil(n * groups).max(1));
+    let by_cache = ((64 << 10) / k.max(1)).max(12);
+    let chunk = by_count.min(by_cache).next_multiple_of(12).min(hw.next_multiple_of(12));
+    let mut planes: Vec<Vec<Option<&mut [f32]>>> =
+        out.data.chunks_mut(hw * BLOCK).map(|p| p.chunks_mut(chunk * BLOCK).map(Some).collect()).collect();
+    let mut tasks = Vec::new();
+    for img in 0..n {
+        for g in 0..groups {
+            let blocks = (g * group)..((g + 1) * group).min(cb);
+            for (c, first) in (0..hw).step_by(chunk).enumerate() {
+                let outs: Vec<&mut [f32]> =
+                    blocks.clone().map(|b| planes[img * cb + b][c].take().expect("each chunk once")).collect();
+                tasks.push((img, blocks.clone(), first, chunk.min(hw - first), outs));
+            }
+        }
+    }
+    let (data, stride) = (&input.0.data, input.1);
+    tasks.into_par_iter().for_each(|(img, blocks, first, count, mut outs)| {
+        let t = kernels::Pointwise {
+            w: match packed.weights() {
+                kernels::Weights::F32(w) => kernels::Weights::F32(&w[blocks.start * k * BLOCK..blocks.end * k * BLOCK]),
+                kernels::Weights::I8(w) => kernels::Weights::I8(&w[blocks.start * k * BLOCK..blocks.end * k * BLOCK]),
+            },
+            k,
+            x: &data[img * stride..(img + 1) * stride],
+            off: &offsets,
+            step,
+            first,
+            count,
+            s: &s[blocks.start * BLOCK..blocks.end * BLOCK],
+            b: if raw { &[] } else { &b[blocks.start * BLOCK..blocks.end * BLOCK] },
+            act: epi.act,
+            raw,
+            wide,
+        };
+        kernels::pointwise(&t, &mut outs);
+    });
+    Value::Blocked(out, co)
+}
+
+/// A depthwise convolution with its epilogue: `x` (any layout) → blocked.
+pub fn depthwise(layer: &Depthwise, x: &Value, epi: &Epilogue) -> Value {
+    let (t, c) = x.as_blocked();
+    let [n, cp, ih, iw] = t.shape;
+    let win = &layer.window;
+    let (oh, ow) = win.output_size(ih, iw).expect("shape checked by Graph::shapes");
+    let (kl, cb) = (win.kernel[0] * win.kernel[1], cp / BLOCK);
+    let mut w = vec![0f32; cb * kl * BLOCK];
+    let mut q = vec![0f32; c];
+    let mut row = vec![0f32; kl];
+    for ch in 0..c {
+        q[ch] = layer.weights.raw_row(ch, &mut row);
+        for (tap, &v) in row.iter().enumerate() {
+            w[((ch / BLOCK) * kl + tap) * BLOCK + ch % BLOCK] = v;
+        }
+    }
+    let (s, b) = lanes(epi, &q, c);
+    let mut out = Tensor::scratch([n, cp, oh, ow]);
+    let rows = oh.div_ceil(tasks_wanted().div_ceil(n * cb)).max((2048 / (ow * BLOCK)).max(1)).min(oh);
+    let tasks: Vec<(usize, usize, &mut [f32])> = out
+        .data
+        .chunks_mut(oh * ow * BLOCK)
+        .enumerate()
+        .flat_map(|(plane, p)| p.chunks_mut(rows * ow * BLOCK).enumerate().map(move |(r, d)| (plane, r * rows, d)))
+        .collect();
+    tasks.into_par_iter().for_each(|(plane, r0, dst)| {
+        let blk = plane % cb;
+        let t = kernels::Depthwise {
+            x: &t.data[plane * ih * iw * BLOCK..(plane + 1) * ih * iw * BLOCK],
+            ih,
+            iw,
+            w: &w[blk * kl * BLOCK..(blk + 1) * kl * BLOCK],
+            kernel: win.kernel,
+            stride: win.stride,
+            pad: [win.pads[0], win.pads[1]],
+            rows: r0..(r0 + rows).min(oh),
+            ow,
+            s: &s[blk * BLOCK..(blk + 1) * BLOCK],
+            b: &b[blk * BLOCK..(blk + 1) * BLOCK],
+            act: epi.act,
+        };
+        kernels::depthwise(&t, dst);
+    });
+    Value::Blocked(out, c)
+}
+
+/// A per-channel affine and activation in place, in either layout.
+pub fn affine(a: &crate::graph::Affine, x: Value, act: Activation) -> Value {
+    match x {
+        Value::Planar(mut t) => {
+            super::affine::forward(a, &mut t, act);
+            Value::Planar(t)
+        }
+        Value::Blocked(mut t, c) => {
+            let epi = Epilogue { scale: Some(&a.scale), bias: Some(&a.bias), act };
+            let (s, b) = lanes(&epi, &vec![1.0; c], c);
+            let [_, cp, h, w] = t.shape;
+            let cb = cp / BLOCK;
+            t.data.par_chunks_mut(h * w * BLOCK).enumerate().for_each(|(plane, v)| {
+                let blk = plane % cb;
+                kernels::affine_block(v, &s[blk * BLOCK..(blk + 1) * BLOCK], &b[blk * BLOCK..(blk + 1) * BLOCK], act);
+            });
+            Value::Blocked(t, c)
+        }
+    }
+}

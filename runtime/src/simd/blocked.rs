@@ -1,0 +1,452 @@
+//! The inner loops of the channel-blocked inference layout ([`crate::ops::blocked`]): values of
+//! [`BLOCK`] consecutive channels of one pixel lie together, so a vector holds one pixel's block
+//! of channels and the per-channel work (weights, scale, bias) is a vector too.
+//!
+//! Every output value is the same chain of f32 operations as in the planar kernels (the matrix
+//! product's fused multiply-adds over the input channels in order, the depthwise taps in order,
+//! then `act(v·s + b)`), so the two layouts give the same bits; see the notes at each kernel.
+
+use crate::ops::Activation;
+
+/// Channels per block.
+pub const BLOCK: usize = 16;
+
+/// One vector: a pixel's block of channels.
+type V = [f32; BLOCK];
+
+/// `act(v·s + b)` lane by lane (a multiply, then an add: the planar epilogue's operations).
+#[inline(always)]
+fn finish(v: &mut V, s: &V, b: &V, act: Activation) {
+    for l in 0..BLOCK {
+        let y = v[l] * s[l] + b[l];
+        v[l] = match act {
+            Activation::Identity => y,
+            Activation::Relu => y.max(0.0),
+            Activation::Relu6 => y.clamp(0.0, 6.0),
+        };
+    }
+}
+
+/// The weights of a product: f32 values, or int8 values converted (exactly) as they are loaded,
+/// a quarter of the bytes to stream.
+#[derive(Debug, Clone, Copy)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    I8(&'a [i8]),
+}
+
+impl Weights<'_> {
+    /// Values held.
+    pub fn len(&self) -> usize {
+        match self {
+            Weights::F32(w) => w.len(),
+            Weights::I8(w) => w.len(),
+        }
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where a kernel loads weight vectors from.
+trait Source: Copy {
+    /// The vector of [`BLOCK`] weights from `at`.
+    fn vector<L: Lanes>(self, at: usize) -> L;
+}
+
+impl Source for &[f32] {
+    #[inline(always)]
+    fn vector<L: Lanes>(self, at: usize) -> L {
+        L::load(self[at..at + BLOCK].try_into().expect("a block"))
+    }
+}
+
+impl Source for &[i8] {
+    #[inline(always)]
+    fn vector<L: Lanes>(self, at: usize) -> L {
+        L::load_i8(self[at..at + BLOCK].try_into().expect("a block"))
+    }
+}
+
+/// A product over the input channels for some output blocks and pixels: the operands of
+/// [`pointwise`].
+pub struct Pointwise<'a> {
+    /// The weights of the output blocks, `[blocks][k][BLOCK]`, lane `l` of block `o` at input
+    /// channel `i` the weight of output channel `o·BLOCK + l` (zero past the real channels).
+    pub w: Weights<'a>,
+    /// Input channels (rows of the product).
+    pub k: usize,
+    /// The input values; input channel `i` of pixel `p` at `x[off[i] + p·step]`.
+    pub x: &'a [f32],
+    pub off: &'a [usize],
+    pub step: usize,
+    /// The pixels computed, `first..first + count`.
+    pub first: usize,
+    pub count: usize,
+    /// Per output lane (`blocks·BLOCK` values): `act(acc·s + b)`, or `acc·s` alone when `raw`.
+    pub s: &'a [f32],
+    pub b: &'a [f32],
+    pub act: Activation,
+    pub raw: bool,
+    /// Tiles of two output blocks by twelve pixels (for 32 vector registers) rather than one by
+    /// six.
+    pub wide: bool,
+}
+
+/// `outs[o][p − first][l] = finish(Σᵢ w[o][i][l]·x(i, p))` for the output blocks `o` of `t.w`
+/// and the pixels `p` of `t.first..t.first + t.count`; `outs[o]` holds block `o`'s `[count][BLOCK]`
+/// values. Each sum is a chain of fused multiply-adds over `i = 0…k-1` in order from zero, as in
+/// [`super::gemm_block`], and `raw` multiplies by `s` alone as its row scale does.
+pub fn pointwise(t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {
+    pointwise_at(super::level(), t, outs)
+}
+
+/// [`pointwise`] at `level` (lowered to what the CPU has).
+pub fn pointwise_at(level: super::Level, t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    match level.min(super::detected()) {
+        // SAFETY (both): `detected` found the level's features on this CPU.
+        super::Level::Avx512 => return unsafe { x86::pointwise_avx512(t, outs) },
+        super::Level::Avx2 => return unsafe { x86::pointwise_avx2(t, outs) },
+        super::Level::Portable => {}
+    }
+    pointwise_with::<Portable>(t, outs)
+}
+
+/// [`pointwise`] with the vectors of `L`.
+#[inline(always)]
+fn pointwise_with<L: Lanes>(t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {
+    match (t.step, t.w) {
+        (BLOCK, Weights::F32(w)) => pointwise_step::<L, BLOCK, _>(t, w, outs),
+        (BLOCK, Weights::I8(w)) => pointwise_step::<L, BLOCK, _>(t, w, outs),
+        (1, Weights::F32(w)) => pointwise_step::<L, 1, _>(t, w, outs),
+        (1, Weights::I8(w)) => pointwise_step::<L, 1, _>(t, w, outs),
+        (s, _) => panic!("pixel step {s} (1 or {BLOCK})"),
+    }
+}
+
+/// [`pointwise`] with the vectors of `L`, the pixel step `S` (`t.step`) and the weights `w`.
+#[inline(always)]
+fn pointwise_step<L: Lanes, const S: usize, W: Source>(t: &Pointwise<'_>, w: W, outs: &mut [&mut [f32]]) {
+    let blocks = t.w.len() / (t.k * BLOCK);
+    let end = t.first + t.count;
+    let mut o = 0;
+    while o < blocks {
+        let two = t.wide && o + 1 < blocks;
+        let mut p = t.first;
+        if two {
+            while p + 12 <= end {
+                tile::<L, 2, 12, S, W>(t, w, o, p, outs);
+                p += 12;
+            }
+            while p < end {
+                tile::<L, 2, 1, S, W>(t, w, o, p, outs);
+                p += 1;
+            }
+            o += 2;
+        } else {
+            while p + 6 <= end {
+                tile::<L, 1, 6, S, W>(t, w, o, p, outs);
+                p += 6;
+            }
+            while p < end {
+                tile::<L, 1, 1, S, W>(t, w, o, p, outs);
+                p += 1;
+            }
+            o += 1;
+        }
+    }
+}
+
+/// One register tile of [`pointwise`]: output blocks `o..o + OB`, pixels `p0..p0 + P`, input
+/// pixels `S` values apart.
+#[inline(always)]
+fn tile<L: Lanes, const OB: usize, const P: usize, const S: usize, W: Source>(
+    t: &Pointwise,
+    w: W,
+    o: usize,
+    p0: usize,
+    outs: &mut [&mut [f32]],
+) {
+    let mut acc = [[L::zero(); OB]; P];
+    let k = t.k;
+    let planes = [o * k * BLOCK, (o + OB - 1) * k * BLOCK];
+    for (i, &off) in t.off[..k].iter().enumerate() {
+        let mut wv = [L::zero(); OB];
+        for (v, plane) in wv.iter_mut().zip(planes) {
+            *v = w.vector(plane + i * BLOCK);
+        }
+        let base = off + p0 * S;
+        let xs = &t.x[base..base + (P - 1) * S + 1];
+        for (p, a) in acc.iter_mut().enumerate() {
+            let x = L::splat(xs[p * S]);
+            for (a, &wv) in a.iter_mut().zip(&wv) {
+                *a = L::fma(wv, x, *a);
+            }
+        }
+    }
+    let mut tile = [[[0f32; BLOCK]; OB]; P];
+    for (dst, a) in tile.iter_mut().zip(&acc) {
+        for (d, &v) in dst.iter_mut().zip(a) {
+            L::store(v, d);
+        }
+    }
+    for (b, blk) in (o..o + OB).enumerate() {
+        let s: &V = t.s[blk * BLOCK..(blk + 1) * BLOCK].try_into().expect("a block");
+        let bias: &V = t.b.get(blk * BLOCK..(blk + 1) * BLOCK).map_or(s, |v| v.try_into().expect("a block"));
+        for (p, px) in tile.iter_mut().enumerate() {
+            let v = &mut px[b];
+            if t.raw {
+                for l in 0..BLOCK {
+                    v[l] *= s[l];
+                }
+            } else {
+                finish(v, s, bias, t.act);
+            }
+            let at = (p0 - t.first + p) * BLOCK;
+            outs[b][at..at + BLOCK].copy_from_slice(v);
+        }
+    }
+}
+
+/// A depthwise window over one block of channels: the operands of [`depthwise`].
+pub struct Depthwise<'a> {
+    /// The block's input plane `[ih][iw][BLOCK]`.
+    pub x: &'a [f32],
+    pub ih: usize,
+    pub iw: usize,
+    /// The taps `[kh·kw][BLOCK]`, row by row.
+    pub w: &'a [f32],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    /// Top and left zero padding.
+    pub pad: [usize; 2],
+    /// Output rows `rows` of `ow` columns.
+    pub rows: std::ops::Range<usize>,
+    pub ow: usize,
+    /// `act(acc·s + b)` per lane.
+    pub s: &'a [f32],
+    pub b: &'a [f32],
+    pub act: Activation,
+}
+
+/// `out[oy][ox][l] = finish(Σ w[ky·kw + kx][l]·x[oy·sh + ky − pt][ox·sw + kx − pl][l])` for the
+/// rows `t.rows` (`out` holds just them), the taps summed in order by fused multiply-adds from
+/// zero as [`super::taps`] does. Taps over the padding are skipped: adding `w·0` to a sum that
+/// started at +0 changes no bit of it.
+pub fn depthwise(t: &Depthwise<'_>, out: &mut [f32]) {
+    depthwise_at(super::level(), t, out)
+}
+
+/// [`depthwise`] at `level` (lowered to what the CPU has).
+pub fn depthwise_at(level: super::Level, t: &Depthwise<'_>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match level.min(super::detected()) {
+        // SAFETY (both): `detected` found the level's features on this CPU.
+        super::Level::Avx512 => return unsafe { x86::depthwise_avx512(t, out) },
+        super::Level::Avx2 => return unsafe { x86::depthwise_avx2(t, out) },
+        super::Level::Portable => {}
+    }
+    depthwise_with::<Portable>(t, out)
+}
+
+/// [`depthwise`] with the vectors of `L`.
+#[inline(always)]
+fn depthwise_with<L: Lanes>(t: &Depthwise<'_>, out: &mut [f32]) {
+    let [kh, kw] = t.kernel;
+    let [sh, sw] = t.stride;
+    let [pt, pl] = t.pad;
+    let s: &V = t.s.try_into().expect("a block");
+    let b: &V = t.b.try_into().expect("a block");
+    let w: Vec<L> = t.w.chunks_exact(BLOCK).map(|c| L::load(c.try_into().expect("a block"))).collect();
+    for (r, oy) in t.rows.clone().enumerate() {
+        let top = oy * sh;
+        let ky0 = pt.saturating_sub(top);
+        let ky1 = kh.min((t.ih + pt).saturating_sub(top));
+        let row = &mut out[r * t.ow * BLOCK..(r + 1) * t.ow * BLOCK];
+        for (ox, o) in row.chunks_exact_mut(BLOCK).enumerate() {
+            let left = ox * sw;
+            let kx0 = pl.saturating_sub(left);
+            let kx1 = kw.min((t.iw + pl).saturating_sub(left));
+            let mut acc = L::zero();
+            for ky in ky0..ky1 {
+                let iy = top + ky - pt;
+                let x_row = &t.x[iy * t.iw * BLOCK..(iy + 1) * t.iw * BLOCK];
+                for kx in kx0..kx1 {
+                    let ix = left + kx - pl;
+                    let x = L::load(x_row[ix * BLOCK..(ix + 1) * BLOCK].try_into().expect("a block"));
+                    acc = L::fma(w[ky * kw + kx], x, acc);
+                }
+            }
+            let mut v = [0f32; BLOCK];
+            L::store(acc, &mut v);
+            finish(&mut v, s, b, t.act);
+            o.copy_from_slice(&v);
+        }
+    }
+}
+
+multiversion! {
+    /// `v = act(v·s + b)` over pixels of one block (`s`, `b`: one value per lane).
+    pub fn affine_block / affine_block_at(v: &mut [f32], s: &[f32], b: &[f32], act: Activation) {
+        let s: &V = s.try_into().expect("a block");
+        let b: &V = b.try_into().expect("a block");
+        for px in v.chunks_exact_mut(BLOCK) {
+            finish(px.try_into().expect("a block"), s, b, act);
+        }
+    }
+}
+
+/// A vector of [`BLOCK`] lanes at one instruction-set level: what the kernels above are written
+/// in. `fma` is the fused multiply-add (one rounding) at every level.
+trait Lanes: Copy {
+    fn zero() -> Self;
+    fn load(v: &V) -> Self;
+    /// [`BLOCK`] int8 values as f32 (exact).
+    fn load_i8(v: &[i8; BLOCK]) -> Self;
+    fn splat(x: f32) -> Self;
+    /// `a·b + c`, rounded once.
+    fn fma(a: Self, b: Self, c: Self) -> Self;
+    fn store(self, out: &mut V);
+}
+
+/// Plain arrays (`f32::mul_add`).
+#[derive(Clone, Copy)]
+struct Portable(V);
+
+impl Lanes for Portable {
+    #[inline(always)]
+    fn zero() -> Self {
+        Portable([0.0; BLOCK])
+    }
+    #[inline(always)]
+    fn load(v: &V) -> Self {
+        Portable(*v)
+    }
+    #[inline(always)]
+    fn load_i8(v: &[i8; BLOCK]) -> Self {
+        Portable(v.map(f32::from))
+    }
+    #[inline(always)]
+    fn splat(x: f32) -> Self {
+        Portable([x; BLOCK])
+    }
+    #[inline(always)]
+    fn fma(a: Self, b: Self, c: Self) -> Self {
+        Portable(std::array::from_fn(|l| a.0[l].mul_add(b.0[l], c.0[l])))
+    }
+    #[inline(always)]
+    fn store(self, out: &mut V) {
+        *out = self.0;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Depthwise, Lanes, Pointwise, V};
+
+    /// One AVX-512 register.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+
+    impl Lanes for Avx512 {
+        #[inline(always)]
+        fn zero() -> Self {
+            // SAFETY: only reached from functions compiled with AVX-512 on a CPU that has it.
+            Avx512(unsafe { _mm512_setzero_ps() })
+        }
+        #[inline(always)]
+        fn load(v: &V) -> Self {
+            // SAFETY: 16 readable f32; AVX-512 as above.
+            Avx512(unsafe { _mm512_loadu_ps(v.as_ptr()) })
+        }
+        #[inline(always)]
+        fn load_i8(v: &[i8; 16]) -> Self {
+            // SAFETY: 16 readable bytes; AVX-512 as above.
+            Avx512(unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(v.as_ptr() as *const __m128i))) })
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> Self {
+            // SAFETY: AVX-512 as above.
+            Avx512(unsafe { _mm512_set1_ps(x) })
+        }
+        #[inline(always)]
+        fn fma(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: AVX-512 as above.
+            Avx512(unsafe { _mm512_fmadd_ps(a.0, b.0, c.0) })
+        }
+        #[inline(always)]
+        fn store(self, out: &mut V) {
+            // SAFETY: 16 writable f32; AVX-512 as above.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), self.0) }
+        }
+    }
+
+    /// Two AVX2 registers.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2([__m256; 2]);
+
+    impl Lanes for Avx2 {
+        #[inline(always)]
+        fn zero() -> Self {
+            // SAFETY: only reached from functions compiled with AVX2 + FMA on a CPU that has them.
+            Avx2(unsafe { [_mm256_setzero_ps(); 2] })
+        }
+        #[inline(always)]
+        fn load(v: &V) -> Self {
+            // SAFETY: 16 readable f32; AVX2 as above.
+            Avx2(unsafe { [_mm256_loadu_ps(v.as_ptr()), _mm256_loadu_ps(v.as_ptr().add(8))] })
+        }
+        #[inline(always)]
+        fn load_i8(v: &[i8; 16]) -> Self {
+            // SAFETY: 16 readable bytes, read as two halves of 8; AVX2 as above.
+            Avx2(unsafe {
+                let lo = _mm_loadl_epi64(v.as_ptr() as *const __m128i);
+                let hi = _mm_loadl_epi64(v.as_ptr().add(8) as *const __m128i);
+                [_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))]
+            })
+        }
+        #[inline(always)]
+        fn splat(x: f32) -> Self {
+            // SAFETY: AVX2 as above.
+            Avx2(unsafe { [_mm256_set1_ps(x); 2] })
+        }
+        #[inline(always)]
+        fn fma(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: AVX2 + FMA as above.
+            Avx2(unsafe { [_mm256_fmadd_ps(a.0[0], b.0[0], c.0[0]), _mm256_fmadd_ps(a.0[1], b.0[1], c.0[1])] })
+        }
+        #[inline(always)]
+        fn store(self, out: &mut V) {
+            // SAFETY: 16 writable f32; AVX2 as above.
+            unsafe {
+                _mm256_storeu_ps(out.as_mut_ptr(), self.0[0]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(8), self.0[1]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    pub(super) fn pointwise_avx512(t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {
+        super::pointwise_with::<Avx512>(t, outs)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn pointwise_avx2(t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {
+        super::pointwise_with::<Avx2>(t, outs)
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    pub(super) fn depthwise_avx512(t: &Depthwise<'_>, out: &mut [f32]) {
+        super::depthwise_with::<Avx512>(t, out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn depthwise_avx2(t: &Depthwise<'_>, out: &mut [f32]) {
+        super::depthwise_with::<Avx2>(t, out)
+    }
+}

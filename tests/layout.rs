@@ -1,0 +1,116 @@
+//! The CPU engine's two activation layouts (planar `[N, C, H, W]` and channel-blocked,
+//! `edgepatch::ops::blocked`) give the same bits: on the shipped int8 model and the f32 model at
+//! several batch sizes and resolutions, and on a graph built to reach every path of the blocked
+//! kernels (channel counts that are not a multiple of the block, a dense 3×3 convolution inside
+//! the network, a 5×5 depthwise at stride 2, standalone affines and activations, f32 and int8
+//! weights, a convolution with no epilogue). CI runs this file at every SIMD level.
+
+use std::sync::Arc;
+
+use edgepatch::backend::cpu::{CpuEngine, Layout};
+use edgepatch::graph::{Affine, Conv, Depthwise, Graph, Linear, Node, Op, Weights, Window};
+use edgepatch::ops::Activation;
+use edgepatch::{Backbone, Tensor};
+use edgepatch_tests::{f32_model, random_values};
+
+/// The pass of `graph` on `input` in both layouts, compared bit for bit.
+fn same_bits(what: &str, graph: &Graph, input: &Tensor) {
+    let planar = CpuEngine::with_layout(graph, Layout::Planar).forward(graph, input.clone()).unwrap();
+    let blocked = CpuEngine::with_layout(graph, Layout::Blocked).forward(graph, input.clone()).unwrap();
+    assert_eq!(planar.shape, blocked.shape, "{what}");
+    for (i, (a, b)) in planar.data.iter().zip(&blocked.data).enumerate() {
+        assert!(a.to_bits() == b.to_bits(), "{what}: output {i}: planar {a}, blocked {b}");
+    }
+}
+
+fn input(shape: [usize; 4], seed: u64) -> Tensor {
+    Tensor::from_vec(shape, random_values(shape.iter().product(), seed, 2.0)).unwrap()
+}
+
+#[test]
+fn the_shipped_model_gives_the_same_bits_in_both_layouts() {
+    let b = Backbone::embedded().unwrap();
+    for (n, r) in [(1, 224), (3, 96), (2, 33)] {
+        same_bits(&format!("int8, batch {n}, {r} px"), b.graph(), &input([n, 3, r, r], r as u64));
+    }
+}
+
+#[test]
+fn the_f32_model_gives_the_same_bits_in_both_layouts() {
+    let b = Backbone::from_path(&f32_model()).unwrap();
+    same_bits("f32, batch 2, 160 px", b.graph(), &input([2, 3, 160, 160], 7));
+}
+
+fn window(k: usize, s: usize) -> Window {
+    Window { kernel: [k, k], stride: [s, s], pads: [k / 2; 4] }
+}
+
+fn int8(rows: usize, len: usize, seed: u64) -> Weights {
+    let v = random_values(rows * len, seed, 1.0);
+    let values: Arc<[i8]> = v.iter().map(|x| (x * 127.0).round() as i8).collect();
+    Weights::Int8 { values, scales: random_values(rows, seed + 1, 0.02).iter().map(|s| s.abs() + 0.001).collect() }
+}
+
+fn f32w(n: usize, seed: u64) -> Weights {
+    Weights::F32(random_values(n, seed, 0.3))
+}
+
+fn affine(c: usize, seed: u64) -> Op {
+    Op::Affine(Affine { scale: random_values(c, seed, 1.0), bias: random_values(c, seed + 9, 0.5) })
+}
+
+/// A graph through every path of the blocked kernels; values are numbered in node order.
+fn every_path() -> Graph {
+    let nodes: Vec<(Op, Vec<usize>)> = vec![
+        // 1: the stem reads the planar input: 3 → 20 channels, 3×3 at stride 2, f32 weights.
+        (Op::Conv(Conv { in_channels: 3, out_channels: 20, window: window(3, 2), weights: f32w(20 * 27, 1) }), vec![0]),
+        (affine(20, 2), vec![1]),
+        (Op::Act(Activation::Relu6), vec![2]),
+        // 4: depthwise 3×3 with ReLU.
+        (Op::Depthwise(Depthwise { channels: 20, window: window(3, 1), weights: int8(20, 9, 3) }), vec![3]),
+        (Op::Act(Activation::Relu), vec![4]),
+        // 6: a dense 3×3 inside the network (blocked input through the planar im2col).
+        (
+            Op::Conv(Conv { in_channels: 20, out_channels: 20, window: window(3, 1), weights: int8(20, 180, 4) }),
+            vec![5],
+        ),
+        (Op::Add, vec![6, 3]),
+        // 8: an affine and an activation after the sum (not fused into a convolution).
+        (affine(20, 5), vec![7]),
+        (Op::Act(Activation::Relu), vec![8]),
+        // 10: depthwise 5×5 at stride 2, f32 weights, no epilogue.
+        (Op::Depthwise(Depthwise { channels: 20, window: window(5, 2), weights: f32w(20 * 25, 6) }), vec![9]),
+        // 11: a 1×1 with no epilogue (the raw product times the int8 scales), 20 → 37 channels.
+        (
+            Op::Conv(Conv { in_channels: 20, out_channels: 37, window: window(1, 1), weights: int8(37, 20, 7) }),
+            vec![10],
+        ),
+        // 12: a 1×1 with its affine and ReLU6, 37 → 33 channels.
+        (
+            Op::Conv(Conv { in_channels: 37, out_channels: 33, window: window(1, 1), weights: f32w(33 * 37, 8) }),
+            vec![11],
+        ),
+        (affine(33, 9), vec![12]),
+        (Op::Act(Activation::Relu6), vec![13]),
+        (Op::GlobalPool, vec![14]),
+        (
+            Op::Linear(Linear { in_features: 33, out_features: 4, weights: int8(4, 33, 10), bias: vec![0.1; 4] }),
+            vec![15],
+        ),
+    ];
+    let nodes: Vec<Node> = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (op, inputs))| Node { name: format!("n{i}"), op, inputs, output: i + 1 })
+        .collect();
+    let n = nodes.len();
+    Graph { nodes, input_channels: 3, num_values: n + 1, output: n }
+}
+
+#[test]
+fn every_path_of_the_blocked_kernels_gives_the_planar_bits() {
+    let g = every_path();
+    for (n, r) in [(1, 64), (3, 37), (2, 45)] {
+        same_bits(&format!("every path, batch {n}, {r} px"), &g, &input([n, 3, r, r], n as u64 * 100 + r as u64));
+    }
+}
