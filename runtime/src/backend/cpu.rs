@@ -184,8 +184,11 @@ impl CpuEngine {
             x
         };
         match self.pool.try_lock() {
-            Ok(mut pool) => pool.scope(|| self.run(graph, copy())),
-            Err(_) => self.run(graph, copy()),
+            Ok(mut pool) => {
+                let pool = &mut *pool;
+                on_pool(|| pool.scope(|| self.run(graph, copy())))
+            }
+            Err(_) => on_pool(|| self.run(graph, copy())),
         }
     }
 
@@ -199,8 +202,11 @@ impl CpuEngine {
     pub fn profile(&self, graph: &Graph, input: Tensor) -> Result<(Tensor, Vec<(usize, std::time::Duration)>)> {
         let mut times = Vec::with_capacity(self.steps.len());
         let out = match self.pool.try_lock() {
-            Ok(mut pool) => pool.scope(|| self.run_timed(graph, input, Some(&mut times))),
-            Err(_) => self.run_timed(graph, input, Some(&mut times)),
+            Ok(mut pool) => {
+                let pool = &mut *pool;
+                on_pool(|| pool.scope(|| self.run_timed(graph, input, Some(&mut times))))
+            }
+            Err(_) => on_pool(|| self.run_timed(graph, input, Some(&mut times))),
         }?;
         Ok((out, times))
     }
@@ -301,6 +307,15 @@ impl CpuEngine {
             Op::Linear(l) => Value::Planar(ops::linear::forward(l, &read(values, node, 0).as_planar())),
         }
     }
+}
+
+/// Runs `f` on a thread of rayon's pool (at once when called from one): a pass's many parallel
+/// loops then start from a worker instead of each waking the pool from outside and waiting for
+/// it, which at batch 1 cost more than some layers.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.expect("the scope ran its closure")
 }
 
 fn read<'a>(values: &'a [Option<Value>], node: &Node, i: usize) -> &'a Value {

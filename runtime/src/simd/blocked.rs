@@ -187,6 +187,7 @@ fn tile<L: Lanes, const OB: usize, const P: usize, const S: usize, W: Source>(
             }
         }
     }
+    // The sums leave the registers first, so that the epilogue does not compete with them.
     let mut tile = [[[0f32; BLOCK]; OB]; P];
     for (dst, a) in tile.iter_mut().zip(&acc) {
         for (d, &v) in dst.iter_mut().zip(a) {
@@ -196,17 +197,30 @@ fn tile<L: Lanes, const OB: usize, const P: usize, const S: usize, W: Source>(
     for (b, blk) in (o..o + OB).enumerate() {
         let s: &V = t.s[blk * BLOCK..(blk + 1) * BLOCK].try_into().expect("a block");
         let bias: &V = t.b.get(blk * BLOCK..(blk + 1) * BLOCK).map_or(s, |v| v.try_into().expect("a block"));
-        for (p, px) in tile.iter_mut().enumerate() {
-            let v = &mut px[b];
-            if t.raw {
-                for l in 0..BLOCK {
-                    v[l] *= s[l];
-                }
-            } else {
-                finish(v, s, bias, t.act);
-            }
+        let (sl, bl) = (L::load(s), L::load(bias));
+        for (p, px) in tile.iter().enumerate() {
             let at = (p0 - t.first + p) * BLOCK;
-            outs[b][at..at + BLOCK].copy_from_slice(v);
+            let out: &mut V = (&mut outs[b][at..at + BLOCK]).try_into().expect("a block");
+            let v = L::load(&px[b]);
+            if t.raw {
+                L::mul(v, sl).store(out);
+            } else {
+                emit(v, (sl, s), (bl, bias), t.act, out);
+            }
+        }
+    }
+}
+
+/// `out = act(v·s + b)` ([`finish`]'s operations): in registers for the identity and ReLU6 (whose
+/// vector form keeps NaN and −0 as `f32::clamp` does), through [`finish`] for ReLU.
+#[inline(always)]
+fn emit<L: Lanes>(v: L, (sl, s): (L, &V), (bl, b): (L, &V), act: Activation, out: &mut V) {
+    match act {
+        Activation::Identity => L::add(L::mul(v, sl), bl).store(out),
+        Activation::Relu6 => L::clamp6(L::add(L::mul(v, sl), bl)).store(out),
+        Activation::Relu => {
+            v.store(out);
+            finish(out, s, b, act);
         }
     }
 }
@@ -252,38 +266,82 @@ pub fn depthwise_at(level: super::Level, t: &Depthwise<'_>, out: &mut [f32]) {
     depthwise_with::<Portable>(t, out)
 }
 
-/// [`depthwise`] with the vectors of `L`.
+/// [`depthwise`] with the vectors of `L`: a fixed-size window for the 3×3 and 5×5 kernels at
+/// strides 1 and 2, any window otherwise.
 #[inline(always)]
 fn depthwise_with<L: Lanes>(t: &Depthwise<'_>, out: &mut [f32]) {
-    let [kh, kw] = t.kernel;
-    let [sh, sw] = t.stride;
-    let [pt, pl] = t.pad;
-    let s: &V = t.s.try_into().expect("a block");
-    let b: &V = t.b.try_into().expect("a block");
     let w: Vec<L> = t.w.chunks_exact(BLOCK).map(|c| L::load(c.try_into().expect("a block"))).collect();
-    for (r, oy) in t.rows.clone().enumerate() {
-        let top = oy * sh;
-        let ky0 = pt.saturating_sub(top);
-        let ky1 = kh.min((t.ih + pt).saturating_sub(top));
-        let row = &mut out[r * t.ow * BLOCK..(r + 1) * t.ow * BLOCK];
-        for (ox, o) in row.chunks_exact_mut(BLOCK).enumerate() {
-            let left = ox * sw;
-            let kx0 = pl.saturating_sub(left);
-            let kx1 = kw.min((t.iw + pl).saturating_sub(left));
-            let mut acc = L::zero();
-            for ky in ky0..ky1 {
-                let iy = top + ky - pt;
-                let x_row = &t.x[iy * t.iw * BLOCK..(iy + 1) * t.iw * BLOCK];
-                for kx in kx0..kx1 {
-                    let ix = left + kx - pl;
-                    let x = L::load(x_row[ix * BLOCK..(ix + 1) * BLOCK].try_into().expect("a block"));
-                    acc = L::fma(w[ky * kw + kx], x, acc);
+    match (t.kernel, t.stride) {
+        ([3, 3], [1, 1]) => depthwise_fixed::<L, 3, 1>(t, &w, out),
+        ([3, 3], [2, 2]) => depthwise_fixed::<L, 3, 2>(t, &w, out),
+        ([5, 5], [1, 1]) => depthwise_fixed::<L, 5, 1>(t, &w, out),
+        ([5, 5], [2, 2]) => depthwise_fixed::<L, 5, 2>(t, &w, out),
+        _ => {
+            for (r, oy) in t.rows.clone().enumerate() {
+                for ox in 0..t.ow {
+                    let at = (r * t.ow + ox) * BLOCK;
+                    pixel(t, &w, oy, ox, (&mut out[at..at + BLOCK]).try_into().expect("a block"));
                 }
             }
-            let mut v = [0f32; BLOCK];
-            L::store(acc, &mut v);
-            finish(&mut v, s, b, t.act);
-            o.copy_from_slice(&v);
+        }
+    }
+}
+
+/// One output pixel of [`depthwise`], any window, the taps over the padding skipped.
+#[inline(always)]
+fn pixel<L: Lanes>(t: &Depthwise<'_>, w: &[L], oy: usize, ox: usize, out: &mut V) {
+    let [kh, kw] = t.kernel;
+    let ([sh, sw], [pt, pl]) = (t.stride, t.pad);
+    let (top, left) = (oy * sh, ox * sw);
+    let (ky0, ky1) = (pt.saturating_sub(top), kh.min((t.ih + pt).saturating_sub(top)));
+    let (kx0, kx1) = (pl.saturating_sub(left), kw.min((t.iw + pl).saturating_sub(left)));
+    let mut acc = L::zero();
+    for ky in ky0..ky1 {
+        let iy = top + ky - pt;
+        let row = &t.x[iy * t.iw * BLOCK..(iy + 1) * t.iw * BLOCK];
+        for kx in kx0..kx1 {
+            let ix = left + kx - pl;
+            acc = L::fma(w[ky * kw + kx], L::load(row[ix * BLOCK..(ix + 1) * BLOCK].try_into().expect("a block")), acc);
+        }
+    }
+    let (s, b): (&V, &V) = (t.s.try_into().expect("a block"), t.b.try_into().expect("a block"));
+    emit(acc, (L::load(s), s), (L::load(b), b), t.act, out);
+}
+
+/// [`depthwise`] for a `K × K` window at stride `S`: the pixels whose window lies inside the
+/// input run a fixed, unrolled sum (the same taps in the same order as [`pixel`]); the others
+/// go through [`pixel`].
+#[inline(always)]
+fn depthwise_fixed<L: Lanes, const K: usize, const S: usize>(t: &Depthwise<'_>, w: &[L], out: &mut [f32]) {
+    let [pt, pl] = t.pad;
+    let wk: [[L; K]; K] = std::array::from_fn(|ky| std::array::from_fn(|kx| w[ky * K + kx]));
+    let s: &V = t.s.try_into().expect("a block");
+    let b: &V = t.b.try_into().expect("a block");
+    let (sl, bl) = (L::load(s), L::load(b));
+    // Columns whose window lies inside the input: `ox·S ≥ pl` and `ox·S − pl + K ≤ iw`.
+    let lo = pl.div_ceil(S);
+    let hi = if t.iw + pl >= K { ((t.iw + pl - K) / S + 1).min(t.ow) } else { 0 };
+    for (r, oy) in t.rows.clone().enumerate() {
+        let row = &mut out[r * t.ow * BLOCK..(r + 1) * t.ow * BLOCK];
+        let top = oy * S;
+        let inside = top >= pt && top - pt + K <= t.ih;
+        for (ox, o) in row.chunks_exact_mut(BLOCK).enumerate() {
+            let o: &mut V = o.try_into().expect("a block");
+            if !inside || ox < lo || ox >= hi {
+                pixel(t, w, oy, ox, o);
+                continue;
+            }
+            let first = (ox * S - pl) * BLOCK;
+            let mut acc = L::zero();
+            for (ky, wr) in wk.iter().enumerate() {
+                let iy = top + ky - pt;
+                let at = iy * t.iw * BLOCK + first;
+                let xs = &t.x[at..at + K * BLOCK];
+                for (kx, &wv) in wr.iter().enumerate() {
+                    acc = L::fma(wv, L::load(xs[kx * BLOCK..(kx + 1) * BLOCK].try_into().expect("a block")), acc);
+                }
+            }
+            emit(acc, (sl, s), (bl, b), t.act, o);
         }
     }
 }
@@ -309,6 +367,10 @@ trait Lanes: Copy {
     fn splat(x: f32) -> Self;
     /// `a·b + c`, rounded once.
     fn fma(a: Self, b: Self, c: Self) -> Self;
+    fn mul(a: Self, b: Self) -> Self;
+    fn add(a: Self, b: Self) -> Self;
+    /// `f32::clamp(x, 0.0, 6.0)` lane by lane (NaN and −0 kept).
+    fn clamp6(x: Self) -> Self;
     fn store(self, out: &mut V);
 }
 
@@ -336,6 +398,18 @@ impl Lanes for Portable {
     #[inline(always)]
     fn fma(a: Self, b: Self, c: Self) -> Self {
         Portable(std::array::from_fn(|l| a.0[l].mul_add(b.0[l], c.0[l])))
+    }
+    #[inline(always)]
+    fn mul(a: Self, b: Self) -> Self {
+        Portable(std::array::from_fn(|l| a.0[l] * b.0[l]))
+    }
+    #[inline(always)]
+    fn add(a: Self, b: Self) -> Self {
+        Portable(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+    #[inline(always)]
+    fn clamp6(x: Self) -> Self {
+        Portable(x.0.map(|v| v.clamp(0.0, 6.0)))
     }
     #[inline(always)]
     fn store(self, out: &mut V) {
@@ -380,6 +454,23 @@ mod x86 {
             Avx512(unsafe { _mm512_fmadd_ps(a.0, b.0, c.0) })
         }
         #[inline(always)]
+        fn mul(a: Self, b: Self) -> Self {
+            // SAFETY: AVX-512 as above.
+            Avx512(unsafe { _mm512_mul_ps(a.0, b.0) })
+        }
+        #[inline(always)]
+        fn add(a: Self, b: Self) -> Self {
+            // SAFETY: AVX-512 as above.
+            Avx512(unsafe { _mm512_add_ps(a.0, b.0) })
+        }
+        #[inline(always)]
+        fn clamp6(x: Self) -> Self {
+            // `max(0, x)` returns x when x is NaN or a zero (its second operand), `min(6, ·)`
+            // likewise: `f32::clamp`'s results, NaN and −0 included.
+            // SAFETY: AVX-512 as above.
+            Avx512(unsafe { _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), x.0)) })
+        }
+        #[inline(always)]
         fn store(self, out: &mut V) {
             // SAFETY: 16 writable f32; AVX-512 as above.
             unsafe { _mm512_storeu_ps(out.as_mut_ptr(), self.0) }
@@ -419,6 +510,25 @@ mod x86 {
         fn fma(a: Self, b: Self, c: Self) -> Self {
             // SAFETY: AVX2 + FMA as above.
             Avx2(unsafe { [_mm256_fmadd_ps(a.0[0], b.0[0], c.0[0]), _mm256_fmadd_ps(a.0[1], b.0[1], c.0[1])] })
+        }
+        #[inline(always)]
+        fn mul(a: Self, b: Self) -> Self {
+            // SAFETY: AVX2 as above.
+            Avx2(unsafe { [_mm256_mul_ps(a.0[0], b.0[0]), _mm256_mul_ps(a.0[1], b.0[1])] })
+        }
+        #[inline(always)]
+        fn add(a: Self, b: Self) -> Self {
+            // SAFETY: AVX2 as above.
+            Avx2(unsafe { [_mm256_add_ps(a.0[0], b.0[0]), _mm256_add_ps(a.0[1], b.0[1])] })
+        }
+        #[inline(always)]
+        fn clamp6(x: Self) -> Self {
+            // As the AVX-512 version: NaN and −0 kept.
+            // SAFETY: AVX2 as above.
+            Avx2(unsafe {
+                let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+                x.0.map(|v| _mm256_min_ps(six, _mm256_max_ps(zero, v)))
+            })
         }
         #[inline(always)]
         fn store(self, out: &mut V) {
