@@ -19,7 +19,8 @@ fn same_bits(what: &str, graph: &Graph, input: &Tensor) {
     let blocked = CpuEngine::with_layout(graph, Layout::Blocked).forward(graph, input.clone()).unwrap();
     assert_eq!(planar.shape, blocked.shape, "{what}");
     for (i, (a, b)) in planar.data.iter().zip(&blocked.data).enumerate() {
-        assert!(a.to_bits() == b.to_bits(), "{what}: output {i}: planar {a}, blocked {b}");
+        let same = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        assert!(same, "{what}: output {i}: planar {a}, blocked {b}");
     }
 }
 
@@ -113,4 +114,30 @@ fn every_path_of_the_blocked_kernels_gives_the_planar_bits() {
     for (n, r) in [(1, 64), (3, 37), (2, 45)] {
         same_bits(&format!("every path, batch {n}, {r} px"), &g, &input([n, 3, r, r], n as u64 * 100 + r as u64));
     }
+}
+
+/// Non-finite and signed-zero inputs take the same paths through both layouts' activations
+/// (ReLU6 keeps NaN and −0 as `f32::clamp` does): NaN where the planar pass has NaN, the same
+/// bits elsewhere.
+#[test]
+fn nan_infinity_and_negative_zero_inputs_give_the_same_outputs() {
+    let g = every_path();
+    let mut x = input([1, 3, 40, 40], 5);
+    for (i, v) in x.data.iter_mut().enumerate() {
+        match i % 97 {
+            0 => *v = -0.0,
+            1 => *v = 0.0,
+            2 if i < 2000 => *v = f32::INFINITY,
+            3 if i > 4000 => *v = f32::NAN,
+            _ => {}
+        }
+    }
+    same_bits("non-finite inputs", &g, &x);
+    let b = Backbone::embedded().unwrap();
+    same_bits("non-finite inputs, shipped model", b.graph(), &{
+        let mut x = input([1, 3, 64, 64], 6);
+        x.data[100] = f32::NAN;
+        x.data[5000] = -0.0;
+        x
+    });
 }

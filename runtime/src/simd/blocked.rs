@@ -6,6 +6,7 @@
 //! product's fused multiply-adds over the input channels in order, the depthwise taps in order,
 //! then `act(v·s + b)`), so the two layouts give the same bits; see the notes at each kernel.
 
+use super::lanes::{self, Lanes, Portable};
 use crate::ops::Activation;
 
 /// Channels per block.
@@ -106,11 +107,15 @@ pub fn pointwise(t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {
 /// [`pointwise`] at `level` (lowered to what the CPU has).
 pub fn pointwise_at(level: super::Level, t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {
     #[cfg(target_arch = "x86_64")]
-    match level.min(super::detected()) {
+    match super::lowered(level) {
         // SAFETY (both): `detected` found the level's features on this CPU.
         super::Level::Avx512 => return unsafe { x86::pointwise_avx512(t, outs) },
         super::Level::Avx2 => return unsafe { x86::pointwise_avx2(t, outs) },
-        super::Level::Portable => {}
+        super::Level::Neon | super::Level::Portable => {}
+    }
+    #[cfg(target_arch = "aarch64")]
+    if super::lowered(level) == super::Level::Neon {
+        return pointwise_with::<lanes::Neon>(t, outs);
     }
     pointwise_with::<Portable>(t, outs)
 }
@@ -200,7 +205,7 @@ fn tile<L: Lanes, const OB: usize, const P: usize, const S: usize, W: Source>(
         let (sl, bl) = (L::load(s), L::load(bias));
         for (p, px) in tile.iter().enumerate() {
             let at = (p0 - t.first + p) * BLOCK;
-            let out: &mut V = (&mut outs[b][at..at + BLOCK]).try_into().expect("a block");
+            let out: &mut V = (&mut outs[blk][at..at + BLOCK]).try_into().expect("a block");
             let v = L::load(&px[b]);
             if t.raw {
                 L::mul(v, sl).store(out);
@@ -257,11 +262,15 @@ pub fn depthwise(t: &Depthwise<'_>, out: &mut [f32]) {
 /// [`depthwise`] at `level` (lowered to what the CPU has).
 pub fn depthwise_at(level: super::Level, t: &Depthwise<'_>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    match level.min(super::detected()) {
+    match super::lowered(level) {
         // SAFETY (both): `detected` found the level's features on this CPU.
         super::Level::Avx512 => return unsafe { x86::depthwise_avx512(t, out) },
         super::Level::Avx2 => return unsafe { x86::depthwise_avx2(t, out) },
-        super::Level::Portable => {}
+        super::Level::Neon | super::Level::Portable => {}
+    }
+    #[cfg(target_arch = "aarch64")]
+    if super::lowered(level) == super::Level::Neon {
+        return depthwise_with::<lanes::Neon>(t, out);
     }
     depthwise_with::<Portable>(t, out)
 }
@@ -357,188 +366,10 @@ multiversion! {
     }
 }
 
-/// A vector of [`BLOCK`] lanes at one instruction-set level: what the kernels above are written
-/// in. `fma` is the fused multiply-add (one rounding) at every level.
-trait Lanes: Copy {
-    fn zero() -> Self;
-    fn load(v: &V) -> Self;
-    /// [`BLOCK`] int8 values as f32 (exact).
-    fn load_i8(v: &[i8; BLOCK]) -> Self;
-    fn splat(x: f32) -> Self;
-    /// `a·b + c`, rounded once.
-    fn fma(a: Self, b: Self, c: Self) -> Self;
-    fn mul(a: Self, b: Self) -> Self;
-    fn add(a: Self, b: Self) -> Self;
-    /// `f32::clamp(x, 0.0, 6.0)` lane by lane (NaN and −0 kept).
-    fn clamp6(x: Self) -> Self;
-    fn store(self, out: &mut V);
-}
-
-/// Plain arrays (`f32::mul_add`).
-#[derive(Clone, Copy)]
-struct Portable(V);
-
-impl Lanes for Portable {
-    #[inline(always)]
-    fn zero() -> Self {
-        Portable([0.0; BLOCK])
-    }
-    #[inline(always)]
-    fn load(v: &V) -> Self {
-        Portable(*v)
-    }
-    #[inline(always)]
-    fn load_i8(v: &[i8; BLOCK]) -> Self {
-        Portable(v.map(f32::from))
-    }
-    #[inline(always)]
-    fn splat(x: f32) -> Self {
-        Portable([x; BLOCK])
-    }
-    #[inline(always)]
-    fn fma(a: Self, b: Self, c: Self) -> Self {
-        Portable(std::array::from_fn(|l| a.0[l].mul_add(b.0[l], c.0[l])))
-    }
-    #[inline(always)]
-    fn mul(a: Self, b: Self) -> Self {
-        Portable(std::array::from_fn(|l| a.0[l] * b.0[l]))
-    }
-    #[inline(always)]
-    fn add(a: Self, b: Self) -> Self {
-        Portable(std::array::from_fn(|l| a.0[l] + b.0[l]))
-    }
-    #[inline(always)]
-    fn clamp6(x: Self) -> Self {
-        Portable(x.0.map(|v| v.clamp(0.0, 6.0)))
-    }
-    #[inline(always)]
-    fn store(self, out: &mut V) {
-        *out = self.0;
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::{Depthwise, Lanes, Pointwise, V};
-
-    /// One AVX-512 register.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx512(__m512);
-
-    impl Lanes for Avx512 {
-        #[inline(always)]
-        fn zero() -> Self {
-            // SAFETY: only reached from functions compiled with AVX-512 on a CPU that has it.
-            Avx512(unsafe { _mm512_setzero_ps() })
-        }
-        #[inline(always)]
-        fn load(v: &V) -> Self {
-            // SAFETY: 16 readable f32; AVX-512 as above.
-            Avx512(unsafe { _mm512_loadu_ps(v.as_ptr()) })
-        }
-        #[inline(always)]
-        fn load_i8(v: &[i8; 16]) -> Self {
-            // SAFETY: 16 readable bytes; AVX-512 as above.
-            Avx512(unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(v.as_ptr() as *const __m128i))) })
-        }
-        #[inline(always)]
-        fn splat(x: f32) -> Self {
-            // SAFETY: AVX-512 as above.
-            Avx512(unsafe { _mm512_set1_ps(x) })
-        }
-        #[inline(always)]
-        fn fma(a: Self, b: Self, c: Self) -> Self {
-            // SAFETY: AVX-512 as above.
-            Avx512(unsafe { _mm512_fmadd_ps(a.0, b.0, c.0) })
-        }
-        #[inline(always)]
-        fn mul(a: Self, b: Self) -> Self {
-            // SAFETY: AVX-512 as above.
-            Avx512(unsafe { _mm512_mul_ps(a.0, b.0) })
-        }
-        #[inline(always)]
-        fn add(a: Self, b: Self) -> Self {
-            // SAFETY: AVX-512 as above.
-            Avx512(unsafe { _mm512_add_ps(a.0, b.0) })
-        }
-        #[inline(always)]
-        fn clamp6(x: Self) -> Self {
-            // `max(0, x)` returns x when x is NaN or a zero (its second operand), `min(6, ·)`
-            // likewise: `f32::clamp`'s results, NaN and −0 included.
-            // SAFETY: AVX-512 as above.
-            Avx512(unsafe { _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), x.0)) })
-        }
-        #[inline(always)]
-        fn store(self, out: &mut V) {
-            // SAFETY: 16 writable f32; AVX-512 as above.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), self.0) }
-        }
-    }
-
-    /// Two AVX2 registers.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx2([__m256; 2]);
-
-    impl Lanes for Avx2 {
-        #[inline(always)]
-        fn zero() -> Self {
-            // SAFETY: only reached from functions compiled with AVX2 + FMA on a CPU that has them.
-            Avx2(unsafe { [_mm256_setzero_ps(); 2] })
-        }
-        #[inline(always)]
-        fn load(v: &V) -> Self {
-            // SAFETY: 16 readable f32; AVX2 as above.
-            Avx2(unsafe { [_mm256_loadu_ps(v.as_ptr()), _mm256_loadu_ps(v.as_ptr().add(8))] })
-        }
-        #[inline(always)]
-        fn load_i8(v: &[i8; 16]) -> Self {
-            // SAFETY: 16 readable bytes, read as two halves of 8; AVX2 as above.
-            Avx2(unsafe {
-                let lo = _mm_loadl_epi64(v.as_ptr() as *const __m128i);
-                let hi = _mm_loadl_epi64(v.as_ptr().add(8) as *const __m128i);
-                [_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))]
-            })
-        }
-        #[inline(always)]
-        fn splat(x: f32) -> Self {
-            // SAFETY: AVX2 as above.
-            Avx2(unsafe { [_mm256_set1_ps(x); 2] })
-        }
-        #[inline(always)]
-        fn fma(a: Self, b: Self, c: Self) -> Self {
-            // SAFETY: AVX2 + FMA as above.
-            Avx2(unsafe { [_mm256_fmadd_ps(a.0[0], b.0[0], c.0[0]), _mm256_fmadd_ps(a.0[1], b.0[1], c.0[1])] })
-        }
-        #[inline(always)]
-        fn mul(a: Self, b: Self) -> Self {
-            // SAFETY: AVX2 as above.
-            Avx2(unsafe { [_mm256_mul_ps(a.0[0], b.0[0]), _mm256_mul_ps(a.0[1], b.0[1])] })
-        }
-        #[inline(always)]
-        fn add(a: Self, b: Self) -> Self {
-            // SAFETY: AVX2 as above.
-            Avx2(unsafe { [_mm256_add_ps(a.0[0], b.0[0]), _mm256_add_ps(a.0[1], b.0[1])] })
-        }
-        #[inline(always)]
-        fn clamp6(x: Self) -> Self {
-            // As the AVX-512 version: NaN and −0 kept.
-            // SAFETY: AVX2 as above.
-            Avx2(unsafe {
-                let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
-                x.0.map(|v| _mm256_min_ps(six, _mm256_max_ps(zero, v)))
-            })
-        }
-        #[inline(always)]
-        fn store(self, out: &mut V) {
-            // SAFETY: 16 writable f32; AVX2 as above.
-            unsafe {
-                _mm256_storeu_ps(out.as_mut_ptr(), self.0[0]);
-                _mm256_storeu_ps(out.as_mut_ptr().add(8), self.0[1]);
-            }
-        }
-    }
+    use super::lanes::{Avx2, Avx512};
+    use super::{Depthwise, Pointwise};
 
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
     pub(super) fn pointwise_avx512(t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {

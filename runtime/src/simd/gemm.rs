@@ -1,7 +1,7 @@
 //! The packed matrix product: panels of `MR` rows times strips of `NR` columns, one register
 //! tile at a time, with explicit vector intrinsics on x86-64.
 
-use super::{copy_short, detected, level, Level};
+use super::{copy_short, level, lowered, Level};
 
 /// `(MR, NR)`: the rows and columns of one register tile of [`gemm_block`] at the dispatched
 /// level. Matrices for it are packed in panels of `MR` rows ([`pack_panels`]).
@@ -11,7 +11,7 @@ pub fn gemm_tile() -> (usize, usize) {
 
 /// [`gemm_tile`] at `level` (lowered to what the CPU has).
 pub fn gemm_tile_at(level: Level) -> (usize, usize) {
-    match level.min(detected()) {
+    match lowered(level) {
         Level::Avx512 => (8, 32),
         _ => (4, 16),
     }
@@ -70,7 +70,7 @@ pub fn gemm_block_at(
     size: (usize, usize),
     scale: &[f32],
 ) {
-    let level = level.min(detected());
+    let level = lowered(level);
     let (mr, nr) = gemm_tile_at(level);
     let ((b, ldb), (c, ldc), (rows, cols)) = (b, c, size);
     let mut tile = |panel: usize, strip: usize| {
@@ -127,7 +127,11 @@ fn tile_at(level: Level, t: Tile) {
         (Level::Avx512, true) => return unsafe { x86::tile_avx512::<1>(t) },
         (Level::Avx2, false) => return unsafe { x86::tile_avx2::<2>(t) },
         (Level::Avx2, true) => return unsafe { x86::tile_avx2::<1>(t) },
-        (Level::Portable, _) => {}
+        (Level::Neon | Level::Portable, _) => {}
+    }
+    #[cfg(target_arch = "aarch64")]
+    if level == Level::Neon {
+        return if narrow { arm::tile_neon::<2>(t) } else { arm::tile_neon::<4>(t) };
     }
     if narrow {
         tile::<4, 8>(t)
@@ -198,6 +202,46 @@ mod x86 {
         tile_avx2, "avx2,fma", __m256, mr = 4, w = 8,
         _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_storeu_ps
     );
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    /// [`super::tile_at`] at NEON: 4 rows × `V` vectors of 4 columns, fused multiply-adds
+    /// (`vfmaq_f32`, one rounding, as every other level).
+    pub(in crate::simd) fn tile_neon<const V: usize>(t: super::Tile) {
+        let super::Tile { a, k, b, ldb, c, ldc, scale, rows, cols } = t;
+        // SAFETY: NEON is part of every aarch64 CPU; every load and store below is of 4 f32 from
+        // a slice checked to hold them.
+        unsafe {
+            let mut acc: [[float32x4_t; V]; 4] = [[vdupq_n_f32(0.0); V]; 4];
+            for (p, av) in a.chunks_exact(4).take(k).enumerate() {
+                let bv = &b[p * ldb..p * ldb + 4 * V];
+                let mut bx: [float32x4_t; V] = [vdupq_n_f32(0.0); V];
+                for (v, x) in bx.iter_mut().enumerate() {
+                    let lanes: &[f32; 4] = bv[4 * v..4 * v + 4].try_into().expect("4 values");
+                    *x = vld1q_f32(lanes.as_ptr());
+                }
+                for (row, &x) in acc.iter_mut().zip(av) {
+                    let x = vdupq_n_f32(x);
+                    for (o, &bv) in row.iter_mut().zip(&bx) {
+                        *o = vfmaq_f32(*o, x, bv);
+                    }
+                }
+            }
+            let mut tile = [[0f32; 16]; 4];
+            for (r, (t, row)) in tile.iter_mut().zip(&acc).enumerate() {
+                let q = vdupq_n_f32(scale.get(r).copied().unwrap_or(1.0));
+                for (v, &x) in row.iter().enumerate() {
+                    let x = if scale.is_empty() { x } else { vmulq_f32(x, q) };
+                    let lanes: &mut [f32; 4] = (&mut t[4 * v..4 * v + 4]).try_into().expect("4 values");
+                    vst1q_f32(lanes.as_mut_ptr(), x);
+                }
+            }
+            super::store_tile(&tile, c, ldc, rows, cols);
+        }
+    }
 }
 
 /// [`tile_at`] with an `MR × NR` register tile in plain loops.

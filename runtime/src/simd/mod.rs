@@ -1,6 +1,7 @@
 //! The hot inner loops of the CPU kernels, compiled once per x86-64 feature level (AVX-512,
-//! AVX2 + FMA, baseline) and dispatched at run time; on other architectures (aarch64 has NEON
-//! as its baseline) only the portable version exists.
+//! AVX2 + FMA, baseline) and dispatched at run time; on aarch64, NEON (its baseline) register
+//! tiles for the matrix product and the blocked kernels beside the portable loops; elsewhere
+//! only the portable version exists.
 //!
 //! This is the only module allowed `unsafe`: calling a `#[target_feature]` function is unsafe
 //! because the CPU must have the feature, which [`level`] checks first. Most loops are safe slice
@@ -21,6 +22,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Portable,
+    /// aarch64's NEON (every aarch64 CPU has it).
+    Neon,
     Avx2,
     Avx512,
 }
@@ -34,8 +37,21 @@ pub fn level() -> Level {
             Ok("avx2") => Level::Avx2,
             _ => Level::Avx512,
         };
-        cap.min(detected())
+        lowered(cap)
     })
+}
+
+/// `level` lowered to the highest level this CPU has at or below it (an x86 level on aarch64,
+/// or NEON on x86-64, lowers to the portable one).
+pub(crate) fn lowered(level: Level) -> Level {
+    let found = detected();
+    if level >= found {
+        return found;
+    }
+    match level {
+        Level::Avx2 if cfg!(target_arch = "x86_64") => Level::Avx2,
+        _ => Level::Portable,
+    }
 }
 
 /// The widest level this CPU has (detected once).
@@ -46,7 +62,15 @@ pub fn detected() -> Level {
 
 /// Every level this CPU has, lowest first.
 pub fn levels() -> Vec<Level> {
-    [Level::Portable, Level::Avx2, Level::Avx512].into_iter().filter(|&l| l <= detected()).collect()
+    let arch = |l: Level| match l {
+        Level::Portable => true,
+        Level::Neon => cfg!(target_arch = "aarch64"),
+        Level::Avx2 | Level::Avx512 => cfg!(target_arch = "x86_64"),
+    };
+    [Level::Portable, Level::Neon, Level::Avx2, Level::Avx512]
+        .into_iter()
+        .filter(|&l| arch(l) && l <= detected())
+        .collect()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -61,7 +85,12 @@ fn detect() -> Level {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+fn detect() -> Level {
+    Level::Neon
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn detect() -> Level {
     Level::Portable
 }
@@ -87,12 +116,12 @@ macro_rules! multiversion {
                 fn avx512($($a: $t),*) $(-> $r)? { body($($a),*) }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($a: $t),*) $(-> $r)? { body($($a),*) }
-                match level.min($crate::simd::detected()) {
+                match $crate::simd::lowered(level) {
                     // SAFETY: `detected` found this level's features on this CPU.
                     Level::Avx512 => return unsafe { avx512($($a),*) },
                     // SAFETY: as above.
                     Level::Avx2 => return unsafe { avx2($($a),*) },
-                    Level::Portable => {}
+                    Level::Neon | Level::Portable => {}
                 }
             }
             body($($a),*)
@@ -103,11 +132,14 @@ macro_rules! multiversion {
 pub mod blocked;
 mod epilogue;
 pub mod gemm;
+mod lanes;
 mod layout;
 mod probe;
 mod taps;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_blocked;
 
 pub use epilogue::*;
 pub use gemm::{gemm_block, gemm_block_at, gemm_tile, gemm_tile_at, pack_panels, pack_panels_at};

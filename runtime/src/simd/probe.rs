@@ -47,6 +47,10 @@ pub fn fma_burst(at: Level, rounds: usize) -> Option<(f32, u64)> {
             _ => return None,
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if at == Level::Neon {
+        return Some((burst::<48>(rounds, f32::mul_add), ops(48)));
+    }
     match at {
         Level::Portable => Some((burst::<48>(rounds, |v, m, a| v * m + a), ops(48))),
         _ => None,
