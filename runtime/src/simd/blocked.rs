@@ -334,26 +334,42 @@ fn depthwise_fixed<L: Lanes, const K: usize, const S: usize>(t: &Depthwise<'_>, 
         let row = &mut out[r * t.ow * BLOCK..(r + 1) * t.ow * BLOCK];
         let top = oy * S;
         let inside = top >= pt && top - pt + K <= t.ih;
-        for (ox, o) in row.chunks_exact_mut(BLOCK).enumerate() {
-            let o: &mut V = o.try_into().expect("a block");
-            if !inside || ox < lo || ox >= hi {
-                pixel(t, w, oy, ox, o);
+        let mut ox = 0;
+        while ox < t.ow {
+            if inside && ox >= lo && ox + GROUP <= hi {
+                // GROUP pixels at once: independent sums, each input column loaded once per row.
+                let mut acc = [L::zero(); GROUP];
+                let first = (ox * S - pl) * BLOCK;
+                let span = (GROUP - 1) * S + K;
+                for (ky, wr) in wk.iter().enumerate() {
+                    let at = (top + ky - pt) * t.iw * BLOCK + first;
+                    let xs = &t.x[at..at + span * BLOCK];
+                    let mut cols = [L::zero(); 16];
+                    for (c, v) in cols.iter_mut().enumerate().take(span) {
+                        *v = L::load(xs[c * BLOCK..(c + 1) * BLOCK].try_into().expect("a block"));
+                    }
+                    for (kx, &wv) in wr.iter().enumerate() {
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = L::fma(wv, cols[j * S + kx], *a);
+                        }
+                    }
+                }
+                for (j, a) in acc.into_iter().enumerate() {
+                    let at = (ox + j) * BLOCK;
+                    emit(a, (sl, s), (bl, b), t.act, (&mut row[at..at + BLOCK]).try_into().expect("a block"));
+                }
+                ox += GROUP;
                 continue;
             }
-            let first = (ox * S - pl) * BLOCK;
-            let mut acc = L::zero();
-            for (ky, wr) in wk.iter().enumerate() {
-                let iy = top + ky - pt;
-                let at = iy * t.iw * BLOCK + first;
-                let xs = &t.x[at..at + K * BLOCK];
-                for (kx, &wv) in wr.iter().enumerate() {
-                    acc = L::fma(wv, L::load(xs[kx * BLOCK..(kx + 1) * BLOCK].try_into().expect("a block")), acc);
-                }
-            }
-            emit(acc, (sl, s), (bl, b), t.act, o);
+            let o: &mut V = (&mut row[ox * BLOCK..(ox + 1) * BLOCK]).try_into().expect("a block");
+            pixel(t, w, oy, ox, o);
+            ox += 1;
         }
     }
 }
+
+/// Output pixels [`depthwise_fixed`] sums at once (`(GROUP − 1)·S + K ≤ 16` input columns).
+const GROUP: usize = 4;
 
 multiversion! {
     /// `v = act(v·s + b)` over pixels of one block (`s`, `b`: one value per lane).
