@@ -31,6 +31,9 @@ pub struct CpuEngine {
     /// ([`Layout::Blocked`]).
     packed_blocked: Arc<Vec<Option<blocked::PackedConv>>>,
     layout: Layout,
+    /// Whether a pass runs as one job on rayon's pool ([`on_pool`]); see
+    /// [`CpuEngine::keep_passes_on_caller`].
+    on_pool: bool,
     pool: Mutex<Pool>,
 }
 
@@ -62,6 +65,7 @@ impl Clone for CpuEngine {
             packed: self.packed.clone(),
             packed_blocked: self.packed_blocked.clone(),
             layout: self.layout,
+            on_pool: self.on_pool,
             pool: CpuEngine::pool(),
         }
     }
@@ -91,6 +95,7 @@ impl CpuEngine {
             packed: Arc::default(),
             packed_blocked: Arc::default(),
             layout: Layout::default_for_inference(),
+            on_pool: true,
             pool: CpuEngine::pool(),
         }
     }
@@ -99,36 +104,37 @@ impl CpuEngine {
     /// the convolutions whose weights changed.
     pub fn update(&mut self, graph: &Graph) {
         if self.layout == Layout::Blocked {
-            let old = std::mem::take(&mut self.packed_blocked);
-            let packed = self
-                .steps
-                .iter()
-                .enumerate()
-                .map(|(s, step)| match &graph.nodes.get(step.head)?.op {
-                    Op::Conv(conv) => match old.get(s) {
-                        Some(Some(p)) if p.fits(conv) => Some(p.clone()),
-                        _ => Some(blocked::PackedConv::new(conv)).filter(|p| p.fits(conv)),
-                    },
-                    _ => None,
-                })
-                .collect();
-            self.packed_blocked = Arc::new(packed);
-            return;
+            let new = |c: &crate::graph::Conv| Some(blocked::PackedConv::new(c)).filter(|p| p.fits(c));
+            self.packed_blocked = Arc::new(self.repack(graph, &self.packed_blocked, |p, c| p.fits(c), new));
+        } else {
+            self.packed = Arc::new(self.repack(graph, &self.packed, |p, c| p.fits(c), ops::conv::Packed::new));
         }
-        let old = std::mem::take(&mut self.packed);
-        let packed = self
-            .steps
+    }
+
+    /// Each step's convolution weights packed for `graph`: kept from `old` where they still
+    /// `fit`, packed anew otherwise.
+    fn repack<P: Clone>(
+        &self,
+        graph: &Graph,
+        old: &[Option<P>],
+        fits: impl Fn(&P, &crate::graph::Conv) -> bool,
+        new: impl Fn(&crate::graph::Conv) -> Option<P>,
+    ) -> Vec<Option<P>> {
+        let step_conv = |step: &Step| match &graph.nodes.get(step.head)?.op {
+            Op::Conv(conv) => Some(conv),
+            _ => None,
+        };
+        self.steps
             .iter()
             .enumerate()
-            .map(|(s, step)| match &graph.nodes.get(step.head)?.op {
-                Op::Conv(conv) => match old.get(s) {
-                    Some(Some(p)) if p.fits(conv) => Some(p.clone()),
-                    _ => ops::conv::Packed::new(conv),
-                },
-                _ => None,
+            .map(|(s, step)| {
+                let conv = step_conv(step)?;
+                match old.get(s) {
+                    Some(Some(p)) if fits(p, conv) => Some(p.clone()),
+                    _ => new(conv),
+                }
             })
-            .collect();
-        self.packed = Arc::new(packed);
+            .collect()
     }
 
     /// The most bytes of activation buffers a forward pass on `input` holds at once (measured
@@ -137,6 +143,14 @@ impl CpuEngine {
         let mut pool = Pool::default();
         pool.scope(|| self.run(graph, input))?;
         Ok(pool.bytes() as u64)
+    }
+
+    /// Runs each pass on the calling thread (its parallel loops then each wake the pool) instead
+    /// of as one job on a pool thread: for passes under a memory budget, whose allocations then
+    /// stay in the calling thread's heap (on a pool thread, glibc's per-thread heap held about
+    /// 14 MB more at the peak of a `logits` training under 80 MB).
+    pub fn keep_passes_on_caller(&mut self) {
+        self.on_pool = false;
     }
 
     /// Bytes of the weights the engine keeps packed.
@@ -186,9 +200,9 @@ impl CpuEngine {
         match self.pool.try_lock() {
             Ok(mut pool) => {
                 let pool = &mut *pool;
-                on_pool(|| pool.scope(|| self.run(graph, copy())))
+                on_pool(self.on_pool, || pool.scope(|| self.run(graph, copy())))
             }
-            Err(_) => on_pool(|| self.run(graph, copy())),
+            Err(_) => on_pool(self.on_pool, || self.run(graph, copy())),
         }
     }
 
@@ -204,9 +218,9 @@ impl CpuEngine {
         let out = match self.pool.try_lock() {
             Ok(mut pool) => {
                 let pool = &mut *pool;
-                on_pool(|| pool.scope(|| self.run_timed(graph, input, Some(&mut times))))
+                on_pool(self.on_pool, || pool.scope(|| self.run_timed(graph, input, Some(&mut times))))
             }
-            Err(_) => on_pool(|| self.run_timed(graph, input, Some(&mut times))),
+            Err(_) => on_pool(self.on_pool, || self.run_timed(graph, input, Some(&mut times))),
         }?;
         Ok((out, times))
     }
@@ -309,10 +323,13 @@ impl CpuEngine {
     }
 }
 
-/// Runs `f` on a thread of rayon's pool (at once when called from one): a pass's many parallel
-/// loops then start from a worker instead of each waking the pool from outside and waiting for
-/// it, which at batch 1 cost more than some layers.
-fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+/// Runs `f` on a thread of rayon's pool when `pooled` (at once when called from one): a pass's
+/// many parallel loops then start from a worker instead of each waking the pool from outside
+/// and waiting for it, which at batch 1 cost more than some layers.
+fn on_pool<R: Send>(pooled: bool, f: impl FnOnce() -> R + Send) -> R {
+    if !pooled {
+        return f();
+    }
     let mut out = None;
     rayon::scope(|_| out = Some(f()));
     out.expect("the scope ran its closure")

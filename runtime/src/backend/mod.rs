@@ -190,6 +190,7 @@ impl Engine {
         let on_gpu = false;
         if !on_gpu {
             engine.cpu = cpu::CpuEngine::unpacked(graph);
+            engine.cpu.keep_passes_on_caller();
         }
         Ok(engine)
     }

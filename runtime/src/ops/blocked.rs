@@ -100,10 +100,12 @@ enum Packed {
 
 /// A convolution's weights for [`conv`]: `[blocks][k][BLOCK]` (the raw int8 values, or the f32
 /// weights), and each output channel's dequantization scale (1 for f32 weights).
+/// Clones share the values (an engine taking up another patch keeps the unchanged layers' packs
+/// without copying them).
 #[derive(Debug, Clone)]
 pub struct PackedConv {
-    w: Packed,
-    q: Vec<f32>,
+    w: std::sync::Arc<Packed>,
+    q: std::sync::Arc<[f32]>,
     /// The int8 values packed (`None` for f32 weights, which may change in place).
     source: Option<std::sync::Arc<[i8]>>,
 }
@@ -121,7 +123,7 @@ impl PackedConv {
     }
 
     fn weights(&self) -> kernels::Weights<'_> {
-        match &self.w {
+        match &*self.w {
             Packed::F32(w) => kernels::Weights::F32(w),
             Packed::I8(w) => kernels::Weights::I8(w),
         }
@@ -152,12 +154,12 @@ impl PackedConv {
                 (Packed::F32(w), vec![1.0; co], None)
             }
         };
-        PackedConv { w, q, source }
+        PackedConv { w: std::sync::Arc::new(w), q: q.into(), source }
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        let w = match &self.w {
+        let w = match &*self.w {
             Packed::F32(w) => 4 * w.len(),
             Packed::I8(w) => w.len(),
         };

@@ -100,7 +100,11 @@ impl Trainer {
                 output: 1,
             };
             node_offset = head;
-            features = Some((CpuEngine::new(&feature_graph), feature_graph));
+            let mut engine = CpuEngine::new(&feature_graph);
+            if config.memory_budget.is_some() {
+                engine.keep_passes_on_caller();
+            }
+            features = Some((engine, feature_graph));
         }
         let slots = patch::slots(&graph, kinds)?;
         patch::make_trainable(&mut graph, &slots);
@@ -183,6 +187,9 @@ impl Trainer {
     /// Makes the next [`Trainer::memory_plan`] for `budget` (for a trainer that shares a
     /// budget with others, [`super::fit_multi`]).
     pub fn set_memory_budget(&mut self, budget: Option<u64>) {
+        if let (Some(_), Some((engine, _))) = (budget, self.features.as_mut()) {
+            engine.keep_passes_on_caller();
+        }
         self.config.memory_budget = budget;
         self.feature_plan = None;
         self.backend.set_memory_budget(budget);
