@@ -123,6 +123,10 @@ impl TrainFlags {
     }
 }
 
+/// The seed of a test subset (`--test-limit`): fixed, so that `train`, `train-multi` and `eval`
+/// score the same images whatever the training seed.
+pub const TEST_SUBSET_SEED: u64 = 0;
+
 /// `n` indices of `ds` after a shuffle seeded by `seed` (all, in order, without a limit).
 pub fn select(ds: &dyn Dataset, limit: Option<usize>, seed: u64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..ds.len()).collect();

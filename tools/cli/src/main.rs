@@ -97,10 +97,12 @@ enum Command {
         /// The patch file.
         #[arg(long)]
         patch: PathBuf,
-        /// Score this many images, taken after a seeded shuffle.
+        /// Score this many images, taken after a seeded shuffle: by default the subset `train
+        /// --test-limit N` scores, whatever the training's seed.
         #[arg(long)]
         test_limit: Option<usize>,
-        #[arg(long, default_value_t = 0)]
+        /// The seed of the --test-limit shuffle (default: the one `train` and `train-multi` use).
+        #[arg(long, default_value_t = flags::TEST_SUBSET_SEED)]
         seed: u64,
         /// An ONNX backbone; the shipped int8 MobileNetV2 when absent.
         #[arg(long)]

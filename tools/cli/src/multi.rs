@@ -135,7 +135,7 @@ pub fn train_multi(a: &MultiArgs) -> edgepatch::Result<String> {
         let patch = r.patch.stored_as(a.patch_dtype);
         let test = match &t.test {
             Some(ds) => {
-                let idx = select(ds.as_ref(), t.test_limit, t.config.seed);
+                let idx = select(ds.as_ref(), t.test_limit, crate::flags::TEST_SUBSET_SEED);
                 let graph = backbone.patched(&patch)?;
                 let (r, device, budget) = (patch.resolution, a.flags.device, t.config.memory_budget);
                 Some(train::evaluate_within(&graph, ds.clone(), &idx, r, device, budget)?)

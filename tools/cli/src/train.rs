@@ -100,7 +100,7 @@ pub fn run_training(
     if let Some(c) = &config.checkpoint {
         edgepatch::fsio::output_target(&c.path)?;
     }
-    let test_idx = test_ds.as_ref().map(|t| select(t.as_ref(), a.test_limit, a.flags.seed));
+    let test_idx = test_ds.as_ref().map(|t| select(t.as_ref(), a.test_limit, crate::flags::TEST_SUBSET_SEED));
     if let (Some(t), Some(idx)) = (&test_ds, &test_idx) {
         data::check_readable(t.as_ref(), idx, "test set")?;
     }
