@@ -85,6 +85,15 @@ pub extern "C" fn ep_trainer_cancel(tr: *mut EpTrainer) -> i32 {
     })
 }
 
+/// The trainer's time budget for `seconds` from C (0: none; NaN, infinite or negative: refused),
+/// for `ep_trainer_set_time_budget` and `ep_trainer_set_options`.
+pub(crate) fn time_budget(seconds: f64) -> Result<Option<f64>, Failure> {
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return Err(arg(format!("time budget {seconds} s")));
+    }
+    Ok((seconds > 0.0).then_some(seconds))
+}
+
 /// Stops each fit after the step during which it has trained for `seconds` (0: no limit, the
 /// default; NaN, infinite or negative: refused): the fit writes its checkpoint, when one is set,
 /// and returns `EP_ERR_CANCELLED`; the next fit resumes it. Time before a resume does not count.
@@ -93,11 +102,7 @@ pub extern "C" fn ep_trainer_cancel(tr: *mut EpTrainer) -> i32 {
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_time_budget(tr: *mut EpTrainer, seconds: f64) -> i32 {
     guard(|| {
-        let tr = &mut *take(tr)?;
-        if !(seconds.is_finite() && seconds >= 0.0) {
-            return Err(arg(format!("time budget {seconds} s")));
-        }
-        tr.config.time_budget = (seconds > 0.0).then_some(seconds);
+        take(tr)?.config.time_budget = time_budget(seconds)?;
         Ok(())
     })
 }

@@ -92,10 +92,7 @@ impl EpTrainOptions {
         // 0 turns clipping off; negative and NaN reach the check.
         c.clip_norm = (self.clip_norm != 0.0).then_some(self.clip_norm);
         c.memory_budget = (self.memory_budget > 0).then_some(self.memory_budget);
-        if !(self.time_budget.is_finite() && self.time_budget >= 0.0) {
-            return Err(arg(format!("time budget {} s", self.time_budget)));
-        }
-        c.time_budget = (self.time_budget > 0.0).then_some(self.time_budget);
+        c.time_budget = super::options::time_budget(self.time_budget)?;
         c.check().map_err(|e| arg(e.to_string()))?;
         Ok(c)
     }
