@@ -99,7 +99,8 @@ fn a_gpu_run_interrupted_and_killed_and_resumed_gives_the_uninterrupted_patch() 
 
 /// Trains once uninterrupted; then, with a checkpoint after every step, interrupts a run with
 /// SIGINT once its first checkpoint is written (it must stop cleanly with status 130), kills
-/// `attempts` resumed runs at random moments (a seeded draw of 40–60% of the whole run's time),
+/// `attempts` resumed runs at random moments (after each has checkpointed once, a seeded draw
+/// within the next 5% of the whole run's time),
 /// and resumes to the end: the patch must equal the uninterrupted one, byte for byte.
 fn interrupted_and_killed_and_resumed(d: &Path, args: &dyn Fn(&Path, &[&str]) -> Vec<String>, attempts: usize) {
     let whole = d.join("whole.patch");
@@ -138,7 +139,18 @@ fn interrupted_and_killed_and_resumed(d: &Path, args: &dyn Fn(&Path, &[&str]) ->
             .stderr(Stdio::null())
             .spawn()
             .expect("the binary starts");
-        std::thread::sleep(Duration::from_secs_f32(took * (0.4 + 0.2 * delay)));
+        // Once the resumed run has written a checkpoint of its own (it made progress), kill it
+        // at a random moment of the next 5% of a whole run's time: timing-independent, so a
+        // slow or loaded machine still kills every run that has not finished.
+        let before = std::fs::read(&ckpt).unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs_f32(took * 2.0 + 60.0);
+        while child.try_wait().unwrap().is_none()
+            && std::fs::read(&ckpt).unwrap_or_default() == before
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_secs_f32(took * 0.05 * delay.abs()));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             kills += 1;
