@@ -81,8 +81,11 @@ fn split_gpu_steps_give_the_whole_batch_step() {
                 assert!(close(a.loss, s.loss), "{kinds} {opt} step {step}: loss {} vs {}", a.loss, s.loss);
                 assert!(close(a.grad_norm, s.grad_norm), "{kinds} {opt}: norm {} vs {}", a.grad_norm, s.grad_norm);
             }
+            // Only the summation order differs. A split that lost or doubled a pass is off by 1e-2
+            // or more; lavapipe stays within 1e-5 and an NVIDIA H200 within 1.1e-5 (full, Adam,
+            // whose update divides by the gradients' scale and so keeps their rounding).
             let worst = largest_relative_difference(&whole.patch().unwrap(), &split.patch().unwrap());
-            assert!(worst <= 1e-5, "{kinds} {opt}: largest relative difference {worst}");
+            assert!(worst <= 1e-4, "{kinds} {opt}: largest relative difference {worst}");
         }
     }
 }

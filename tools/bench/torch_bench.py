@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch (CPU) on the same MobileNetV2 as edgepatch: the graph and the weights (int8 kernels
 dequantized) that `edgepatch-bench dump-graph --out DIR` writes, built node for node, each
-folded BatchNorm as a BatchNorm2d in eval mode (mean 0, variance 1, epsilon 0, weight = scale,
+folded BatchNorm as a BatchNorm2d in eval mode (mean 0, variance + epsilon = 1, weight = scale,
 bias = shift: exactly the affine y = s·x + b).
 
     python3 tools/bench/torch_bench.py DIR --check
@@ -13,7 +13,8 @@ every BatchNorm weight and bias; bias: the biases; dw: depthwise kernels; full: 
 SGD with momentum 0.9 at lr 0.001, gradient norm clipped at 5 (edgepatch's defaults), two
 warm-up steps, then the median of `steps` timed steps (forward, backward, clip, update) on a
 fixed random batch. Prints one JSON line with the peak resident memory of this process.
-Uses Debian's python3-torch; threads from --threads (default: all cores).
+Uses Debian's python3-torch; threads from --threads (default: all cores). `--device cuda` runs
+training and --infer on an NVIDIA GPU (timed with torch.cuda.synchronize after each step).
 """
 import argparse
 import json
@@ -58,10 +59,11 @@ class Net(nn.Module):
                     self.kinds["dw"].append(m)
             elif op == "affine":
                 s, b = t(n["scale"]), t(n["bias"])
-                m = nn.BatchNorm2d(len(s), eps=0.0)
+                # PyTorch 2 refuses eps = 0: variance 1 - eps makes var + eps round to 1 in f32.
+                m = nn.BatchNorm2d(len(s), eps=1e-5)
                 m.weight.data, m.bias.data = s, b
                 m.running_mean.zero_()
-                m.running_var.fill_(1.0)
+                m.running_var.fill_(1.0 - 1e-5)
                 self.kinds["bn"].append(m)
             elif op == "linear":
                 m = nn.Linear(n["in"], n["out"])
@@ -133,8 +135,11 @@ def main():
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU (training and --infer)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     net = load(a.dir)
     net.eval()
     if a.check:
@@ -145,7 +150,8 @@ def main():
         print(json.dumps({"check": "logits", "max_abs_diff": err, "max_abs": float(np.abs(want).max())}))
         sys.exit(0 if err <= 1e-3 * max(1.0, float(np.abs(want).max())) else 1)
     if a.infer:
-        x = batch(a.batch, a.resolution)
+        net.to(dev)
+        x = batch(a.batch, a.resolution).to(dev)
         for p in net.parameters():
             p.requires_grad_(False)
         with torch.no_grad():
@@ -156,8 +162,9 @@ def main():
             if not a.eager:
                 run = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(net, x)))
                 config = "TorchScript, frozen, optimize_for_inference"
-            s = timed(a.steps, lambda: run(x))
+            s = timed(a.steps, lambda: (run(x), sync()))
         print(json.dumps({"engine": "pytorch", "torch": torch.__version__, "config": config, "batch": a.batch,
+                          "device": a.device,
                           "median_ms": s * 1e3, "images_per_s": a.batch / s, "peak_rss_bytes": peak_rss(),
                           "threads": a.threads}))
         return
@@ -168,6 +175,7 @@ def main():
     if "logits" in kinds or "full" in kinds:
         old = net.layers[head]
         net.layers[head] = nn.Linear(old.in_features, 10)
+    net.to(dev)
     train = []
     if "full" in kinds:
         train = list(net.parameters())
@@ -184,7 +192,7 @@ def main():
         p.requires_grad_(True)
     net.eval()
     opt = torch.optim.SGD(train, lr=0.001, momentum=0.9)
-    x, y = batch(a.batch, a.resolution), torch.arange(a.batch) % 10
+    x, y = batch(a.batch, a.resolution).to(dev), (torch.arange(a.batch) % 10).to(dev)
     losses = []
 
     def step():
@@ -193,10 +201,12 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(train, 5.0)
         opt.step()
+        sync()
         losses.append(float(loss))
 
     s = timed(a.steps, step)
     print(json.dumps({"engine": "pytorch", "torch": torch.__version__, "kinds": a.train, "batch": a.batch,
+                      "device": a.device,
                       "resolution": a.resolution, "median_step_ms": s * 1e3, "images_per_s": a.batch / s,
                       "peak_rss_bytes": peak_rss(), "first_loss": losses[0], "threads": a.threads,
                       "trainable": sum(p.numel() for p in train)}))
