@@ -54,6 +54,9 @@ pub struct TrainConfig {
     /// Sequential transfer: start from this patch's values (same kinds, same backbone) instead
     /// of the backbone's; its classifier is kept when its labels equal the task's, else new.
     pub init: Option<Patch>,
+    /// How a new classifier starts: random, or the prototype head of the training images
+    /// ([`super::prototype`]; made by [`super::fit`], before the first step).
+    pub head: super::prototype::HeadInit,
 }
 
 impl TrainConfig {
@@ -81,6 +84,7 @@ impl TrainConfig {
             cancel: Cancel::default(),
             time_budget: None,
             init: None,
+            head: super::prototype::HeadInit::Random,
         }
     }
 
@@ -134,6 +138,17 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.label_smoothing) || !(0.0..1.0).contains(&self.warmup) {
             return Err(Error::Train("label smoothing and warm-up must be in [0, 1)".into()));
+        }
+        if self.head == super::prototype::HeadInit::Prototypes {
+            if !self.kinds.new_head() {
+                return Err(Error::Train(format!(
+                    "a {} patch has no new classifier to start from prototypes",
+                    self.kinds
+                )));
+            }
+            if self.init.is_some() {
+                return Err(Error::Train("an initial patch and a prototype head both set the classifier".into()));
+            }
         }
         Ok(())
     }

@@ -6,7 +6,8 @@
 //! prints a markdown table. `… -- run --engine edgepatch|edgepatch-int8|tract --batch B` is one
 //! configuration (what `compare` spawns), printing one JSON line. `… -- train --kinds K --batch B
 //! --resolution R [--reps N]` times CPU training steps (one JSON line); `… -- dump-graph --out DIR`
-//! writes the shipped model for tools/bench/torch_bench.py; `… -- pointwise --batch B --resolution R`
+//! writes the shipped model for tools/bench/torch_bench.py; `… -- trajectory` writes a training run
+//! step by step for tools/parity/trajectory.py (see [`trajectory`]); `… -- pointwise --batch B --resolution R`
 //! measures the 1×1 convolutions' f32 rate against this machine's peak (one JSON line). tools/bench/run.py drives them all
 //! beside PyTorch and onnxruntime.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod profile;
+mod trajectory;
 
 use edgepatch::{Backbone, Tensor};
 use serde_json::json;
@@ -338,9 +340,35 @@ fn main() {
             println!("{}", profile::profile(batch, reps));
         }
         Some("dump-graph") => dump_graph(std::path::Path::new(&arg(&args, "--out").expect("--out DIR"))),
+        Some("trajectory") => {
+            let num = |name: &str, default: usize| arg(&args, name).map_or(default, |v| v.parse().expect(name));
+            let indices = arg(&args, "--indices").expect("--indices FILE.json (positions in the training set)");
+            let indices: Vec<usize> =
+                serde_json::from_slice(&std::fs::read(&indices).expect("--indices file")).expect("a JSON list");
+            let settings = trajectory::Settings {
+                out: arg(&args, "--out").expect("--out DIR").into(),
+                train: arg(&args, "--train").expect("--train SPEC"),
+                indices,
+                test: arg(&args, "--test").map(|t| (t, num("--test-count", 2000))),
+                kinds: arg(&args, "--kinds").unwrap_or_else(|| "sb+logits".into()),
+                batch: num("--batch", 32),
+                resolution: num("--resolution", 64) as u32,
+                epochs: num("--epochs", 3),
+                steps: arg(&args, "--steps").map(|v| v.parse().expect("--steps")),
+                lr: arg(&args, "--lr").map(|v| v.parse().expect("--lr")),
+                seed: num("--seed", 0) as u64,
+            };
+            match trajectory::run(&settings) {
+                Ok(v) => println!("{v}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Some("compare") | None => compare(&model, reps),
         Some(other) => {
-            eprintln!("unknown command {other}; use `compare`, `run`, `train`, `pointwise`, `profile` or `dump-graph`");
+            eprintln!("unknown command {other}; use `compare`, `run`, `train`, `pointwise`, `profile`, `dump-graph` or `trajectory`");
             std::process::exit(2);
         }
     }

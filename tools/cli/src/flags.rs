@@ -41,6 +41,10 @@ pub struct TrainFlags {
     pub augment: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How a new classifier starts: random, or prototypes (the class prototypes of the training
+    /// images, as `edgepatch prototype` makes them: a good start for a few images per class)
+    #[arg(long, default_value = "random")]
+    pub head: edgepatch::train::HeadInit,
     /// Where to train and evaluate: auto (a hardware GPU when present), gpu or cpu.
     #[arg(long, default_value = "auto")]
     pub device: Device,
@@ -92,6 +96,7 @@ impl TrainFlags {
         config.resolution = self.resolution;
         config.augment = self.augment;
         config.seed = self.seed;
+        config.head = self.head;
         config.device = self.device;
         config.micro_batch = self.micro_batch;
         config.recompute = self.recompute.then_some(true);
@@ -156,6 +161,32 @@ pub fn split(
     let held: Vec<usize> = idx.split_off(ds.len() - validate);
     idx.truncate(limit.unwrap_or(usize::MAX));
     Ok((idx, held))
+}
+
+/// `shots` images of each class (fewer where a class has fewer) and `validate` held-out images,
+/// disjoint, from the seeded shuffle [`split`] uses: the held-out images are the same as
+/// `split`'s, the shots the first of each class among the rest.
+pub fn split_shots(
+    ds: &dyn Dataset,
+    shots: usize,
+    validate: usize,
+    seed: u64,
+) -> edgepatch::Result<(Vec<usize>, Vec<usize>)> {
+    let (rest, held) = split(ds, None, validate, seed)?;
+    let mut rest = rest;
+    if validate == 0 {
+        Rng::new(seed ^ 0x5eed).shuffle(&mut rest);
+    }
+    let mut taken = vec![0usize; ds.classes().len()];
+    let picked: Vec<usize> = rest
+        .into_iter()
+        .filter(|&i| {
+            let t = &mut taken[ds.label(i)];
+            *t += 1;
+            *t <= shots
+        })
+        .collect();
+    Ok((picked, held))
 }
 
 /// Peak resident memory of this process (VmHWM), where the OS reports it.

@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod demo;
+mod fewshot;
 mod flags;
 mod info;
 mod interrupt;
@@ -87,6 +88,9 @@ enum Command {
     },
     /// Learn a patch for a task (on the CPU or a GPU) and save it.
     Train(Box<train::TrainArgs>),
+    /// Make a `logits` patch from a few images per class at once, without training: the class
+    /// prototypes of the backbone's features (nearest prototype by cosine, as a linear head).
+    Prototype(Box<fewshot::PrototypeArgs>),
     /// Learn K task patches at once over the shared backbone and write them into a patch store.
     TrainMulti(Box<multi::MultiArgs>),
     /// Score a patch on a labelled set: accuracy, per class, confusion matrix.
@@ -333,6 +337,7 @@ fn main() -> ExitCode {
         }
         Command::Train(args) => train::train(args),
         Command::TrainMulti(args) => multi::train_multi(args),
+        Command::Prototype(args) => fewshot::prototype(args),
         Command::Eval { test, patch, test_limit, seed, model, device, json } => {
             train::eval(test, patch, *test_limit, *seed, model.as_deref(), *device, *json)
         }

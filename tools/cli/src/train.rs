@@ -38,8 +38,12 @@ pub struct TrainArgs {
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Train on this many images, taken after a seeded shuffle.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shots")]
     pub limit: Option<usize>,
+    /// Train on this many images of each class (few-shot), the first of each after a seeded
+    /// shuffle.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub shots: Option<u64>,
     /// Test on this many images, taken after a seeded shuffle.
     #[arg(long)]
     pub test_limit: Option<usize>,
@@ -90,7 +94,10 @@ pub fn run_training(
             return Err(Error::dataset(t.spec(), "its classes differ from the training set's"));
         }
     }
-    let (indices, held_out) = split(train_ds.as_ref(), a.limit, a.validate, a.flags.seed)?;
+    let (indices, held_out) = match a.shots {
+        Some(k) => crate::flags::split_shots(train_ds.as_ref(), k as usize, a.validate, a.flags.seed)?,
+        None => split(train_ds.as_ref(), a.limit, a.validate, a.flags.seed)?,
+    };
     let mut config = a.flags.config(a.patch);
     config.init = a.init_from.as_deref().map(patch_file::load).transpose()?;
     config.check()?;
@@ -180,6 +187,8 @@ pub fn run_training(
         "resolution": config.resolution,
         "augment": config.augment,
         "seed": config.seed,
+        "shots": a.shots,
+        "head": format!("{:?}", a.flags.head).to_lowercase(),
         "steps": report.steps,
         "seconds": report.seconds,
         "images_per_second": report.images_per_second,

@@ -1,0 +1,111 @@
+//! Few-shot from the binary: `prototype` makes an instant `logits` patch that is a patch like any
+//! other (evaluated, stored, predicted with, exported), and `train --head prototypes --shots K`
+//! starts a trained patch from that head.
+
+use edgepatch_tests::{reference_dir, repo_root};
+
+mod cli_support;
+use cli_support::{assert_failed_run, json, run, tmp};
+
+fn mini(split: &str) -> String {
+    format!("idx:{}/models/datasets/fashion-mnist-mini/{split}", repo_root().display())
+}
+
+#[test]
+fn a_prototype_patch_is_a_patch_like_any_other() {
+    let (train, test) = (mini("train"), mini("t10k"));
+    let out = tmp("proto.patch", b"");
+    let o = out.to_str().unwrap();
+    let args = ["prototype", "--train", &train, "--shots", "10", "--resolution", "64", "--test", &test, "--json"];
+    let r = json(&run(&[&args[..], &["--out", o]].concat()));
+    assert_eq!(r["train_images"], 100, "10 images of each of 10 classes");
+    assert_eq!(r["patch_params"], 1280 * 10 + 10);
+    let acc = r["test_accuracy"].as_f64().unwrap();
+    // Chance is 0.1; ten images per class reach about 0.6 here.
+    assert!(acc > 0.45, "prototype head accuracy {acc}");
+    assert!(r["seconds"].as_f64().unwrap() > 0.0);
+
+    let e = json(&run(&["eval", "--test", &test, "--patch", o, "--json"]));
+    assert_eq!(e["accuracy"].as_f64().unwrap(), acc, "eval scores the patch as prototype did");
+
+    let store = std::env::temp_dir().join(format!("edgepatch-fewshot-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    let s = store.to_str().unwrap();
+    assert!(run(&["store", "add", s, "shoes", o]).status.success());
+    let cat = reference_dir().join("chelsea.png");
+    let p = json(&run(&["predict", cat.to_str().unwrap(), "--store", s, "--task", "shoes", "--json"]));
+    assert_eq!(p[0]["top"].as_array().unwrap().len(), 5);
+    let onnx = tmp("proto.onnx", b"");
+    let x = json(&run(&["export", "--patch", o, "--out", onnx.to_str().unwrap(), "--json"]));
+    assert!(x.is_object());
+    assert!(std::fs::metadata(&onnx).unwrap().len() > 1_000_000);
+
+    // Training that starts from the prototypes and (nearly) does not move starts where `prototype`
+    // ends: the same values, so the same file.
+    let still = tmp("proto-still.patch", b"");
+    let t = [
+        "train",
+        "--train",
+        &train,
+        "--patch",
+        "logits",
+        "--head",
+        "prototypes",
+        "--shots",
+        "10",
+        "--resolution",
+        "64",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-30",
+        "--clip-norm",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        still.to_str().unwrap(),
+    ];
+    assert!(run(&t).status.success());
+    assert_eq!(std::fs::read(&still).unwrap(), std::fs::read(&out).unwrap());
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+#[test]
+fn few_shot_training_starts_from_the_prototypes() {
+    let (train, test) = (mini("train"), mini("t10k"));
+    let out = tmp("fewshot-sb.patch", b"");
+    let o = out.to_str().unwrap();
+    let common = ["--train", &train, "--test", &test, "--shots", "5", "--resolution", "64", "--device", "cpu"];
+    let r =
+        json(&run(
+            &[
+                &[
+                    "train",
+                    "--patch",
+                    "sb+logits",
+                    "--head",
+                    "prototypes",
+                    "--epochs",
+                    "4",
+                    "--batch",
+                    "16",
+                    "--augment",
+                ][..],
+                &common,
+                &["--out", o, "--json"],
+            ]
+            .concat(),
+        ));
+    assert_eq!(r["train_images"], 50);
+    assert_eq!(r["head"], "prototypes");
+    assert_eq!(r["shots"], 5);
+    assert!(r["test_accuracy"].as_f64().unwrap() > 0.3);
+
+    let bad =
+        run(&[&["train", "--patch", "sb", "--head", "prototypes", "--epochs", "1"][..], &common, &["--out", o]]
+            .concat());
+    assert_failed_run(&bad, "no new classifier");
+    let none = run(&["prototype", "--train", &train, "--limit", "3", "--resolution", "64", "--out", o]);
+    assert_failed_run(&none, "has no image");
+}
