@@ -146,7 +146,7 @@ fn affine_activation_pool_add_match_the_cpu() {
         let x = Tensor::from_vec([n, c, h, w], random_values(n * c * h * w, 11, 8.0)).unwrap();
         let scale = random_values(c, 12, 1.5);
         let bias = random_values(c, 13, 2.0);
-        let a = edgepatch::graph::Affine { scale: scale.clone(), bias: bias.clone() };
+        let a = edgepatch::graph::Affine { scale: scale.clone(), bias: bias.clone(), stats: None };
         for act in Activation::ALL {
             let what = format!("affine {act:?} {n}×{c}×{h}×{w}");
             let mut want = x.clone();

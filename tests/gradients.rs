@@ -132,7 +132,7 @@ fn affine_activation_pool_linear_gradients() {
     let shape = [3, 4, 5, 3];
     let len: usize = shape.iter().product();
     let x = random_values(len, 70, 4.0).iter().map(|v| v + 2.5).collect::<Vec<f32>>();
-    let a = Affine { scale: random_values(4, 71, 1.5), bias: random_values(4, 72, 0.5) };
+    let a = Affine { scale: random_values(4, 71, 1.5), bias: random_values(4, 72, 0.5), stats: None };
     let r = random_values(len, 73, 1.0);
     let (s64, b64, x64) = (f64s(&a.scale), f64s(&a.bias), T64::from_f32(shape, &x));
 

@@ -57,7 +57,7 @@ fn f32w(n: usize, seed: u64) -> Weights {
 }
 
 fn affine(c: usize, seed: u64) -> Op {
-    Op::Affine(Affine { scale: random_values(c, seed, 1.0), bias: random_values(c, seed + 9, 0.5) })
+    Op::Affine(Affine { scale: random_values(c, seed, 1.0), bias: random_values(c, seed + 9, 0.5), stats: None })
 }
 
 /// A graph through every path of the blocked kernels; values are numbered in node order.

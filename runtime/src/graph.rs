@@ -155,6 +155,19 @@ pub struct Depthwise {
 pub struct Affine {
     pub scale: Vec<f32>,
     pub bias: Vec<f32>,
+    /// For a folded BatchNorm: the statistics of this affine's input `x` it normalised with, so
+    /// that `scale = γ/√(var + eps)` and `bias = β − mean·scale` (label-free adaptation,
+    /// [`crate::train::adapt`], re-estimates them). `None` for a plain bias.
+    pub stats: Option<NormStats>,
+}
+
+/// Per-channel statistics of an affine's input `x` that a BatchNorm normalised with: `x` is
+/// normalised as `(x − mean)/√(var + eps)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormStats {
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub eps: Vec<f32>,
 }
 
 /// A fully connected layer `y = W·x + b` with `W: [out, in]`; the classifier.

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use tract_onnx::pb::{AttributeProto, NodeProto};
 use tract_onnx::prelude::Framework;
 
-use crate::graph::{Affine, Conv, Depthwise, Graph, Linear, Node, Op, ValueId, Window};
+use crate::graph::{Affine, Conv, Depthwise, Graph, Linear, Node, NormStats, Op, ValueId, Window};
 use crate::{Error, Result};
 use tensor::Const;
 
@@ -356,7 +356,7 @@ impl Importer {
         let id = self.num_values;
         self.num_values += 1;
         self.nodes.push(Node { name: node.name.clone(), op, inputs: vec![x], output: id });
-        self.push(node, Op::Affine(Affine { scale: vec![1.0; co], bias }), vec![id], false)
+        self.push(node, Op::Affine(Affine { scale: vec![1.0; co], bias, stats: None }), vec![id], false)
     }
 
     fn batch_norm(&mut self, node: &NodeProto) -> Result<()> {
@@ -372,6 +372,14 @@ impl Importer {
         let in_name = node.input[0].clone();
         if let Some(a) = self.sole_affine(x, &in_name) {
             if a.scale.len() == c {
+                // The BatchNorm's input is the affine's output `s1·x + b1`: its statistics in
+                // terms of `x` (none after another BatchNorm, or through a zero scale).
+                let plain = a.stats.is_none() && a.scale.iter().all(|&s1| s1 != 0.0);
+                a.stats = plain.then(|| NormStats {
+                    mean: (0..c).map(|i| (p[2][i] - a.bias[i]) / a.scale[i]).collect(),
+                    var: (0..c).map(|i| p[3][i] / (a.scale[i] * a.scale[i])).collect(),
+                    eps: (0..c).map(|i| eps / (a.scale[i] * a.scale[i])).collect(),
+                });
                 for i in 0..c {
                     a.bias[i] = scale[i] * a.bias[i] + bias[i];
                     a.scale[i] *= scale[i];
@@ -379,7 +387,8 @@ impl Importer {
                 return self.alias(node, Value::Runtime { id: x, flat });
             }
         }
-        self.push(node, Op::Affine(Affine { scale, bias }), vec![x], flat)
+        let stats = Some(NormStats { mean: p[2].clone(), var: p[3].clone(), eps: vec![eps; c] });
+        self.push(node, Op::Affine(Affine { scale, bias, stats }), vec![x], flat)
     }
 
     fn clip(&mut self, node: &NodeProto) -> Result<()> {
@@ -430,7 +439,7 @@ impl Importer {
             return Err(Error::node(&node.name, format!("Add of a constant of shape {:?} unsupported", c.shape)));
         }
         let n = bias.len();
-        self.push(node, Op::Affine(Affine { scale: vec![1.0; n], bias }), vec![id], flat)
+        self.push(node, Op::Affine(Affine { scale: vec![1.0; n], bias, stats: None }), vec![id], flat)
     }
 
     fn gemm(&mut self, node: &NodeProto) -> Result<()> {

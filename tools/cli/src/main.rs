@@ -12,6 +12,7 @@ macro_rules! outln {
     }};
 }
 
+mod adapt;
 mod demo;
 mod fewshot;
 mod flags;
@@ -91,6 +92,8 @@ enum Command {
     /// Make a `logits` patch from a few images per class at once, without training: the class
     /// prototypes of the backbone's features (nearest prototype by cosine, as a linear head).
     Prototype(Box<fewshot::PrototypeArgs>),
+    /// Adapt a patch to new conditions (camera, lighting, sensor) from unlabeled images.
+    Adapt(Box<adapt::AdaptArgs>),
     /// Learn K task patches at once over the shared backbone and write them into a patch store.
     TrainMulti(Box<multi::MultiArgs>),
     /// Score a patch on a labelled set: accuracy, per class, confusion matrix.
@@ -338,6 +341,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::train(args),
         Command::TrainMulti(args) => multi::train_multi(args),
         Command::Prototype(args) => fewshot::prototype(args),
+        Command::Adapt(args) => adapt::adapt(args),
         Command::Eval { test, patch, test_limit, seed, model, device, json } => {
             train::eval(test, patch, *test_limit, *seed, model.as_deref(), *device, *json)
         }

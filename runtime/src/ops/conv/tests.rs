@@ -108,7 +108,7 @@ fn depthwise_matches_definition() {
 #[test]
 fn then_outputs_equal_the_separate_passes() {
     let (n, ci, co) = (2, 5, 11);
-    let a = Affine { scale: values(co, 3), bias: values(co, 4) };
+    let a = Affine { scale: values(co, 3), bias: values(co, 4), stats: None };
     for (k, win) in windows().into_iter().enumerate() {
         let x = Tensor::from_vec([n, ci, 13, 9], values(n * ci * 13 * 9, k as u32)).unwrap();
         let w = values(co * ci * win.kernel[0] * win.kernel[1], 7 + k as u32);
@@ -118,7 +118,7 @@ fn then_outputs_equal_the_separate_passes() {
             window: win,
             weights: Weights::F32(values(ci * win.kernel[0] * win.kernel[1], 9)),
         };
-        let ad = Affine { scale: values(ci, 5), bias: values(ci, 6) };
+        let ad = Affine { scale: values(ci, 5), bias: values(ci, 6), stats: None };
         for act in Activation::ALL {
             let r = forward(&conv, &x, &Epilogue::NONE);
             let mut want = r.clone();
