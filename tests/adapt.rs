@@ -59,7 +59,10 @@ fn logits(b: &Backbone, p: &edgepatch::Patch, ds: &Arc<dyn Dataset>) -> Vec<f32>
     let t = data::Transform { resolution: 32, augment: false };
     let batch = data::loader::make_batch(ds.as_ref(), &(0..40).collect::<Vec<_>>(), &t, 0).unwrap();
     let graph = b.patched(p).unwrap();
-    edgepatch::backend::cpu::CpuEngine::new(&graph).forward(&graph, batch.input).map(|t: Tensor| t.data.clone()).unwrap()
+    edgepatch::backend::cpu::CpuEngine::new(&graph)
+        .forward(&graph, batch.input)
+        .map(|t: Tensor| t.data.clone())
+        .unwrap()
 }
 
 #[test]
@@ -74,7 +77,8 @@ fn a_brightness_shift_is_undone_exactly_from_the_source_statistics() {
     let unadapted = logits(&b, &patch, &shifted);
     let worst = |a: &[f32], c: &[f32]| a.iter().zip(c).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     assert!(worst(&before, &unadapted) > 0.05, "the shift changes the logits");
-    let (adapted, report) = adapt_stats(&b, &patch, shifted.clone(), &all, &Reference::Source(source.clone(), all.clone())).unwrap();
+    let (adapted, report) =
+        adapt_stats(&b, &patch, shifted.clone(), &all, &Reference::Source(source.clone(), all.clone())).unwrap();
     assert_eq!(report.affines, 2);
     assert_eq!(adapted.kinds.to_string(), "sb+logits");
     let after = logits(&b, &adapted, &shifted);
@@ -90,7 +94,8 @@ fn a_brightness_shift_is_undone_exactly_from_the_source_statistics() {
 #[test]
 fn imported_batchnorm_statistics_are_kept_and_a_folded_backbone_asks_for_source_images() {
     let b = net();
-    let affines: Vec<_> = b.graph().nodes.iter().filter_map(|n| if let Op::Affine(a) = &n.op { Some(a) } else { None }).collect();
+    let affines: Vec<_> =
+        b.graph().nodes.iter().filter_map(|n| if let Op::Affine(a) = &n.op { Some(a) } else { None }).collect();
     assert_eq!(affines.len(), 2);
     // The first BatchNorm's initializers (see `net`); its conv has no bias, so the statistics of
     // the affine's input are the BatchNorm's own, and scale·σ = γ, bias + mean·scale = β.

@@ -1,6 +1,6 @@
 //! Few-shot from the binary: `prototype` makes an instant `logits` patch that is a patch like any
 //! other (evaluated, stored, predicted with, exported), and `train --head prototypes --shots K`
-//! starts a trained patch from that head.
+//! starts a trained patch from that head; `adapt` rewrites a patch from unlabeled images.
 
 use edgepatch_tests::{reference_dir, repo_root};
 
@@ -108,4 +108,48 @@ fn few_shot_training_starts_from_the_prototypes() {
     assert_failed_run(&bad, "no new classifier");
     let none = run(&["prototype", "--train", &train, "--limit", "3", "--resolution", "64", "--out", o]);
     assert_failed_run(&none, "has no image");
+}
+
+#[test]
+fn adapt_rewrites_a_patch_from_unlabeled_images_and_refuses_without_a_reference() {
+    let (train, test) = (mini("train"), mini("t10k"));
+    let src = tmp("adapt-src.patch", b"");
+    let s = src.to_str().unwrap();
+    let args = ["prototype", "--train", &train, "--shots", "10", "--resolution", "64", "--out", s];
+    assert!(run(&args).status.success());
+    let out = tmp("adapt-out.patch", b"");
+    let o = out.to_str().unwrap();
+    // The test images as the "new" conditions, the training images as the source: both from the
+    // same distribution, so adaptation must not lose accuracy.
+    let a = [
+        "adapt",
+        "--patch",
+        s,
+        "--unlabeled",
+        &test,
+        "--limit",
+        "64",
+        "--source",
+        &train,
+        "--source-limit",
+        "64",
+        "--test",
+        &test,
+        "--test-limit",
+        "200",
+        "--out",
+        o,
+        "--json",
+    ];
+    let r = json(&run(&a));
+    assert_eq!(r["patch"], "sb+logits");
+    assert_eq!(r["unlabeled_images"], 64);
+    assert_eq!(r["affines"], 52);
+    let (before, after) = (r["test_accuracy_before"].as_f64().unwrap(), r["test_accuracy_after"].as_f64().unwrap());
+    assert!(after > before - 0.05, "same conditions: {before} before, {after} after");
+    let e = json(&run(&["eval", "--test", &test, "--test-limit", "200", "--patch", o, "--json"]));
+    assert_eq!(e["accuracy"].as_f64().unwrap(), after);
+
+    let none = run(&["adapt", "--patch", s, "--unlabeled", &test, "--out", o]);
+    assert_failed_run(&none, "give --source");
 }

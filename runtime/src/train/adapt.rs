@@ -1,6 +1,8 @@
-//! Label-free adaptation by re-estimated statistics (AdaBN): when the camera, the lighting or
-//! the sensor changes, each BatchNorm's statistics are measured again on unlabeled images of the
-//! new conditions and the S/B affines rewritten to normalise with them. No labels, no gradients.
+//! Label-free adaptation: when the camera, the lighting or the sensor changes, a patch is
+//! adapted from unlabeled images of the new conditions. [`adapt_stats`] (AdaBN) measures each
+//! BatchNorm's statistics again and rewrites the S/B affines to normalise with them (no labels,
+//! no gradients); [`adapt_entropy`] (TENT) then trains the S/B affines to lower the prediction
+//! entropy.
 //!
 //! For a folded BatchNorm (`x` its input, [`NormStats`] the statistics it normalised with:
 //! `σ = √(var + eps)`), a patch's affine `y = s·x + b` is the BatchNorm `γ·(x − mean)/σ + β`
@@ -15,9 +17,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::{CpuStep, LrSchedule, OptimizerKind, TrainConfig};
 use crate::backbone::Backbone;
 use crate::backend::cpu::CpuEngine;
-use crate::data::{Dataset, Loader, Transform};
+use crate::backend::StepBackend;
+use crate::data::{Dataset, Loader, Rng, Transform};
 use crate::graph::{Graph, NormStats, Op};
 use crate::patch::{self, Patch, PatchKinds};
 use crate::{Error, Result};
@@ -97,7 +101,8 @@ pub fn adapt_stats(
     }
     let r = patch.resolution;
     let before = backbone.patched(patch)?;
-    let affines: Vec<usize> = (0..before.nodes.len()).filter(|&k| matches!(before.nodes[k].op, Op::Affine(_))).collect();
+    let affines: Vec<usize> =
+        (0..before.nodes.len()).filter(|&k| matches!(before.nodes[k].op, Op::Affine(_))).collect();
     // The reference statistics of each affine's input, from the unadapted network.
     let mut refs: Vec<Option<NormStats>> = Vec::with_capacity(affines.len());
     for &k in &affines {
@@ -135,18 +140,81 @@ pub fn adapt_stats(
         adapted += 1;
     }
     let kinds = if patch.kinds.full { patch.kinds } else { PatchKinds { sb: true, bias: false, ..patch.kinds } };
-    let tensors = patch::slots(&graph, kinds)?
+    let out = patch_of(&graph, kinds, patch)?;
+    let report = AdaptReport { images: indices.len(), affines: adapted, seconds: start.elapsed().as_secs_f64() };
+    Ok((out, report))
+}
+
+/// The `kinds` patch of `graph`'s values, for `like`'s backbone, classes and resolution.
+fn patch_of(graph: &Graph, kinds: PatchKinds, like: &Patch) -> Result<Patch> {
+    let tensors = patch::slots(graph, kinds)?
         .into_iter()
         .map(|s| patch::PatchTensor {
             node: s.node as u32,
             role: s.role,
-            shape: patch::slot_shape(&graph, s),
-            values: patch::param(&graph, s).to_vec(),
+            shape: patch::slot_shape(graph, s),
+            values: patch::param(graph, s).to_vec(),
         })
         .collect();
-    let out = Patch { kinds, tensors, ..patch.clone() };
-    let report = AdaptReport { images: indices.len(), affines: adapted, seconds: start.elapsed().as_secs_f64() };
-    Ok((out, report))
+    Ok(Patch { kinds, tensors, ..like.clone() })
+}
+
+/// Entropy minimisation (TENT): how long and how fast.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EntropySettings {
+    /// Passes over the unlabeled images.
+    pub epochs: usize,
+    pub batch: usize,
+    /// SGD's (momentum 0.9) peak rate, decayed by a cosine to 0, gradients clipped at norm 5.
+    pub lr: f32,
+    pub seed: u64,
+}
+
+impl Default for EntropySettings {
+    fn default() -> Self {
+        EntropySettings { epochs: 2, batch: 32, lr: 1e-3, seed: 0 }
+    }
+}
+
+/// [`adapt_stats`], then the S/B affines (only they: the classifier and kernels stay) trained
+/// to lower the mean prediction entropy on the unlabeled images (TENT): a few passes of SGD on
+/// the CPU, without labels. The report's `seconds` covers both.
+pub fn adapt_entropy(
+    backbone: &Backbone,
+    patch: &Patch,
+    target: Arc<dyn Dataset>,
+    indices: &[usize],
+    reference: &Reference,
+    settings: &EntropySettings,
+) -> Result<(Patch, AdaptReport)> {
+    let start = Instant::now();
+    let (adapted, report) = adapt_stats(backbone, patch, target.clone(), indices, reference)?;
+    let mut graph = backbone.patched(&adapted)?;
+    let slots = patch::slots(&graph, "sb".parse()?)?;
+    patch::make_trainable(&mut graph, &slots);
+    let mut config = TrainConfig::new(adapted.kinds);
+    (config.batch, config.resolution, config.optimizer) = (settings.batch, adapted.resolution, OptimizerKind::Sgd);
+    (config.lr, config.seed, config.epochs) = (Some(settings.lr), settings.seed, settings.epochs);
+    config.check()?;
+    let mut step = CpuStep::new(&graph, &slots, &config).minimising_entropy();
+    let per_epoch = indices.len().div_ceil(settings.batch);
+    let schedule = LrSchedule { base: settings.lr, warmup: 0, total: per_epoch * settings.epochs };
+    let mut rng = Rng::new(settings.seed);
+    let transform = Transform { resolution: adapted.resolution, augment: false };
+    let mut done = 0;
+    for epoch in 0..settings.epochs {
+        let mut order = indices.to_vec();
+        rng.shuffle(&mut order);
+        let seed = settings.seed ^ ((epoch as u64 + 1) << 32);
+        for b in Loader::new(target.clone(), order, settings.batch, transform, seed) {
+            let input = b?.input;
+            let none = vec![0; input.shape[0]];
+            step.step(&mut graph, &slots, input, &none, schedule.at(done))?;
+            done += 1;
+        }
+    }
+    let out = patch_of(&graph, adapted.kinds, &adapted)?;
+    Ok((out, AdaptReport { seconds: start.elapsed().as_secs_f64(), ..report }))
 }
 
 fn to_f32(v: &[f64]) -> Vec<f32> {

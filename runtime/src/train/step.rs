@@ -46,6 +46,9 @@ pub struct CpuStep {
     memory: Option<MemoryPlan>,
     /// Activation buffers recycled from one step to the next.
     pool: Pool,
+    /// Descend the prediction entropy instead of the cross-entropy with the labels
+    /// ([`CpuStep::minimising_entropy`]).
+    entropy: bool,
 }
 
 impl CpuStep {
@@ -68,7 +71,15 @@ impl CpuStep {
             state: memory::state_bytes(lens.iter().sum(), config.optimizer),
             memory: None,
             pool: Pool::default(),
+            entropy: false,
         }
+    }
+
+    /// Steps that descend the mean prediction entropy ([`super::loss::softmax_entropy`]; the
+    /// labels are not read) instead of the cross-entropy: label-free adaptation.
+    pub fn minimising_entropy(mut self) -> Self {
+        self.entropy = true;
+        self
     }
 
     /// Samples per forward and backward pass: the plan's, else the micro-batch asked for, else
@@ -94,8 +105,14 @@ impl CpuStep {
         let mut pool = Pool::default();
         let mut grads = std::mem::take(&mut self.grads);
         let segments = recompute.then(|| Segments::new(graph, &self.schedule));
-        let pass =
-            Pass { graph, plan: &self.schedule, segments: segments.as_ref(), smoothing: self.label_smoothing, lr: 1.0 };
+        let pass = Pass {
+            graph,
+            plan: &self.schedule,
+            segments: segments.as_ref(),
+            smoothing: self.label_smoothing,
+            lr: 1.0,
+            entropy: false,
+        };
         let x = Tensor::zeros([m, graph.input_channels, r, r]);
         let probed = pool.scope(|| pass.run(x, &vec![0; m], &mut grads, None));
         grads.iter_mut().for_each(|g| g.fill(0.0));
@@ -134,6 +151,7 @@ struct Pass<'a> {
     segments: Option<&'a Segments>,
     smoothing: f32,
     lr: f32,
+    entropy: bool,
 }
 
 impl Pass<'_> {
@@ -145,7 +163,11 @@ impl Pass<'_> {
             None => tape::forward(self.graph, self.plan, input).map(|(l, t)| (l, Kept::Tape(t)))?,
             Some(segs) => recompute::forward(self.graph, self.plan, segs, input).map(|(l, c)| (l, Kept::Inputs(c)))?,
         };
-        let mut loss = softmax_cross_entropy(&logits, labels, self.smoothing);
+        let mut loss = if self.entropy {
+            super::loss::softmax_entropy(&logits)
+        } else {
+            softmax_cross_entropy(&logits, labels, self.smoothing)
+        };
         if !loss.value.is_finite() {
             return Err(Error::Train(format!("the loss is {}: lower the learning rate (now {})", loss.value, self.lr)));
         }
@@ -173,7 +195,8 @@ impl StepBackend for CpuStep {
         lr: f32,
     ) -> Result<StepStats> {
         let segments = self.segments.as_ref();
-        let pass = Pass { graph, plan: &self.schedule, segments, smoothing: self.label_smoothing, lr };
+        let (smoothing, entropy) = (self.label_smoothing, self.entropy);
+        let pass = Pass { graph, plan: &self.schedule, segments, smoothing, lr, entropy };
         let (n, micro, grads) = (input.shape[0], self.micro(), &mut self.grads);
         let loss = self.pool.scope(|| -> Result<_> {
             grads.iter_mut().for_each(|g| g.fill(0.0));

@@ -17,6 +17,9 @@ pub enum Method {
     /// Re-estimate every BatchNorm's statistics on the unlabeled images (AdaBN) and rewrite the
     /// S/B affines to normalise with them.
     Stats,
+    /// `stats`, then train the S/B affines to lower the prediction entropy on the unlabeled
+    /// images (TENT): --epochs passes, SGD at --lr, on the CPU.
+    Entropy,
 }
 
 #[derive(Args)]
@@ -32,6 +35,15 @@ pub struct AdaptArgs {
     pub out: PathBuf,
     #[arg(long, value_enum, default_value = "stats")]
     pub method: Method,
+    /// `entropy`: passes over the unlabeled images.
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// `entropy`: SGD's peak learning rate (cosine decay to 0).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// `entropy`: images per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
     /// Use this many unlabeled images, taken after a seeded shuffle.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -94,20 +106,26 @@ pub fn adapt(a: &AdaptArgs) -> edgepatch::Result<String> {
     edgepatch::fsio::output_target(&a.out)?;
     let score = |p: &edgepatch::Patch| -> edgepatch::Result<Option<f32>> {
         match (&test, &test_idx) {
-            (Some(t), Some(idx)) => Ok(Some(train::evaluate(&backbone.patched(p)?, t.clone(), idx, p.resolution)?.accuracy)),
+            (Some(t), Some(idx)) => {
+                Ok(Some(train::evaluate(&backbone.patched(p)?, t.clone(), idx, p.resolution)?.accuracy))
+            }
             _ => Ok(None),
         }
     };
     let before = score(&patch)?;
     let (adapted, report) = match a.method {
         Method::Stats => adapt::adapt_stats(&backbone, &patch, unlabeled, &indices, &reference)?,
+        Method::Entropy => {
+            let settings = adapt::EntropySettings { epochs: a.epochs, batch: a.batch, lr: a.lr, seed: a.seed };
+            adapt::adapt_entropy(&backbone, &patch, unlabeled, &indices, &reference, &settings)?
+        }
     };
     let encoded = patch_file::to_bytes_as(&adapted, a.patch_dtype)?;
     let adapted = adapted.stored_as(a.patch_dtype);
     let after = score(&adapted)?;
     patch_file::write_atomic(&a.out, &encoded)?;
     let summary = json!({
-        "method": "stats", "patch": adapted.kinds.to_string(), "out": a.out.display().to_string(),
+        "method": match a.method { Method::Stats => "stats", Method::Entropy => "entropy" }, "patch": adapted.kinds.to_string(), "out": a.out.display().to_string(),
         "unlabeled_images": report.images, "affines": report.affines, "seconds": report.seconds,
         "reference": if a.source.is_some() { "source images" } else { "imported BatchNorm statistics" },
         "test_images": test_idx.as_ref().map_or(0, Vec::len), "test_accuracy_before": before,
