@@ -127,3 +127,26 @@ fn imported_batchnorm_statistics_are_kept_and_a_folded_backbone_asks_for_source_
     assert!(e.contains("give source images"), "{e}");
     assert!(adapt_stats(&folded, &p, images(40), &all, &Reference::Source(images(0), all.clone())).is_ok());
 }
+
+#[test]
+fn activations_kept_at_cuts_give_the_statistics_of_whole_passes() {
+    // MobileNetV2-shaped, with a residual block: values inside it are not cuts.
+    let b = Backbone::from_onnx_bytes(&tiny_net(TinyNet::default(), 11)).unwrap();
+    let g = b.graph();
+    let all: Vec<usize> = (0..40).collect();
+    let mut kept = edgepatch::train::activations::Activations::new(images(0), &all, 32, 1 << 30);
+    let mut whole = edgepatch::train::activations::Activations::new(images(0), &all, 32, 0);
+    let mut checked = 0;
+    for n in &g.nodes {
+        if matches!(n.op, Op::Affine(_) | Op::Add) {
+            let x = n.inputs[0];
+            let (m1, v1) = kept.stats(g, x).unwrap();
+            let (m2, v2) = whole.stats(g, x).unwrap();
+            for (a, b) in m1.iter().chain(&v1).zip(m2.iter().chain(&v2)) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "value {x}: {a} vs {b}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "{checked} values");
+}

@@ -35,6 +35,9 @@ pub struct CpuEngine {
     /// [`CpuEngine::keep_passes_on_caller`].
     on_pool: bool,
     pool: Mutex<Pool>,
+    /// The graph is a piece of a network whose input is an inner activation, of any size
+    /// ([`CpuEngine::for_sub_graph`]): the minimum image size does not apply.
+    sub_graph: bool,
 }
 
 /// How a pass lays out its activations (the values are the same bits either way).
@@ -67,6 +70,7 @@ impl Clone for CpuEngine {
             layout: self.layout,
             on_pool: self.on_pool,
             pool: CpuEngine::pool(),
+            sub_graph: self.sub_graph,
         }
     }
 }
@@ -97,7 +101,14 @@ impl CpuEngine {
             layout: Layout::default_for_inference(),
             on_pool: true,
             pool: CpuEngine::pool(),
+            sub_graph: false,
         }
+    }
+
+    /// [`CpuEngine::new`] for a piece of a network that starts at an inner activation
+    /// (`graph.input_channels` its channels): its input may be smaller than an image may be.
+    pub fn for_sub_graph(graph: &Graph) -> Self {
+        CpuEngine { sub_graph: true, ..Self::new(graph) }
     }
 
     /// Takes up new parameter values of the planned graph (another patch): packs the weights of
@@ -238,7 +249,11 @@ impl CpuEngine {
                 input.shape, graph.input_channels
             )));
         }
-        graph.shapes(h, w)?;
+        if self.sub_graph {
+            graph.infer_shapes(h, w)?;
+        } else {
+            graph.shapes(h, w)?;
+        }
         let mut values: Vec<Option<Value>> = vec![None; graph.num_values];
         values[0] = Some(Value::Planar(input));
         for (s, step) in self.steps.iter().enumerate() {

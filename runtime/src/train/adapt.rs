@@ -8,7 +8,8 @@
 //! `σ = √(var + eps)`), a patch's affine `y = s·x + b` is the BatchNorm `γ·(x − mean)/σ + β`
 //! with `γ = s·σ` and `β = b + s·mean`. Adapted: `s' = γ/σ_t`, `b' = β − mean_t·s'`, with
 //! `mean_t`, `σ_t` the statistics of `x` on the new images *after every earlier affine is
-//! adapted* (exact, in network order: one pass over the images up to each affine). The
+//! adapted* (exact, in network order; [`Activations`] keeps the activations at block
+//! boundaries so that each affine costs a pass over its block, not the network). The
 //! reference statistics are the imported BatchNorm's, or, for a graph whose BatchNorms were
 //! folded away before import (or to match the patch's own training data), those measured on
 //! source images ([`Reference::Source`]): then the adapted affine gives the new images' `x` the
@@ -17,9 +18,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::activations::Activations;
 use super::{CpuStep, LrSchedule, OptimizerKind, TrainConfig};
 use crate::backbone::Backbone;
-use crate::backend::cpu::CpuEngine;
 use crate::backend::StepBackend;
 use crate::data::{Dataset, Loader, Rng, Transform};
 use crate::graph::{Graph, NormStats, Op};
@@ -45,45 +46,8 @@ pub struct AdaptReport {
     pub seconds: f64,
 }
 
-/// Per-channel mean and variance (population) of value `x` of `graph` over images `indices` of
-/// `ds` at `resolution`: one pass of the graph up to `x`, in batches of 8.
-pub fn value_stats(
-    graph: &Graph,
-    x: usize,
-    ds: &Arc<dyn Dataset>,
-    indices: &[usize],
-    resolution: u32,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    let last = graph.nodes.iter().position(|n| n.output == x).ok_or_else(|| Error::Train(format!("no value {x}")))?;
-    let prefix = Graph {
-        nodes: graph.nodes[..=last].to_vec(),
-        input_channels: graph.input_channels,
-        num_values: graph.num_values,
-        output: x,
-    };
-    let engine = CpuEngine::new(&prefix);
-    let transform = Transform { resolution, augment: false };
-    let (mut sum, mut sq, mut count) = (Vec::new(), Vec::new(), 0usize);
-    for b in Loader::new(ds.clone(), indices.to_vec(), 8, transform, 0) {
-        let y = engine.forward(&prefix, b?.input)?;
-        let [n, c, h, w] = y.shape;
-        if sum.is_empty() {
-            (sum, sq) = (vec![0f64; c], vec![0f64; c]);
-        }
-        for plane in 0..n * c {
-            let v = &y.data[plane * h * w..(plane + 1) * h * w];
-            sum[plane % c] += v.iter().map(|&e| e as f64).sum::<f64>();
-            sq[plane % c] += v.iter().map(|&e| (e as f64) * (e as f64)).sum::<f64>();
-        }
-        count += n * h * w;
-    }
-    if count == 0 {
-        return Err(Error::Train("no images to measure".into()));
-    }
-    let mean: Vec<f64> = sum.iter().map(|s| s / count as f64).collect();
-    let var = sq.iter().zip(&mean).map(|(q, m)| (q / count as f64 - m * m).max(0.0)).collect();
-    Ok((mean, var))
-}
+/// Bytes of activations kept per set of images while measuring ([`Activations`]).
+const KEPT_BYTES: usize = 192 << 20;
 
 /// `patch` adapted to images `indices` of `target` (unlabeled: their labels are not read): its
 /// S/B affines rewritten as the module describes. The result holds the patch's kinds and `sb`
@@ -105,12 +69,16 @@ pub fn adapt_stats(
         (0..before.nodes.len()).filter(|&k| matches!(before.nodes[k].op, Op::Affine(_))).collect();
     // The reference statistics of each affine's input, from the unadapted network.
     let mut refs: Vec<Option<NormStats>> = Vec::with_capacity(affines.len());
+    let mut source = match reference {
+        Reference::Source(ds, idx) => Some(Activations::new(ds.clone(), idx, r, KEPT_BYTES)),
+        Reference::Imported => None,
+    };
     for &k in &affines {
         let Op::Affine(a) = &before.nodes[k].op else { unreachable!("affines only") };
-        refs.push(match reference {
-            Reference::Imported => a.stats.clone(),
-            Reference::Source(ds, idx) => {
-                let (mean, var) = value_stats(&before, before.nodes[k].inputs[0], ds, idx, r)?;
+        refs.push(match source.as_mut() {
+            None => a.stats.clone(),
+            Some(source) => {
+                let (mean, var) = source.stats(&before, before.nodes[k].inputs[0])?;
                 let eps = a.stats.as_ref().map_or(vec![1e-5; mean.len()], |s| s.eps.clone());
                 Some(NormStats { mean: mean.iter().map(|&m| m as f32).collect(), var: to_f32(&var), eps })
             }
@@ -123,9 +91,11 @@ pub fn adapt_stats(
     }
     let mut graph = before.clone();
     let mut adapted = 0;
+    // Affines are adapted in order, so everything upstream of a kept cut stays as it is.
+    let mut measured = Activations::new(target.clone(), indices, r, KEPT_BYTES);
     for (&k, reference) in affines.iter().zip(&refs) {
         let Some(rs) = reference else { continue };
-        let (mean, var) = value_stats(&graph, graph.nodes[k].inputs[0], &target, indices, r)?;
+        let (mean, var) = measured.stats(&graph, graph.nodes[k].inputs[0])?;
         let Op::Affine(a0) = &before.nodes[k].op else { unreachable!("affines only") };
         let Op::Affine(a) = &mut graph.nodes[k].op else { unreachable!("affines only") };
         for c in 0..a.scale.len() {

@@ -1,6 +1,7 @@
 //! Learning a patch: the tape (forward keeping activations, reverse walk), the loss, the
 //! optimizers, one step on a backend, the trainer and the training loops.
 
+pub mod activations;
 pub mod adapt;
 pub mod checkpoint;
 mod config;
