@@ -176,18 +176,7 @@ pub fn fit_multi(
     }
     let start = Instant::now();
     for &l in &leaders {
-        let t = &mut tasks[l];
-        if t.config.head == super::HeadInit::Prototypes {
-            t.config.check()?;
-            let (c, classes) = (&t.config, t.train.classes().to_vec());
-            let (feats, f) = super::prototype::features(backbone, t.train.clone(), &t.indices, c.resolution)?;
-            let labels: Vec<usize> = t.indices.iter().map(|&i| t.train.label(i)).collect();
-            let protos = super::Prototypes::from_features(&feats, f, &labels, classes.len())?;
-            let init = super::prototype::init_patch(backbone, c.kinds, classes, c.resolution, &protos)?;
-            log::info!("{}: the classifier starts as the prototype head of {} images", t.name, t.indices.len());
-            t.config.init = Some(init);
-            t.config.head = super::HeadInit::Random;
-        }
+        super::prototype::start_from_prototypes(backbone, &mut tasks[l])?;
     }
     // Time spent scoring validation images, which is not training time.
     let mut paused = std::time::Duration::ZERO;

@@ -258,6 +258,24 @@ pub fn init_patch(
     Ok(Patch { kinds, fingerprint: backbone.fingerprint().to_string(), resolution, labels, tensors })
 }
 
+/// For a task whose configuration asks for [`HeadInit::Prototypes`]: its initial patch becomes
+/// the prototype head of its training images (everything else the backbone's), made before the
+/// first step by [`super::fit_multi`].
+pub(super) fn start_from_prototypes(backbone: &Backbone, t: &mut super::TaskSpec) -> Result<()> {
+    if t.config.head != HeadInit::Prototypes {
+        return Ok(());
+    }
+    t.config.check()?;
+    let (c, classes) = (&t.config, t.train.classes().to_vec());
+    let (feats, f) = features(backbone, t.train.clone(), &t.indices, c.resolution)?;
+    let labels: Vec<usize> = t.indices.iter().map(|&i| t.train.label(i)).collect();
+    let protos = Prototypes::from_features(&feats, f, &labels, classes.len())?;
+    let init = init_patch(backbone, c.kinds, classes, c.resolution, &protos)?;
+    log::info!("{}: the classifier starts as the prototype head of {} images", t.name, t.indices.len());
+    (t.config.init, t.config.head) = (Some(init), HeadInit::Random);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,7 +304,7 @@ mod tests {
             assert!((m - c as f64).abs() < 1e-6);
         }
         for c in 0..3 {
-            let mut mean = vec![0f64; 5];
+            let mut mean = [0f64; 5];
             for (r, &l) in rows.iter().zip(&labels) {
                 if l == c {
                     let z: Vec<f64> = r.iter().zip(&mu).map(|(x, m)| x - m).collect();
