@@ -77,28 +77,12 @@ fn few_shot_training_starts_from_the_prototypes() {
     let out = tmp("fewshot-sb.patch", b"");
     let o = out.to_str().unwrap();
     let common = ["--train", &train, "--test", &test, "--shots", "5", "--resolution", "64", "--device", "cpu"];
-    let r =
-        json(&run(
-            &[
-                &[
-                    "train",
-                    "--patch",
-                    "sb+logits",
-                    "--head",
-                    "prototypes",
-                    "--epochs",
-                    "4",
-                    "--batch",
-                    "16",
-                    "--augment",
-                ][..],
-                &common,
-                &["--out", o, "--json"],
-            ]
-            .concat(),
-        ));
+    let args = [&["train", "--patch", "sb+logits", "--few-shot"][..], &common, &["--out", o, "--json"]].concat();
+    let r = json(&run(&args));
     assert_eq!(r["train_images"], 50);
     assert_eq!(r["head"], "prototypes");
+    // The few-shot schedule: batch 16, about 150 steps (4 an epoch: 38 epochs), augmentation.
+    assert_eq!((r["batch"].as_u64(), r["epochs"].as_u64(), r["augment"].as_bool()), (Some(16), Some(38), Some(true)));
     assert_eq!(r["shots"], 5);
     assert!(r["test_accuracy"].as_f64().unwrap() > 0.3);
 
@@ -149,6 +133,11 @@ fn adapt_rewrites_a_patch_from_unlabeled_images_and_refuses_without_a_reference(
     assert!(after > before - 0.05, "same conditions: {before} before, {after} after");
     let e = json(&run(&["eval", "--test", &test, "--test-limit", "200", "--patch", o, "--json"]));
     assert_eq!(e["accuracy"].as_f64().unwrap(), after);
+    let mut entropy = a.to_vec();
+    entropy.extend(["--method", "entropy", "--epochs", "1", "--lr", "1e-4"]);
+    let r = json(&run(&entropy));
+    assert_eq!(r["method"], "entropy");
+    assert!(r["test_accuracy_after"].as_f64().unwrap() > before - 0.05);
 
     let none = run(&["adapt", "--patch", s, "--unlabeled", &test, "--out", o]);
     assert_failed_run(&none, "give --source");

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The few-shot table: accuracy against shots per class (1, 5, 10, 20), five random draws each
 (mean ± std), for the prototype head (`edgepatch prototype`, no training) and for `logits`,
-`bias+logits` and `sb+logits` trained from the prototype head (`train --head prototypes
---augment`) with the few-shot schedule below; with the time and peak memory of each run.
+`bias+logits` and `sb+logits` trained from the prototype head with the few-shot schedule below
+(`train --few-shot`); with the time and peak memory of each run.
 Writes docs/few_shot.md.
 
     cargo build --release --workspace
@@ -18,7 +18,6 @@ Each run's JSON is kept in cache/few_shot/ and reused when the script runs again
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -53,11 +52,9 @@ def run(binary, task, method, shots, draw):
     if method == "prototypes":
         cmd = [binary, "prototype", *common]
     else:
-        images = shots * t["classes"]
-        batch = min(16, images)
-        epochs = max(5, round(150 / math.ceil(images / batch)))
-        cmd = [binary, "train", "--patch", method, "--head", "prototypes", "--augment", "--device", "cpu",
-               "--batch", str(batch), "--epochs", str(epochs), *common]
+        # `--few-shot`: the prototype head, augmentation, batch min(16, images) and about 150 steps
+        # (epochs = max(5, round(150 / steps per epoch))).
+        cmd = [binary, "train", "--patch", method, "--few-shot", "--device", "cpu", *common]
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
     if p.returncode != 0:
@@ -86,7 +83,7 @@ def main():
           "- **prototypes**: `edgepatch prototype --shots K` — no training: the class prototypes of the "
           "backbone's pooled features (centred, L2-normalised, averaged per class) as a linear head "
           "(nearest prototype by cosine), its temperature chosen on the support images by leave-one-out.",
-          "- **logits / bias+logits / sb+logits**: `edgepatch train --head prototypes --augment --shots K` from "
+          "- **logits / bias+logits / sb+logits**: `edgepatch train --few-shot --shots K`, from "
           "that head: 64 px, batch 16 (fewer images: all of them), about 150 steps (epochs = max(5, round(150 / "
           "steps per epoch))), random crops and flips, SGD at the kinds' default rates, warm-up 5%, clipping at 5.",
           ""]

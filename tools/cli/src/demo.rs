@@ -50,6 +50,7 @@ fn args(kinds: &str, out: &Path, s: Settings) -> TrainArgs {
         init_from: None,
         limit: None,
         shots: None,
+        few_shot: false,
         test_limit: None,
         validate: 0,
         report: None,

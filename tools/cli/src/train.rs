@@ -44,6 +44,11 @@ pub struct TrainArgs {
     /// shuffle.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub shots: Option<u64>,
+    /// The schedule for a few images per class (replaces --epochs, --batch, --augment and
+    /// --head): the classifier starts from the class prototypes, random crops and flips, batch
+    /// 16 (or all the images when fewer), about 150 steps (docs/few_shot.md measures it).
+    #[arg(long)]
+    pub few_shot: bool,
     /// Test on this many images, taken after a seeded shuffle.
     #[arg(long)]
     pub test_limit: Option<usize>,
@@ -99,6 +104,9 @@ pub fn run_training(
         None => split(train_ds.as_ref(), a.limit, a.validate, a.flags.seed)?,
     };
     let mut config = a.flags.config(a.patch);
+    if a.few_shot {
+        few_shot_schedule(&mut config, indices.len());
+    }
     config.init = a.init_from.as_deref().map(patch_file::load).transpose()?;
     config.check()?;
     // Everything that could fail after training is checked before it: the output path, and
@@ -188,7 +196,8 @@ pub fn run_training(
         "augment": config.augment,
         "seed": config.seed,
         "shots": a.shots,
-        "head": format!("{:?}", a.flags.head).to_lowercase(),
+        "few_shot": a.few_shot,
+        "head": format!("{:?}", config.head).to_lowercase(),
         "steps": report.steps,
         "seconds": report.seconds,
         "images_per_second": report.images_per_second,
@@ -215,6 +224,17 @@ pub fn run_training(
         crate::report::write(dir, std::slice::from_ref(&summary), &samples)?;
     }
     Ok(Trained { patch, summary, test })
+}
+
+/// `--few-shot`: for `images` training images, the classifier from the prototypes, augmentation,
+/// batch 16 (all the images when fewer) and about 150 steps (at least 5 epochs).
+pub fn few_shot_schedule(config: &mut edgepatch::train::TrainConfig, images: usize) {
+    config.batch = images.clamp(1, 16);
+    config.epochs = ((150.0 / images.div_ceil(config.batch) as f64).round() as usize).max(5);
+    config.augment = true;
+    if config.kinds.new_head() {
+        config.head = edgepatch::train::HeadInit::Prototypes;
+    }
 }
 
 /// The first 16 images of `idx` as 64 × 64 thumbnails with the patch's top class.
