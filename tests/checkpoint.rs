@@ -177,6 +177,10 @@ fn a_checkpoint_of_another_run_or_a_damaged_one_is_refused_and_kept() {
     assert_failed_run(&train(&other), "another run");
     assert_eq!(std::fs::read(&ckpt).unwrap(), saved, "the refused checkpoint was changed");
     assert!(!d.join("b.patch").exists());
+    // Starting from the prototype head instead of a random one is another run too.
+    let protos = args(&d.join("b.patch"), 1, &["--checkpoint", &ckpt_arg, "--resume", "--head", "prototypes"]);
+    assert_failed_run(&train(&protos), "another run");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), saved, "the refused checkpoint was changed");
     // A flipped byte and a truncation.
     for (what, bytes) in [("checksum", flip(&saved)), ("declares", saved[..saved.len() - 3].to_vec())] {
         std::fs::write(&ckpt, &bytes).unwrap();

@@ -164,6 +164,15 @@ pub fn describe(backbone: &crate::Backbone, tasks: &[super::TaskSpec]) -> String
             t.indices,
             t.validation,
         );
+        // The starting values (`--init-from`, or the prototype head) change what is trained; a
+        // run without them keeps the description it always had.
+        if let Some(p) = &c.init {
+            let mut h = 0xcbf2_9ce4_8422_2325u64;
+            for v in p.tensors.iter().flat_map(|t| &t.values) {
+                h = (h ^ v.to_bits() as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+            d += &format!("init {} {:?} {h:016x}\n", p.kinds, p.labels);
+        }
     }
     d
 }
