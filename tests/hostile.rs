@@ -67,6 +67,14 @@ fn outputs_never_replace_special_files_and_write_through_links() {
         let before = file_type(p);
         assert_clean_error(&export(p), what);
         assert_failed_run(&run(&["demo", "--out", s(p)]), what);
+        // The few-label commands check their output before any work, too.
+        let mini =
+            format!("idx:{}", edgepatch_tests::repo_root().join("models/datasets/fashion-mnist-mini/t10k").display());
+        let m = s(&model);
+        let proto = ["prototype", "--model", m, "--train", &mini, "--shots", "1", "--resolution", "32", "--out", s(p)];
+        assert_failed_run(&run(&proto), what);
+        let adapt = ["adapt", "--model", m, "--patch", s(&pf), "--unlabeled", &mini, "--source", &mini, "--out", s(p)];
+        assert_failed_run(&run(&adapt), what);
         let e = edgepatch::fsio::write_atomic(p, b"x").unwrap_err().to_string();
         assert!(e.contains("regular file"), "{e}");
         assert_eq!(file_type(p), before, "{what} was replaced");
