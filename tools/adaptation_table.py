@@ -17,14 +17,11 @@ Runs are cached in cache/adaptation/ and reused.
 """
 import argparse
 import datetime
-import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from tablelib import cpu_name
+from tablelib import cached_json, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("EDGEPATCH_CACHE", ROOT / "cache"))
@@ -39,18 +36,7 @@ TASKS = {
 
 
 def run(name, cmd):
-    out = CACHE / "adaptation" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        return json.loads(out.read_text())
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
-    if p.returncode != 0:
-        sys.exit(f"failed: {p.stderr.strip()}")
-    r = json.loads(p.stdout)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=1))
-    return r
+    return cached_json(CACHE / "adaptation" / f"{name}.json", cmd)
 
 
 def main():

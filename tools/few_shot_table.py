@@ -17,14 +17,11 @@ Each run's JSON is kept in cache/few_shot/ and reused when the script runs again
 """
 import argparse
 import datetime
-import json
 import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from tablelib import cpu_name
+from tablelib import cached_json, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("EDGEPATCH_CACHE", ROOT / "cache"))
@@ -43,8 +40,6 @@ METHODS = ["prototypes", "logits", "bias+logits", "sb+logits"]
 def run(binary, task, method, shots, draw):
     t = TASKS[task]
     out = CACHE / "few_shot" / f"{task}-{method}-{shots}-{draw}.json"
-    if out.exists():
-        return json.loads(out.read_text())
     patch = CACHE / "few_shot" / "last.patch"
     patch.parent.mkdir(parents=True, exist_ok=True)
     common = ["--train", t["train"], "--test", t["test"], *t["test_args"], "--shots", str(shots), "--seed", str(draw),
@@ -55,14 +50,7 @@ def run(binary, task, method, shots, draw):
         # `--few-shot`: the prototype head, augmentation, batch min(16, images) and about 150 steps
         # (epochs = max(5, round(150 / steps per epoch))).
         cmd = [binary, "train", "--patch", method, "--few-shot", "--device", "cpu", *common]
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
-    if p.returncode != 0:
-        sys.exit(f"failed: {p.stderr.strip()}")
-    r = json.loads(p.stdout)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=1))
-    return r
+    return cached_json(out, cmd)
 
 
 def main():

@@ -17,6 +17,18 @@ def run_json(cmd):
     return json.loads(p.stdout)
 
 
+def cached_json(out, cmd):
+    """`cmd`'s JSON output (see run_json), kept in the file `out` and read from there when it
+    exists, so that an interrupted table resumes where it stopped."""
+    out = Path(out)
+    if out.exists():
+        return json.loads(out.read_text())
+    r = run_json(cmd)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=1))
+    return r
+
+
 def cpu_name():
     """This machine's CPU model name."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
