@@ -12,8 +12,14 @@ use crate::graph::{Graph, Node};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
-/// Images per pass.
-const CHUNK: usize = 8;
+/// Caps under this ask for lean passes ([`Activations::engine`]).
+const LEAN_BELOW: usize = 128 << 20;
+
+/// Images per pass: 8, or fewer when the activations kept may take little memory (a pass of 8
+/// images at 224 px holds about 80 MB).
+fn chunk(cap: usize) -> usize {
+    (cap / (24 << 20)).clamp(1, 8)
+}
 
 /// The activations of value `cut` for every image, when kept (`None`: from the images).
 pub struct Activations {
@@ -61,30 +67,60 @@ impl Activations {
         Activations { ds, indices: indices.to_vec(), resolution, cap, cut: 0, kept: None }
     }
 
+    /// `engine`, its passes kept on the calling thread under a small cap (a pass as a job of
+    /// rayon's pool leaves more in a worker's heap, as a budgeted trainer's does).
+    fn engine(&self, mut engine: CpuEngine) -> CpuEngine {
+        if self.cap < LEAN_BELOW {
+            engine.keep_passes_on_caller();
+        }
+        engine
+    }
+
     /// Runs `f` on value `to` of `graph` for every chunk of images, from the kept cut. Every
     /// parameter upstream of the kept cut must be what it was when the cut was kept.
     fn each(&self, graph: &Graph, to: usize, mut f: impl FnMut(Tensor) -> Result<()>) -> Result<()> {
         let producers = producers(graph);
         match &self.kept {
+            Some(chunks) if to == self.cut => chunks.iter().try_for_each(|x| f(x.clone()))?,
             Some(chunks) => {
+                let channels = chunks.first().map_or(graph.input_channels, |x| x.shape[1]);
+                let g = piece(graph, &producers, self.cut, to, channels)?;
+                let engine = self.engine(CpuEngine::for_sub_graph(&g));
                 for x in chunks {
-                    if to == self.cut {
-                        f(x.clone())?;
-                        continue;
-                    }
-                    let g = piece(graph, &producers, self.cut, to, x.shape[1])?;
-                    f(CpuEngine::for_sub_graph(&g).forward(&g, x.clone())?)?;
+                    f(engine.forward(&g, x.clone())?)?;
                 }
             }
             None => {
                 let g = piece(graph, &producers, 0, to, graph.input_channels)?;
-                let engine = CpuEngine::new(&g);
+                let engine = self.engine(CpuEngine::new(&g));
                 let t = Transform { resolution: self.resolution, augment: false };
-                for b in Loader::new(self.ds.clone(), self.indices.clone(), CHUNK, t, 0) {
+                for b in Loader::new(self.ds.clone(), self.indices.clone(), chunk(self.cap), t, 0) {
                     f(engine.forward(&g, b?.input)?)?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Keeps the activations of cut `v` instead of the kept ones, made from them chunk by chunk
+    /// (each kept chunk is freed once its successor is made: the two sets are never both whole).
+    fn advance(&mut self, graph: &Graph, producers: &[Option<usize>], v: usize) -> Result<()> {
+        let mut next = Vec::new();
+        match self.kept.take() {
+            Some(chunks) => {
+                let channels = chunks.first().map_or(graph.input_channels, |x| x.shape[1]);
+                let g = piece(graph, producers, self.cut, v, channels)?;
+                let engine = self.engine(CpuEngine::for_sub_graph(&g));
+                for x in chunks {
+                    next.push(engine.forward(&g, x)?);
+                }
+            }
+            None => self.each(graph, v, |y| {
+                next.push(y);
+                Ok(())
+            })?,
+        }
+        (self.cut, self.kept) = (v, Some(next));
         Ok(())
     }
 
@@ -97,12 +133,7 @@ impl Activations {
         if let Some(v) = latest {
             let s = graph.shapes(self.resolution as usize, self.resolution as usize)?[v];
             if self.indices.len() * s.c * s.h * s.w * 4 <= self.cap {
-                let mut kept = Vec::new();
-                self.each(graph, v, |y| {
-                    kept.push(y);
-                    Ok(())
-                })?;
-                (self.cut, self.kept) = (v, Some(kept));
+                self.advance(graph, &producers, v)?;
             }
         }
         let (mut sum, mut sq, mut count) = (Vec::new(), Vec::new(), 0usize);

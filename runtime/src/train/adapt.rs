@@ -59,6 +59,19 @@ pub fn adapt_stats(
     indices: &[usize],
     reference: &Reference,
 ) -> Result<(Patch, AdaptReport)> {
+    adapt_stats_within(backbone, patch, target, indices, reference, KEPT_BYTES)
+}
+
+/// [`adapt_stats`] keeping at most `kept_bytes` of activations per set of images (less memory,
+/// more passes; 0: every affine measured from the images).
+pub fn adapt_stats_within(
+    backbone: &Backbone,
+    patch: &Patch,
+    target: Arc<dyn Dataset>,
+    indices: &[usize],
+    reference: &Reference,
+    kept_bytes: usize,
+) -> Result<(Patch, AdaptReport)> {
     let start = Instant::now();
     if indices.is_empty() {
         return Err(Error::dataset(target.spec(), "no images to adapt to"));
@@ -70,7 +83,7 @@ pub fn adapt_stats(
     // The reference statistics of each affine's input, from the unadapted network.
     let mut refs: Vec<Option<NormStats>> = Vec::with_capacity(affines.len());
     let mut source = match reference {
-        Reference::Source(ds, idx) => Some(Activations::new(ds.clone(), idx, r, KEPT_BYTES)),
+        Reference::Source(ds, idx) => Some(Activations::new(ds.clone(), idx, r, kept_bytes)),
         Reference::Imported => None,
     };
     for &k in &affines {
@@ -84,6 +97,8 @@ pub fn adapt_stats(
             }
         });
     }
+    // The source images' activations are not needed any more.
+    drop(source);
     if refs.iter().all(Option::is_none) {
         return Err(Error::Train(
             "the backbone has no BatchNorm statistics (folded before import): give source images to adapt from".into(),
@@ -92,7 +107,7 @@ pub fn adapt_stats(
     let mut graph = before.clone();
     let mut adapted = 0;
     // Affines are adapted in order, so everything upstream of a kept cut stays as it is.
-    let mut measured = Activations::new(target.clone(), indices, r, KEPT_BYTES);
+    let mut measured = Activations::new(target.clone(), indices, r, kept_bytes);
     for (&k, reference) in affines.iter().zip(&refs) {
         let Some(rs) = reference else { continue };
         let (mean, var) = measured.stats(&graph, graph.nodes[k].inputs[0])?;
@@ -138,11 +153,14 @@ pub struct EntropySettings {
     /// SGD's (momentum 0.9) peak rate, decayed by a cosine to 0, gradients clipped at norm 5.
     pub lr: f32,
     pub seed: u64,
+    /// Bytes the steps may add (each batch then runs as micro-batches that fit, as in training:
+    /// [`TrainConfig::memory_budget`]); the statistics keep a third of it at most. `None`: no limit.
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for EntropySettings {
     fn default() -> Self {
-        EntropySettings { epochs: 2, batch: 32, lr: 1e-3, seed: 0 }
+        EntropySettings { epochs: 2, batch: 32, lr: 1e-4, seed: 0, memory_budget: None }
     }
 }
 
@@ -158,15 +176,21 @@ pub fn adapt_entropy(
     settings: &EntropySettings,
 ) -> Result<(Patch, AdaptReport)> {
     let start = Instant::now();
-    let (adapted, report) = adapt_stats(backbone, patch, target.clone(), indices, reference)?;
+    let kept = settings.memory_budget.map_or(KEPT_BYTES, |b| KEPT_BYTES.min(b as usize / 3));
+    let (adapted, report) = adapt_stats_within(backbone, patch, target.clone(), indices, reference, kept)?;
     let mut graph = backbone.patched(&adapted)?;
     let slots = patch::slots(&graph, "sb".parse()?)?;
     patch::make_trainable(&mut graph, &slots);
     let mut config = TrainConfig::new(adapted.kinds);
     (config.batch, config.resolution, config.optimizer) = (settings.batch, adapted.resolution, OptimizerKind::Sgd);
     (config.lr, config.seed, config.epochs) = (Some(settings.lr), settings.seed, settings.epochs);
+    config.memory_budget = settings.memory_budget;
     config.check()?;
     let mut step = CpuStep::new(&graph, &slots, &config).minimising_entropy();
+    if config.memory_budget.is_some() {
+        // Planned (and refused when even one sample does not fit) before the first step.
+        step.memory_plan(&graph)?;
+    }
     let per_epoch = indices.len().div_ceil(settings.batch);
     let schedule = LrSchedule { base: settings.lr, warmup: 0, total: per_epoch * settings.epochs };
     let mut rng = Rng::new(settings.seed);

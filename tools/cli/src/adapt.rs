@@ -39,11 +39,17 @@ pub struct AdaptArgs {
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
     /// `entropy`: SGD's peak learning rate (cosine decay to 0).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-4)]
     pub lr: f32,
     /// `entropy`: images per step.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// The peak resident memory (MB) to aim the process at: the statistics keep fewer
+    /// activations, in smaller passes on the calling thread, and `entropy`'s steps run as
+    /// micro-batches planned to fit, as `train`'s. The statistics' passes have a floor: about 260
+    /// MB at 224 px (README, "No labels").
+    #[arg(long, value_name = "MB")]
+    pub memory_budget: Option<f64>,
     /// Use this many unlabeled images, taken after a seeded shuffle.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -113,10 +119,20 @@ pub fn adapt(a: &AdaptArgs) -> edgepatch::Result<String> {
         }
     };
     let before = score(&patch)?;
+    // What adapting may add to the process as it is now (out-of-range budgets become 0 bytes,
+    // refused as too small by the step's plan).
+    let budget = a.memory_budget.map(|mb| {
+        let total = if mb.is_finite() && mb > 0.0 { (mb * 1e6) as u64 } else { 0 };
+        total.saturating_sub(crate::flags::rss_bytes().unwrap_or(0))
+    });
     let (adapted, report) = match a.method {
-        Method::Stats => adapt::adapt_stats(&backbone, &patch, unlabeled, &indices, &reference)?,
+        Method::Stats => {
+            let kept = budget.map_or(192 << 20, |b| (b / 3) as usize).min(192 << 20);
+            adapt::adapt_stats_within(&backbone, &patch, unlabeled, &indices, &reference, kept)?
+        }
         Method::Entropy => {
-            let settings = adapt::EntropySettings { epochs: a.epochs, batch: a.batch, lr: a.lr, seed: a.seed };
+            let (epochs, batch, lr, seed) = (a.epochs, a.batch, a.lr, a.seed);
+            let settings = adapt::EntropySettings { epochs, batch, lr, seed, memory_budget: budget };
             adapt::adapt_entropy(&backbone, &patch, unlabeled, &indices, &reference, &settings)?
         }
     };
