@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::backbone::Backbone;
 use crate::backend::cpu::CpuEngine;
-use crate::data::{Dataset, Loader, Transform};
+use crate::data::{Dataset, Transform};
 use crate::graph::Graph;
 use crate::patch::{Patch, PatchKinds, Role};
 use crate::{Error, Result};
@@ -176,8 +176,13 @@ fn leave_one_out_temperature(
     TEMPERATURES.iter().copied().min_by(|&a, &b| loss(a).total_cmp(&loss(b))).unwrap_or(10.0)
 }
 
-/// Pooled features `[N, F]` (row-major) of images `indices` of `ds` at `resolution`, on the CPU,
-/// in passes of 8 images (the head-only trainer's); returns them and `F`.
+/// Pooled features `[N, F]` (row-major) of images `indices` of `ds` at `resolution`, on the CPU;
+/// returns them and `F`. Throughput, not latency, counts here, so each of rayon's threads runs
+/// whole one-image passes on its own (decoding included) instead of all of them sharing each
+/// pass: a one-image pass stays in one core's cache. Measured on this 2-core machine, 10 × 20
+/// images at 224 px: 0.86–0.87 s (230 images/s, 121 MB peak) against 1.19–1.23 s for shared
+/// passes of 8 (`edgepatch prototype --shots 20 --resolution 224 --json`). The values are the
+/// same bits either way.
 pub fn features(
     backbone: &Backbone,
     ds: Arc<dyn Dataset>,
@@ -192,13 +197,48 @@ pub fn features(
         num_values: graph.num_values,
         output: graph.nodes[head].inputs[0],
     };
-    let engine = CpuEngine::new(&features);
+    let mut engine = CpuEngine::new(&features);
+    engine.keep_passes_on_caller();
     let transform = Transform { resolution, augment: false };
-    let (mut out, mut f) = (Vec::with_capacity(indices.len() * 1280), 0);
-    for b in Loader::new(ds, indices.to_vec(), 8, transform, 0) {
-        let x = engine.forward(&features, b?.input)?;
-        f = x.shape[1];
-        out.extend_from_slice(&x.data);
+    let chunks: Vec<&[usize]> = indices.chunks(1).collect();
+    let workers = rayon::current_num_threads().min(chunks.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, crate::Tensor)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let (engine, features, ds, chunks, next) = (engine.clone(), &features, &ds, &chunks, &next);
+                scope.spawn(move || -> Result<Vec<(usize, crate::Tensor)>> {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .map_err(|e| Error::Train(format!("a feature thread: {e}")))?;
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(k) else { return Ok(done) };
+                        let y = pool.install(|| -> Result<crate::Tensor> {
+                            let batch = crate::data::loader::make_batch(ds.as_ref(), chunk, &transform, 0)?;
+                            engine.forward(features, batch.input)
+                        })?;
+                        done.push((k, y));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Train("a feature thread panicked".into()))))
+            .collect()
+    });
+    let mut parts: Vec<(usize, crate::Tensor)> = Vec::with_capacity(chunks.len());
+    for r in results {
+        parts.extend(r?);
+    }
+    parts.sort_by_key(|(k, _)| *k);
+    let f = parts.first().map_or(0, |(_, y)| y.shape[1]);
+    let mut out = Vec::with_capacity(indices.len() * f);
+    for (_, y) in &parts {
+        out.extend_from_slice(&y.data);
     }
     Ok((out, f))
 }
