@@ -7,8 +7,8 @@ trajectory`); this script replays the run in PyTorch (Debian's python3-torch) on
 BatchNorm a BatchNorm2d in eval mode whose weight and bias are the S/B affine), with
 torch.optim.SGD (momentum 0.9) and a LambdaLR cosine schedule, and compares:
 
-- preprocessing: the inputs edgepatch trained on against the reference recipe's
-  (`../shared/reference/fold_study.py`: torch bilinear resize, align_corners=False, on floats);
+- preprocessing: the inputs edgepatch trained on against the independent reference run's recipe
+  (torch bilinear resize, align_corners=False, on floats; `reference_prep` below);
 - teacher-forced, every step from edgepatch's own values before it: the loss, and the gradient
   (edgepatch's recovered from its SGD velocity, v_k - 0.9 v_{k-1}) against PyTorch autograd's in
   f64, beside PyTorch's own f32 gradient against the same f64 one;

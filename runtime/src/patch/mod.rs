@@ -128,6 +128,18 @@ pub fn head_index(graph: &Graph) -> Result<usize> {
     }
 }
 
+/// The nodes of `graph` before its classifier, as a graph whose output is the classifier's input
+/// (pooled features `[N, F, 1, 1]`).
+pub fn feature_graph(graph: &Graph) -> Result<Graph> {
+    let head = head_index(graph)?;
+    Ok(Graph {
+        nodes: graph.nodes[..head].to_vec(),
+        input_channels: graph.input_channels,
+        num_values: graph.num_values,
+        output: graph.nodes[head].inputs[0],
+    })
+}
+
 /// The parameters `kinds` trains in `graph`, in node order.
 pub fn slots(graph: &Graph, kinds: PatchKinds) -> Result<Vec<Slot>> {
     let head = if kinds.new_head() { Some(head_index(graph)?) } else { None };

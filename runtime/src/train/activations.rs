@@ -87,7 +87,7 @@ impl Activations {
                 let g = piece(graph, &producers, self.cut, to, channels)?;
                 let engine = self.engine(CpuEngine::for_sub_graph(&g));
                 for x in chunks {
-                    f(engine.forward(&g, x.clone())?)?;
+                    f(engine.forward_from(&g, x.shape, &x.data)?)?;
                 }
             }
             None => {

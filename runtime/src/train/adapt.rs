@@ -23,7 +23,7 @@ use super::{CpuStep, LrSchedule, OptimizerKind, TrainConfig};
 use crate::backbone::Backbone;
 use crate::backend::StepBackend;
 use crate::data::{Dataset, Loader, Rng, Transform};
-use crate::graph::{Graph, NormStats, Op};
+use crate::graph::{NormStats, Op};
 use crate::patch::{self, Patch, PatchKinds};
 use crate::{Error, Result};
 
@@ -125,23 +125,9 @@ pub fn adapt_stats_within(
         adapted += 1;
     }
     let kinds = if patch.kinds.full { patch.kinds } else { PatchKinds { sb: true, bias: false, ..patch.kinds } };
-    let out = patch_of(&graph, kinds, patch)?;
+    let out = Patch::extract(&graph, kinds, &patch.fingerprint, patch.resolution, patch.labels.clone())?;
     let report = AdaptReport { images: indices.len(), affines: adapted, seconds: start.elapsed().as_secs_f64() };
     Ok((out, report))
-}
-
-/// The `kinds` patch of `graph`'s values, for `like`'s backbone, classes and resolution.
-fn patch_of(graph: &Graph, kinds: PatchKinds, like: &Patch) -> Result<Patch> {
-    let tensors = patch::slots(graph, kinds)?
-        .into_iter()
-        .map(|s| patch::PatchTensor {
-            node: s.node as u32,
-            role: s.role,
-            shape: patch::slot_shape(graph, s),
-            values: patch::param(graph, s).to_vec(),
-        })
-        .collect();
-    Ok(Patch { kinds, tensors, ..like.clone() })
 }
 
 /// Entropy minimisation (TENT): how long and how fast.
@@ -207,7 +193,8 @@ pub fn adapt_entropy(
             done += 1;
         }
     }
-    let out = patch_of(&graph, adapted.kinds, &adapted)?;
+    let (p, kinds) = (&adapted, adapted.kinds);
+    let out = Patch::extract(&graph, kinds, &p.fingerprint, p.resolution, p.labels.clone())?;
     Ok((out, AdaptReport { seconds: start.elapsed().as_secs_f64(), ..report }))
 }
 

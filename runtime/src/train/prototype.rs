@@ -15,8 +15,8 @@ use std::sync::Arc;
 use crate::backbone::Backbone;
 use crate::backend::cpu::CpuEngine;
 use crate::data::{Dataset, Transform};
-use crate::graph::Graph;
-use crate::patch::{Patch, PatchKinds, Role};
+use crate::graph::{Op, Weights};
+use crate::patch::{Patch, PatchKinds};
 use crate::{Error, Result};
 
 /// How a trained patch's new classifier starts.
@@ -189,14 +189,7 @@ pub fn features(
     indices: &[usize],
     resolution: u32,
 ) -> Result<(Vec<f32>, usize)> {
-    let graph = backbone.graph();
-    let head = crate::patch::head_index(graph)?;
-    let features = Graph {
-        nodes: graph.nodes[..head].to_vec(),
-        input_channels: graph.input_channels,
-        num_values: graph.num_values,
-        output: graph.nodes[head].inputs[0],
-    };
+    let features = crate::patch::feature_graph(backbone.graph())?;
     let mut engine = CpuEngine::new(&features);
     engine.keep_passes_on_caller();
     let transform = Transform { resolution, augment: false };
@@ -277,25 +270,10 @@ pub fn init_patch(
     let mut graph = backbone.graph().clone();
     crate::patch::new_head(&mut graph, labels.len(), 0)?;
     let head = crate::patch::head_index(&graph)?;
+    let Op::Linear(l) = &mut graph.nodes[head].op else { unreachable!("head_index checks the op") };
     let (w, b) = protos.head();
-    let slots = crate::patch::slots(&graph, kinds)?;
-    let tensors = slots
-        .iter()
-        .map(|&s| {
-            let values = match (s.node == head, s.role) {
-                (true, Role::Weights) => w.clone(),
-                (true, _) => b.clone(),
-                _ => crate::patch::param(&graph, s).to_vec(),
-            };
-            crate::patch::PatchTensor {
-                node: s.node as u32,
-                role: s.role,
-                shape: crate::patch::slot_shape(&graph, s),
-                values,
-            }
-        })
-        .collect();
-    Ok(Patch { kinds, fingerprint: backbone.fingerprint().to_string(), resolution, labels, tensors })
+    (l.weights, l.bias) = (Weights::F32(w), b);
+    Patch::extract(&graph, kinds, backbone.fingerprint(), resolution, labels)
 }
 
 /// For a task whose configuration asks for [`HeadInit::Prototypes`]: its initial patch becomes

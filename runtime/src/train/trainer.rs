@@ -86,12 +86,7 @@ impl Trainer {
         if kinds.head_only() && gpu.is_none() {
             let head = patch::head_index(&graph)?;
             let node = graph.nodes[head].clone();
-            let feature_graph = Graph {
-                nodes: graph.nodes[..head].to_vec(),
-                input_channels: graph.input_channels,
-                num_values: graph.num_values,
-                output: node.inputs[0],
-            };
+            let feature_graph = patch::feature_graph(&graph)?;
             let Op::Linear(l) = &node.op else { unreachable!("head_index checks the op") };
             graph = Graph {
                 nodes: vec![Node { inputs: vec![0], output: 1, ..node.clone() }],
