@@ -141,3 +141,82 @@ fn nan_infinity_and_negative_zero_inputs_give_the_same_outputs() {
         x
     });
 }
+
+fn conv(cin: usize, cout: usize, k: usize, s: usize, weights: Weights) -> Op {
+    Op::Conv(Conv { in_channels: cin, out_channels: cout, window: window(k, s), weights })
+}
+
+fn dw(c: usize, k: usize, s: usize, weights: Weights) -> Op {
+    Op::Depthwise(Depthwise { channels: c, window: window(k, s), weights })
+}
+
+/// Inverted residual blocks, which the blocked engine runs fused (band by band, or per channel
+/// group on small planes): channel counts off the block size, int8 and f32 weights, a 5×5
+/// depthwise at stride 2, a projection with no epilogue, a block without expansion, and the
+/// residual as either input of the sum. Value `i` is node `i − 1`'s output.
+fn blocks() -> Graph {
+    let relu6 = || Op::Act(Activation::Relu6);
+    let nodes: Vec<(Op, Vec<usize>)> = vec![
+        (conv(3, 24, 3, 2, f32w(24 * 27, 1)), vec![0]),
+        (affine(24, 2), vec![1]),
+        (relu6(), vec![2]),
+        // 4–12: expand 24 → 88, depthwise 3×3, project 88 → 24, + input.
+        (conv(24, 88, 1, 1, int8(88, 24, 3)), vec![3]),
+        (affine(88, 4), vec![4]),
+        (relu6(), vec![5]),
+        (dw(88, 3, 1, int8(88, 9, 5)), vec![6]),
+        (affine(88, 6), vec![7]),
+        (relu6(), vec![8]),
+        (conv(88, 24, 1, 1, f32w(24 * 88, 7)), vec![9]),
+        (affine(24, 8), vec![10]),
+        (Op::Add, vec![11, 3]),
+        // 13–19: expand 24 → 72 (f32), depthwise 5×5 at stride 2 (f32), project 72 → 40 raw.
+        (conv(24, 72, 1, 1, f32w(72 * 24, 9)), vec![12]),
+        (affine(72, 10), vec![13]),
+        (relu6(), vec![14]),
+        (dw(72, 5, 2, f32w(72 * 25, 11)), vec![15]),
+        (affine(72, 12), vec![16]),
+        (relu6(), vec![17]),
+        (conv(72, 40, 1, 1, int8(40, 72, 13)), vec![18]),
+        // 20–25: no expansion: depthwise on the projection, project 40 → 40, + (residual first).
+        (dw(40, 3, 1, int8(40, 9, 14)), vec![19]),
+        (affine(40, 15), vec![20]),
+        (relu6(), vec![21]),
+        (conv(40, 40, 1, 1, int8(40, 40, 16)), vec![22]),
+        (affine(40, 17), vec![23]),
+        (Op::Add, vec![19, 24]),
+        (Op::GlobalPool, vec![25]),
+        (
+            Op::Linear(Linear { in_features: 40, out_features: 4, weights: int8(4, 40, 18), bias: vec![0.1; 4] }),
+            vec![26],
+        ),
+    ];
+    let nodes: Vec<Node> = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (op, inputs))| Node { name: format!("n{i}"), op, inputs, output: i + 1 })
+        .collect();
+    let n = nodes.len();
+    Graph { nodes, input_channels: 3, num_values: n + 1, output: n }
+}
+
+/// The fused blocks give the planar pass's bits on 1, 2 and 3 threads (so one image is cut into
+/// 1, 2 or 3 row ranges, or run per channel group where the plane is too small), at batch 1 and
+/// at batches that give every thread its own images.
+#[test]
+fn fused_inverted_residual_blocks_give_the_planar_bits() {
+    let g = blocks();
+    assert_eq!(edgepatch::schedule::Schedule::inference(&g).blocks(&g).len(), 3, "the blocks are found");
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            for (n, r) in [(1, 64), (1, 36), (1, 33), (2, 50), (4, 40)] {
+                let what = format!("blocks, {threads} threads, batch {n}, {r} px");
+                same_bits(&what, &g, &input([n, 3, r, r], (threads * 1000 + n * 100 + r) as u64));
+            }
+        });
+    }
+    let b = Backbone::embedded().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    pool.install(|| same_bits("int8, 3 threads, batch 1, 224 px", b.graph(), &input([1, 3, 224, 224], 3)));
+}

@@ -11,6 +11,8 @@
 //!          ── values:     readers, last reader, needs a gradient
 //!          ── per node:   which parameters train, what the backward keeps (input / mask / nothing)
 //!          ── deferred:   affine → activation recomputed inside the frozen depthwise that reads it
+//!          ── blocks:     [expand 1×1 →] depthwise → project 1×1 [→ add], run band by band by
+//!                         the CPU inference engine ([`Schedule::blocks`])
 //! ```
 //!
 //! The scheduling facts of each op kind are written once, in [`Op::activation`] and
@@ -82,6 +84,32 @@ impl Step {
     /// The activation of the step (identity when it has none).
     pub fn activation(&self) -> Activation {
         self.act.map_or(Activation::Identity, |(_, a)| a)
+    }
+}
+
+/// An inverted residual block: steps an inference backend may run band by band of output rows
+/// without storing the values between them whole — `[expand →] depthwise → project [→ add]`,
+/// each a step whose output only the next step reads (indices into [`Schedule::steps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// A 1×1 convolution step.
+    pub expand: Option<usize>,
+    pub depthwise: usize,
+    /// A 1×1 convolution step.
+    pub project: usize,
+    /// The step adding the projection to another value.
+    pub add: Option<usize>,
+}
+
+impl Block {
+    /// The block's first step.
+    pub fn first(&self) -> usize {
+        self.expand.unwrap_or(self.depthwise)
+    }
+
+    /// The block's last step.
+    pub fn last(&self) -> usize {
+        self.add.unwrap_or(self.project)
     }
 }
 
@@ -197,6 +225,30 @@ impl Schedule {
         schedule.deferred = (0..count).map(|b| schedule.defers(graph, b)).collect();
         schedule.keep = (0..count).map(|s| schedule.keeps(graph, s)).collect();
         schedule
+    }
+
+    /// The inverted residual blocks of `graph` (see [`Block`]), in order, none overlapping.
+    pub fn blocks(&self, graph: &Graph) -> Vec<Block> {
+        let op = |s: usize| &graph.nodes[self.steps[s].head].op;
+        let pointwise = |s: usize| matches!(op(s), Op::Conv(c) if c.window.is_pointwise());
+        // Step `s`'s output is read by the next step's head alone.
+        let feeds = |s: usize| {
+            let out = self.steps[s].output;
+            self.readers[out] == 1 && self.steps.get(s + 1).is_some_and(|n| graph.nodes[n.head].inputs.contains(&out))
+        };
+        let mut blocks: Vec<Block> = Vec::new();
+        for d in 0..self.steps.len().saturating_sub(1) {
+            if !(matches!(op(d), Op::Depthwise(_)) && pointwise(d + 1) && feeds(d)) {
+                continue;
+            }
+            let free = blocks.last().is_none_or(|b| b.last() + 1 < d);
+            let expand = (free && d > 0 && pointwise(d - 1) && feeds(d - 1)).then(|| d - 1);
+            let add = (d + 2 < self.steps.len() && matches!(op(d + 2), Op::Add) && feeds(d + 1)).then_some(d + 2);
+            if blocks.last().is_none_or(|b| b.last() < expand.unwrap_or(d)) {
+                blocks.push(Block { expand, depthwise: d, project: d + 1, add });
+            }
+        }
+        blocks
     }
 
     /// The activation fused into affine node `s` (run in the same pass; the activation node is

@@ -211,7 +211,8 @@ impl Engine {
             return Ok(1);
         }
         let probe = |m: usize| self.cpu.pass_bytes(graph, Tensor::zeros([m, graph.input_channels, r, r]));
-        let cost = crate::train::memory::PassCost::from_probes(probe(1)?, probe(2)?);
+        let (a, b) = crate::train::memory::PassCost::engine_probes();
+        let cost = crate::train::memory::PassCost::from_probes_at((a, probe(a)?), (b, probe(b)?));
         // A tenth more, as a training plan needs ([`crate::train::memory::needs`]).
         let fits = |m: usize| {
             let bytes = cost.bytes(m) + per_image * m as u64;

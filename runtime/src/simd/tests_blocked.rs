@@ -31,37 +31,40 @@ fn the_blocked_product_is_its_definition_at_every_level() {
             for (raw, a, wide) in
                 [(false, Activation::Relu6, true), (true, Activation::Identity, false), (false, Activation::Relu, true)]
             {
-                let (first, count) = (2, pixels - 3);
-                let mut outs: Vec<Vec<f32>> = vec![vec![f32::NAN; count * BLOCK]; blocks];
-                let t = Pointwise {
-                    w: weights,
-                    k,
-                    x: &x,
-                    off: &off,
-                    step: 1,
-                    first,
-                    count,
-                    s: &s,
-                    b: if raw { &[] } else { &b },
-                    act: a,
-                    raw,
-                    wide,
-                };
-                let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|v| &mut v[..]).collect();
-                pointwise_at(level, &t, &mut views);
-                for (o, out) in outs.iter().enumerate() {
-                    for p in 0..count {
-                        for l in 0..BLOCK {
-                            let c = o * BLOCK + l;
-                            let sum = (0..k)
-                                .fold(0f32, |acc, i| wv[(o * k + i) * BLOCK + l].mul_add(x[off[i] + first + p], acc));
-                            let want = if raw { sum * s[c] } else { act(sum * s[c] + b[c], a) };
-                            let got = out[p * BLOCK + l];
-                            assert_eq!(
-                                got.to_bits(),
-                                want.to_bits(),
-                                "{level:?} raw {raw} {a:?}: block {o} pixel {p} lane {l}"
-                            );
+                // Pixel counts that end in each size of tile.
+                for (first, count) in [(2, pixels - 3), (1, pixels - 2), (0, pixels)] {
+                    let mut outs: Vec<Vec<f32>> = vec![vec![f32::NAN; count * BLOCK]; blocks];
+                    let t = Pointwise {
+                        w: weights,
+                        k,
+                        x: &x,
+                        off: &off,
+                        step: 1,
+                        first,
+                        count,
+                        s: &s,
+                        b: if raw { &[] } else { &b },
+                        act: a,
+                        raw,
+                        wide,
+                    };
+                    let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|v| &mut v[..]).collect();
+                    pointwise_at(level, &t, &mut views);
+                    for (o, out) in outs.iter().enumerate() {
+                        for p in 0..count {
+                            for l in 0..BLOCK {
+                                let c = o * BLOCK + l;
+                                let sum = (0..k).fold(0f32, |acc, i| {
+                                    wv[(o * k + i) * BLOCK + l].mul_add(x[off[i] + first + p], acc)
+                                });
+                                let want = if raw { sum * s[c] } else { act(sum * s[c] + b[c], a) };
+                                let got = out[p * BLOCK + l];
+                                assert_eq!(
+                                    got.to_bits(),
+                                    want.to_bits(),
+                                    "{level:?} raw {raw} {a:?}: block {o} pixel {p} lane {l}"
+                                );
+                            }
                         }
                     }
                 }
@@ -72,11 +75,16 @@ fn the_blocked_product_is_its_definition_at_every_level() {
 
 #[test]
 fn the_blocked_depthwise_is_its_definition_at_every_level() {
-    let (ih, iw) = (9, 11);
-    let x = values(ih * iw * BLOCK, 5);
     let (s, b) = (values(BLOCK, 6), values(BLOCK, 7));
+    // Planes wider and narrower than a group of pixels, down to one pixel.
+    let planes = [(9, 11), (7, 7), (2, 3), (1, 1), (4, 13)];
+    let shapes = [(3, 1, 1), (3, 2, 1), (5, 1, 2), (5, 2, 2), (3, 1, 0), (7, 3, 3)];
     for level in levels() {
-        for (k, st, pad) in [(3, 1, 1), (3, 2, 1), (5, 1, 2), (5, 2, 2), (3, 1, 0), (7, 3, 3)] {
+        for ((ih, iw), (k, st, pad)) in planes.into_iter().flat_map(|p| shapes.map(|s| (p, s))) {
+            if ih + 2 * pad < k || iw + 2 * pad < k {
+                continue;
+            }
+            let x = values(ih * iw * BLOCK, 5 + ih);
             let w = values(k * k * BLOCK, k + st);
             let oh = (ih + 2 * pad - k) / st + 1;
             let ow = (iw + 2 * pad - k) / st + 1;
@@ -84,6 +92,7 @@ fn the_blocked_depthwise_is_its_definition_at_every_level() {
                 let mut out = vec![f32::NAN; oh * ow * BLOCK];
                 let t = Depthwise {
                     x: &x,
+                    row0: 0,
                     ih,
                     iw,
                     w: &w,
@@ -120,7 +129,7 @@ fn the_blocked_depthwise_is_its_definition_at_every_level() {
                             assert_eq!(
                                 got.to_bits(),
                                 want.to_bits(),
-                                "{level:?} {k}×{k}/{st} {a:?}: ({oy}, {ox}) lane {l}"
+                                "{level:?} {ih}×{iw} {k}×{k}/{st} {a:?}: ({oy}, {ox}) lane {l}"
                             );
                         }
                     }
@@ -143,6 +152,7 @@ fn relu6_keeps_nan_and_negative_zero_as_clamp_does_at_every_level() {
         let mut out = vec![0f32; BLOCK];
         let t = Depthwise {
             x: &x,
+            row0: 0,
             ih: 1,
             iw: 1,
             w: &w,

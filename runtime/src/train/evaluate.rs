@@ -63,8 +63,9 @@ pub fn evaluate_within(
         None => (crate::backend::Engine::new(graph, device)?, EVAL_BATCH, 2),
         Some(budget) => {
             let engine = crate::backend::Engine::lean(graph, device)?;
-            // The batch scored and the one the loader builds meanwhile.
-            let image = (2 * 4 * graph.input_channels * (resolution * resolution) as usize) as u64;
+            // The batch scored, the engine's copy of it (in its buffer pool) and the batch the
+            // loader builds meanwhile.
+            let image = (3 * 4 * graph.input_channels * (resolution * resolution) as usize) as u64;
             let batch = engine.batch_within(graph, resolution as usize, EVAL_BATCH, image, budget)?;
             log::debug!("scoring {} images in batches of {batch} within {:.0} MB", indices.len(), budget as f64 / 1e6);
             (engine, batch, 0)

@@ -68,8 +68,21 @@ pub struct PassCost {
 impl PassCost {
     /// From the activation bytes of a one-sample and a two-sample pass.
     pub fn from_probes(one: u64, two: u64) -> Self {
-        let per_sample = two.saturating_sub(one);
-        PassCost { fixed: one.saturating_sub(per_sample), per_sample }
+        PassCost::from_probes_at((1, one), (2, two))
+    }
+
+    /// From the activation bytes of passes of `a` and `b > a` samples (the line through them).
+    pub fn from_probes_at((a, at_a): (usize, u64), (b, at_b): (usize, u64)) -> Self {
+        let per_sample = at_b.saturating_sub(at_a) / (b - a).max(1) as u64;
+        PassCost { fixed: at_a.saturating_sub(per_sample * a as u64), per_sample }
+    }
+
+    /// The sample counts an inference engine's pass is probed at: every thread given whole
+    /// images in both (the fused blocks cut an image's rows between threads otherwise, which
+    /// takes other buffers), at most 4 and 8 samples.
+    pub fn engine_probes() -> (usize, usize) {
+        let a = rayon::current_num_threads().clamp(1, 4);
+        (a, a + 1)
     }
 
     /// From the activation bytes of a one-sample pass, all of which scale with the samples.

@@ -216,7 +216,10 @@ impl Trainer {
         let probe = |m: usize| engine.pass_bytes(graph, Tensor::zeros([m, graph.input_channels, r, r]));
         let probed = match self.feature_probe {
             Some(p) => p,
-            None => PassCost::from_probes(probe(1)?, probe(2)?),
+            None => {
+                let (a, b) = PassCost::engine_probes();
+                PassCost::from_probes_at((a, probe(a)?), (b, probe(b)?))
+            }
         };
         self.feature_probe = Some(probed);
         // Each sample of a chunk is also an image of each batch the loader and the trainer hold.

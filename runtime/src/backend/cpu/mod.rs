@@ -4,7 +4,9 @@
 use crate::graph::{Graph, Node, Op};
 use crate::ops::blocked::{self, Value};
 use crate::ops::{self, Epilogue};
-use crate::schedule::{Schedule, Step};
+use crate::schedule::{Block, Schedule, Step};
+
+mod blocks;
 use std::sync::{Arc, Mutex};
 
 use crate::tensor::{Pool, Tensor};
@@ -27,10 +29,13 @@ pub struct CpuEngine {
     last_use: Vec<usize>,
     /// For each step, its convolution's packed weights (planar layout).
     packed: Arc<Vec<Option<ops::conv::Packed>>>,
-    /// For each step, its convolution's weights for the blocked layout, when the engine runs it
-    /// ([`Layout::Blocked`]).
-    packed_blocked: Arc<Vec<Option<blocked::PackedConv>>>,
+    /// For each step, its (dense or depthwise) convolution's weights for the blocked layout, when
+    /// the engine runs it ([`Layout::Blocked`]).
+    packed_blocked: Arc<Vec<Option<blocked::Pack>>>,
     layout: Layout,
+    /// For each step, the inverted residual block starting there, run band by band
+    /// ([`blocked::fused`]) when the layout is blocked (unless `EDGEPATCH_FUSE=0`).
+    blocks: Vec<Option<Block>>,
     /// Whether a pass runs as one job on rayon's pool ([`on_pool`]); see
     /// [`CpuEngine::keep_passes_on_caller`].
     on_pool: bool,
@@ -68,6 +73,7 @@ impl Clone for CpuEngine {
             packed: self.packed.clone(),
             packed_blocked: self.packed_blocked.clone(),
             layout: self.layout,
+            blocks: self.blocks.clone(),
             on_pool: self.on_pool,
             pool: CpuEngine::pool(),
             sub_graph: self.sub_graph,
@@ -92,10 +98,18 @@ impl CpuEngine {
     /// [`CpuEngine::new`] without packed weights (every pass packs its own), for an engine that
     /// stands by while a GPU runs the passes.
     pub(crate) fn unpacked(graph: &Graph) -> Self {
-        let Schedule { steps, last_use, .. } = Schedule::inference(graph);
+        let schedule = Schedule::inference(graph);
+        let mut blocks = vec![None; schedule.steps.len()];
+        if std::env::var("EDGEPATCH_FUSE").as_deref() != Ok("0") {
+            for b in schedule.blocks(graph) {
+                blocks[b.first()] = Some(b);
+            }
+        }
+        let Schedule { steps, last_use, .. } = schedule;
         CpuEngine {
             steps,
             last_use,
+            blocks,
             packed: Arc::default(),
             packed_blocked: Arc::default(),
             layout: Layout::default_for_inference(),
@@ -115,34 +129,35 @@ impl CpuEngine {
     /// the convolutions whose weights changed.
     pub fn update(&mut self, graph: &Graph) {
         if self.layout == Layout::Blocked {
-            let new = |c: &crate::graph::Conv| Some(blocked::PackedConv::new(c)).filter(|p| p.fits(c));
-            self.packed_blocked = Arc::new(self.repack(graph, &self.packed_blocked, |p, c| p.fits(c), new));
+            self.packed_blocked =
+                Arc::new(self.repack(graph, &self.packed_blocked, blocked::Pack::fits, blocked::Pack::new));
         } else {
-            self.packed = Arc::new(self.repack(graph, &self.packed, |p, c| p.fits(c), ops::conv::Packed::new));
+            let conv = |op: &Op| match op {
+                Op::Conv(c) => ops::conv::Packed::new(c),
+                _ => None,
+            };
+            let fits = |p: &ops::conv::Packed, op: &Op| matches!(op, Op::Conv(c) if p.fits(c));
+            self.packed = Arc::new(self.repack(graph, &self.packed, fits, conv));
         }
     }
 
-    /// Each step's convolution weights packed for `graph`: kept from `old` where they still
-    /// `fit`, packed anew otherwise.
+    /// Each step's weights packed for `graph`: kept from `old` where they still `fit` the step's
+    /// operation, packed anew otherwise.
     fn repack<P: Clone>(
         &self,
         graph: &Graph,
         old: &[Option<P>],
-        fits: impl Fn(&P, &crate::graph::Conv) -> bool,
-        new: impl Fn(&crate::graph::Conv) -> Option<P>,
+        fits: impl Fn(&P, &Op) -> bool,
+        new: impl Fn(&Op) -> Option<P>,
     ) -> Vec<Option<P>> {
-        let step_conv = |step: &Step| match &graph.nodes.get(step.head)?.op {
-            Op::Conv(conv) => Some(conv),
-            _ => None,
-        };
         self.steps
             .iter()
             .enumerate()
             .map(|(s, step)| {
-                let conv = step_conv(step)?;
+                let op = &graph.nodes.get(step.head)?.op;
                 match old.get(s) {
-                    Some(Some(p)) if fits(p, conv) => Some(p.clone()),
-                    _ => new(conv),
+                    Some(Some(p)) if fits(p, op) => Some(p.clone()),
+                    _ => new(op),
                 }
             })
             .collect()
@@ -256,19 +271,25 @@ impl CpuEngine {
         }
         let mut values: Vec<Option<Value>> = vec![None; graph.num_values];
         values[0] = Some(Value::Planar(input));
-        for (s, step) in self.steps.iter().enumerate() {
+        let mut s = 0;
+        while s < self.steps.len() {
             let started = times.is_some().then(std::time::Instant::now);
-            let out = self.step(graph, &mut values, s);
-            let node = &graph.nodes[step.head];
-            for &v in &node.inputs {
-                if self.last_use[v] == step.head {
-                    values[v] = None;
+            let (out, last) = match self.blocks[s].filter(|_| self.layout == Layout::Blocked) {
+                Some(block) => (self.block(graph, &values, &block), block.last()),
+                None => (self.step(graph, &mut values, s), s),
+            };
+            for step in &self.steps[s..=last] {
+                for &v in &graph.nodes[step.head].inputs {
+                    if self.last_use[v] == step.head {
+                        values[v] = None;
+                    }
                 }
             }
-            values[step.output] = Some(out);
+            values[self.steps[last].output] = Some(out);
             if let (Some(t), Some(started)) = (times.as_mut(), started) {
-                t.push((step.head, started.elapsed()));
+                t.push((self.steps[s].head, started.elapsed()));
             }
+            s = last + 1;
         }
         let out = values[graph.output].take().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
         Ok(out.planar())
@@ -289,22 +310,22 @@ impl CpuEngine {
         };
         let blocked = self.layout == Layout::Blocked;
         match &node.op {
-            Op::Conv(conv) if blocked => {
-                let fresh;
-                let packed = match self.packed_blocked.get(s).and_then(Option::as_ref).filter(|p| p.fits(conv)) {
-                    Some(p) => p,
-                    None => {
-                        fresh = blocked::PackedConv::new(conv);
-                        &fresh
-                    }
-                };
-                blocked::conv(conv, packed, read(values, node, 0), &epi)
-            }
+            Op::Conv(conv) if blocked => blocked::conv(conv, &self.packed_conv(s, conv), read(values, node, 0), &epi),
             Op::Conv(conv) => {
                 let packed = self.packed.get(s).and_then(Option::as_ref);
                 Value::Planar(ops::conv::forward_packed(conv, packed, &read(values, node, 0).as_planar(), &epi))
             }
-            Op::Depthwise(dw) if blocked => blocked::depthwise(dw, read(values, node, 0), &epi),
+            Op::Depthwise(dw) if blocked => {
+                let fresh;
+                let packed = match self.packed_blocked.get(s).and_then(Option::as_ref) {
+                    Some(blocked::Pack::Depthwise(p)) if p.fits(dw) => p,
+                    _ => {
+                        fresh = blocked::PackedDepthwise::new(dw);
+                        &fresh
+                    }
+                };
+                blocked::depthwise(dw, packed, read(values, node, 0), &epi)
+            }
             Op::Depthwise(dw) => Value::Planar(ops::depthwise::forward(dw, &read(values, node, 0).as_planar(), &epi)),
             Op::Affine(a) => blocked::affine(a, self.take(values, node, step), step.activation()),
             Op::Act(act) => match self.take(values, node, step) {
@@ -351,5 +372,9 @@ fn on_pool<R: Send>(pooled: bool, f: impl FnOnce() -> R + Send) -> R {
 }
 
 fn read<'a>(values: &'a [Option<Value>], node: &Node, i: usize) -> &'a Value {
-    values[node.inputs[i]].as_ref().expect("computed before use")
+    read_value(values, node.inputs[i])
+}
+
+pub(super) fn read_value(values: &[Option<Value>], v: usize) -> &Value {
+    values[v].as_ref().expect("computed before use")
 }

@@ -10,9 +10,14 @@
 use rayon::prelude::*;
 
 use super::{Activation, Epilogue};
-use crate::graph::{Conv, Depthwise, Weights};
+use crate::graph::{Conv, Depthwise};
+
+pub mod fused;
+mod pack;
 use crate::simd::blocked::{self as kernels, BLOCK};
 use crate::tensor::Tensor;
+use pack::lanes;
+pub use pack::{Pack, PackedConv, PackedDepthwise};
 
 /// A value of a pass: planar, or blocked with its real channel count.
 #[derive(Debug, Clone)]
@@ -91,94 +96,6 @@ pub fn unblock(x: &Tensor, c: usize) -> Tensor {
     out
 }
 
-/// The values of [`PackedConv`]: int8 weights stay int8 (converted as the kernel loads them).
-#[derive(Debug, Clone)]
-enum Packed {
-    F32(Vec<f32>),
-    I8(Vec<i8>),
-}
-
-/// A convolution's weights for [`conv`]: `[blocks][k][BLOCK]` (the raw int8 values, or the f32
-/// weights), and each output channel's dequantization scale (1 for f32 weights).
-/// Clones share the values (an engine taking up another patch keeps the unchanged layers' packs
-/// without copying them).
-#[derive(Debug, Clone)]
-pub struct PackedConv {
-    w: std::sync::Arc<Packed>,
-    q: std::sync::Arc<[f32]>,
-    /// The int8 values packed (`None` for f32 weights, which may change in place).
-    source: Option<std::sync::Arc<[i8]>>,
-}
-
-impl PackedConv {
-    /// Whether these are `conv`'s int8 weights (the same shared allocation, which cannot change
-    /// while this holds it).
-    pub fn fits(&self, conv: &Conv) -> bool {
-        let k = conv.in_channels * conv.window.kernel[0] * conv.window.kernel[1];
-        let same = match (&conv.weights, &self.source) {
-            (Weights::Int8 { values, .. }, Some(s)) => std::sync::Arc::ptr_eq(values, s),
-            _ => false,
-        };
-        same && self.weights().len() == conv.out_channels.div_ceil(BLOCK) * k * BLOCK
-    }
-
-    fn weights(&self) -> kernels::Weights<'_> {
-        match &*self.w {
-            Packed::F32(w) => kernels::Weights::F32(w),
-            Packed::I8(w) => kernels::Weights::I8(w),
-        }
-    }
-
-    /// `conv`'s weights packed.
-    pub fn new(conv: &Conv) -> Self {
-        let (co, k) = (conv.out_channels, conv.in_channels * conv.window.kernel[0] * conv.window.kernel[1]);
-        let at = |o: usize, i: usize| ((o / BLOCK) * k + i) * BLOCK + o % BLOCK;
-        let len = co.div_ceil(BLOCK) * k * BLOCK;
-        let (w, q, source) = match &conv.weights {
-            Weights::Int8 { values, scales } => {
-                let mut w = vec![0i8; len];
-                for (o, row) in values.chunks_exact(k).enumerate() {
-                    for (i, &v) in row.iter().enumerate() {
-                        w[at(o, i)] = v;
-                    }
-                }
-                (Packed::I8(w), scales.clone(), Some(values.clone()))
-            }
-            Weights::F32(values) => {
-                let mut w = vec![0f32; len];
-                for (o, row) in values.chunks_exact(k).enumerate() {
-                    for (i, &v) in row.iter().enumerate() {
-                        w[at(o, i)] = v;
-                    }
-                }
-                (Packed::F32(w), vec![1.0; co], None)
-            }
-        };
-        PackedConv { w: std::sync::Arc::new(w), q: q.into(), source }
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        let w = match &*self.w {
-            Packed::F32(w) => 4 * w.len(),
-            Packed::I8(w) => w.len(),
-        };
-        w + 4 * self.q.len()
-    }
-}
-
-/// Per output lane `(s, b)` of an epilogue over `c` channels whose accumulators carry the factor
-/// `q[c]`: `s = q·scale`, `b = bias` (as [`Epilogue::finish`] computes them), zero past `c`.
-fn lanes(epi: &Epilogue, q: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
-    let n = c.div_ceil(BLOCK) * BLOCK;
-    let (mut s, mut b) = (vec![0f32; n], vec![0f32; n]);
-    for ch in 0..c {
-        s[ch] = q[ch] * epi.scale.map_or(1.0, |v| v[ch]);
-        b[ch] = epi.bias.map_or(0.0, |v| v[ch]);
-    }
-    (s, b)
-}
-
 /// Tasks a pass splits a layer into at least (enough for the thread pool to balance).
 fn tasks_wanted() -> usize {
     4 * rayon::current_num_threads().max(1)
@@ -187,6 +104,11 @@ fn tasks_wanted() -> usize {
 /// A dense convolution with its epilogue: `x` (any layout) → blocked `[N, Cout, OH, OW]`. A 1×1
 /// window reads the blocked input in place; other windows go through the planar im2col.
 pub fn conv(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue) -> Value {
+    conv_adding(conv, packed, x, epi, None)
+}
+
+/// [`conv`], then `+ residual` (blocked, the output's shape) added to each finished value.
+pub fn conv_adding(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue, residual: Option<&Tensor>) -> Value {
     let (co, win) = (conv.out_channels, &conv.window);
     let wide = crate::simd::level() == crate::simd::Level::Avx512;
     let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == Activation::Identity;
@@ -252,27 +174,25 @@ pub fn conv(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue) -> Valu
             wide,
         };
         kernels::pointwise(&t, &mut outs);
+        if let Some(r) = residual {
+            for (o, dst) in blocks.zip(outs.iter_mut()) {
+                let src = &r.data[(img * cb + o) * hw * BLOCK + first * BLOCK..][..dst.len()];
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            }
+        }
     });
     Value::Blocked(out, co)
 }
 
-/// A depthwise convolution with its epilogue: `x` (any layout) → blocked.
-pub fn depthwise(layer: &Depthwise, x: &Value, epi: &Epilogue) -> Value {
+/// A depthwise convolution with its epilogue: `x` (any layout) → blocked; `packed` holds
+/// `layer`'s taps.
+pub fn depthwise(layer: &Depthwise, packed: &PackedDepthwise, x: &Value, epi: &Epilogue) -> Value {
     let (t, c) = x.as_blocked();
     let [n, cp, ih, iw] = t.shape;
     let win = &layer.window;
     let (oh, ow) = win.output_size(ih, iw).expect("shape checked by Graph::shapes");
-    let (kl, cb) = (win.kernel[0] * win.kernel[1], cp / BLOCK);
-    let mut w = vec![0f32; cb * kl * BLOCK];
-    let mut q = vec![0f32; c];
-    let mut row = vec![0f32; kl];
-    for ch in 0..c {
-        q[ch] = layer.weights.raw_row(ch, &mut row);
-        for (tap, &v) in row.iter().enumerate() {
-            w[((ch / BLOCK) * kl + tap) * BLOCK + ch % BLOCK] = v;
-        }
-    }
-    let (s, b) = lanes(epi, &q, c);
+    let (kl, cb, w) = (win.kernel[0] * win.kernel[1], cp / BLOCK, &packed.w);
+    let (s, b) = lanes(epi, &packed.q, c);
     let mut out = Tensor::scratch([n, cp, oh, ow]);
     let rows = oh.div_ceil(tasks_wanted().div_ceil(n * cb)).max((2048 / (ow * BLOCK)).max(1)).min(oh);
     let tasks: Vec<(usize, usize, &mut [f32])> = out
@@ -285,6 +205,7 @@ pub fn depthwise(layer: &Depthwise, x: &Value, epi: &Epilogue) -> Value {
         let blk = plane % cb;
         let t = kernels::Depthwise {
             x: &t.data[plane * ih * iw * BLOCK..(plane + 1) * ih * iw * BLOCK],
+            row0: 0,
             ih,
             iw,
             w: &w[blk * kl * BLOCK..(blk + 1) * kl * BLOCK],
