@@ -109,6 +109,10 @@ pub fn conv(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue) -> Valu
 
 /// [`conv`], then `+ residual` (blocked, the output's shape) added to each finished value.
 pub fn conv_adding(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue, residual: Option<&Tensor>) -> Value {
+    let win = &conv.window;
+    if !win.is_pointwise() && residual.is_none() && win.stride[0] == win.stride[1] && win.stride[0] <= 2 {
+        return direct(conv, packed, &x.as_planar(), epi);
+    }
     let (co, win) = (conv.out_channels, &conv.window);
     let wide = crate::simd::level() == crate::simd::Level::Avx512;
     let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == Activation::Identity;
@@ -179,6 +183,71 @@ pub fn conv_adding(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue, 
                 let src = &r.data[(img * cb + o) * hw * BLOCK + first * BLOCK..][..dst.len()];
                 dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
             }
+        }
+    });
+    Value::Blocked(out, co)
+}
+
+/// A dense convolution of stride 1 or 2 (any window) reading the planar input `x` where it lies
+/// (after one zero-padded copy), output row by output row: the product of [`conv`]'s im2col
+/// columns without writing them (the same input values in the same order, so the same bits).
+fn direct(conv: &Conv, packed: &PackedConv, x: &Tensor, epi: &Epilogue) -> Value {
+    let (co, win) = (conv.out_channels, &conv.window);
+    let [n, ci, ih, iw] = x.shape;
+    let (oh, ow) = win.output_size(ih, iw).expect("shape checked by Graph::shapes");
+    let ([kh, kw], s, [pt, pl, pb, pr]) = (win.kernel, win.stride[0], win.pads);
+    let (ph, pw) = ((ih + pt + pb).max((oh - 1) * s + kh), (iw + pl + pr).max((ow - 1) * s + kw));
+    let mut padded = Tensor::zeros([n, ci, ph, pw]);
+    padded.data.par_chunks_mut(ph * pw).zip(x.data.par_chunks(ih * iw)).for_each(|(dst, src)| {
+        for (row, src) in src.chunks_exact(iw).enumerate() {
+            dst[(row + pt) * pw + pl..][..iw].copy_from_slice(src);
+        }
+    });
+    let offsets: Vec<usize> =
+        (0..ci).flat_map(|c| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| c * ph * pw + ky * pw + kx))).collect();
+    let k = offsets.len();
+    let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == Activation::Identity;
+    let (sl, bl) = if raw { (lanes(&Epilogue::NONE, &packed.q, co).0, vec![]) } else { lanes(epi, &packed.q, co) };
+    let wide = crate::simd::level() == crate::simd::Level::Avx512;
+    let (cb, group) = (co.div_ceil(BLOCK), if wide { 2 } else { 1 });
+    let mut out = Tensor::scratch([n, cb * BLOCK, oh, ow]);
+    let rows = oh.div_ceil(tasks_wanted().div_ceil(n * cb.div_ceil(group))).max(1);
+    let mut tasks = Vec::new();
+    for (img, planes) in out.data.chunks_mut(cb * oh * ow * BLOCK).enumerate() {
+        let mut planes: Vec<_> = planes.chunks_mut(oh * ow * BLOCK).map(|p| p.chunks_mut(rows * ow * BLOCK)).collect();
+        for r0 in (0..oh).step_by(rows) {
+            for g in (0..cb).step_by(group) {
+                let outs: Vec<&mut [f32]> =
+                    planes[g..(g + group).min(cb)].iter_mut().map(|p| p.next().expect("a chunk")).collect();
+                tasks.push((img, g, r0, outs));
+            }
+        }
+    }
+    tasks.into_par_iter().for_each(|(img, g, r0, mut outs)| {
+        let blocks = g..g + outs.len();
+        let lanes = blocks.start * BLOCK..blocks.end * BLOCK;
+        let w = blocks.start * k * BLOCK..blocks.end * k * BLOCK;
+        for r in 0..outs[0].len() / (ow * BLOCK) {
+            let mut row: Vec<&mut [f32]> =
+                outs.iter_mut().map(|o| &mut o[r * ow * BLOCK..(r + 1) * ow * BLOCK]).collect();
+            let t = kernels::Pointwise {
+                w: match packed.weights() {
+                    kernels::Weights::F32(v) => kernels::Weights::F32(&v[w.clone()]),
+                    kernels::Weights::I8(v) => kernels::Weights::I8(&v[w.clone()]),
+                },
+                k,
+                x: &padded.data[(img * ci * ph + (r0 + r) * s) * pw..],
+                off: &offsets,
+                step: s,
+                first: 0,
+                count: ow,
+                s: &sl[lanes.clone()],
+                b: if raw { &[] } else { &bl[lanes.clone()] },
+                act: epi.act,
+                raw,
+                wide,
+            };
+            kernels::pointwise(&t, &mut row);
         }
     });
     Value::Blocked(out, co)

@@ -131,7 +131,9 @@ fn pointwise_with<L: Lanes>(t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {
         (BLOCK, Weights::I8(w)) => pointwise_step::<L, BLOCK, _>(t, w, outs),
         (1, Weights::F32(w)) => pointwise_step::<L, 1, _>(t, w, outs),
         (1, Weights::I8(w)) => pointwise_step::<L, 1, _>(t, w, outs),
-        (s, _) => panic!("pixel step {s} (1 or {BLOCK})"),
+        (2, Weights::F32(w)) => pointwise_step::<L, 2, _>(t, w, outs),
+        (2, Weights::I8(w)) => pointwise_step::<L, 2, _>(t, w, outs),
+        (s, _) => panic!("pixel step {s} (1, 2 or {BLOCK})"),
     }
 }
 
