@@ -52,6 +52,8 @@ impl CpuEngine {
                 epi: epilogue(project.0),
             },
             residual,
+            // Passes kept on the caller are those under a memory budget.
+            lean: !self.on_pool,
         };
         blocked::fused::inverted_residual(&fused, read_value(values, node(block.first()).inputs[0]))
     }

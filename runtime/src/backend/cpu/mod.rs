@@ -164,11 +164,14 @@ impl CpuEngine {
     }
 
     /// The most bytes of activation buffers a forward pass on `input` holds at once (measured
-    /// by running it with a fresh buffer pool; the engine's own pool is left alone).
+    /// by running it with a fresh buffer pool; the engine's own pool is left alone), with the
+    /// band buffer each thread keeps for the fused blocks.
     pub fn pass_bytes(&self, graph: &Graph, input: Tensor) -> Result<u64> {
         let mut pool = Pool::default();
         pool.scope(|| self.run(graph, input))?;
-        Ok(pool.bytes() as u64)
+        // The fused blocks' band buffers, one per thread, kept outside the pool.
+        let bands = rayon::current_num_threads() * blocked::fused::band_buffer_bytes();
+        Ok((pool.bytes() + bands) as u64)
     }
 
     /// Runs each pass on the calling thread (its parallel loops then each wake the pool) instead
