@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Where a batch-1 pass spends its time: edgepatch's per-step profile (`edgepatch-bench
-profile`, the blocked layout and, with EDGEPATCH_LAYOUT=planar, the planar one) beside
-onnxruntime's own per-node profile (`SessionOptions.enable_profiling`) of the f32 model, summed by
-kind of layer. Alternates the three `rounds` times and prints a markdown table of the medians.
+"""Where a batch-1 pass spends its time, block by block of MobileNetV2 (`features.N`, the pool and
+the classifier): edgepatch's per-step profile (`edgepatch-bench profile`) in three engine
+configurations — planar (EDGEPATCH_LAYOUT=planar), blocked layer by layer (EDGEPATCH_FUSE=0) and
+blocked with the inverted residual blocks fused (the default) — beside onnxruntime's own per-node
+profile (`SessionOptions.enable_profiling`) of the f32 model. Alternates the four `rounds` times
+and prints a markdown table of the medians.
 
     python3 tools/bench/profile_table.py [--rounds 3] [--reps 30] [--batch 1]
 """
@@ -18,20 +20,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("EDGEPATCH_CACHE", ROOT / "cache"))
 BENCH = (ROOT / os.environ.get("CARGO_TARGET_DIR", "target")).resolve() / "release/edgepatch-bench"
-KINDS = ["conv 1×1", "depthwise", "conv k×k", "linear", "add", "pool", "other"]
+CONFIGS = {"planar": {"EDGEPATCH_LAYOUT": "planar"}, "layer by layer": {"EDGEPATCH_FUSE": "0"}, "fused": {}}
 
 
-def edgepatch(layout, batch, reps):
-    env = {**os.environ, "EDGEPATCH_LAYOUT": layout}
-    out = subprocess.run([BENCH, "profile", "--batch", str(batch), "--reps", str(reps)], env=env,
+def part(node):
+    """The row a node's time goes to: `features.N`, `pool`, `classifier` or `other`."""
+    m = re.match(r"(features\.\d+)", node)
+    return m.group(1) if m else node if node in ("pool", "classifier") else "other"
+
+
+def edgepatch(env, batch, reps):
+    out = subprocess.run([BENCH, "profile", "--batch", str(batch), "--reps", str(reps)], env={**os.environ, **env},
                          capture_output=True, text=True, check=True).stdout
     d = json.loads(out)
-    kinds = {k["kind"]: k["ms"] for k in d["kinds"]}
-    return {"total": d["median_ms"], **kinds}
+    rows = {"total": d["median_ms"]}
+    for s in d["steps"]:
+        rows[part(s["node"])] = rows.get(part(s["node"]), 0.0) + s["ms"]
+    return rows
 
 
 def onnxruntime(batch, reps):
-    """onnxruntime's profile by kind: the depthwise convolutions are the ones with a group."""
     model = CACHE / "mobilenet_v2_f32.onnx"
     with tempfile.TemporaryDirectory() as d:
         prof = Path(d) / "nodes.json"
@@ -39,25 +47,12 @@ def onnxruntime(batch, reps):
                               str(batch), "--steps", str(reps), "--profile", prof],
                              capture_output=True, text=True, check=True).stdout
         nodes = json.loads(prof.read_text())
-    median = json.loads(out.splitlines()[-1])["median_ms"]
-    kinds = {}
+    rows = {"total": json.loads(out.splitlines()[-1])["median_ms"]}
     for n in nodes:
-        m = re.match(r"features\.(\d+)\.conv\.(\d+)", n["node"])
-        if n["op"] == "Gemm":
-            k = "linear"
-        elif n["op"] == "GlobalAveragePool":
-            k = "pool"
-        elif m:
-            block, i = int(m.group(1)), int(m.group(2))
-            k = "depthwise" if (block == 1 and i == 0) or (block > 1 and i == 1) else "conv 1×1"
-        elif n["node"].startswith("features.0."):
-            k = "conv k×k"
-        elif n["node"].startswith("features.18."):
-            k = "conv 1×1"
-        else:
-            k = "other"
-        kinds[k] = kinds.get(k, 0.0) + n["us"] / 1e3
-    return {"total": median, "profiled total": sum(kinds.values()), **kinds}
+        k = "classifier" if n["op"] == "Gemm" else "pool" if n["op"] == "GlobalAveragePool" else part(n["node"])
+        rows[k] = rows.get(k, 0.0) + n["us"] / 1e3
+    rows["profiled total"] = sum(v for k, v in rows.items() if k != "total")
+    return rows
 
 
 def main():
@@ -66,20 +61,23 @@ def main():
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=1)
     a = ap.parse_args()
-    runs = {"planar": [], "blocked": [], "ort": []}
+    runs = {k: [] for k in [*CONFIGS, "ort"]}
     for _ in range(a.rounds):
-        runs["planar"].append(edgepatch("planar", a.batch, a.reps))
-        runs["blocked"].append(edgepatch("blocked", a.batch, a.reps))
+        for name, env in CONFIGS.items():
+            runs[name].append(edgepatch(env, a.batch, a.reps))
         runs["ort"].append(onnxruntime(a.batch, a.reps))
     med = lambda rs, k: sorted(r.get(k, 0.0) for r in rs)[len(rs) // 2]
-    print(f"| layers (batch {a.batch}, 224 px; ms, median of {a.rounds} alternating rounds) | edgepatch planar | "
-          "edgepatch blocked | onnxruntime f32 (its profile) |")
-    print("|---|---:|---:|---:|")
-    for k in KINDS:
-        print(f"| {k} | {med(runs['planar'], k):.2f} | {med(runs['blocked'], k):.2f} | {med(runs['ort'], k):.2f} |")
-    print(f"| **sum of the steps** | {med(runs['planar'], 'total'):.2f} | {med(runs['blocked'], 'total'):.2f} | "
-          f"{med(runs['ort'], 'profiled total'):.2f} |")
-    print(f"| onnxruntime's pass without profiling | | | {med(runs['ort'], 'total'):.2f} |")
+    cols = [*CONFIGS, "ort"]
+    print(f"| part (batch {a.batch}, 224 px; ms, median of {a.rounds} alternating rounds) | edgepatch planar | "
+          "edgepatch blocked, layer by layer | edgepatch blocked, fused blocks | onnxruntime f32 (its profile) |")
+    print("|---|---:|---:|---:|---:|")
+    parts = [f"features.{i}" for i in range(19)] + ["pool", "classifier", "other"]
+    for p in parts:
+        if any(med(runs[c], p) for c in cols):
+            print(f"| {p} | " + " | ".join(f"{med(runs[c], p):.2f}" for c in cols) + " |")
+    sums = [med(runs[c], "total") for c in CONFIGS] + [med(runs["ort"], "profiled total")]
+    print("| **sum of the steps** | " + " | ".join(f"{v:.2f}" for v in sums) + " |")
+    print(f"| onnxruntime's pass without profiling | | | | {med(runs['ort'], 'total'):.2f} |")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,25 @@ pub fn profile(batch: usize, reps: usize) -> serde_json::Value {
     let peak = super::peak_gflops(edgepatch::simd::level()).unwrap_or(f64::NAN);
     let mut steps = Vec::new();
     let mut kinds: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    let macs_of = |node: &edgepatch::graph::Node| {
+        let output = shapes[node.output];
+        match &node.op {
+            Op::Conv(c) => c.in_channels * c.window.kernel[0] * c.window.kernel[1] * output.c * output.h * output.w,
+            Op::Depthwise(d) => d.window.kernel[0] * d.window.kernel[1] * output.c * output.h * output.w,
+            _ => 0,
+        }
+    };
     for (i, &(head, _)) in runs[0].iter().enumerate() {
         let secs = super::median(runs.iter().map(|r| r[i].1.as_secs_f64()).collect());
         let node = &g.nodes[head];
-        let (input, output) = (shapes[node.inputs[0]], shapes[node.output]);
+        let (input, mut output) = (shapes[node.inputs[0]], shapes[node.output]);
+        let fused = engine.fused_block_at(head);
         let (kind, macs) = match &node.op {
+            _ if fused.is_some() => {
+                let (heads, out) = fused.clone().expect("a block");
+                output = shapes[out];
+                ("block (fused)", heads.iter().map(|&h| macs_of(&g.nodes[h])).sum())
+            }
             Op::Conv(c) if c.window.is_pointwise() => ("conv 1×1", c.in_channels * output.c * output.h * output.w),
             Op::Conv(c) => {
                 let k = c.window.kernel[0] * c.window.kernel[1];

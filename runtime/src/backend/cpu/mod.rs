@@ -182,6 +182,14 @@ impl CpuEngine {
         self.on_pool = false;
     }
 
+    /// The inverted residual block a pass runs fused from the step whose head is node `head`
+    /// (see [`CpuEngine::profile`]): its steps' heads and its output value.
+    pub fn fused_block_at(&self, head: usize) -> Option<(Vec<usize>, usize)> {
+        let s = self.steps.iter().position(|st| st.head == head)?;
+        let b = self.blocks[s].filter(|_| self.layout == Layout::Blocked)?;
+        Some((self.steps[b.first()..=b.last()].iter().map(|st| st.head).collect(), self.steps[b.last()].output))
+    }
+
     /// Bytes of the weights the engine keeps packed.
     pub fn packed_bytes(&self) -> usize {
         self.packed.iter().flatten().map(|p| p.bytes()).sum::<usize>()
@@ -241,7 +249,8 @@ impl CpuEngine {
 
     /// A forward pass (as [`CpuEngine::forward`]) that also returns the wall time of each step of
     /// [`Schedule::inference`], in order, with the step's head node: what a per-layer profile
-    /// reads. The pass runs with a fresh buffer pool, so allocation is in the times.
+    /// reads. A fused block is one entry, under its first step's head
+    /// ([`CpuEngine::fused_block_at`]). The pass runs with a fresh buffer pool, so allocation is in the times.
     pub fn profile(&self, graph: &Graph, input: Tensor) -> Result<(Tensor, Vec<(usize, std::time::Duration)>)> {
         let mut times = Vec::with_capacity(self.steps.len());
         let out = match self.pool.try_lock() {
