@@ -93,12 +93,20 @@ fn every_path() -> Graph {
         ),
         (affine(33, 9), vec![12]),
         (Op::Act(Activation::Relu6), vec![13]),
-        (Op::GlobalPool, vec![14]),
-        (
-            Op::Linear(Linear { in_features: 33, out_features: 4, weights: int8(4, 33, 10), bias: vec![0.1; 4] }),
-            vec![15],
-        ),
     ];
+    graph(nodes, 33, 10)
+}
+
+/// `nodes` (value `i` is node `i − 1`'s output) closed by a global pool and a classifier of
+/// `features` inputs (int8 weights from `seed`).
+fn graph(mut nodes: Vec<(Op, Vec<usize>)>, features: usize, seed: u64) -> Graph {
+    let last = nodes.len();
+    nodes.push((Op::GlobalPool, vec![last]));
+    let weights = int8(4, features, seed);
+    nodes.push((
+        Op::Linear(Linear { in_features: features, out_features: 4, weights, bias: vec![0.1; 4] }),
+        vec![last + 1],
+    ));
     let nodes: Vec<Node> = nodes
         .into_iter()
         .enumerate()
@@ -185,19 +193,8 @@ fn blocks() -> Graph {
         (conv(40, 40, 1, 1, int8(40, 40, 16)), vec![22]),
         (affine(40, 17), vec![23]),
         (Op::Add, vec![19, 24]),
-        (Op::GlobalPool, vec![25]),
-        (
-            Op::Linear(Linear { in_features: 40, out_features: 4, weights: int8(4, 40, 18), bias: vec![0.1; 4] }),
-            vec![26],
-        ),
     ];
-    let nodes: Vec<Node> = nodes
-        .into_iter()
-        .enumerate()
-        .map(|(i, (op, inputs))| Node { name: format!("n{i}"), op, inputs, output: i + 1 })
-        .collect();
-    let n = nodes.len();
-    Graph { nodes, input_channels: 3, num_values: n + 1, output: n }
+    graph(nodes, 40, 18)
 }
 
 /// The fused blocks give the planar pass's bits on 1, 2 and 3 threads (so one image is cut into
