@@ -217,3 +217,23 @@ fn fused_inverted_residual_blocks_give_the_planar_bits() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
     pool.install(|| same_bits("int8, 3 threads, batch 1, 224 px", b.graph(), &input([1, 3, 224, 224], 3)));
 }
+
+/// Passes from several threads at once through one engine (each keeping the pool's other
+/// workers awake while it runs) all finish, with the bits of a pass alone.
+#[test]
+fn concurrent_passes_finish_with_the_same_bits() {
+    let g = blocks();
+    let engine = CpuEngine::with_layout(&g, Layout::Blocked);
+    let x = input([1, 3, 40, 40], 77);
+    let alone = engine.forward(&g, x.clone()).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..5 {
+                    let y = engine.forward(&g, x.clone()).unwrap();
+                    assert!(y.data.iter().zip(&alone.data).all(|(a, b)| a.to_bits() == b.to_bits()));
+                }
+            });
+        }
+    });
+}
