@@ -244,9 +244,7 @@ impl Schedule {
             let free = blocks.last().is_none_or(|b| b.last() + 1 < d);
             let expand = (free && d > 0 && pointwise(d - 1) && feeds(d - 1)).then(|| d - 1);
             let add = (d + 2 < self.steps.len() && matches!(op(d + 2), Op::Add) && feeds(d + 1)).then_some(d + 2);
-            if blocks.last().is_none_or(|b| b.last() < expand.unwrap_or(d)) {
-                blocks.push(Block { expand, depthwise: d, project: d + 1, add });
-            }
+            blocks.push(Block { expand, depthwise: d, project: d + 1, add });
         }
         blocks
     }

@@ -2,8 +2,8 @@
 //! convolution fused with the affine and activation that follow it.
 
 use crate::graph::{Graph, Node, Op};
+use crate::ops;
 use crate::ops::blocked::{self, Value};
-use crate::ops::{self, Epilogue};
 use crate::schedule::{Block, Schedule, Step};
 
 mod blocks;
@@ -191,8 +191,13 @@ impl CpuEngine {
     /// (see [`CpuEngine::profile`]): its steps' heads and its output value.
     pub fn fused_block_at(&self, head: usize) -> Option<(Vec<usize>, usize)> {
         let s = self.steps.iter().position(|st| st.head == head)?;
-        let b = self.blocks[s].filter(|_| self.layout == Layout::Blocked)?;
+        let b = self.block_at(s)?;
         Some((self.steps[b.first()..=b.last()].iter().map(|st| st.head).collect(), self.steps[b.last()].output))
+    }
+
+    /// The block a pass runs fused from step `s` (blocks run fused in the blocked layout only).
+    fn block_at(&self, s: usize) -> Option<Block> {
+        self.blocks[s].filter(|_| self.layout == Layout::Blocked)
     }
 
     /// Bytes of the weights the engine keeps packed.
@@ -291,7 +296,7 @@ impl CpuEngine {
         let mut s = 0;
         while s < self.steps.len() {
             let started = times.is_some().then(std::time::Instant::now);
-            let (out, last) = match self.blocks[s].filter(|_| self.layout == Layout::Blocked) {
+            let (out, last) = match self.block_at(s) {
                 Some(block) => (self.block(graph, &values, &block), block.last()),
                 None => (self.step(graph, &mut values, s), s),
             };
@@ -316,15 +321,7 @@ impl CpuEngine {
     fn step(&self, graph: &Graph, values: &mut [Option<Value>], s: usize) -> Value {
         let step = &self.steps[s];
         let node = &graph.nodes[step.head];
-        let affine = step.affine.map(|a| match &graph.nodes[a].op {
-            Op::Affine(a) => a,
-            _ => unreachable!("planned as an affine"),
-        });
-        let epi = Epilogue {
-            scale: affine.map(|a| a.scale.as_slice()),
-            bias: affine.map(|a| a.bias.as_slice()),
-            act: step.activation(),
-        };
+        let epi = self.epilogue(graph, s);
         let blocked = self.layout == Layout::Blocked;
         match &node.op {
             Op::Conv(conv) if blocked => blocked::conv(conv, &self.packed_conv(s, conv), read(values, node, 0), &epi),
@@ -333,15 +330,7 @@ impl CpuEngine {
                 Value::Planar(ops::conv::forward_packed(conv, packed, &read(values, node, 0).as_planar(), &epi))
             }
             Op::Depthwise(dw) if blocked => {
-                let fresh;
-                let packed = match self.packed_blocked.get(s).and_then(Option::as_ref) {
-                    Some(blocked::Pack::Depthwise(p)) if p.fits(dw) => p,
-                    _ => {
-                        fresh = blocked::PackedDepthwise::new(dw);
-                        &fresh
-                    }
-                };
-                blocked::depthwise(dw, packed, read(values, node, 0), &epi)
+                blocked::depthwise(dw, &self.packed_depthwise(s, dw), read(values, node, 0), &epi)
             }
             Op::Depthwise(dw) => Value::Planar(ops::depthwise::forward(dw, &read(values, node, 0).as_planar(), &epi)),
             Op::Affine(a) => blocked::affine(a, self.take(values, node, step), step.activation()),

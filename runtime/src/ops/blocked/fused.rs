@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::{lanes, PackedConv, PackedDepthwise, Value};
+use super::{group, lanes, PackedConv, PackedDepthwise, Product, Value};
 use crate::graph::{Conv, Depthwise};
 use crate::ops::Epilogue;
 use crate::simd::blocked::{self as kernels, BLOCK};
@@ -39,6 +39,12 @@ pub struct InvertedResidual<'a> {
     pub lean: bool,
 }
 
+impl<'a> Layer<'a, Conv, PackedConv> {
+    fn product(&self) -> Product<'a> {
+        Product::new(self.op, self.packed, &self.epi)
+    }
+}
+
 /// Bytes of a task's band buffers (the expanded rows and the depthwise output): half of a 2 MB
 /// L2 cache, leaving room for the weights and the input (256 KB to 4 MB measured; 1 MB fastest
 /// on one and two threads).
@@ -48,59 +54,6 @@ const BAND_BYTES: usize = 1 << 20;
 /// it, the rows the tasks would both expand cost more than the cache saves, and
 /// [`by_channels`] runs the block.
 const MIN_ROWS: usize = 6;
-
-/// A 1×1 product's per-lane epilogue (see [`super::conv`]).
-struct Product<'a> {
-    w: kernels::Weights<'a>,
-    k: usize,
-    s: Vec<f32>,
-    b: Vec<f32>,
-    raw: bool,
-    act: crate::ops::Activation,
-}
-
-impl<'a> Product<'a> {
-    fn new(l: &Layer<'a, Conv, PackedConv>) -> Self {
-        let (co, epi) = (l.op.out_channels, &l.epi);
-        let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == crate::ops::Activation::Identity;
-        let (s, b) =
-            if raw { (lanes(&Epilogue::NONE, &l.packed.q, co).0, vec![]) } else { lanes(epi, &l.packed.q, co) };
-        Product { w: l.packed.weights(), k: l.op.in_channels, s, b, raw, act: epi.act }
-    }
-
-    /// `outs[o][(p − first)·BLOCK + l]` for the output blocks `blocks` (`outs[o]` block
-    /// `blocks.start + o`) and the pixels `first..first + count` of `x` (input channel `i` of
-    /// pixel `p` at `x[off[i] + p·BLOCK]`).
-    fn run(
-        &self,
-        blocks: std::ops::Range<usize>,
-        x: &[f32],
-        off: &[usize],
-        (first, count): (usize, usize),
-        outs: &mut [&mut [f32]],
-    ) {
-        let (w, lanes) =
-            (blocks.start * self.k * BLOCK..blocks.end * self.k * BLOCK, blocks.start * BLOCK..blocks.end * BLOCK);
-        let t = kernels::Pointwise {
-            w: match self.w {
-                kernels::Weights::F32(v) => kernels::Weights::F32(&v[w]),
-                kernels::Weights::I8(v) => kernels::Weights::I8(&v[w]),
-            },
-            k: self.k,
-            x,
-            off,
-            step: BLOCK,
-            first,
-            count,
-            s: &self.s[lanes.clone()],
-            b: if self.raw { &[] } else { &self.b[lanes] },
-            act: self.act,
-            raw: self.raw,
-            wide: crate::simd::level() == crate::simd::Level::Avx512,
-        };
-        kernels::pointwise(&t, outs);
-    }
-}
 
 /// Offsets of `k` channels in a blocked buffer whose planes are `plane` values apart.
 fn offsets(k: usize, plane: usize) -> Vec<usize> {
@@ -153,8 +106,8 @@ pub fn inverted_residual(block: &InvertedResidual<'_>, x: &Value) -> Value {
     }
     let ctx = Task {
         block,
-        expand: block.expand.as_ref().map(Product::new),
-        project: Product::new(&block.project),
+        expand: block.expand.as_ref().map(Layer::product),
+        project: block.project.product(),
         dw: lanes(&block.depthwise.epi, &block.depthwise.packed.q, ce),
         x: &xt.data,
         x_off: offsets(xc, ih * iw * BLOCK),
@@ -183,11 +136,11 @@ fn by_channels(block: &InvertedResidual<'_>, x: &Value) -> Value {
     let (oh, ow) = win.output_size(ih, iw).expect("shape checked by Graph::shapes");
     let (ce, kl) = (dw.channels, win.kernel[0] * win.kernel[1]);
     let cbe = ce.div_ceil(BLOCK);
-    let expand = block.expand.as_ref().map(Product::new);
+    let expand = block.expand.as_ref().map(Layer::product);
     let (s, b) = lanes(&block.depthwise.epi, &block.depthwise.packed.q, ce);
     let x_off = offsets(xc, ih * iw * BLOCK);
     let mut mid = Tensor::scratch([n, cbe * BLOCK, oh, ow]);
-    let group = if crate::simd::level() == crate::simd::Level::Avx512 { 2 } else { 1 };
+    let group = group();
     let mut tasks = Vec::new();
     for (img, planes) in mid.data.chunks_mut(cbe * oh * ow * BLOCK).enumerate() {
         for (g, planes) in planes.chunks_mut(group * oh * ow * BLOCK).enumerate() {
@@ -200,7 +153,7 @@ fn by_channels(block: &InvertedResidual<'_>, x: &Value) -> Value {
         let blocks = e0..e0 + planes.len() / (oh * ow * BLOCK);
         if let Some(expand) = &expand {
             let mut dst: Vec<&mut [f32]> = buf.chunks_mut(ih * iw * BLOCK).take(blocks.len()).collect();
-            expand.run(blocks.clone(), xi, &x_off, (0, ih * iw), &mut dst);
+            expand.run(blocks.clone(), xi, &x_off, BLOCK, (0, ih * iw), &mut dst);
         }
         for (e, dst) in blocks.zip(planes.chunks_mut(oh * ow * BLOCK)) {
             let plane = match expand {
@@ -294,7 +247,7 @@ impl Task<'_> {
                     .chunks_mut(cap * iw * BLOCK)
                     .map(|p| &mut p[(new.start - lo) * iw * BLOCK..(new.end - lo) * iw * BLOCK])
                     .collect();
-                expand.run(0..cbe, x, &self.x_off, (new.start * iw, new.len() * iw), &mut dst);
+                expand.run(0..cbe, x, &self.x_off, BLOCK, (new.start * iw, new.len() * iw), &mut dst);
                 held = lo..hi;
             }
             let (s, bias) = &self.dw;
@@ -322,7 +275,7 @@ impl Task<'_> {
             }
             let at = (a - rows.start) * ow * BLOCK..(b - rows.start) * ow * BLOCK;
             let mut dst: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[at.clone()]).collect();
-            self.project.run(0..cbo, &dbuf[..dlen], &d_off, (0, (b - a) * ow), &mut dst);
+            self.project.run(0..cbo, &dbuf[..dlen], &d_off, BLOCK, (0, (b - a) * ow), &mut dst);
             if let Some(r) = self.residual {
                 let plane = self.shape[2] * ow * BLOCK;
                 for (o, d) in dst.iter_mut().enumerate() {

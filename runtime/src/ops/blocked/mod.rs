@@ -16,7 +16,7 @@ pub mod fused;
 mod pack;
 use crate::simd::blocked::{self as kernels, BLOCK};
 use crate::tensor::Tensor;
-use pack::lanes;
+use pack::{lanes, Product};
 pub use pack::{Pack, PackedConv, PackedDepthwise};
 
 /// A value of a pass: planar, or blocked with its real channel count.
@@ -96,6 +96,16 @@ pub fn unblock(x: &Tensor, c: usize) -> Tensor {
     out
 }
 
+/// Output blocks a product's register tile covers: two with AVX-512's 32 registers, one
+/// otherwise.
+fn group() -> usize {
+    if crate::simd::level() == crate::simd::Level::Avx512 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Tasks a pass splits a layer into at least (enough for the thread pool to balance).
 fn tasks_wanted() -> usize {
     4 * rayon::current_num_threads().max(1)
@@ -113,10 +123,7 @@ pub fn conv_adding(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue, 
     if !win.is_pointwise() && residual.is_none() && win.stride[0] == win.stride[1] && win.stride[0] <= 2 {
         return direct(conv, packed, &x.as_planar(), epi);
     }
-    let (co, win) = (conv.out_channels, &conv.window);
-    let wide = crate::simd::level() == crate::simd::Level::Avx512;
-    let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == Activation::Identity;
-    let (s, b) = if raw { (lanes(&Epilogue::NONE, &packed.q, co).0, vec![]) } else { lanes(epi, &packed.q, co) };
+    let (co, product) = (conv.out_channels, Product::new(conv, packed, epi));
     // The input as `(data, per-image stride, channel offsets, pixel step)`.
     let (input, k, offsets, step, (oh, ow), n);
     if win.is_pointwise() {
@@ -139,7 +146,7 @@ pub fn conv_adding(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue, 
     }
     let (hw, cb) = (oh * ow, co.div_ceil(BLOCK));
     let mut out = Tensor::scratch([n, cb * BLOCK, oh, ow]);
-    let group = if wide { 2 } else { 1 };
+    let group = group();
     let groups = cb.div_ceil(group);
     // Pixels per task: enough tasks, and a task's input columns within about 256 KB.
     let by_count = hw.div_ceil(tasks_wanted().div_ceil(n * groups).max(1));
@@ -160,24 +167,7 @@ pub fn conv_adding(conv: &Conv, packed: &PackedConv, x: &Value, epi: &Epilogue, 
     }
     let (data, stride) = (&input.0.data, input.1);
     tasks.into_par_iter().for_each(|(img, blocks, first, count, mut outs)| {
-        let t = kernels::Pointwise {
-            w: match packed.weights() {
-                kernels::Weights::F32(w) => kernels::Weights::F32(&w[blocks.start * k * BLOCK..blocks.end * k * BLOCK]),
-                kernels::Weights::I8(w) => kernels::Weights::I8(&w[blocks.start * k * BLOCK..blocks.end * k * BLOCK]),
-            },
-            k,
-            x: &data[img * stride..(img + 1) * stride],
-            off: &offsets,
-            step,
-            first,
-            count,
-            s: &s[blocks.start * BLOCK..blocks.end * BLOCK],
-            b: if raw { &[] } else { &b[blocks.start * BLOCK..blocks.end * BLOCK] },
-            act: epi.act,
-            raw,
-            wide,
-        };
-        kernels::pointwise(&t, &mut outs);
+        product.run(blocks.clone(), &data[img * stride..(img + 1) * stride], &offsets, step, (first, count), &mut outs);
         if let Some(r) = residual {
             for (o, dst) in blocks.zip(outs.iter_mut()) {
                 let src = &r.data[(img * cb + o) * hw * BLOCK + first * BLOCK..][..dst.len()];
@@ -205,11 +195,8 @@ fn direct(conv: &Conv, packed: &PackedConv, x: &Tensor, epi: &Epilogue) -> Value
     });
     let offsets: Vec<usize> =
         (0..ci).flat_map(|c| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| c * ph * pw + ky * pw + kx))).collect();
-    let k = offsets.len();
-    let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == Activation::Identity;
-    let (sl, bl) = if raw { (lanes(&Epilogue::NONE, &packed.q, co).0, vec![]) } else { lanes(epi, &packed.q, co) };
-    let wide = crate::simd::level() == crate::simd::Level::Avx512;
-    let (cb, group) = (co.div_ceil(BLOCK), if wide { 2 } else { 1 });
+    let product = Product::new(conv, packed, epi);
+    let (cb, group) = (co.div_ceil(BLOCK), group());
     let mut out = Tensor::scratch([n, cb * BLOCK, oh, ow]);
     let rows = oh.div_ceil(tasks_wanted().div_ceil(n * cb.div_ceil(group))).max(1);
     let mut tasks = Vec::new();
@@ -224,30 +211,11 @@ fn direct(conv: &Conv, packed: &PackedConv, x: &Tensor, epi: &Epilogue) -> Value
         }
     }
     tasks.into_par_iter().for_each(|(img, g, r0, mut outs)| {
-        let blocks = g..g + outs.len();
-        let lanes = blocks.start * BLOCK..blocks.end * BLOCK;
-        let w = blocks.start * k * BLOCK..blocks.end * k * BLOCK;
         for r in 0..outs[0].len() / (ow * BLOCK) {
             let mut row: Vec<&mut [f32]> =
                 outs.iter_mut().map(|o| &mut o[r * ow * BLOCK..(r + 1) * ow * BLOCK]).collect();
-            let t = kernels::Pointwise {
-                w: match packed.weights() {
-                    kernels::Weights::F32(v) => kernels::Weights::F32(&v[w.clone()]),
-                    kernels::Weights::I8(v) => kernels::Weights::I8(&v[w.clone()]),
-                },
-                k,
-                x: &padded.data[(img * ci * ph + (r0 + r) * s) * pw..],
-                off: &offsets,
-                step: s,
-                first: 0,
-                count: ow,
-                s: &sl[lanes.clone()],
-                b: if raw { &[] } else { &bl[lanes.clone()] },
-                act: epi.act,
-                raw,
-                wide,
-            };
-            kernels::pointwise(&t, &mut row);
+            let x = &padded.data[(img * ci * ph + (r0 + r) * s) * pw..];
+            product.run(g..g + row.len(), x, &offsets, s, (0, ow), &mut row);
         }
     });
     Value::Blocked(out, co)

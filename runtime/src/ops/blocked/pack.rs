@@ -178,3 +178,59 @@ impl Pack {
         }
     }
 }
+
+/// A convolution's product as the blocked kernel runs it: its packed weights, its input rows
+/// per output (`in_channels·kh·kw`) and its epilogue per output lane ([`lanes`]; the raw product
+/// times the int8 scales when the epilogue is the identity).
+pub(super) struct Product<'a> {
+    w: kernels::Weights<'a>,
+    k: usize,
+    s: Vec<f32>,
+    b: Vec<f32>,
+    raw: bool,
+    act: crate::ops::Activation,
+}
+
+impl<'a> Product<'a> {
+    pub(super) fn new(conv: &Conv, packed: &'a PackedConv, epi: &Epilogue) -> Self {
+        let co = conv.out_channels;
+        let raw = epi.scale.is_none() && epi.bias.is_none() && epi.act == crate::ops::Activation::Identity;
+        let (s, b) = if raw { (lanes(&Epilogue::NONE, &packed.q, co).0, vec![]) } else { lanes(epi, &packed.q, co) };
+        let k = conv.in_channels * conv.window.kernel[0] * conv.window.kernel[1];
+        Product { w: packed.weights(), k, s, b, raw, act: epi.act }
+    }
+
+    /// `outs[o][(p − first)·BLOCK + l]` for the output blocks `blocks` (`outs[o]` block
+    /// `blocks.start + o`) and the pixels `first..first + count` of `x` (input row `i` of pixel
+    /// `p` at `x[off[i] + p·step]`).
+    pub(super) fn run(
+        &self,
+        blocks: std::ops::Range<usize>,
+        x: &[f32],
+        off: &[usize],
+        step: usize,
+        (first, count): (usize, usize),
+        outs: &mut [&mut [f32]],
+    ) {
+        let (w, lanes) =
+            (blocks.start * self.k * BLOCK..blocks.end * self.k * BLOCK, blocks.start * BLOCK..blocks.end * BLOCK);
+        let t = kernels::Pointwise {
+            w: match self.w {
+                kernels::Weights::F32(v) => kernels::Weights::F32(&v[w]),
+                kernels::Weights::I8(v) => kernels::Weights::I8(&v[w]),
+            },
+            k: self.k,
+            x,
+            off,
+            step,
+            first,
+            count,
+            s: &self.s[lanes.clone()],
+            b: if self.raw { &[] } else { &self.b[lanes] },
+            act: self.act,
+            raw: self.raw,
+            wide: super::group() == 2,
+        };
+        kernels::pointwise(&t, outs);
+    }
+}

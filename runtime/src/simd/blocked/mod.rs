@@ -141,40 +141,39 @@ fn pointwise_with<L: Lanes>(t: &Pointwise<'_>, outs: &mut [&mut [f32]]) {
 #[inline(always)]
 fn pointwise_step<L: Lanes, const S: usize, W: Source>(t: &Pointwise<'_>, w: W, outs: &mut [&mut [f32]]) {
     let blocks = t.w.len() / (t.k * BLOCK);
-    let end = t.first + t.count;
     let mut o = 0;
     while o < blocks {
-        let two = t.wide && o + 1 < blocks;
-        let mut p = t.first;
-        if two {
-            while p + 12 <= end {
-                tile::<L, 2, 12, S, W>(t, w, o, p, outs);
-                p += 12;
-            }
-            while p + 4 <= end {
-                tile::<L, 2, 4, S, W>(t, w, o, p, outs);
-                p += 4;
-            }
-            while p < end {
-                tile::<L, 2, 1, S, W>(t, w, o, p, outs);
-                p += 1;
-            }
+        if t.wide && o + 1 < blocks {
+            row::<L, 2, 12, 4, S, W>(t, w, o, outs);
             o += 2;
         } else {
-            while p + 6 <= end {
-                tile::<L, 1, 6, S, W>(t, w, o, p, outs);
-                p += 6;
-            }
-            while p + 2 <= end {
-                tile::<L, 1, 2, S, W>(t, w, o, p, outs);
-                p += 2;
-            }
-            while p < end {
-                tile::<L, 1, 1, S, W>(t, w, o, p, outs);
-                p += 1;
-            }
+            row::<L, 1, 6, 2, S, W>(t, w, o, outs);
             o += 1;
         }
+    }
+}
+
+/// Output blocks `o..o + OB` over all of [`pointwise`]'s pixels: tiles of `BIG` pixels, then of
+/// `MID`, then of one.
+#[inline(always)]
+fn row<L: Lanes, const OB: usize, const BIG: usize, const MID: usize, const S: usize, W: Source>(
+    t: &Pointwise<'_>,
+    w: W,
+    o: usize,
+    outs: &mut [&mut [f32]],
+) {
+    let (mut p, end) = (t.first, t.first + t.count);
+    while p + BIG <= end {
+        tile::<L, OB, BIG, S, W>(t, w, o, p, outs);
+        p += BIG;
+    }
+    while p + MID <= end {
+        tile::<L, OB, MID, S, W>(t, w, o, p, outs);
+        p += MID;
+    }
+    while p < end {
+        tile::<L, OB, 1, S, W>(t, w, o, p, outs);
+        p += 1;
     }
 }
 
