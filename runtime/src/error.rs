@@ -49,6 +49,11 @@ pub enum Error {
     #[error("GPU: {0}")]
     Gpu(String),
 
+    /// A caller passed something the API refuses: an unknown patch name, a label out of
+    /// range, an option out of its range. The message says which and why.
+    #[error("{0}")]
+    Argument(String),
+
     /// Training stopped because it was cancelled ([`crate::train::Cancel`]); with a checkpoint
     /// it can be resumed.
     #[error("training cancelled: {0}")]

@@ -16,6 +16,7 @@
 //! the S/B patch replaces.
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod backbone;
 pub mod backend;
 pub mod data;

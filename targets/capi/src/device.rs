@@ -4,9 +4,8 @@
 use std::ffi::c_char;
 
 use edgepatch::backend::Device;
-use edgepatch::Session;
 
-use super::{arg, guard, handle, EpRuntime, Failure};
+use super::{arg, guard, runtime, EpRuntime, Failure};
 
 /// A hardware GPU when there is one, else the CPU (`Device::Auto`).
 pub const EP_DEVICE_AUTO: i32 = 0;
@@ -60,15 +59,8 @@ pub(crate) fn copy_str(s: &str, buf: *mut c_char, len: usize) -> Result<(), Fail
 #[no_mangle]
 pub extern "C" fn ep_runtime_set_device(rt: *mut EpRuntime, device: i32) -> i32 {
     guard(|| {
-        let rt = handle(rt, "runtime")?;
-        let device = parse_device(device)?;
-        let rt = &mut *rt.write();
-        let mut session = Session::new_on(rt.backbone.clone(), device)?;
-        if let Some(p) = rt.active.as_ref().and_then(|name| rt.patches.get(name)) {
-            session.set_patch(p)?;
-        }
-        rt.session = session;
-        Ok(())
+        let rt = runtime(rt)?;
+        Ok(rt.set_device(parse_device(device)?)?)
     })
 }
 
@@ -77,5 +69,5 @@ pub extern "C" fn ep_runtime_set_device(rt: *mut EpRuntime, device: i32) -> i32 
 /// Threads: any number of threads at once on one runtime.
 #[no_mangle]
 pub extern "C" fn ep_runtime_device(rt: *mut EpRuntime, buf: *mut c_char, len: usize) -> i32 {
-    guard(|| copy_str(&handle(rt, "runtime")?.read().session.device(), buf, len))
+    guard(|| copy_str(&runtime(rt)?.device(), buf, len))
 }

@@ -22,14 +22,12 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::RwLock;
 
+use edgepatch::app::Runtime;
 use edgepatch::data::image::Rgb8;
-use edgepatch::patch::file as patch_file;
-use edgepatch::{Backbone, Error, Patch, Session};
+use edgepatch::Error;
 
 mod device;
 mod options;
@@ -92,6 +90,7 @@ fn code(e: &Error) -> i32 {
         Error::Dataset { .. } | Error::Train(_) => EP_ERR_TRAIN,
         Error::Gpu(_) => EP_ERR_DEVICE,
         Error::Cancelled(_) => EP_ERR_CANCELLED,
+        Error::Argument(_) => EP_ERR_ARGUMENT,
     }
 }
 
@@ -159,17 +158,10 @@ pub extern "C" fn ep_last_error() -> *const c_char {
     LAST_ERROR.with(|l| l.borrow().as_ptr())
 }
 
-/// A backbone with its named task patches and the active one, behind a lock: predictions
-/// share it, changes take it alone.
+/// A backbone with its named task patches and the active one ([`edgepatch::app::Runtime`]):
+/// predictions share it, changes take it alone.
 pub struct EpRuntime {
-    state: RwLock<RuntimeState>,
-}
-
-struct RuntimeState {
-    backbone: Backbone,
-    patches: BTreeMap<String, Patch>,
-    active: Option<String>,
-    session: Session,
+    rt: Runtime,
 }
 
 /// Many threads predict on one runtime at once: everything in it must be shareable (this does
@@ -181,21 +173,8 @@ fn handles_are_shareable() {
     shareable::<EpTrainer>();
 }
 
-impl EpRuntime {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, RuntimeState> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, RuntimeState> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn runtime(backbone: Backbone) -> Box<EpRuntime> {
-    let session = Session::new(backbone.clone());
-    Box::new(EpRuntime {
-        state: RwLock::new(RuntimeState { backbone, patches: BTreeMap::new(), active: None, session }),
-    })
+fn runtime<'a>(rt: *mut EpRuntime) -> Result<&'a Runtime, Failure> {
+    Ok(&handle(rt, "runtime")?.rt)
 }
 
 /// Creates a runtime over the shipped int8 MobileNetV2; `*out` receives the handle.
@@ -204,7 +183,7 @@ fn runtime(backbone: Backbone) -> Box<EpRuntime> {
 pub extern "C" fn ep_runtime_new_embedded(out_rt: *mut *mut EpRuntime) -> i32 {
     guard(|| {
         let slot = out(out_rt, "out")?;
-        *slot = Box::into_raw(runtime(Backbone::embedded()?));
+        *slot = Box::into_raw(Box::new(EpRuntime { rt: Runtime::embedded()? }));
         Ok(())
     })
 }
@@ -215,7 +194,8 @@ pub extern "C" fn ep_runtime_new_embedded(out_rt: *mut *mut EpRuntime) -> i32 {
 pub extern "C" fn ep_runtime_new_from_model(model: *const u8, len: usize, out_rt: *mut *mut EpRuntime) -> i32 {
     guard(|| {
         let slot = out(out_rt, "out")?;
-        *slot = Box::into_raw(runtime(Backbone::from_onnx_bytes(bytes(model, len, "model")?)?));
+        let rt = Runtime::from_onnx_bytes(bytes(model, len, "model")?)?;
+        *slot = Box::into_raw(Box::new(EpRuntime { rt }));
         Ok(())
     })
 }
@@ -231,18 +211,6 @@ pub extern "C" fn ep_runtime_free(rt: *mut EpRuntime) {
     }
 }
 
-/// Keeps `p` under `name` after checking that it fits the backbone; when `name` is active, the
-/// session switches to it.
-fn keep_patch(rt: &EpRuntime, name: &str, p: Patch) -> edgepatch::Result<()> {
-    let rt = &mut *rt.write();
-    p.check(rt.backbone.graph(), rt.backbone.fingerprint())?;
-    if rt.active.as_deref() == Some(name) {
-        rt.session.set_patch(&p)?;
-    }
-    rt.patches.insert(name.to_string(), p);
-    Ok(())
-}
-
 /// Loads a patch file's bytes under `name` (replacing a patch of that name), after checking it
 /// fits the runtime's backbone. It does not become active.
 /// Threads: any thread; waits for the predictions in flight on the runtime, and the ones after it
@@ -250,10 +218,8 @@ fn keep_patch(rt: &EpRuntime, name: &str, p: Patch) -> edgepatch::Result<()> {
 #[no_mangle]
 pub extern "C" fn ep_patch_load_bytes(rt: *mut EpRuntime, name: *const c_char, patch: *const u8, len: usize) -> i32 {
     guard(|| {
-        let rt = handle(rt, "runtime")?;
         let name = cstr(name, "name")?;
-        let p = patch_file::from_bytes(bytes(patch, len, "patch")?)?;
-        Ok(keep_patch(rt, name, p)?)
+        Ok(runtime(rt)?.load_patch_bytes(name, bytes(patch, len, "patch")?)?)
     })
 }
 
@@ -263,10 +229,8 @@ pub extern "C" fn ep_patch_load_bytes(rt: *mut EpRuntime, name: *const c_char, p
 #[no_mangle]
 pub extern "C" fn ep_patch_load_path(rt: *mut EpRuntime, name: *const c_char, path: *const c_char) -> i32 {
     guard(|| {
-        let rt = handle(rt, "runtime")?;
         let name = cstr(name, "name")?;
-        let p = patch_file::load(std::path::Path::new(cstr(path, "path")?))?;
-        Ok(keep_patch(rt, name, p)?)
+        Ok(runtime(rt)?.load_patch_file(name, std::path::Path::new(cstr(path, "path")?))?)
     })
 }
 
@@ -276,14 +240,8 @@ pub extern "C" fn ep_patch_load_path(rt: *mut EpRuntime, name: *const c_char, pa
 #[no_mangle]
 pub extern "C" fn ep_patch_unload(rt: *mut EpRuntime, name: *const c_char) -> i32 {
     guard(|| {
-        let rt = &mut *handle(rt, "runtime")?.write();
         let name = cstr(name, "name")?;
-        rt.patches.remove(name).ok_or_else(|| arg(format!("no patch named '{name}'")))?;
-        if rt.active.as_deref() == Some(name) {
-            rt.session.clear_patch()?;
-            rt.active = None;
-        }
-        Ok(())
+        Ok(runtime(rt)?.unload(name)?)
     })
 }
 
@@ -293,25 +251,10 @@ pub extern "C" fn ep_patch_unload(rt: *mut EpRuntime, name: *const c_char) -> i3
 #[no_mangle]
 pub extern "C" fn ep_patch_activate(rt: *mut EpRuntime, name: *const c_char) -> i32 {
     guard(|| {
-        let r = handle(rt, "runtime")?;
-        if name.is_null() {
-            let rt = &mut *r.write();
-            rt.session.clear_patch()?;
-            rt.active = None;
-            Ok(())
-        } else {
-            activate(r, cstr(name, "name")?)
-        }
+        let rt = runtime(rt)?;
+        let name = if name.is_null() { None } else { Some(cstr(name, "name")?) };
+        Ok(rt.activate(name)?)
     })
-}
-
-/// Makes the loaded patch `name` active.
-fn activate(rt: &EpRuntime, name: &str) -> Result<(), Failure> {
-    let rt = &mut *rt.write();
-    let p = rt.patches.get(name).ok_or_else(|| arg(format!("no patch named '{name}'")))?;
-    rt.session.set_patch(p)?;
-    rt.active = Some(name.to_string());
-    Ok(())
 }
 
 /// Releases bytes returned by this library.

@@ -1,15 +1,12 @@
 //! The trainer's options (device, progress, checkpoints, cancel, time budget, validation) and its
 //! evaluation on held-out and test images.
 
+use edgepatch::train::checkpoint::Checkpointing;
 use std::ffi::{c_char, c_void};
-use std::sync::Arc;
-
-use edgepatch::data::dataset::Memory;
-use edgepatch::train::{self, checkpoint::Checkpointing};
 
 use super::device::{copy_str, parse_device};
-use super::trainer::{labelled, take, EpProgressFn, EpTrainer};
-use super::{arg, cstr, guard, handle, out, Failure, EP_ERR_TRAIN};
+use super::trainer::{take, EpProgressFn, EpTrainer};
+use super::{arg, cstr, guard, handle, out, rgb8, Failure, EP_ERR_TRAIN};
 
 /// Chooses where the trainer trains: `EP_DEVICE_AUTO`, `EP_DEVICE_CPU` (the default) or
 /// `EP_DEVICE_GPU`; anything else is refused. `ep_trainer_device` tells where a fit ran. Looking
@@ -20,9 +17,10 @@ use super::{arg, cstr, guard, handle, out, Failure, EP_ERR_TRAIN};
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 {
     guard(|| {
-        let tr = &mut *take(tr)?;
-        tr.config.device = parse_device(device)?;
-        Ok(())
+        let tr = &mut take(tr)?.trainer;
+        let mut c = tr.config().clone();
+        c.device = parse_device(device)?;
+        Ok(tr.set_config(c)?)
     })
 }
 
@@ -32,7 +30,7 @@ pub extern "C" fn ep_trainer_set_device(tr: *mut EpTrainer, device: i32) -> i32 
 /// trainer returns `EP_ERR_BUSY`.
 #[no_mangle]
 pub extern "C" fn ep_trainer_device(tr: *mut EpTrainer, buf: *mut c_char, len: usize) -> i32 {
-    guard(|| copy_str(&take(tr)?.device, buf, len))
+    guard(|| copy_str(take(tr)?.trainer.device(), buf, len))
 }
 
 /// Sets the progress callback of the next fits (null: none) and its `user` pointer.
@@ -57,18 +55,19 @@ pub extern "C" fn ep_trainer_set_progress(tr: *mut EpTrainer, callback: EpProgre
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_checkpoint(tr: *mut EpTrainer, path: *const c_char, every: u32, resume: i32) -> i32 {
     guard(|| {
-        let tr = &mut *take(tr)?;
+        let tr = &mut take(tr)?.trainer;
+        let mut c = tr.config().clone();
         if path.is_null() {
-            tr.config.checkpoint = None;
-            return Ok(());
+            c.checkpoint = None;
+            return Ok(tr.set_config(c)?);
         }
         if every == 0 {
             return Err(arg("checkpoints every 0 steps"));
         }
         let path = std::path::PathBuf::from(cstr(path, "path")?);
         edgepatch::fsio::output_target(&path)?;
-        tr.config.checkpoint = Some(Checkpointing { path, every: every as usize, resume: resume != 0 });
-        Ok(())
+        c.checkpoint = Some(Checkpointing { path, every: every as usize, resume: resume != 0 });
+        Ok(tr.set_config(c)?)
     })
 }
 
@@ -102,8 +101,10 @@ pub(crate) fn time_budget(seconds: f64) -> Result<Option<f64>, Failure> {
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_time_budget(tr: *mut EpTrainer, seconds: f64) -> i32 {
     guard(|| {
-        take(tr)?.config.time_budget = time_budget(seconds)?;
-        Ok(())
+        let tr = &mut take(tr)?.trainer;
+        let mut c = tr.config().clone();
+        c.time_budget = time_budget(seconds)?;
+        Ok(tr.set_config(c)?)
     })
 }
 
@@ -116,7 +117,7 @@ pub extern "C" fn ep_trainer_set_time_budget(tr: *mut EpTrainer, seconds: f64) -
 #[no_mangle]
 pub extern "C" fn ep_trainer_set_validation(tr: *mut EpTrainer, count: u32) -> i32 {
     guard(|| {
-        take(tr)?.validation = count as usize;
+        take(tr)?.trainer.set_validation(count as usize);
         Ok(())
     })
 }
@@ -129,7 +130,7 @@ pub extern "C" fn ep_trainer_set_validation(tr: *mut EpTrainer, count: u32) -> i
 pub extern "C" fn ep_trainer_validation_accuracy(tr: *mut EpTrainer, accuracy: *mut f32) -> i32 {
     guard(|| {
         let tr = take(tr)?;
-        let a = tr.validation_accuracy.ok_or_else(|| Failure {
+        let a = tr.trainer.validation_accuracy().ok_or_else(|| Failure {
             status: EP_ERR_TRAIN,
             message: "the last fit scored no held-out images (ep_trainer_set_validation)".into(),
         })?;
@@ -149,12 +150,7 @@ pub extern "C" fn ep_trainer_add_test_rgb8(
     height: u32,
     label: u32,
 ) -> i32 {
-    guard(|| {
-        let tr = &mut *take(tr)?;
-        let image = labelled(tr, rgb, width, height, label)?;
-        tr.tests.push(image);
-        Ok(())
-    })
+    guard(|| Ok(take(tr)?.trainer.add_test(rgb8(rgb, width, height)?, label as usize)?))
 }
 
 /// Scores the trained patch on the test images added so far: `*accuracy` receives the share
@@ -165,17 +161,7 @@ pub extern "C" fn ep_trainer_add_test_rgb8(
 #[no_mangle]
 pub extern "C" fn ep_trainer_evaluate(tr: *mut EpTrainer, accuracy: *mut f32, per_class: *mut f32) -> i32 {
     guard(|| {
-        let tr = take(tr)?;
-        let patch =
-            tr.patch.as_ref().ok_or_else(|| Failure { status: EP_ERR_TRAIN, message: "nothing trained yet".into() })?;
-        if tr.tests.is_empty() {
-            return Err(arg("no test images (ep_trainer_add_test_rgb8)"));
-        }
-        let graph = tr.backbone.patched(patch)?;
-        let ds = Arc::new(Memory::new("c-api test images", tr.tests.clone(), tr.labels.clone())?);
-        let idx: Vec<usize> = (0..tr.tests.len()).collect();
-        let c = &tr.config;
-        let e = train::evaluate_within(&graph, ds, &idx, patch.resolution, c.device, c.memory_budget)?;
+        let e = take(tr)?.trainer.evaluate()?;
         *out(accuracy, "accuracy")? = e.accuracy;
         if !per_class.is_null() {
             // SAFETY: C passes room for one f32 per label at `per_class`.

@@ -2,10 +2,10 @@
 
 use std::ffi::c_char;
 
+use edgepatch::app::Runtime;
 use edgepatch::data::image::Rgb8;
-use edgepatch::Session;
 
-use super::{arg, cstr, guard, handle, out, rgb8, EpRuntime, Failure};
+use super::{arg, cstr, guard, out, rgb8, runtime, EpRuntime, Failure};
 
 /// Longest label copied into `EpClass::label`, including the terminating NUL.
 pub const EP_LABEL_LEN: usize = 64;
@@ -19,12 +19,12 @@ pub struct EpClass {
     pub label: [c_char; EP_LABEL_LEN],
 }
 
-fn write_top(session: &Session, img: Rgb8, k: usize, classes: *mut EpClass, n_out: *mut usize) -> Result<(), Failure> {
+fn write_top(rt: &Runtime, img: Rgb8, k: usize, classes: *mut EpClass, n_out: *mut usize) -> Result<(), Failure> {
     if classes.is_null() || k == 0 {
         return Err(arg("classes is null or k is 0"));
     }
     let n_out = out(n_out, "n_out")?;
-    let top = session.classify(&[img], k)?.pop().unwrap_or_default();
+    let top = rt.classify(&[img], k)?.pop().unwrap_or_default();
     // SAFETY: C passes room for `k` classes at `classes`.
     let dst = unsafe { std::slice::from_raw_parts_mut(classes, k) };
     for (d, s) in dst.iter_mut().zip(&top) {
@@ -58,9 +58,8 @@ pub extern "C" fn ep_predict_rgb8(
     n_out: *mut usize,
 ) -> i32 {
     guard(|| {
-        let rt = handle(rt, "runtime")?;
         let img = rgb8(rgb, width, height)?;
-        write_top(&rt.read().session, img, k, classes, n_out)
+        write_top(runtime(rt)?, img, k, classes, n_out)
     })
 }
 
@@ -91,8 +90,7 @@ pub extern "C" fn ep_predict_file(
     n_out: *mut usize,
 ) -> i32 {
     guard(|| {
-        let rt = handle(rt, "runtime")?;
         let img = edgepatch::data::image::load(std::path::Path::new(cstr(path, "path")?))?;
-        write_top(&rt.read().session, img, k, classes, n_out)
+        write_top(runtime(rt)?, img, k, classes, n_out)
     })
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use edgepatch::patch::store::Store;
 
-use super::{arg, bytes, cstr, guard, handle, keep_patch, out, EpRuntime, Failure};
+use super::{arg, bytes, cstr, guard, handle, out, runtime, EpRuntime, Failure};
 
 /// An open patch store.
 pub struct EpStore {
@@ -112,8 +112,8 @@ pub extern "C" fn ep_store_activate(s: *mut EpStore, rt: *mut EpRuntime, name: *
     guard(|| {
         let name = cstr(name, "name")?;
         let patch = store(s)?.get(name)?;
-        let r = handle(rt, "runtime")?;
-        keep_patch(r, name, patch)?;
-        super::activate(r, name)
+        let rt = runtime(rt)?;
+        rt.load_patch(name, patch)?;
+        Ok(rt.activate(Some(name))?)
     })
 }

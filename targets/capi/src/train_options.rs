@@ -137,12 +137,13 @@ pub extern "C" fn ep_trainer_set_options(tr: *mut EpTrainer, options: *const EpT
     guard(|| {
         let size = declared_size(options)?;
         let tr = &mut *take(tr)?;
-        let mut o = EpTrainOptions::from_config(&tr.config, tr.validation);
+        let mut o = EpTrainOptions::from_config(tr.trainer.config(), tr.trainer.validation());
         // SAFETY: the app's struct holds `size` bytes (its own declaration), at most ours; every
         // field is a plain number, so any bytes are a value.
         unsafe { std::ptr::copy_nonoverlapping(options as *const u8, &mut o as *mut EpTrainOptions as *mut u8, size) };
-        tr.config = o.apply(tr.config.clone())?;
-        tr.validation = o.validation as usize;
+        let c = o.apply(tr.trainer.config().clone())?;
+        tr.trainer.set_config(c)?;
+        tr.trainer.set_validation(o.validation as usize);
         Ok(())
     })
 }
@@ -156,7 +157,7 @@ pub extern "C" fn ep_trainer_options(tr: *mut EpTrainer, options: *mut EpTrainOp
     guard(|| {
         let size = declared_size(options)?;
         let tr = take(tr)?;
-        let o = EpTrainOptions::from_config(&tr.config, tr.validation);
+        let o = EpTrainOptions::from_config(tr.trainer.config(), tr.trainer.validation());
         // SAFETY: the app's struct holds `size` bytes, at most ours.
         unsafe { std::ptr::copy_nonoverlapping(&o as *const EpTrainOptions as *const u8, options as *mut u8, size) };
         Ok(())
