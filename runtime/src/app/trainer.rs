@@ -85,7 +85,7 @@ impl Trainer {
     /// Replaces the options after checking them; on a refusal nothing changes. The patch kinds
     /// and the resolution stay the trainer's.
     pub fn set_config(&mut self, mut config: TrainConfig) -> Result<()> {
-        config.kinds = self.config.kinds.clone();
+        config.kinds = self.config.kinds;
         config.resolution = self.config.resolution;
         config.check().map_err(|e| Error::Argument(e.to_string()))?;
         self.config = config;
