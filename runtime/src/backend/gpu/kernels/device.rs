@@ -180,13 +180,11 @@ impl Gpu {
     }
 
     /// Runs `calls` (one submit) and reads `out` back.
-    #[cfg(feature = "test-kernels")]
     pub(crate) fn run(&self, calls: &[Call], out: &Range) -> Result<Vec<f32>> {
         Ok(self.run_all(calls, &[out])?.remove(0))
     }
 
     /// Runs `calls` (one submit) and reads every range of `outs` back.
-    #[cfg(feature = "test-kernels")]
     pub(crate) fn run_all(&self, calls: &[Call], outs: &[&Range]) -> Result<Vec<Vec<f32>>> {
         let mut encoder = self.encoder();
         self.record(&mut encoder, calls);

@@ -1,4 +1,4 @@
-//! Test support (feature `test-kernels`): one-call wrappers over host tensors, each running one
+//! Test support (for the parity tests): one-call wrappers over host tensors, each running one
 //! kernel (or the kernels a layer needs) through the same typed launch the training planner
 //! uses, on fresh buffers. The parity tests compare them with the CPU twins.
 

@@ -8,7 +8,9 @@
 //! workgroup reduction, the activations), the weight reader for its weight format, and its file.
 
 mod device;
-#[cfg(feature = "test-kernels")]
+/// One-call wrappers for the parity tests (compiled with `gpu`: a separate feature made every
+/// build that leaves the tests out, such as the Python extension's, compile the runtime anew).
+#[doc(hidden)]
 pub mod host;
 mod launch;
 pub(crate) mod params;
