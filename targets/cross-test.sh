@@ -37,9 +37,11 @@ cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 echo "== build and test for $triple (under ${qemu[0]})"
 start=$(date +%s)
-"${cargo[@]}" test --release --config "$cfg" --target "$triple" -p edgepatch -p edgepatch-tests -p edgepatch-capi
+# The Python extension is in both commands so that all three resolve the same features as its
+# wheel build below (which then compiles only the extension itself).
+"${cargo[@]}" test --release --config "$cfg" --target "$triple" -p edgepatch -p edgepatch-tests -p edgepatch-capi -p edgepatch-python
 echo "== C library and example for $triple"
-"${cargo[@]}" build --release --config "$cfg" --target "$triple" -p edgepatch-capi
+"${cargo[@]}" build --release --config "$cfg" --target "$triple" -p edgepatch-capi -p edgepatch-python
 out="$CARGO_TARGET_DIR/$triple/release"
 "$gcc" -O2 -o "$out/predict_and_train" targets/capi/examples/predict_and_train.c -I targets/capi/include \
   "$out/libedgepatch.a" -lm -lpthread -ldl -Wl,-z,noexecstack
@@ -53,4 +55,15 @@ rm -rf "$out/personalise.dir" && mkdir -p "$out/personalise.dir"
 "${qemu[@]}" "$out/personalise" "$out/personalise.dir" | tee "$out/personalise.txt"
 grep -q "resumed patch identical to an uninterrupted fit: yes" "$out/personalise.txt"
 grep -q "store task 0: colours" "$out/personalise.txt"
+if [ -n "${EDGEPATCH_MATURIN:-}" ]; then
+  # The abi3 wheel for this target (maturin cross-compiles with the target's linker config).
+  echo "== Python wheel for $triple"
+  rm -rf "$out/wheels"
+  "$EDGEPATCH_MATURIN" build --release --target "$triple" --config "$cfg" -m bindings/python/Cargo.toml -o "$out/wheels"
+  wheel=$(ls "$out"/wheels/edgepatch-*-abi3-*.whl)
+  python3 -m zipfile -l "$wheel" | grep -q "edgepatch/_edgepatch.abi3.so"
+  if [ "$triple" = aarch64-unknown-linux-gnu ]; then
+    bash bindings/python/qemu-test.sh "$wheel"
+  fi
+fi
 echo "== $triple passed in $(( $(date +%s) - start )) s"

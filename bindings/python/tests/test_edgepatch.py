@@ -229,3 +229,27 @@ def test_readme_example_reproduces_the_demo(tmp_path):
     if demo:
         assert (tmp_path / "fashion.patch").read_bytes() == Path(demo).read_bytes()
     print(run.stdout)
+
+
+def test_gpu_predicts_and_trains_like_the_cpu(runtime):
+    """On a GPU adapter (lavapipe in CI, where EDGEPATCH_REQUIRE_GPU=1 makes its absence a
+    failure) predictions agree with the CPU's and a fit runs there."""
+    gpu = ep.Runtime()
+    try:
+        gpu.set_device("gpu")
+    except ep.DeviceError as e:
+        if os.environ.get("EDGEPATCH_REQUIRE_GPU") == "1":
+            raise
+        pytest.skip(f"no GPU adapter: {e}")
+    assert gpu.device.startswith("gpu")
+    x, _ = colour_images(2, size=40)
+    on_cpu, on_gpu = runtime.predict(x, k=3), gpu.predict(x, k=3)
+    for a, b in zip(on_cpu, on_gpu):
+        assert a[0].index == b[0].index
+        assert abs(a[0].probability - b[0].probability) < 1e-3
+    tr = colour_trainer(runtime, device="gpu")
+    result = tr.fit(epochs=4, lr=0.05, seed=1)
+    assert result.device.startswith("gpu") and tr.device == result.device
+    gpu.load_patch("colours", tr.patch_bytes())
+    gpu.activate("colours")
+    assert [t[0].label for t in gpu.predict(x, k=1)] == ["red", "red", "green", "green", "blue", "blue"]
