@@ -17,7 +17,7 @@ pure=(python3-pytest python3-pluggy python3-iniconfig python3-packaging python3-
 if [ ! -x "$sysroot/usr/bin/python3.11" ]; then
   dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
   rm -rf "$cache/debs" && mkdir -p "$cache/debs"
-  download() { (cd "$cache/debs" && apt-get download -q "${libs[@]/%/:arm64}" "${pure[@]}" >/dev/null); }
+  download() { (cd "$cache/debs" && apt-get download -q -o APT::Sandbox::User=root "${libs[@]/%/:arm64}" "${pure[@]}" >/dev/null); }
   download || { apt-get update -qq && download; }
   rm -rf "$sysroot.new" && mkdir -p "$sysroot.new"
   for deb in "$cache"/debs/*.deb; do dpkg -x "$deb" "$sysroot.new"; done

@@ -162,7 +162,12 @@ pub(crate) fn new_string_array<'l>(env: &mut JNIEnv<'l>, items: &[String]) -> Re
 }
 
 /// An RGB8 image of `width × height` from a Java byte array of `width·height·3` bytes.
-pub(crate) fn rgb8(env: &mut JNIEnv<'_>, rgb: &JByteArray<'_>, width: i32, height: i32) -> Res<edgepatch::data::image::Rgb8> {
+pub(crate) fn rgb8(
+    env: &mut JNIEnv<'_>,
+    rgb: &JByteArray<'_>,
+    width: i32,
+    height: i32,
+) -> Res<edgepatch::data::image::Rgb8> {
     let data = byte_array(env, rgb, "rgb")?;
     let (w, h) = (u32::try_from(width).unwrap_or(0), u32::try_from(height).unwrap_or(0));
     if w == 0 || h == 0 || data.len() as u64 != w as u64 * h as u64 * 3 {

@@ -33,7 +33,10 @@ fn predictions<'l>(env: &mut JNIEnv<'l>, top: &[Scored]) -> Res<JObjectArray<'l>
 }
 
 fn k(k: jint) -> Res<usize> {
-    usize::try_from(k).ok().filter(|&k| k > 0).ok_or_else(|| Failure::argument(format!("k = {k}: ask for at least one class")))
+    usize::try_from(k)
+        .ok()
+        .filter(|&k| k > 0)
+        .ok_or_else(|| Failure::argument(format!("k = {k}: ask for at least one class")))
 }
 
 #[no_mangle]
@@ -146,7 +149,8 @@ pub extern "system" fn Java_dev_edgepatch_Runtime_nativeSetDevice<'l>(
     device: JString<'l>,
 ) {
     run(&mut env, (), |env| {
-        let device = string(env, &device, "device")?.parse().map_err(|e: edgepatch::Error| Failure::argument(e.to_string()))?;
+        let device =
+            string(env, &device, "device")?.parse().map_err(|e: edgepatch::Error| Failure::argument(e.to_string()))?;
         Ok(RUNTIMES.get(handle)?.set_device(device)?)
     })
 }

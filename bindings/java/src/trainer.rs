@@ -45,9 +45,11 @@ pub extern "system" fn Java_dev_edgepatch_Trainer_nativeNew<'l>(
     resolution: jint,
 ) -> jlong {
     run(&mut env, 0, |env| {
-        let kinds = string(env, &kinds, "kinds")?.parse().map_err(|e: edgepatch::Error| Failure::argument(e.to_string()))?;
+        let kinds =
+            string(env, &kinds, "kinds")?.parse().map_err(|e: edgepatch::Error| Failure::argument(e.to_string()))?;
         let labels = string_array(env, &labels, "labels")?;
-        let resolution = u32::try_from(resolution).map_err(|_| Failure::argument(format!("resolution {resolution}")))?;
+        let resolution =
+            u32::try_from(resolution).map_err(|_| Failure::argument(format!("resolution {resolution}")))?;
         let t = Trainer::new(RUNTIMES.get(runtime)?.backbone(), kinds, labels, resolution)?;
         let cancel = t.cancel_flag();
         Ok(TRAINERS.insert(NativeTrainer { state: Mutex::new(t), cancel }))
@@ -112,7 +114,8 @@ pub extern "system" fn Java_dev_edgepatch_Trainer_nativeConfigure<'l>(
                 None
             } else {
                 let every = usize::try_from(checkpoint_every).ok().filter(|&n| n > 0);
-                let every = every.ok_or_else(|| Failure::argument(format!("checkpoints every {checkpoint_every} steps")))?;
+                let every =
+                    every.ok_or_else(|| Failure::argument(format!("checkpoints every {checkpoint_every} steps")))?;
                 let path = PathBuf::from(path);
                 edgepatch::fsio::output_target(&path)?;
                 Some(Checkpointing { path, every, resume: resume != 0 })
@@ -143,12 +146,16 @@ pub extern "system" fn Java_dev_edgepatch_Trainer_nativeAdd<'l>(
         let label = usize::try_from(label).map_err(|_| Failure::argument(format!("label {label}")))?;
         let t = TRAINERS.get(handle)?;
         let mut t = take(&t)?;
-        Ok(if test != 0 { t.add_test(image, label)? } else { t.add(image, label)? })
+        Ok(if test != 0 { t.add_test(image, label) } else { t.add(image, label) }?)
     })
 }
 
 #[no_mangle]
-pub extern "system" fn Java_dev_edgepatch_Trainer_nativeSize<'l>(mut env: JNIEnv<'l>, _: JClass<'l>, handle: jlong) -> jint {
+pub extern "system" fn Java_dev_edgepatch_Trainer_nativeSize<'l>(
+    mut env: JNIEnv<'l>,
+    _: JClass<'l>,
+    handle: jlong,
+) -> jint {
     run(&mut env, 0, |_| Ok(take(&*TRAINERS.get(handle)?)?.len() as jint))
 }
 
@@ -215,7 +222,13 @@ pub extern "system" fn Java_dev_edgepatch_Trainer_nativeFit<'l>(
             return Err(Failure::new(kind::CANCELLED, "the progress listener threw"));
         }
         let s = fitted?;
-        let out = [s.train_accuracy, s.final_loss, s.validation_accuracy.unwrap_or(f32::NAN), s.steps as f32, s.seconds as f32];
+        let out = [
+            s.train_accuracy,
+            s.final_loss,
+            s.validation_accuracy.unwrap_or(f32::NAN),
+            s.steps as f32,
+            s.seconds as f32,
+        ];
         let array = env.new_float_array(out.len() as i32)?;
         env.set_float_array_region(&array, 0, &out)?;
         Ok(array.into_raw())

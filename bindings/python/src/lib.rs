@@ -63,10 +63,7 @@ impl<T> IntoPy<T> for edgepatch::Result<T> {
 pub(crate) fn images(data: &[u8], n: usize, height: u32, width: u32) -> PyResult<Vec<Rgb8>> {
     let each = (height as usize).checked_mul(width as usize).and_then(|p| p.checked_mul(3)).unwrap_or(0);
     if n == 0 || each == 0 || Some(data.len()) != each.checked_mul(n) {
-        return Err(ArgumentError::new_err(format!(
-            "{} bytes for {n} image(s) of {height}×{width}×3",
-            data.len()
-        )));
+        return Err(ArgumentError::new_err(format!("{} bytes for {n} image(s) of {height}×{width}×3", data.len())));
     }
     Ok(data.chunks_exact(each).map(|c| Rgb8 { width, height, data: c.to_vec() }).collect())
 }

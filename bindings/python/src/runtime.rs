@@ -85,7 +85,15 @@ impl Runtime {
     }
 
     /// The top `k` classes of each of `n` RGB8 images of `height × width` packed in `data`.
-    fn classify(&self, py: Python<'_>, data: &[u8], n: usize, height: u32, width: u32, k: usize) -> PyResult<Vec<Vec<Class>>> {
+    fn classify(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        n: usize,
+        height: u32,
+        width: u32,
+        k: usize,
+    ) -> PyResult<Vec<Vec<Class>>> {
         let imgs = images(data, n, height, width)?;
         let top = py.detach(|| self.rt.classify(&imgs, k)).py()?;
         Ok(top.into_iter().map(|t| t.into_iter().map(|s| (s.class, s.label, s.prob)).collect()).collect())

@@ -36,7 +36,13 @@ impl Progress {
     fn __repr__(&self) -> String {
         format!(
             "Progress(epoch={}, step={}/{}, loss={:.4}, accuracy={:.4}, images_per_second={:.1}, seconds_left={:.1})",
-            self.epoch, self.step, self.total_steps, self.loss, self.accuracy, self.images_per_second, self.seconds_left
+            self.epoch,
+            self.step,
+            self.total_steps,
+            self.loss,
+            self.accuracy,
+            self.images_per_second,
+            self.seconds_left
         )
     }
 }
@@ -189,7 +195,14 @@ impl Trainer {
     /// or Ctrl-C stops the fit (`CancelledError`, or the `KeyboardInterrupt`); an exception in
     /// the callback stops it and is raised. The GIL is released between steps.
     #[pyo3(signature = (epochs, lr = None, seed = 0, callback = None))]
-    fn fit(&self, py: Python<'_>, epochs: usize, lr: Option<f32>, seed: u64, callback: Option<Py<PyAny>>) -> PyResult<Fitted> {
+    fn fit(
+        &self,
+        py: Python<'_>,
+        epochs: usize,
+        lr: Option<f32>,
+        seed: u64,
+        callback: Option<Py<PyAny>>,
+    ) -> PyResult<Fitted> {
         let mut guard = self.take()?;
         let t: &mut app::Trainer = &mut guard;
         let mut raised: Option<PyErr> = None;
