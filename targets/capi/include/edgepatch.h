@@ -81,14 +81,14 @@
 // the app was built with.
 #define EP_ABI_VERSION 3
 
-// A backbone with its named task patches and the active one, behind a lock: predictions
-// share it, changes take it alone.
+// A backbone with its named task patches and the active one (the runtime's `app::Runtime`):
+// predictions share it, changes take it alone.
 typedef struct EpRuntime EpRuntime;
 
 // An open patch store.
 typedef struct EpStore EpStore;
 
-// Learns a patch from labelled images added one by one.
+// Learns a patch from labelled images added one by one (the runtime's `app::Trainer`).
 typedef struct EpTrainer EpTrainer;
 
 // Where a fit is, passed to the progress callback after every step.

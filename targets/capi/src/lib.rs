@@ -158,7 +158,7 @@ pub extern "C" fn ep_last_error() -> *const c_char {
     LAST_ERROR.with(|l| l.borrow().as_ptr())
 }
 
-/// A backbone with its named task patches and the active one ([`edgepatch::app::Runtime`]):
+/// A backbone with its named task patches and the active one (the runtime's `app::Runtime`):
 /// predictions share it, changes take it alone.
 pub struct EpRuntime {
     rt: Runtime,

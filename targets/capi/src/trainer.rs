@@ -37,7 +37,7 @@ pub struct EpProgress {
 /// `ep_trainer_cancel`.
 pub type EpProgressFn = Option<extern "C" fn(progress: *const EpProgress, user: *mut c_void) -> i32>;
 
-/// Learns a patch from labelled images added one by one ([`edgepatch::app::Trainer`]).
+/// Learns a patch from labelled images added one by one (the runtime's `app::Trainer`).
 pub struct EpTrainer {
     state: Mutex<TrainerState>,
     /// Outside the lock, so that another thread can cancel a fit in progress.
