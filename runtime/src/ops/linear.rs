@@ -2,20 +2,12 @@
 
 use rayon::prelude::*;
 
-use crate::graph::Linear;
+use crate::graph::{Linear, Weights};
 use crate::tensor::Tensor;
 
-/// Dot product with eight independent accumulators (vectorises without reassociation flags).
+/// Dot product with eight lane accumulators ([`crate::simd::dot`]).
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    crate::simd::dot(a, b)
 }
 
 /// `x: [N, F, 1, 1]` (or any `[N, …]` with `F` values per sample) → `[N, out, 1, 1]`.
@@ -25,18 +17,22 @@ pub fn forward(l: &Linear, x: &Tensor) -> Tensor {
     let m = l.out_features;
     const ROWS: usize = 64;
     let mut cols = vec![0f32; m * n];
-    cols.par_chunks_mut(ROWS * n).enumerate().for_each_init(
-        || vec![0f32; l.in_features],
-        |row, (b, block)| {
-            for (j, col) in block.chunks_exact_mut(n).enumerate() {
-                let o = b * ROWS + j;
-                let q = l.weights.raw_row(o, row);
-                for (i, v) in col.iter_mut().enumerate() {
-                    *v = dot(x.sample(i), row) * q + l.bias[o];
-                }
+    let f = l.in_features;
+    cols.par_chunks_mut(ROWS * n).enumerate().for_each(|(b, block)| {
+        for (j, col) in block.chunks_exact_mut(n).enumerate() {
+            let o = b * ROWS + j;
+            for (i, v) in col.iter_mut().enumerate() {
+                // int8 rows are converted inside the dot (the bits of converting them first).
+                let raw = match &l.weights {
+                    Weights::Int8 { values, scales } => {
+                        crate::simd::dot_i8(x.sample(i), &values[o * f..(o + 1) * f]) * scales[o]
+                    }
+                    Weights::F32(w) => dot(x.sample(i), &w[o * f..(o + 1) * f]) * 1.0,
+                };
+                *v = raw + l.bias[o];
             }
-        },
-    );
+        }
+    });
     let mut out = Tensor::scratch([n, m, 1, 1]);
     for (o, col) in cols.chunks_exact(n).enumerate() {
         for (i, v) in col.iter().enumerate() {

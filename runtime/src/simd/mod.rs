@@ -130,6 +130,7 @@ macro_rules! multiversion {
 }
 
 pub mod blocked;
+mod dot;
 mod epilogue;
 pub mod gemm;
 mod lanes;
@@ -141,6 +142,7 @@ mod tests;
 #[cfg(test)]
 mod tests_blocked;
 
+pub use dot::*;
 pub use epilogue::*;
 pub use gemm::{gemm_block, gemm_block_at, gemm_tile, gemm_tile_at, pack_panels, pack_panels_at};
 pub use layout::*;
