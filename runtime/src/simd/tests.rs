@@ -186,7 +186,7 @@ fn every_kernel_gives_the_same_bits_at_every_level() {
 #[test]
 fn int8_dots_give_the_bits_of_converting_first_at_every_level() {
     let a: Vec<f32> = (0..1300).map(|i| ((i * 7919) % 997) as f32 / 300.0 - 1.3).collect();
-    let q: Vec<i8> = (0..1300).map(|i| ((i * 31 + 7) % 255) as i32 as u8 as i8).collect();
+    let q: Vec<i8> = (0..1300u32).map(|i| ((i * 31 + 7) % 255) as u8 as i8).collect();
     let qf: Vec<f32> = q.iter().map(|&v| v as f32).collect();
     for len in (0..40).chain([1279, 1280, 1300]) {
         // The plain definition: eight lanes, summed in order, then the tail.
