@@ -2,13 +2,11 @@
 
 use crate::tensor::Tensor;
 
-/// `[N, C, H, W]` → `[N, C, 1, 1]`, the mean of each channel plane: its values summed in order
-/// from `-0.0` (as `Iterator::sum` does), then divided by the plane's size. The blocked engine's
-/// pool ([`crate::ops::blocked::global_pool`]) sums in the same order.
+/// `[N, C, H, W]` → `[N, C, 1, 1]`, the mean of each channel plane.
 pub fn forward(x: &Tensor) -> Tensor {
     let [n, c, ..] = x.shape;
     let plane = x.plane();
-    let data = x.data.chunks_exact(plane).map(|p| p.iter().fold(-0.0f32, |a, v| a + v) / plane as f32).collect();
+    let data = x.data.chunks_exact(plane).map(|p| p.iter().sum::<f32>() / plane as f32).collect();
     Tensor { shape: [n, c, 1, 1], data }
 }
 

@@ -359,10 +359,7 @@ impl CpuEngine {
                     Value::Planar(t)
                 }
             },
-            Op::GlobalPool => Value::Planar(match read(values, node, 0) {
-                Value::Blocked(t, c) => blocked::global_pool(t, *c),
-                Value::Planar(t) => ops::pool::forward(t),
-            }),
+            Op::GlobalPool => Value::Planar(ops::pool::forward(&read(values, node, 0).as_planar())),
             Op::Linear(l) => Value::Planar(ops::linear::forward(l, &read(values, node, 0).as_planar())),
         }
     }

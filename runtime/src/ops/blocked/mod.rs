@@ -96,28 +96,6 @@ pub fn unblock(x: &Tensor, c: usize) -> Tensor {
     out
 }
 
-/// Global average pool of a blocked value of `c` channels → planar `[N, c, 1, 1]`, without
-/// unblocking it first: each channel's values are summed in pixel order from `-0.0`, then
-/// divided by the plane, as [`crate::ops::pool::forward`] does (the same bits).
-pub fn global_pool(x: &Tensor, c: usize) -> Tensor {
-    let [n, cp, h, w] = x.shape;
-    let (cb, hw) = (cp / BLOCK, h * w);
-    let mut out = Tensor::scratch([n, c, 1, 1]);
-    for img in 0..n {
-        for b in 0..cb {
-            let mut acc = [-0.0f32; BLOCK];
-            for px in x.data[(img * cb + b) * hw * BLOCK..][..hw * BLOCK].chunks_exact(BLOCK) {
-                acc.iter_mut().zip(px).for_each(|(a, v)| *a += v);
-            }
-            let lanes = BLOCK.min(c - b * BLOCK);
-            for (o, a) in out.data[img * c + b * BLOCK..][..lanes].iter_mut().zip(acc) {
-                *o = a / hw as f32;
-            }
-        }
-    }
-    out
-}
-
 /// Output blocks a product's register tile covers: two with AVX-512's 32 registers, one
 /// otherwise.
 fn group() -> usize {
