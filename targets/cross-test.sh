@@ -22,7 +22,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo=(cargo)
-if ! rustup target list --installed 2>/dev/null | grep -qx "$triple" && ! rustup target add "$triple"; then
+if ! rustup target list --installed 2>/dev/null | grep -x "$triple" >/dev/null && ! rustup target add "$triple"; then
   if [ "$triple" != aarch64-unknown-linux-gnu ]; then
     echo "rustup cannot fetch the $triple std and there is no Debian fallback for it" >&2; exit 1
   fi
@@ -61,7 +61,8 @@ if [ -n "${EDGEPATCH_MATURIN:-}" ]; then
   rm -rf "$out/wheels"
   "$EDGEPATCH_MATURIN" build --release --target "$triple" --config "$cfg" -m bindings/python/Cargo.toml -o "$out/wheels"
   wheel=$(ls "$out"/wheels/edgepatch-*-abi3-*.whl)
-  python3 -m zipfile -l "$wheel" | grep -q "edgepatch/_edgepatch.abi3.so"
+  # grep reads the whole listing (no -q): an early exit would break the pipe under pipefail.
+  python3 -m zipfile -l "$wheel" | grep "edgepatch/_edgepatch.abi3.so" >/dev/null
   if [ "$triple" = aarch64-unknown-linux-gnu ]; then
     bash bindings/python/qemu-test.sh "$wheel"
   fi

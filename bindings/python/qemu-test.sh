@@ -15,7 +15,7 @@ libs=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3-nump
 pure=(python3-pytest python3-pluggy python3-iniconfig python3-packaging python3-py python3-attr
   python3-more-itertools python3-pkg-resources python3-exceptiongroup)
 if [ ! -x "$sysroot/usr/bin/python3.11" ]; then
-  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+  dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || dpkg --add-architecture arm64
   rm -rf "$cache/debs" && mkdir -p "$cache/debs"
   download() { (cd "$cache/debs" && apt-get download -q -o APT::Sandbox::User=root "${libs[@]/%/:arm64}" "${pure[@]}" >/dev/null); }
   download || { apt-get update -qq && download; }
