@@ -34,6 +34,14 @@ pub fn batches_held(depth: usize) -> usize {
     depth + 1
 }
 
+/// The batches a feature extraction holds at its peak with the loader keeping `depth` waiting:
+/// [`batches_held`] and the one the loader builds while it waits for room. A feature pass takes
+/// far longer than decoding its images, so the loader is always that far ahead (at 224 px,
+/// batch 16, the plan of a `logits` run came out 9.6 MB, one batch, under its peak without it).
+pub fn batches_held_ahead(depth: usize) -> usize {
+    batches_held(depth) + 1
+}
+
 /// The working memory of training beyond activations and state for batches of `batch` images
 /// of `pixels` values each, with the loader keeping `depth` batches waiting: the batches held
 /// ([`batches_held`]). Nothing more is counted. With the shipped model, over `sb`, `bias`, `dw`,

@@ -223,7 +223,7 @@ impl Trainer {
         };
         self.feature_probe = Some(probed);
         // Each sample of a chunk is also an image of each batch the loader and the trainer hold.
-        let held = memory::batches_held(memory::loader_depth(self.config.memory_budget.is_some()));
+        let held = memory::batches_held_ahead(memory::loader_depth(self.config.memory_budget.is_some()));
         let image = (held * 4 * graph.input_channels * r * r) as u64;
         let cost = PassCost { per_sample: probed.per_sample + image, ..probed };
         // The engine's packed weights were made with the trainer, so they count as training's.

@@ -169,11 +169,12 @@ impl CpuEngine {
     }
 
     /// The most bytes of activation buffers a forward pass on `input` holds at once (measured
-    /// by running it with a fresh buffer pool; the engine's own pool is left alone), with the
-    /// band buffer each thread keeps for the fused blocks.
+    /// by running it as [`CpuEngine::forward`] does, input copy included, with a fresh buffer
+    /// pool; the engine's own pool is left alone), with the band buffer each thread keeps for the
+    /// fused blocks.
     pub fn pass_bytes(&self, graph: &Graph, input: Tensor) -> Result<u64> {
         let mut pool = Pool::default();
-        pool.scope(|| self.run(graph, input))?;
+        pool.scope(|| self.run(graph, pooled_copy(input.shape, &input.data)))?;
         // The fused blocks' band buffers, one per thread, kept outside the pool.
         let bands = rayon::current_num_threads() * blocked::fused::band_buffer_bytes();
         Ok((pool.bytes() + bands) as u64)
@@ -239,11 +240,7 @@ impl CpuEngine {
         if data.len() != shape.iter().product::<usize>() {
             return Err(Error::Input(format!("{} values for a tensor of shape {shape:?}", data.len())));
         }
-        let copy = || {
-            let mut x = Tensor::scratch(shape);
-            x.data.copy_from_slice(data);
-            x
-        };
+        let copy = || pooled_copy(shape, data);
         match self.pool.try_lock() {
             Ok(mut pool) => {
                 let pool = &mut *pool;
@@ -414,4 +411,11 @@ fn read<'a>(values: &'a [Option<Value>], node: &Node, i: usize) -> &'a Value {
 
 pub(super) fn read_value(values: &[Option<Value>], v: usize) -> &Value {
     values[v].as_ref().expect("computed before use")
+}
+
+/// `data` of shape `shape` copied into a buffer of the current pool (what a pass takes as input).
+fn pooled_copy(shape: [usize; 4], data: &[f32]) -> Tensor {
+    let mut x = Tensor::scratch(shape);
+    x.data.copy_from_slice(data);
+    x
 }
