@@ -169,9 +169,8 @@ pub(crate) fn rgb8(
     height: i32,
 ) -> Res<edgepatch::data::image::Rgb8> {
     let data = byte_array(env, rgb, "rgb")?;
-    let (w, h) = (u32::try_from(width).unwrap_or(0), u32::try_from(height).unwrap_or(0));
-    if w == 0 || h == 0 || data.len() as u64 != w as u64 * h as u64 * 3 {
-        return Err(Failure::argument(format!("{} bytes for a {width}×{height} RGB image", data.len())));
-    }
-    Ok(edgepatch::data::image::Rgb8 { width: w, height: h, data })
+    let (Ok(w), Ok(h)) = (u32::try_from(width), u32::try_from(height)) else {
+        return Err(Failure::argument(format!("bad image size {width}×{height}")));
+    };
+    Ok(edgepatch::data::image::Rgb8::new(w, h, data)?)
 }

@@ -61,11 +61,11 @@ impl<T> IntoPy<T> for edgepatch::Result<T> {
 
 /// `n` RGB8 images of `height × width` packed in `data` (N·H·W·3 bytes, row-major), checked.
 pub(crate) fn images(data: &[u8], n: usize, height: u32, width: u32) -> PyResult<Vec<Rgb8>> {
-    let each = (height as usize).checked_mul(width as usize).and_then(|p| p.checked_mul(3)).unwrap_or(0);
-    if n == 0 || each == 0 || Some(data.len()) != each.checked_mul(n) {
+    let each = Rgb8::byte_len(width, height).py()?;
+    if n == 0 || Some(data.len()) != each.checked_mul(n) {
         return Err(ArgumentError::new_err(format!("{} bytes for {n} image(s) of {height}×{width}×3", data.len())));
     }
-    Ok(data.chunks_exact(each).map(|c| Rgb8 { width, height, data: c.to_vec() }).collect())
+    data.chunks_exact(each).map(|c| Rgb8::new(width, height, c.to_vec()).py()).collect()
 }
 
 /// A device name ("auto", "cpu", "gpu"), refused with an `ArgumentError` otherwise.

@@ -106,11 +106,7 @@ impl Trainer {
         if label >= self.labels.len() {
             return Err(Error::Argument(format!("label {label} for {} classes", self.labels.len())));
         }
-        let n = image.width as usize * image.height as usize * 3;
-        if n == 0 || image.data.len() != n {
-            let (w, h, len) = (image.width, image.height, image.data.len());
-            return Err(Error::Argument(format!("bad image size {w}×{h} with {len} bytes")));
-        }
+        image.check()?;
         Ok((image, label))
     }
 

@@ -15,6 +15,32 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+impl Rgb8 {
+    /// Bytes of a `width × height` RGB image (`width·height·3`); an argument error for an empty
+    /// size or one whose byte count overflows.
+    pub fn byte_len(width: u32, height: u32) -> Result<usize> {
+        let len = (width as usize).checked_mul(height as usize).and_then(|n| n.checked_mul(3));
+        len.filter(|&n| n > 0).ok_or_else(|| Error::Argument(format!("bad image size {width}×{height}")))
+    }
+
+    /// A `width × height` image of `data` (`width·height·3` bytes, rows top to bottom, pixels
+    /// R, G, B), checked ([`Rgb8::check`]).
+    pub fn new(width: u32, height: u32, data: Vec<u8>) -> Result<Rgb8> {
+        let img = Rgb8 { width, height, data };
+        img.check()?;
+        Ok(img)
+    }
+
+    /// An argument error unless the size is not empty and `data` holds exactly its bytes.
+    pub fn check(&self) -> Result<()> {
+        let (w, h, len) = (self.width, self.height, self.data.len());
+        if Rgb8::byte_len(w, h)? != len {
+            return Err(Error::Argument(format!("{len} bytes for a {w}×{h} RGB image (it takes {w}·{h}·3)")));
+        }
+        Ok(())
+    }
+}
+
 /// ImageNet channel means (RGB, in `[0, 1]`).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations.
@@ -52,10 +78,8 @@ impl Preprocess {
 
     /// The image with its shorter side resized to `resize` (at least `crop` on both sides).
     pub fn resized(&self, img: &Rgb8) -> Result<Rgb8> {
+        img.check()?;
         let (w, h) = (img.width as u64, img.height as u64);
-        if w == 0 || h == 0 {
-            return Err(Error::Input("empty image".into()));
-        }
         let r = self.resize as u64;
         let (nw, nh) = if w <= h { (r, r * h / w) } else { (r * w / h, r) };
         if nw.max(nh) > MAX_RESIZED_SIDE {
@@ -283,7 +307,19 @@ mod tests {
         let pp = Preprocess::imagenet(224);
         assert_eq!(pp.apply(&solid(1, 1, 9)).unwrap().len(), 3 * 224 * 224);
         assert!(matches!(pp.apply(&solid(1, 100_000, 9)), Err(Error::Input(_))));
-        assert!(matches!(pp.apply(&solid(0, 5, 9)), Err(Error::Input(_))));
+        assert!(matches!(pp.apply(&solid(0, 5, 9)), Err(Error::Argument(_))));
+    }
+
+    #[test]
+    fn images_are_checked_against_their_size() {
+        assert_eq!(Rgb8::new(2, 3, vec![1; 18]).unwrap().data.len(), 18);
+        for (w, h, len) in [(2, 3, 17), (2, 3, 19), (0, 3, 0), (3, 0, 0), (u32::MAX, u32::MAX, 3)] {
+            let e = Rgb8::new(w, h, vec![0; len]).unwrap_err();
+            assert!(matches!(e, Error::Argument(_)), "{w}×{h} with {len} bytes: {e}");
+        }
+        // A malformed image built by hand is refused where it is used, not read past its end.
+        let short = Rgb8 { width: 40, height: 40, data: vec![0; 100] };
+        assert!(matches!(Preprocess::imagenet(224).apply(&short), Err(Error::Argument(_))));
     }
 
     #[test]

@@ -145,9 +145,8 @@ fn out<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Failure> {
 }
 
 fn rgb8(p: *const u8, width: u32, height: u32) -> Result<Rgb8, Failure> {
-    let len = (width as usize).checked_mul(height as usize).and_then(|n| n.checked_mul(3));
-    let len = len.filter(|&n| n > 0).ok_or_else(|| arg(format!("bad image size {width}×{height}")))?;
-    Ok(Rgb8 { width, height, data: bytes(p, len, "rgb")?.to_vec() })
+    let len = Rgb8::byte_len(width, height)?;
+    Ok(Rgb8::new(width, height, bytes(p, len, "rgb")?.to_vec())?)
 }
 
 /// The message of the last failure on this thread ("" after a success). Valid until the next
