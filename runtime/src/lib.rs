@@ -27,6 +27,7 @@ pub mod graph;
 pub mod import;
 pub mod ops;
 pub mod patch;
+pub mod quantize;
 pub mod schedule;
 pub mod session;
 #[allow(unsafe_code)]
