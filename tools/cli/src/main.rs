@@ -19,6 +19,7 @@ mod flags;
 mod info;
 mod interrupt;
 mod multi;
+mod quantize;
 mod report;
 mod store;
 mod train;
@@ -89,6 +90,9 @@ enum Command {
     },
     /// Learn a patch for a task (on the CPU or a GPU) and save it.
     Train(Box<train::TrainArgs>),
+    /// Quantize an f32 ONNX model's kernels to int8 (per output channel, symmetric, the clipping
+    /// range of least squared error) and report what it costs
+    Quantize(Box<quantize::QuantizeArgs>),
     /// Make a `logits` patch from a few images per class at once, without training: the class
     /// prototypes of the backbone's features (nearest prototype by cosine, as a linear head).
     Prototype(Box<fewshot::PrototypeArgs>),
@@ -339,6 +343,7 @@ fn main() -> ExitCode {
             predict(images, model.as_deref(), source, *top as usize, *device, *json)
         }
         Command::Train(args) => train::train(args),
+        Command::Quantize(args) => quantize::quantize(args),
         Command::TrainMulti(args) => multi::train_multi(args),
         Command::Prototype(args) => fewshot::prototype(args),
         Command::Adapt(args) => adapt::adapt(args),
