@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use edgepatch::backend::gpu::{kernels::host, Gpu};
 use edgepatch::backend::Device;
-use edgepatch::graph::{Conv, Depthwise, Linear, Weights, Window};
+use edgepatch::graph::{AutoPad, Conv, Depthwise, Linear, Weights, Window};
 use edgepatch::ops::{self, Activation, Epilogue};
 use edgepatch::train::{loss, OptimizerKind, TrainConfig, Trainer};
 use edgepatch::{Backbone, Tensor};
@@ -66,10 +66,12 @@ fn weights(n: usize, rows: usize, seed: u64, int8: bool) -> Weights {
 fn convolutions_match_the_cpu() {
     let Some(g) = gpu() else { return };
     let windows = [
-        Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] },
-        Window { kernel: [3, 3], stride: [2, 2], pads: [1; 4] },
-        Window { kernel: [3, 3], stride: [2, 2], pads: [0, 0, 1, 1] },
-        Window { kernel: [3, 2], stride: [1, 2], pads: [2, 1, 0, 0] },
+        Window::new([1, 1], [1, 1], [0; 4]),
+        Window::new([3, 3], [2, 2], [1; 4]),
+        Window::new([3, 3], [2, 2], [0, 0, 1, 1]),
+        Window::new([3, 2], [1, 2], [2, 1, 0, 0]),
+        Window { auto: Some(AutoPad::SameUpper), ..Window::new([3, 3], [2, 2], [0; 4]) },
+        Window { auto: Some(AutoPad::SameLower), ..Window::new([5, 5], [2, 2], [0; 4]) },
     ];
     for (k, win) in windows.iter().enumerate() {
         for (n, ci, co, h, w) in [(2, 3, 5, 9, 7), (1, 70, 67, 11, 13), (3, 17, 130, 5, 5)] {
@@ -107,18 +109,26 @@ fn convolutions_match_the_cpu() {
 #[test]
 fn depthwise_matches_the_cpu() {
     let Some(g) = gpu() else { return };
-    for (k, (stride, pads)) in
-        [([1, 1], [1; 4]), ([2, 2], [1; 4]), ([2, 2], [0, 0, 1, 1]), ([1, 2], [0, 1, 2, 0])].into_iter().enumerate()
-    {
+    let same = |k: usize, s: usize, a: AutoPad| Window { auto: Some(a), ..Window::new([k, k], [s, s], [0; 4]) };
+    let windows = [
+        Window::new([3, 3], [1, 1], [1; 4]),
+        Window::new([3, 3], [2, 2], [1; 4]),
+        Window::new([3, 3], [2, 2], [0, 0, 1, 1]),
+        Window::new([3, 3], [1, 2], [0, 1, 2, 0]),
+        Window::new([5, 5], [1, 1], [2; 4]),
+        Window::new([7, 7], [2, 2], [3; 4]),
+        // ONNX SAME padding: odd and even inputs pad differently at stride 2.
+        same(3, 2, AutoPad::SameUpper),
+        same(5, 2, AutoPad::SameLower),
+        same(7, 2, AutoPad::SameUpper),
+    ];
+    for (k, win) in windows.into_iter().enumerate() {
+        let taps = win.kernel[0] * win.kernel[1];
         for (n, c, h, w) in [(2, 5, 9, 7), (1, 67, 14, 15), (3, 3, 5, 4)] {
             for int8 in [false, true] {
                 let seed = (k * 1000 + c * 10 + h) as u64;
-                let dw = Depthwise {
-                    channels: c,
-                    window: Window { kernel: [3, 3], stride, pads },
-                    weights: weights(9 * c, c, seed, int8),
-                };
-                let what = format!("depthwise stride {stride:?} pads {pads:?} {n}×{c}×{h}×{w} int8 {int8}");
+                let dw = Depthwise { channels: c, window: win, weights: weights(taps * c, c, seed, int8) };
+                let what = format!("depthwise {win:?} {n}×{c}×{h}×{w} int8 {int8}");
                 let x = tensor([n, c, h, w], seed + 1);
                 let want = ops::depthwise::forward(&dw, &x, &Epilogue::NONE);
                 let got = host::depthwise_forward(&g, &dw, &x).unwrap();
@@ -129,7 +139,7 @@ fn depthwise_matches_the_cpu() {
                 let got_dx = host::depthwise_backward_input(&g, &dw, &dy, (h, w)).unwrap();
                 close(&format!("{what} backward_input"), REDUCTION, &got_dx.data, &want_dx.data);
                 if !int8 {
-                    let mut want_dw = vec![0.0; 9 * c];
+                    let mut want_dw = vec![0.0; taps * c];
                     ops::depthwise::backward_weight(&dw, &x, &dy, &mut want_dw);
                     let got_dw = host::depthwise_backward_weight(&g, &dw, &x, &dy).unwrap();
                     close(&format!("{what} backward_weight"), REDUCTION, &got_dw, &want_dw);
@@ -201,7 +211,7 @@ fn classifier_and_loss_match_the_cpu() {
         let conv = Conv {
             in_channels: f,
             out_channels: o,
-            window: Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] },
+            window: Window::new([1, 1], [1, 1], [0; 4]),
             weights: l.weights.clone(),
         };
         let got = host::pointwise_backward_input(&g, &conv, &dy).unwrap();

@@ -1,7 +1,7 @@
 //! Every backward pass against central finite differences of the plain f64 definitions: each
 //! op's input and parameter gradients, the loss, and whole networks for every patch kind.
 
-use edgepatch::graph::{Affine, Conv, Depthwise, Linear, Weights, Window};
+use edgepatch::graph::{Affine, AutoPad, Conv, Depthwise, Linear, Weights, Window};
 use edgepatch::ops::{self, Activation};
 use edgepatch::patch::{self, PatchKinds, Role};
 use edgepatch::train::{loss, tape};
@@ -35,12 +35,20 @@ fn dot(a: &[f64], b: &[f32]) -> f64 {
 
 fn windows() -> Vec<Window> {
     vec![
-        Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] },
-        Window { kernel: [3, 3], stride: [1, 1], pads: [1; 4] },
-        Window { kernel: [3, 3], stride: [2, 2], pads: [1; 4] },
-        Window { kernel: [3, 3], stride: [2, 2], pads: [0, 0, 1, 1] },
-        Window { kernel: [3, 2], stride: [1, 2], pads: [2, 1, 0, 0] },
-        Window { kernel: [2, 2], stride: [2, 1], pads: [3, 2, 2, 3] },
+        Window::new([1, 1], [1, 1], [0; 4]),
+        Window::new([3, 3], [1, 1], [1; 4]),
+        Window::new([3, 3], [2, 2], [1; 4]),
+        Window::new([3, 3], [2, 2], [0, 0, 1, 1]),
+        Window::new([3, 2], [1, 2], [2, 1, 0, 0]),
+        Window::new([2, 2], [2, 1], [3, 2, 2, 3]),
+        // ONNX SAME padding at stride 2: the inputs' odd and even sides pad differently.
+        Window { auto: Some(AutoPad::SameUpper), ..Window::new([3, 3], [2, 2], [0; 4]) },
+        Window { auto: Some(AutoPad::SameLower), ..Window::new([3, 3], [2, 2], [0; 4]) },
+        Window { auto: Some(AutoPad::SameUpper), ..Window::new([5, 5], [2, 2], [0; 4]) },
+        Window { auto: Some(AutoPad::SameLower), ..Window::new([7, 7], [2, 1], [0; 4]) },
+        // Larger depthwise kernels with fixed padding.
+        Window::new([5, 5], [1, 1], [2; 4]),
+        Window::new([7, 7], [2, 2], [3; 4]),
     ]
 }
 
@@ -220,8 +228,11 @@ fn loss_gradient() {
 #[test]
 fn whole_network_gradients_for_every_patch_kind() {
     let kinds = ["logits", "sb", "bias", "dw", "full", "sb+logits", "bias+logits", "dw+logits", "sb+dw+logits"];
-    for quantized in [false, true] {
-        let model = tiny_net(TinyNet { quantized, ..TinyNet::default() }, 900);
+    // The last variant pads SAME_UPPER (the stride-2 layers see odd and even inputs at 33 px)
+    // with a 5×5 second depthwise.
+    let variants = [(false, None, 0, 32), (true, None, 0, 32), (false, Some("SAME_UPPER"), 5, 33)];
+    for (quantized, auto_pad, dw2_kernel, px) in variants {
+        let model = tiny_net(TinyNet { quantized, auto_pad, dw2_kernel, ..TinyNet::default() }, 900);
         let backbone = Backbone::from_onnx_bytes(&model).unwrap();
         for (k, spec) in kinds.iter().enumerate() {
             let kinds: PatchKinds = spec.parse().unwrap();
@@ -233,7 +244,7 @@ fn whole_network_gradients_for_every_patch_kind() {
             let slots = patch::slots(&graph, kinds).unwrap();
             patch::make_trainable(&mut graph, &slots);
             let plan = edgepatch::schedule::Schedule::new(&graph, &slots);
-            let shape = [3, 3, 32, 32];
+            let shape = [3, 3, px, px];
             let x = random_values(shape.iter().product(), 100 + k as u64, 2.0);
             let labels = [0, 2, 1];
             let (logits, t) = tape::forward(&graph, &plan, Tensor::from_vec(shape, x.clone()).unwrap()).unwrap();

@@ -16,6 +16,7 @@ fn variants() -> Vec<TinyNet> {
             clip_attrs: bits & 2 != 0,
             matmul: bits & 4 != 0,
             quantized: bits & 8 != 0,
+            ..TinyNet::default()
         });
     }
     v
@@ -34,6 +35,42 @@ fn tiny_networks_match_tract() {
                 panic!("{v:?} at {shape:?}: logit {j} is {g}, tract says {w}");
             }
         }
+    }
+}
+
+/// ONNX SAME padding at strides 1 and 2 (odd and even inputs pad differently at stride 2) and
+/// depthwise kernels of 3, 5 and 7: the logits of tract, at input sizes that reach both parities.
+#[test]
+fn same_padding_and_larger_depthwise_kernels_match_tract() {
+    for (i, (auto_pad, dw2_kernel, quantized)) in [
+        (Some("SAME_UPPER"), 3, false),
+        (Some("SAME_LOWER"), 3, true),
+        (Some("SAME_UPPER"), 5, true),
+        (Some("SAME_LOWER"), 7, false),
+        (None, 5, false),
+        (None, 7, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = TinyNet { auto_pad, dw2_kernel, quantized, ..TinyNet::default() };
+        let model = tiny_net(v, 300 + i as u64);
+        let b = Backbone::from_onnx_bytes(&model).unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        for shape in [[2, 3, 32, 32], [1, 3, 45, 37], [1, 3, 34, 35]] {
+            let x = random_values(shape.iter().product(), 17 + i as u64, 2.0);
+            let want = tract_run(&model, shape, &x).expect("tract runs the model");
+            let got = b.forward(Tensor::from_vec(shape, x).unwrap()).unwrap();
+            if let Some((j, g, w)) = PARITY.check(&got.data, &want) {
+                panic!("{v:?} at {shape:?}: logit {j} is {g}, tract says {w}");
+            }
+        }
+        // It exports as it came in (auto_pad kept) and tract agrees with the export too.
+        let exported = edgepatch::export::to_onnx(b.graph(), None, edgepatch::export::ExportWeights::F32).unwrap();
+        let shape = [1, 3, 45, 37];
+        let x = random_values(shape.iter().product(), 5, 2.0);
+        let (a, e) = (tract_run(&model, shape, &x).unwrap(), tract_run(&exported, shape, &x).unwrap());
+        assert!(PARITY.check(&e, &a).is_none(), "{v:?}: the export's logits differ from the model's");
+        assert_eq!(Backbone::from_onnx_bytes(&exported).unwrap().graph().nodes.len(), b.graph().nodes.len());
     }
 }
 

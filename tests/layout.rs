@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use edgepatch::backend::cpu::{CpuEngine, Layout};
-use edgepatch::graph::{Affine, Conv, Depthwise, Graph, Linear, Node, Op, Weights, Window};
+use edgepatch::graph::{Affine, AutoPad, Conv, Depthwise, Graph, Linear, Node, Op, Weights, Window};
 use edgepatch::ops::Activation;
 use edgepatch::{Backbone, Tensor};
 use edgepatch_tests::{f32_model, random_values};
@@ -43,7 +43,7 @@ fn the_f32_model_gives_the_same_bits_in_both_layouts() {
 }
 
 fn window(k: usize, s: usize) -> Window {
-    Window { kernel: [k, k], stride: [s, s], pads: [k / 2; 4] }
+    Window::new([k, k], [s, s], [k / 2; 4])
 }
 
 fn int8(rows: usize, len: usize, seed: u64) -> Weights {
@@ -236,4 +236,47 @@ fn concurrent_passes_finish_with_the_same_bits() {
             });
         }
     });
+}
+
+/// `g` with ONNX SAME padding on every strided window (SAME_UPPER on dense convolutions,
+/// SAME_LOWER on depthwise ones) and its 5×5 depthwise kernels made 7×7 (weights cycled).
+fn same_padded(mut g: Graph) -> Graph {
+    for node in &mut g.nodes {
+        match &mut node.op {
+            Op::Conv(c) if c.window.stride[0] > 1 => c.window.auto = Some(AutoPad::SameUpper),
+            Op::Depthwise(d) => {
+                if d.window.kernel == [5, 5] {
+                    let w = d.weights.to_f32();
+                    let w: Vec<f32> = (0..d.channels * 49).map(|i| w[(i * 25 / 49) % w.len()]).collect();
+                    (d.window.kernel, d.window.pads, d.weights) = ([7, 7], [3; 4], Weights::F32(w));
+                }
+                if d.window.stride[0] > 1 {
+                    d.window.auto = Some(AutoPad::SameLower);
+                }
+            }
+            _ => {}
+        }
+    }
+    g
+}
+
+/// SAME padding (which differs for odd and even inputs at stride 2) and 7×7 depthwise kernels:
+/// the blocked kernels and the fused blocks give the planar bits.
+#[test]
+fn same_padding_and_7x7_depthwise_give_the_planar_bits() {
+    let g = same_padded(every_path());
+    for (n, r) in [(1, 64), (3, 37), (2, 45)] {
+        same_bits(&format!("SAME every path, batch {n}, {r} px"), &g, &input([n, 3, r, r], n as u64 * 10 + r as u64));
+    }
+    let g = same_padded(blocks());
+    assert_eq!(edgepatch::schedule::Schedule::inference(&g).blocks(&g).len(), 3, "the blocks are found");
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            for (n, r) in [(1, 64), (1, 33), (2, 50)] {
+                let what = format!("SAME blocks, {threads} threads, batch {n}, {r} px");
+                same_bits(&what, &g, &input([n, 3, r, r], (threads * 100 + n * 10 + r) as u64));
+            }
+        });
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! Conv / Depthwise   Conv (group = C for depthwise), no bias; int8 kernels behind a per-output-
-//!                    channel DequantizeLinear (axis 0, zero point 0) when exporting int8
+//!                    channel DequantizeLinear (axis 0, zero point 0) when exporting int8;
+//!                    explicit pads, or the auto_pad SAME mode the window was imported with
 //! Affine             BatchNormalization(scale = s, B = b, mean = 0, var = 1, epsilon = 0) = s·x + b
 //! Relu / Relu6       Relu / Clip(0, 6)
 //! Add, GlobalPool    Add, GlobalAveragePool
@@ -152,10 +153,20 @@ impl Writer {
     }
 
     fn conv(&mut self, name: &str, x: &str, y: &str, w: &str, window: &Window, group: usize) {
+        // Padding that depends on the input's size goes out as the `auto_pad` it came in as.
+        let padding = match window.auto {
+            Some(a) => AttributeProto {
+                name: "auto_pad".into(),
+                r#type: attribute_proto::AttributeType::String as i32,
+                s: a.onnx_name().as_bytes().to_vec(),
+                ..Default::default()
+            },
+            None => attr_ints("pads", &window.pads),
+        };
         let attrs = vec![
             attr_ints("kernel_shape", &window.kernel),
             attr_ints("strides", &window.stride),
-            attr_ints("pads", &window.pads),
+            padding,
             attr_ints("dilations", &[1, 1]),
             attr_int("group", group as i64),
         ];

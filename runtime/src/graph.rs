@@ -4,6 +4,9 @@
 use crate::ops::Activation;
 use sha2::{Digest, Sha256};
 
+mod window;
+pub use window::{AutoPad, Window};
+
 /// Index of a value (an edge) in [`Graph`]; value 0 is the graph input.
 pub type ValueId = usize;
 
@@ -101,34 +104,6 @@ fn hash_f32s(h: &mut Sha256, v: &[f32]) {
     h.update((v.len() as u64).to_le_bytes());
     for x in v {
         h.update(x.to_le_bytes());
-    }
-}
-
-/// Spatial geometry of a convolution window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// Kernel height and width.
-    pub kernel: [usize; 2],
-    /// Stride along height and width.
-    pub stride: [usize; 2],
-    /// Zero padding: top, left, bottom, right.
-    pub pads: [usize; 4],
-}
-
-impl Window {
-    /// Output `(h, w)` for an input of `(h, w)`, or `None` when the window does not fit.
-    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let ph = h + self.pads[0] + self.pads[2];
-        let pw = w + self.pads[1] + self.pads[3];
-        if ph < self.kernel[0] || pw < self.kernel[1] {
-            return None;
-        }
-        Some(((ph - self.kernel[0]) / self.stride[0] + 1, (pw - self.kernel[1]) / self.stride[1] + 1))
-    }
-
-    /// True for a 1×1 kernel with stride 1 and no padding (a plain matrix product).
-    pub fn is_pointwise(&self) -> bool {
-        self.kernel == [1, 1] && self.stride == [1, 1] && self.pads == [0; 4]
     }
 }
 
@@ -424,5 +399,9 @@ impl Graph {
 fn hash_window(h: &mut Sha256, w: &Window) {
     for v in w.kernel.iter().chain(&w.stride).chain(&w.pads) {
         h.update((*v as u64).to_le_bytes());
+    }
+    // Fixed padding hashes as it always did (fingerprints of existing models stay).
+    if let Some(a) = w.auto {
+        h.update(a.onnx_name().as_bytes());
     }
 }

@@ -1,7 +1,7 @@
 //! Plain f64 definitions of every layer of the IR and a whole-graph evaluator built from them:
 //! the references that gradient checks differentiate numerically.
 
-use edgepatch::graph::{Graph, Op, Window};
+use edgepatch::graph::{AutoPad, Graph, Op, Window};
 use edgepatch::ops::Activation;
 use edgepatch::patch::Role;
 
@@ -27,8 +27,25 @@ impl T64 {
 pub fn conv(x: &T64, w: &[f64], co: usize, depthwise: bool, win: &Window) -> T64 {
     let [n, ci, ih, iw] = x.shape;
     let per = if depthwise { 1 } else { ci };
-    let (oh, ow) = win.output_size(ih, iw).expect("window fits");
     let [kh, kw] = win.kernel;
+    // ONNX's SAME padding, from its definition: ceil(size / stride) outputs, the total padding
+    // that needs split evenly, the odd pixel after (SAME_UPPER) or before (SAME_LOWER).
+    let (pt, pl, oh, ow) = match win.auto {
+        None => {
+            let (oh, ow) = win.output_size(ih, iw).expect("window fits");
+            (win.pads[0], win.pads[1], oh, ow)
+        }
+        Some(mode) => {
+            let begin = |size: usize, k: usize, s: usize| {
+                let out = size.div_ceil(s);
+                let total = ((out - 1) * s + k).saturating_sub(size);
+                let before = if mode == AutoPad::SameUpper { total / 2 } else { total.div_ceil(2) };
+                (before, out)
+            };
+            let ((pt, oh), (pl, ow)) = (begin(ih, kh, win.stride[0]), begin(iw, kw, win.stride[1]));
+            (pt, pl, oh, ow)
+        }
+    };
     let mut y = vec![0f64; n * co * oh * ow];
     for b in 0..n {
         for o in 0..co {
@@ -39,8 +56,8 @@ pub fn conv(x: &T64, w: &[f64], co: usize, depthwise: bool, win: &Window) -> T64
                         let xc = if depthwise { o } else { c };
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let iy = (oy * win.stride[0] + ky) as isize - win.pads[0] as isize;
-                                let ix = (ox * win.stride[1] + kx) as isize - win.pads[1] as isize;
+                                let iy = (oy * win.stride[0] + ky) as isize - pt as isize;
+                                let ix = (ox * win.stride[1] + kx) as isize - pl as isize;
                                 if iy < 0 || ix < 0 || iy >= ih as isize || ix >= iw as isize {
                                     continue;
                                 }

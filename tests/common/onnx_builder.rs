@@ -38,6 +38,16 @@ pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
+/// A string attribute.
+pub fn string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_proto::AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
 /// A float attribute.
 pub fn float(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
@@ -132,6 +142,12 @@ pub struct TinyNet {
     pub matmul: bool,
     /// int8 weights behind DequantizeLinear.
     pub quantized: bool,
+    /// `auto_pad` (SAME_UPPER, SAME_LOWER) instead of explicit pads on every window larger
+    /// than 1×1: the stem and the second depthwise (stride 2) then pad odd and even inputs
+    /// differently.
+    pub auto_pad: Option<&'static str>,
+    /// The second depthwise kernel's size (3 when 0).
+    pub dw2_kernel: usize,
 }
 
 /// A MobileNetV2-shaped network with random weights: stem 3×3/2 → inverted residual block
@@ -178,10 +194,14 @@ pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
      -> String {
         let w = weight(b, &format!("{name}.w"), &[co, ci / group, k, k]);
         let pad = (k / 2) as i64;
+        let padding = match v.auto_pad {
+            Some(mode) if k > 1 => string("auto_pad", mode),
+            _ => ints("pads", &[pad; 4]),
+        };
         let attrs = vec![
             ints("kernel_shape", &[k as i64, k as i64]),
             ints("strides", &[stride, stride]),
-            ints("pads", &[pad; 4]),
+            padding,
             int("group", group as i64),
         ];
         let out = if v.folded {
@@ -218,7 +238,8 @@ pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
     let d = conv(&mut b, &e, "dw", 16, 16, 3, 1, 16, true);
     let p = conv(&mut b, &d, "project", 8, 16, 1, 1, 1, false);
     b.node("Add", &[&stem, &p], "residual", vec![]);
-    let d2 = conv(&mut b, "residual", "dw2", 8, 8, 3, 2, 8, true);
+    let k2 = if v.dw2_kernel == 0 { 3 } else { v.dw2_kernel };
+    let d2 = conv(&mut b, "residual", "dw2", 8, 8, k2, 2, 8, true);
     let last = conv(&mut b, &d2, "last", 12, 8, 1, 1, 1, true);
     b.node("GlobalAveragePool", &[&last], "pool", vec![]);
     b.node("Flatten", &["pool"], "flat", vec![int("axis", 1)]);

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use tract_onnx::pb::{AttributeProto, NodeProto};
 use tract_onnx::prelude::Framework;
 
-use crate::graph::{Affine, Conv, Depthwise, Graph, Linear, Node, NormStats, Op, ValueId, Window};
+use crate::graph::{Affine, AutoPad, Conv, Depthwise, Graph, Linear, Node, NormStats, Op, ValueId, Window};
 use crate::{Error, Result};
 use tensor::Const;
 
@@ -317,20 +317,29 @@ impl Importer {
                 return Err(Error::node(&node.name, format!("dilations {d:?} unsupported")));
             }
         }
-        let auto_pad = attr(node, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).to_string());
-        let pads = match auto_pad.as_deref() {
-            None | Some("NOTSET") => positive(&node.name, "pads", &attr_ints(node, "pads").unwrap_or(vec![0; 4]), 4)?,
-            Some("VALID") => vec![0; 4],
-            Some(p) if stride == [1, 1] && kh % 2 == 1 && kw % 2 == 1 && p.starts_with("SAME") => {
-                vec![kh / 2, kw / 2, kh / 2, kw / 2]
-            }
-            Some(p) => return Err(Error::node(&node.name, format!("auto_pad {p} with this kernel and stride"))),
-        };
         if stride.contains(&0) {
             return Err(Error::node(&node.name, "zero stride"));
         }
-        let window =
-            Window { kernel: [kh, kw], stride: [stride[0], stride[1]], pads: [pads[0], pads[1], pads[2], pads[3]] };
+        let auto_pad = attr(node, "auto_pad").map(|a| String::from_utf8_lossy(&a.s).to_string());
+        let (kernel, stride) = ([kh, kw], [stride[0], stride[1]]);
+        let window = match auto_pad.as_deref() {
+            None | Some("NOTSET") => {
+                let p = positive(&node.name, "pads", &attr_ints(node, "pads").unwrap_or(vec![0; 4]), 4)?;
+                Window::new(kernel, stride, [p[0], p[1], p[2], p[3]])
+            }
+            Some("VALID") => Window::new(kernel, stride, [0; 4]),
+            Some(p @ ("SAME_UPPER" | "SAME_LOWER")) => {
+                let auto = if p == "SAME_UPPER" { AutoPad::SameUpper } else { AutoPad::SameLower };
+                let same = Window { kernel, stride, pads: [0; 4], auto: Some(auto) };
+                if stride == [1, 1] {
+                    // At stride 1 the padding does not depend on the input's size.
+                    same.at(kh.max(kw), kh.max(kw))
+                } else {
+                    same
+                }
+            }
+            Some(p) => return Err(Error::node(&node.name, format!("auto_pad {p} unsupported"))),
+        };
         let bias = match self.get_opt(node, 2)? {
             Some(Value::Const(b)) if b.len() == co => b.to_f32(),
             Some(_) => {

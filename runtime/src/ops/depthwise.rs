@@ -67,7 +67,7 @@ impl Padded {
     ) {
         let [kh, kw] = win.kernel;
         let [sh, sw] = win.stride;
-        let (pt, pl) = (win.pads[0], win.pads[1]);
+        let [pt, pl, ..] = win.pads_at(ih, iw);
         self.reset(
             (oh - 1) * sh + kh,
             ow.next_multiple_of(simd::LANES) + (kw - 1) / sw,
@@ -89,7 +89,7 @@ impl Padded {
     pub(crate) fn dilated(&mut self, dy: &[f32], (oh, ow): (usize, usize), win: &Window, (ih, iw): (usize, usize)) {
         let [kh, kw] = win.kernel;
         let [sh, sw] = win.stride;
-        let (pt, pl) = (win.pads[0] as isize, win.pads[1] as isize);
+        let [pt, pl, ..] = win.pads_at(ih, iw).map(|p| p as isize);
         self.reset(ih + kh - 1, iw.next_multiple_of(simd::LANES) + kw - 1, 1, (false, [ih, iw, oh, ow], *win));
         for oy in 0..oh {
             let r = (oy * sh) as isize + kh as isize - 1 - pt;
@@ -148,7 +148,7 @@ pub(crate) fn convolve_transposed(p: &Padded, k: &[f32], win: &Window, dx: &mut 
         simd::conv3x3(dx, iw, &p.data, p.layout(1, 1), &flipped, accumulate);
         return;
     }
-    let first = kh as isize - 1 - win.pads[0] as isize;
+    let first = kh as isize - 1 - win.pads_at(dx.len() / iw.max(1), iw)[0] as isize;
     let mut src: Vec<&[f32]> = Vec::with_capacity(kh * kw);
     let mut w: Vec<f32> = Vec::with_capacity(kh * kw);
     for (iy, row) in dx.chunks_exact_mut(iw).enumerate() {
@@ -348,7 +348,8 @@ fn input_gradient<R: Send>(
                 let k = &w[ch * kl..(ch + 1) * kl];
                 match <&[f32; 9]>::try_from(k) {
                     Ok(k) if layer.window.kernel == [3, 3] && layer.window.stride == [2, 2] => {
-                        let pads = (layer.window.pads[0], layer.window.pads[1]);
+                        let [pt, pl, ..] = layer.window.pads_at(ih, iw);
+                        let pads = (pt, pl);
                         transposed_3x3_stride_2(g, (oh, ow), k, pads, out, (ih, iw), rows);
                     }
                     _ => {
@@ -391,7 +392,7 @@ mod tests {
         let k: [f32; 9] = std::array::from_fn(|t| 0.3 - 0.11 * t as f32);
         for (ih, iw) in [(7, 7), (8, 8), (13, 10), (112, 112), (5, 40)] {
             for pads in [[1, 1, 1, 1], [0, 0, 1, 1], [2, 2, 0, 0], [1, 0, 0, 1], [2, 1, 2, 1]] {
-                let win = Window { kernel: [3, 3], stride: [2, 2], pads };
+                let win = Window::new([3, 3], [2, 2], pads);
                 let Some((oh, ow)) = win.output_size(ih, iw) else { continue };
                 let dy: Vec<f32> = (0..oh * ow).map(|i| ((i * 7919) % 997) as f32 / 300.0 - 1.3).collect();
                 let (mut want, mut got) = (vec![0f32; ih * iw], vec![f32::NAN; ih * iw]);

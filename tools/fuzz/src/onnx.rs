@@ -46,8 +46,11 @@ pub fn seeds(_rng: &mut Rng) -> Vec<Vec<u8>> {
     .into_iter()
     .enumerate()
     {
-        out.push(tiny_net(TinyNet { folded, clip_attrs, matmul, quantized }, i as u64));
+        out.push(tiny_net(TinyNet { folded, clip_attrs, matmul, quantized, ..TinyNet::default() }, i as u64));
     }
+    // SAME padding at stride 2 (size-dependent pads) with a 5×5 depthwise.
+    let same = TinyNet { auto_pad: Some("SAME_UPPER"), dw2_kernel: 5, ..TinyNet::default() };
+    out.push(tiny_net(same, 9));
     out.push(include_bytes!("../../../models/mobilenet_v2/mobilenet_v2_int8.onnx").to_vec());
     out
 }

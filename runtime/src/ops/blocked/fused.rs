@@ -134,6 +134,7 @@ fn by_channels(block: &InvertedResidual<'_>, x: &Value) -> Value {
     let dw = block.depthwise.op;
     let win = &dw.window;
     let (oh, ow) = win.output_size(ih, iw).expect("shape checked by Graph::shapes");
+    let [pt, pl, ..] = win.pads_at(ih, iw);
     let (ce, kl) = (dw.channels, win.kernel[0] * win.kernel[1]);
     let cbe = ce.div_ceil(BLOCK);
     let expand = block.expand.as_ref().map(Layer::product);
@@ -168,7 +169,7 @@ fn by_channels(block: &InvertedResidual<'_>, x: &Value) -> Value {
                 w: &block.depthwise.packed.w[e * kl * BLOCK..(e + 1) * kl * BLOCK],
                 kernel: win.kernel,
                 stride: win.stride,
-                pad: [win.pads[0], win.pads[1]],
+                pad: [pt, pl],
                 rows: 0..oh,
                 ow,
                 s: &s[e * BLOCK..(e + 1) * BLOCK],
@@ -219,7 +220,7 @@ impl Task<'_> {
     fn run(&self, img: usize, rows: std::ops::Range<usize>, mut outs: Vec<&mut [f32]>, buffer: &mut [f32]) {
         let [ih, iw, _, ow, cbe, cbo] = self.shape;
         let win = &self.block.depthwise.op.window;
-        let ([kh, kw], [sh, _], pt) = (win.kernel, win.stride, win.pads[0]);
+        let ([kh, kw], [sh, _], [pt, pl, ..]) = (win.kernel, win.stride, win.pads_at(ih, iw));
         let x = &self.x[img * self.image..(img + 1) * self.image];
         // Expanded rows held: `held.start..held.end` of the input plane, from row 0 of `ebuf`.
         let cap = ((self.band - 1) * sh + kh).min(ih);
@@ -264,7 +265,7 @@ impl Task<'_> {
                     w: &self.block.depthwise.packed.w[e * kl * BLOCK..(e + 1) * kl * BLOCK],
                     kernel: win.kernel,
                     stride: win.stride,
-                    pad: [win.pads[0], win.pads[1]],
+                    pad: [pt, pl],
                     rows: a..b,
                     ow,
                     s: &s[e * BLOCK..(e + 1) * BLOCK],

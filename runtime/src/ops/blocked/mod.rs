@@ -185,7 +185,7 @@ fn direct(conv: &Conv, packed: &PackedConv, x: &Tensor, epi: &Epilogue) -> Value
     let (co, win) = (conv.out_channels, &conv.window);
     let [n, ci, ih, iw] = x.shape;
     let (oh, ow) = win.output_size(ih, iw).expect("shape checked by Graph::shapes");
-    let ([kh, kw], s, [pt, pl, pb, pr]) = (win.kernel, win.stride[0], win.pads);
+    let ([kh, kw], s, [pt, pl, pb, pr]) = (win.kernel, win.stride[0], win.pads_at(ih, iw));
     let (ph, pw) = ((ih + pt + pb).max((oh - 1) * s + kh), (iw + pl + pr).max((ow - 1) * s + kw));
     let mut padded = Tensor::zeros([n, ci, ph, pw]);
     padded.data.par_chunks_mut(ph * pw).zip(x.data.par_chunks(ih * iw)).for_each(|(dst, src)| {
@@ -228,6 +228,7 @@ pub fn depthwise(layer: &Depthwise, packed: &PackedDepthwise, x: &Value, epi: &E
     let [n, cp, ih, iw] = t.shape;
     let win = &layer.window;
     let (oh, ow) = win.output_size(ih, iw).expect("shape checked by Graph::shapes");
+    let [pt, pl, ..] = win.pads_at(ih, iw);
     let (kl, cb, w) = (win.kernel[0] * win.kernel[1], cp / BLOCK, &packed.w);
     let (s, b) = lanes(epi, &packed.q, c);
     let mut out = Tensor::scratch([n, cp, oh, ow]);
@@ -248,7 +249,7 @@ pub fn depthwise(layer: &Depthwise, packed: &PackedDepthwise, x: &Value, epi: &E
             w: &w[blk * kl * BLOCK..(blk + 1) * kl * BLOCK],
             kernel: win.kernel,
             stride: win.stride,
-            pad: [win.pads[0], win.pads[1]],
+            pad: [pt, pl],
             rows: r0..(r0 + rows).min(oh),
             ow,
             s: &s[blk * BLOCK..(blk + 1) * BLOCK],

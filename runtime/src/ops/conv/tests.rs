@@ -45,13 +45,13 @@ fn naive(x: &Tensor, w: &[f32], co: usize, ci_per: usize, depthwise: bool, win: 
 
 fn windows() -> Vec<Window> {
     vec![
-        Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] },
-        Window { kernel: [3, 3], stride: [1, 1], pads: [1; 4] },
-        Window { kernel: [3, 3], stride: [2, 2], pads: [1; 4] },
-        Window { kernel: [3, 3], stride: [2, 2], pads: [0, 0, 1, 1] },
-        Window { kernel: [5, 3], stride: [1, 2], pads: [2, 1, 2, 0] },
-        Window { kernel: [1, 1], stride: [2, 2], pads: [0; 4] },
-        Window { kernel: [2, 2], stride: [2, 1], pads: [3, 2, 2, 3] },
+        Window::new([1, 1], [1, 1], [0; 4]),
+        Window::new([3, 3], [1, 1], [1; 4]),
+        Window::new([3, 3], [2, 2], [1; 4]),
+        Window::new([3, 3], [2, 2], [0, 0, 1, 1]),
+        Window::new([5, 3], [1, 2], [2, 1, 2, 0]),
+        Window::new([1, 1], [2, 2], [0; 4]),
+        Window::new([2, 2], [2, 1], [3, 2, 2, 3]),
     ]
 }
 
@@ -75,7 +75,7 @@ fn dense_conv_matches_definition() {
 
 #[test]
 fn pointwise_matches_the_definition_on_every_path() {
-    let win = Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] };
+    let win = Window::new([1, 1], [1, 1], [0; 4]);
     let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let shapes = [(4, 70, 11, 48, 45), (1, 65, 9, 64, 33), (5, 3, 20, 7, 7), (4, 8, 70, 50, 41), (1, 8, 70, 50, 41)];
     for (n, ci, co, h, w) in shapes {
@@ -148,7 +148,7 @@ fn then_outputs_equal_the_separate_passes() {
 
 #[test]
 fn int8_weights_and_epilogue() {
-    let win = Window { kernel: [1, 1], stride: [1, 1], pads: [0; 4] };
+    let win = Window::new([1, 1], [1, 1], [0; 4]);
     let (ci, co) = (4, 9);
     let q: Vec<i8> = (0..ci * co).map(|i| (i as i32 * 37 % 255 - 127) as i8).collect();
     let scales: Vec<f32> = (0..co).map(|o| 0.01 * (o + 1) as f32).collect();

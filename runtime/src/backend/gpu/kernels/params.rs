@@ -75,7 +75,7 @@ params! {
 impl ConvWindow {
     /// The parameters of `conv` on `n` inputs of `hw`, giving outputs of `ohw`.
     pub fn new(conv: &Conv, n: usize, hw: (usize, usize), ohw: (usize, usize)) -> Self {
-        let [kh, kw, sh, sw, pt, pl] = window(&conv.window);
+        let [kh, kw, sh, sw, pt, pl] = window(&conv.window, hw);
         let [n, ci, co, h, w, oh, ow] = [n, conv.in_channels, conv.out_channels, hw.0, hw.1, ohw.0, ohw.1].map(word);
         ConvWindow { n, ci, co, h, w, oh, ow, kh, kw, sh, sw, pt, pl }
     }
@@ -85,15 +85,16 @@ impl DepthwiseWindow {
     /// The parameters of `dw` on `n` inputs of `hw`, giving outputs of `ohw`; `accumulate`
     /// adds to the input gradient.
     pub fn new(dw: &Depthwise, n: usize, hw: (usize, usize), ohw: (usize, usize), accumulate: bool) -> Self {
-        let [kh, kw, sh, sw, pt, pl] = window(&dw.window);
+        let [kh, kw, sh, sw, pt, pl] = window(&dw.window, hw);
         let [n, c, h, w, oh, ow] = [n, dw.channels, hw.0, hw.1, ohw.0, ohw.1].map(word);
         DepthwiseWindow { n, c, h, w, oh, ow, kh, kw, sh, sw, pt, pl, accumulate: accumulate as u32 }
     }
 }
 
-/// Kernel height and width, strides, top and left padding.
-fn window(w: &Window) -> [u32; 6] {
-    [w.kernel[0], w.kernel[1], w.stride[0], w.stride[1], w.pads[0], w.pads[1]].map(word)
+/// Kernel height and width, strides, top and left padding (for an input of `(h, w)`).
+fn window(win: &Window, (h, w): (usize, usize)) -> [u32; 6] {
+    let [pt, pl, ..] = win.pads_at(h, w);
+    [win.kernel[0], win.kernel[1], win.stride[0], win.stride[1], pt, pl].map(word)
 }
 
 /// A size as a kernel parameter word. Sizes come from shapes whose buffers fit the device's
