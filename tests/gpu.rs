@@ -259,33 +259,45 @@ fn batch(n: usize, res: usize, seed: u64) -> (Tensor, Vec<usize>) {
 #[test]
 fn training_on_the_gpu_matches_the_cpu() {
     let Some(_) = gpu() else { return };
-    let b = Backbone::from_onnx_bytes(&tiny_net(TinyNet { quantized: true, ..TinyNet::default() }, 7)).unwrap();
+    let plain = Backbone::from_onnx_bytes(&tiny_net(TinyNet { quantized: true, ..TinyNet::default() }, 7)).unwrap();
+    // SAME_UPPER padding (at 32 px every strided input is even: one pixel after, none before)
+    // with a 5×5 depthwise at stride 2.
+    let same = TinyNet { quantized: true, auto_pad: Some("SAME_UPPER"), dw2_kernel: 5, ..TinyNet::default() };
+    let same = Backbone::from_onnx_bytes(&tiny_net(same, 8)).unwrap();
     let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-    for (kinds, opt, lr, wd, smoothing) in [
-        ("sb+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0),
-        ("bias+logits", OptimizerKind::Adam, 0.01, 0.0, 0.1),
-        ("dw+logits", OptimizerKind::RmsProp, 0.003, 1e-3, 0.0),
-        ("sb+dw+logits", OptimizerKind::Sgd, 0.05, 1e-3, 0.0),
-        ("logits", OptimizerKind::Adam, 0.05, 1e-3, 0.0),
-        ("sb", OptimizerKind::Sgd, 0.05, 0.0, 0.0),
-        ("full", OptimizerKind::Sgd, 0.02, 1e-3, 0.0),
-        ("full", OptimizerKind::Adam, 0.001, 0.0, 0.0),
-    ] {
+    for (kinds, opt, lr, wd, smoothing, b, res) in [
+        ("sb+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0, &plain, 32),
+        ("sb+dw+logits", OptimizerKind::Sgd, 0.05, 1e-3, 0.0, &same, 32),
+        ("full", OptimizerKind::Adam, 0.001, 0.0, 0.0, &same, 32),
+    ]
+    .into_iter()
+    .chain(
+        [
+            ("bias+logits", OptimizerKind::Adam, 0.01, 0.0, 0.1),
+            ("dw+logits", OptimizerKind::RmsProp, 0.003, 1e-3, 0.0),
+            ("sb+dw+logits", OptimizerKind::Sgd, 0.05, 1e-3, 0.0),
+            ("logits", OptimizerKind::Adam, 0.05, 1e-3, 0.0),
+            ("sb", OptimizerKind::Sgd, 0.05, 0.0, 0.0),
+            ("full", OptimizerKind::Sgd, 0.02, 1e-3, 0.0),
+            ("full", OptimizerKind::Adam, 0.001, 0.0, 0.0),
+        ]
+        .map(|(k, o, lr, wd, ls)| (k, o, lr, wd, ls, &plain, 32)),
+    ) {
         let mut patches = Vec::new();
         let mut losses = Vec::new();
         for device in [Device::Cpu, Device::Gpu] {
             let mut config = TrainConfig::new(kinds.parse().unwrap());
             config.optimizer = opt;
-            config.resolution = 32;
+            config.resolution = res as u32;
             config.weight_decay = wd;
             config.label_smoothing = smoothing;
             config.clip_norm = Some(2.0);
             config.device = device;
             let names = if kinds == "sb" { (0..5).map(|i| i.to_string()).collect() } else { names.clone() };
-            let mut t = Trainer::new(&b, config, names).unwrap();
+            let mut t = Trainer::new(b, config, names).unwrap();
             let mut l = Vec::new();
             for step in 0..6 {
-                let (x, labels) = batch(if step == 5 { 3 } else { 6 }, 32, step as u64);
+                let (x, labels) = batch(if step == 5 { 3 } else { 6 }, res, step as u64);
                 let input = if t.takes_features() { t.features(x).unwrap() } else { x };
                 l.push(t.step(input, &labels, lr).unwrap().loss);
             }

@@ -4,7 +4,7 @@
 use edgepatch::data::image;
 use edgepatch::session::softmax;
 use edgepatch::{Backbone, Session, Tensor};
-use edgepatch_tests::{f32_model, random_values, reference_dir, tract_run, Tolerance};
+use edgepatch_tests::{cached_model, f32_model, random_values, reference_dir, repo_root, tract_run, Tolerance};
 
 const PARITY: Tolerance = Tolerance { rel: 1e-4, abs: 1e-4 };
 
@@ -27,9 +27,13 @@ fn f32_model_matches_tract_at_224_and_96() {
 }
 
 fn check_against_expected(backbone: Backbone, max_prob_diff: f32) {
+    check_against(backbone, &reference_dir().join("expected.json"), max_prob_diff)
+}
+
+/// `backbone` on the three reference photos against onnxruntime's outputs in `expected`.
+fn check_against(backbone: Backbone, expected: &std::path::Path, max_prob_diff: f32) {
     let dir = reference_dir();
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(expected).unwrap()).unwrap();
     let session = Session::new(backbone);
     for name in ["chelsea.png", "coffee.png", "camera.png"] {
         let img = image::load(&dir.join(name)).unwrap();
@@ -58,4 +62,30 @@ fn shipped_int8_model_matches_reference_outputs() {
 #[test]
 fn f32_model_matches_reference_outputs() {
     check_against_expected(Backbone::from_path(&f32_model()).unwrap(), 0.005);
+}
+
+/// EfficientNet-Lite0 (`bash models/efficientnet_lite0/build.sh`): 5×5 depthwise kernels, SAME
+/// padding at stride 2 and a normalisation of the input itself. Its f32 model against tract and
+/// onnxruntime's outputs; its int8 model (quantized by the build script with NumPy) is what
+/// `edgepatch::quantize` makes of the f32 one, and agrees with onnxruntime's top-1.
+#[test]
+fn efficientnet_lite0_matches_tract_and_onnxruntime() {
+    let f32_path = cached_model("efficientnet_lite0_f32.onnx", "efficientnet_lite0");
+    let bytes = std::fs::read(&f32_path).unwrap();
+    let ours = Backbone::from_onnx_bytes(&bytes).unwrap();
+    for (shape, seed) in [([1, 3, 224, 224], 3u64), ([2, 3, 97, 96], 4)] {
+        let x = random_values(shape.iter().product(), seed, 2.0);
+        let want = tract_run(&bytes, shape, &x).unwrap();
+        let got = ours.forward(Tensor::from_vec(shape, x).unwrap()).unwrap();
+        if let Some((i, g, w)) = PARITY.check(&got.data, &want) {
+            panic!("EfficientNet-Lite0 {shape:?}: logit {i} is {g}, tract says {w}");
+        }
+    }
+    let expected = repo_root().join("models/efficientnet_lite0/reference/expected.json");
+    let mut quantized = ours.graph().clone();
+    assert_eq!(edgepatch::quantize::quantize_graph(&mut quantized).kernels, 50);
+    check_against(ours, &expected, 0.005);
+    let int8 = Backbone::from_path(&cached_model("efficientnet_lite0_int8.onnx", "efficientnet_lite0")).unwrap();
+    assert_eq!(quantized.fingerprint(), int8.fingerprint(), "the build's int8 model is edgepatch's quantization");
+    check_against(int8, &expected, 0.05);
 }

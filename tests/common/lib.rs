@@ -23,9 +23,15 @@ pub fn reference_dir() -> PathBuf {
 /// The f32 ONNX built by `models/mobilenet_v2/build.sh` into the cache. Panics with the
 /// command to run when it is missing: the parity tests must not silently skip.
 pub fn f32_model() -> PathBuf {
+    cached_model("mobilenet_v2_f32.onnx", "mobilenet_v2")
+}
+
+/// `file` in the cache, built by `models/{model}/build.sh`. Panics with the command to run when
+/// it is missing: the parity tests must not silently skip.
+pub fn cached_model(file: &str, model: &str) -> PathBuf {
     let cache = std::env::var_os("EDGEPATCH_CACHE").map(PathBuf::from).unwrap_or(repo_root().join("cache"));
-    let p = cache.join("mobilenet_v2_f32.onnx");
-    assert!(p.exists(), "{} is missing: run `bash models/mobilenet_v2/build.sh` first", p.display());
+    let p = cache.join(file);
+    assert!(p.exists(), "{} is missing: run `bash models/{model}/build.sh` first", p.display());
     p
 }
 

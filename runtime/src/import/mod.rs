@@ -396,6 +396,13 @@ impl Importer {
                 return self.alias(node, Value::Runtime { id: x, flat });
             }
         }
+        if x == 0 {
+            // A normalisation of the input itself (a model that takes other input statistics).
+            match self.input_channels {
+                Some(ci) if ci != c => return Err(Error::node(&node.name, "input used with different channel counts")),
+                _ => self.input_channels = Some(c),
+            }
+        }
         let stats = Some(NormStats { mean: p[2].clone(), var: p[3].clone(), eps: vec![eps; c] });
         self.push(node, Op::Affine(Affine { scale, bias, stats }), vec![x], flat)
     }
