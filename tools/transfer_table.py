@@ -6,9 +6,13 @@ that run's test accuracy, size, wall time and peak memory. Writes docs/transfer.
     cargo build --release -p edgepatch-cli
     apt-get install -y dataset-fashion-mnist && bash tools/datasets/build.sh
     python3 tools/transfer_table.py [--tasks fashion,digits,faces]
+    bash models/efficientnet_lite0/build.sh && python3 tools/transfer_table.py \
+        --model cache/efficientnet_lite0_int8.onnx --name "EfficientNet-Lite0" \
+        --out docs/transfer_efficientnet_lite0.md
 
-Each run's JSON is kept in cache/transfer/ and reused when the script is run again (delete the
-folder to start over), so an interrupted table resumes where it stopped.
+Each run's JSON is kept in cache/transfer/ (cache/transfer/MODEL-FILE-STEM/ for --model) and
+reused when the script is run again (delete the folder to start over), so an interrupted table
+resumes where it stopped.
 """
 import argparse
 import datetime
@@ -55,9 +59,10 @@ SWEEP = {
 }
 
 
-def run(binary, task, kinds, lr, resolution, seed):
+def run(binary, task, kinds, lr, resolution, seed, model=None):
     t = TASKS[task]
-    out = CACHE / "transfer" / task / f"{kinds}-{lr}.json"
+    base = CACHE / "transfer" if model is None else CACHE / "transfer" / Path(model).stem
+    out = base / task / f"{kinds}-{lr}.json"
     if out.exists():
         return json.loads(out.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +70,8 @@ def run(binary, task, kinds, lr, resolution, seed):
     cmd = [str(binary), "train", "--train", t["train"], "--test", t["test"], "--patch", kinds,
            "--lr", str(lr), "--resolution", str(resolution), "--seed", str(seed),
            "--out", str(patch), "--json", *t["args"]]
+    if model is not None:
+        cmd += ["--model", str(model)]
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
     if p.returncode != 0:
@@ -81,14 +88,22 @@ def main():
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--binary", default=str(ROOT / "target/release/edgepatch"))
+    ap.add_argument("--model", help="an ONNX backbone instead of the shipped int8 MobileNetV2")
+    ap.add_argument("--name", default="MobileNetV2", help="the backbone's name in the text")
     ap.add_argument("--out", default=str(ROOT / "docs/transfer.md"))
     a = ap.parse_args()
-    info = json.loads(subprocess.run([a.binary, "info", "--json"], capture_output=True, text=True, check=True).stdout)
+    info_cmd = [a.binary, "info", "--json"] + (["--model", a.model] if a.model else [])
+    info = json.loads(subprocess.run(info_cmd, capture_output=True, text=True, check=True).stdout)
+    backbone = ("the shipped int8 MobileNetV2" if a.model is None
+                else f"{a.name} (`{os.path.relpath(a.model, ROOT)}`, {info['weights']} weights)")
+    command = f"python3 tools/transfer_table.py --tasks {a.tasks}" + (
+        f" --model {os.path.relpath(a.model, ROOT)} --name \"{a.name}\" --out {os.path.relpath(a.out, ROOT)}"
+        if a.model else "")
     model_params = info["params"]
     md = [
-        "# The transfer table",
+        "# The transfer table" + ("" if a.model is None else f": {a.name}"),
         "",
-        "Patches learned on the CPU over the shipped int8 MobileNetV2 "
+        f"Patches learned on the CPU over {backbone} "
         f"({model_params:,} parameters, fingerprint `{info['fingerprint']}`), "
         f"at {a.resolution}×{a.resolution} px (grayscale replicated to RGB, ImageNet normalisation), "
         f"SGD with momentum 0.9, batch 32 unless stated, 5% warm-up then cosine decay, gradient norm clipped at 5, "
@@ -97,7 +112,7 @@ def main():
         "`full` trains every weight (BatchNorm folded and frozen as the affine, whose scale and bias it also trains).",
         "",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, both used. Generated "
-        f"{datetime.date.today().isoformat()} by `python3 tools/transfer_table.py --tasks {a.tasks}` "
+        f"{datetime.date.today().isoformat()} by `{command}` "
         "(see the script's header for the set-up).",
         "",
     ]
@@ -107,7 +122,7 @@ def main():
                "| patch | trainable | % of model | patch bytes | lr (swept) | validation acc | **test acc** | train s | img/s | peak RSS MB |",
                "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         for kinds, lrs in SWEEP.items():
-            results = [run(a.binary, task, kinds, lr, a.resolution, a.seed) for lr in lrs]
+            results = [run(a.binary, task, kinds, lr, a.resolution, a.seed, a.model) for lr in lrs]
             ok = [r for r in results if "error" not in r]
             if not ok:
                 md.append(f"| {kinds} | | | | | | failed: {results[0]['error']} | | | |")
