@@ -264,11 +264,16 @@ fn training_on_the_gpu_matches_the_cpu() {
     // with a 5×5 depthwise at stride 2.
     let same = TinyNet { quantized: true, auto_pad: Some("SAME_UPPER"), dw2_kernel: 5, ..TinyNet::default() };
     let same = Backbone::from_onnx_bytes(&tiny_net(same, 8)).unwrap();
+    // HardSigmoid: clip01 after an affine merged into a convolution's and after one of its own.
+    let hard = TinyNet { quantized: true, hard_sigmoid: true, ..TinyNet::default() };
+    let hard = Backbone::from_onnx_bytes(&tiny_net(hard, 9)).unwrap();
     let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
     for (kinds, opt, lr, wd, smoothing, b, res) in [
         ("sb+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0, &plain, 32),
         ("sb+dw+logits", OptimizerKind::Sgd, 0.05, 1e-3, 0.0, &same, 32),
         ("full", OptimizerKind::Adam, 0.001, 0.0, 0.0, &same, 32),
+        ("sb+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0, &hard, 32),
+        ("full", OptimizerKind::Sgd, 0.02, 1e-3, 0.0, &hard, 32),
     ]
     .into_iter()
     .chain(

@@ -230,9 +230,15 @@ fn whole_network_gradients_for_every_patch_kind() {
     let kinds = ["logits", "sb", "bias", "dw", "full", "sb+logits", "bias+logits", "dw+logits", "sb+dw+logits"];
     // The last variant pads SAME_UPPER (the stride-2 layers see odd and even inputs at 33 px)
     // with a 5×5 second depthwise.
-    let variants = [(false, None, 0, 32), (true, None, 0, 32), (false, Some("SAME_UPPER"), 5, 33)];
-    for (quantized, auto_pad, dw2_kernel, px) in variants {
-        let model = tiny_net(TinyNet { quantized, auto_pad, dw2_kernel, ..TinyNet::default() }, 900);
+    // The fourth has HardSigmoid (an affine and clip01) in two places.
+    let variants = [
+        (false, None, 0, 32, false),
+        (true, None, 0, 32, false),
+        (false, Some("SAME_UPPER"), 5, 33, false),
+        (true, None, 0, 32, true),
+    ];
+    for (quantized, auto_pad, dw2_kernel, px, hard_sigmoid) in variants {
+        let model = tiny_net(TinyNet { quantized, auto_pad, dw2_kernel, hard_sigmoid, ..TinyNet::default() }, 900);
         let backbone = Backbone::from_onnx_bytes(&model).unwrap();
         for (k, spec) in kinds.iter().enumerate() {
             let kinds: PatchKinds = spec.parse().unwrap();

@@ -38,6 +38,34 @@ fn tiny_networks_match_tract() {
     }
 }
 
+/// HardSigmoid merged into a convolution's affine and on its own after a residual sum: tract's
+/// logits; it exports (as an affine and Clip(0, 1)) and tract agrees with the export.
+#[test]
+fn hard_sigmoid_matches_tract() {
+    for quantized in [false, true] {
+        let v = TinyNet { hard_sigmoid: true, quantized, ..TinyNet::default() };
+        let model = tiny_net(v, 40);
+        let b = Backbone::from_onnx_bytes(&model).unwrap();
+        let clips =
+            b.graph().nodes.iter().filter(|n| matches!(n.op, Op::Act(edgepatch::ops::Activation::Clip01))).count();
+        assert_eq!(clips, 2);
+        for shape in [[2, 3, 32, 32], [1, 3, 45, 37]] {
+            let x = random_values(shape.iter().product(), 9, 2.0);
+            let want = tract_run(&model, shape, &x).expect("tract runs the model");
+            let got = b.forward(Tensor::from_vec(shape, x.clone()).unwrap()).unwrap();
+            if let Some((j, g, w)) = PARITY.check(&got.data, &want) {
+                panic!("{v:?} at {shape:?}: logit {j} is {g}, tract says {w}");
+            }
+            let exported = edgepatch::export::to_onnx(b.graph(), None, edgepatch::export::ExportWeights::F32).unwrap();
+            let e = tract_run(&exported, shape, &x).unwrap();
+            assert!(PARITY.check(&e, &want).is_none(), "{v:?}: the export's logits differ");
+        }
+    }
+    let mut bad = OnnxBuilder::new(13);
+    bad.node("HardSigmoid", &["input"], "y", vec![edgepatch_tests::onnx_builder::float("alpha", f32::NAN)]);
+    assert!(Backbone::from_onnx_bytes(&bad.build("input", "y")).is_err());
+}
+
 /// ONNX SAME padding at strides 1 and 2 (odd and even inputs pad differently at stride 2) and
 /// depthwise kernels of 3, 5 and 7: the logits of tract, at input sizes that reach both parities.
 #[test]

@@ -11,6 +11,7 @@ use edgepatch::backend::cpu::{CpuEngine, Layout};
 use edgepatch::graph::{Affine, AutoPad, Conv, Depthwise, Graph, Linear, Node, Op, Weights, Window};
 use edgepatch::ops::Activation;
 use edgepatch::{Backbone, Tensor};
+use edgepatch_tests::onnx_builder::{tiny_net, TinyNet};
 use edgepatch_tests::{f32_model, random_values};
 
 /// The pass of `graph` on `input` in both layouts, compared bit for bit.
@@ -268,6 +269,10 @@ fn same_padding_and_7x7_depthwise_give_the_planar_bits() {
     for (n, r) in [(1, 64), (3, 37), (2, 45)] {
         same_bits(&format!("SAME every path, batch {n}, {r} px"), &g, &input([n, 3, r, r], n as u64 * 10 + r as u64));
     }
+    // HardSigmoid (clip01 after affines) through the blocked epilogues.
+    let hard = TinyNet { hard_sigmoid: true, quantized: true, ..TinyNet::default() };
+    let b = Backbone::from_onnx_bytes(&tiny_net(hard, 3)).unwrap();
+    same_bits("HardSigmoid, batch 2, 45 px", b.graph(), &input([2, 3, 45, 45], 12));
     let g = same_padded(blocks());
     assert_eq!(edgepatch::schedule::Schedule::inference(&g).blocks(&g).len(), 3, "the blocks are found");
     for threads in [1, 2] {

@@ -7,6 +7,7 @@
 //!                    explicit pads, or the auto_pad SAME mode the window was imported with
 //! Affine             BatchNormalization(scale = s, B = b, mean = 0, var = 1, epsilon = 0) = s·x + b
 //! Relu / Relu6       Relu / Clip(0, 6)
+//! Clip01             Clip(0, 1) (an imported HardSigmoid is its affine, then this)
 //! Add, GlobalPool    Add, GlobalAveragePool
 //! Linear             Flatten(axis 1) → Gemm(transB = 1)
 //! ```
@@ -213,9 +214,9 @@ pub fn to_onnx(graph: &Graph, task: Option<&Patch>, mode: ExportWeights) -> Resu
             }
             Op::Act(Activation::Identity) => w.node("Identity", &p, &[&x], &y, vec![]),
             Op::Act(Activation::Relu) => w.node("Relu", &p, &[&x], &y, vec![]),
-            Op::Act(Activation::Relu6) => {
+            Op::Act(act @ (Activation::Relu6 | Activation::Clip01)) => {
                 let lo = w.f32(&format!("{p}.min"), &[], &[0.0]);
-                let hi = w.f32(&format!("{p}.max"), &[], &[6.0]);
+                let hi = w.f32(&format!("{p}.max"), &[], &[act.apply(f32::INFINITY)]);
                 w.node("Clip", &p, &[&x, &lo, &hi], &y, vec![]);
             }
             Op::Add => {

@@ -81,12 +81,14 @@ pub fn affine(x: &T64, s: &[f64], b: &[f64]) -> T64 {
     T64::new(x.shape, data)
 }
 
-/// `act` on every value: identity, `max(v, 0)` for ReLU, `clamp(v, 0, 6)` for ReLU6.
+/// `act` on every value: identity, `max(v, 0)` for ReLU, `clamp(v, 0, 6)` for ReLU6,
+/// `clamp(v, 0, 1)` for clip01.
 pub fn activation(x: &T64, act: Activation) -> T64 {
     let f = |v: f64| match act {
         Activation::Identity => v,
         Activation::Relu => v.max(0.0),
         Activation::Relu6 => v.clamp(0.0, 6.0),
+        Activation::Clip01 => v.clamp(0.0, 1.0),
     };
     T64::new(x.shape, x.data.iter().map(|&v| f(v)).collect())
 }

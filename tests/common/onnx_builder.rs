@@ -148,6 +148,10 @@ pub struct TinyNet {
     pub auto_pad: Option<&'static str>,
     /// The second depthwise kernel's size (3 when 0).
     pub dw2_kernel: usize,
+    /// HardSigmoid in two places: after the last 1×1 convolution's BatchNorm (default α and β,
+    /// merged into that affine) and after the residual sum (α 0.25, β 0.4: an affine of its
+    /// own).
+    pub hard_sigmoid: bool,
 }
 
 /// A MobileNetV2-shaped network with random weights: stem 3×3/2 → inverted residual block
@@ -238,9 +242,21 @@ pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
     let d = conv(&mut b, &e, "dw", 16, 16, 3, 1, 16, true);
     let p = conv(&mut b, &d, "project", 8, 16, 1, 1, 1, false);
     b.node("Add", &[&stem, &p], "residual", vec![]);
+    let residual = if v.hard_sigmoid {
+        b.node("HardSigmoid", &["residual"], "residual.hs", vec![float("alpha", 0.25), float("beta", 0.4)]);
+        "residual.hs"
+    } else {
+        "residual"
+    };
     let k2 = if v.dw2_kernel == 0 { 3 } else { v.dw2_kernel };
-    let d2 = conv(&mut b, "residual", "dw2", 8, 8, k2, 2, 8, true);
-    let last = conv(&mut b, &d2, "last", 12, 8, 1, 1, 1, true);
+    let d2 = conv(&mut b, residual, "dw2", 8, 8, k2, 2, 8, true);
+    let last = if v.hard_sigmoid {
+        let pre = conv(&mut b, &d2, "last", 12, 8, 1, 1, 1, false);
+        b.node("HardSigmoid", &[&pre], "last.hs", vec![]);
+        "last.hs".to_string()
+    } else {
+        conv(&mut b, &d2, "last", 12, 8, 1, 1, 1, true)
+    };
     b.node("GlobalAveragePool", &[&last], "pool", vec![]);
     b.node("Flatten", &["pool"], "flat", vec![int("axis", 1)]);
     let bias = params(5, -0.5, 0.5);

@@ -7,6 +7,7 @@
 //! DequantizeLinear on weights, Constant, Identity, Dropout. Every Conv is followed by an
 //! affine in the IR: its BatchNorm folded, or its bias (scale 1), or the identity.
 
+mod activation;
 mod tensor;
 
 use crate::ops::Activation;
@@ -259,6 +260,7 @@ impl Importer {
                 self.push(node, Op::Act(Activation::Relu), vec![x], flat)
             }
             "Clip" => self.clip(node),
+            "HardSigmoid" => self.hard_sigmoid(node),
             "Add" => self.add(node),
             "GlobalAveragePool" => {
                 let (x, _) = self.runtime(node, 0)?;
@@ -424,8 +426,14 @@ impl Importer {
         let (lo, hi) = (bound(1, "min")?, bound(2, "max")?);
         let op = match (lo, hi) {
             (Some(0.0), Some(6.0)) => Op::Act(Activation::Relu6),
+            (Some(0.0), Some(1.0)) => Op::Act(Activation::Clip01),
             (Some(0.0), None) => Op::Act(Activation::Relu),
-            _ => return Err(Error::node(&node.name, format!("Clip({lo:?}, {hi:?}) unsupported: only ReLU and ReLU6"))),
+            _ => {
+                return Err(Error::node(
+                    &node.name,
+                    format!("Clip({lo:?}, {hi:?}) unsupported: only ReLU, ReLU6 and Clip(0, 1)"),
+                ))
+            }
         };
         self.push(node, op, vec![x], flat)
     }

@@ -19,6 +19,9 @@ pub enum Activation {
     Identity,
     Relu,
     Relu6,
+    /// `clamp(x, 0, 1)`: ONNX's `Clip(0, 1)`, and `HardSigmoid(α, β)` once its `α·x + β` is an
+    /// affine (the import merges it into the affine before it, or adds one).
+    Clip01,
 }
 
 impl Activation {
@@ -29,6 +32,7 @@ impl Activation {
             Activation::Identity => x,
             Activation::Relu => x.max(0.0),
             Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::Clip01 => x.clamp(0.0, 1.0),
         }
     }
 
@@ -39,6 +43,7 @@ impl Activation {
             Activation::Identity => 0,
             Activation::Relu => 1,
             Activation::Relu6 => 2,
+            Activation::Clip01 => 3,
         }
     }
 
@@ -48,6 +53,7 @@ impl Activation {
             Activation::Identity => "identity",
             Activation::Relu => "relu",
             Activation::Relu6 => "relu6",
+            Activation::Clip01 => "clip01",
         }
     }
 
@@ -57,11 +63,12 @@ impl Activation {
             Activation::Identity => "IDENTITY",
             Activation::Relu => "RELU",
             Activation::Relu6 => "RELU6",
+            Activation::Clip01 => "CLIP01",
         }
     }
 
     /// Every activation.
-    pub const ALL: [Activation; 3] = [Activation::Identity, Activation::Relu, Activation::Relu6];
+    pub const ALL: [Activation; 4] = [Activation::Identity, Activation::Relu, Activation::Relu6, Activation::Clip01];
 }
 
 /// The per-channel affine and activation a convolution or depthwise layer computes from each

@@ -27,6 +27,7 @@ multiversion! {
             Activation::Identity => v.iter_mut().for_each(|x| *x = *x * s + b),
             Activation::Relu => v.iter_mut().for_each(|x| *x = (*x * s + b).max(0.0)),
             Activation::Relu6 => v.iter_mut().for_each(|x| *x = (*x * s + b).clamp(0.0, 6.0)),
+            Activation::Clip01 => v.iter_mut().for_each(|x| *x = (*x * s + b).clamp(0.0, 1.0)),
         }
     }
 }
@@ -45,6 +46,7 @@ pub(super) fn affine_act_row(y: &mut [f32], x: &[f32], s: f32, b: f32, act: Acti
         Activation::Identity => y.iter_mut().zip(x).for_each(|(y, x)| *y = *x * s + b),
         Activation::Relu => y.iter_mut().zip(x).for_each(|(y, x)| *y = (*x * s + b).max(0.0)),
         Activation::Relu6 => y.iter_mut().zip(x).for_each(|(y, x)| *y = (*x * s + b).clamp(0.0, 6.0)),
+        Activation::Clip01 => y.iter_mut().zip(x).for_each(|(y, x)| *y = (*x * s + b).clamp(0.0, 1.0)),
     }
 }
 
@@ -55,6 +57,7 @@ pub fn passes(act: Activation, z: f32) -> bool {
         Activation::Identity => true,
         Activation::Relu => z > 0.0,
         Activation::Relu6 => (z > 0.0) & (z < 6.0),
+        Activation::Clip01 => (z > 0.0) & (z < 1.0),
     }
 }
 

@@ -20,8 +20,8 @@ pub(super) trait Lanes: Copy {
     fn fma(a: Self, b: Self, c: Self) -> Self;
     fn mul(a: Self, b: Self) -> Self;
     fn add(a: Self, b: Self) -> Self;
-    /// `f32::clamp(x, 0.0, 6.0)` lane by lane (NaN and −0 kept).
-    fn clamp6(x: Self) -> Self;
+    /// `f32::clamp(x, 0.0, hi)` lane by lane (NaN and −0 kept); `hi > 0`.
+    fn clamp0(x: Self, hi: f32) -> Self;
     fn store(self, out: &mut V);
 }
 
@@ -59,8 +59,8 @@ impl Lanes for Portable {
         Portable(std::array::from_fn(|l| a.0[l] + b.0[l]))
     }
     #[inline(always)]
-    fn clamp6(x: Self) -> Self {
-        Portable(x.0.map(|v| v.clamp(0.0, 6.0)))
+    fn clamp0(x: Self, hi: f32) -> Self {
+        Portable(x.0.map(|v| v.clamp(0.0, hi)))
     }
     #[inline(always)]
     fn store(self, out: &mut V) {
@@ -120,11 +120,11 @@ mod x86 {
             Avx512(unsafe { _mm512_add_ps(a.0, b.0) })
         }
         #[inline(always)]
-        fn clamp6(x: Self) -> Self {
-            // `max(0, x)` returns x when x is NaN or a zero (its second operand), `min(6, ·)`
+        fn clamp0(x: Self, hi: f32) -> Self {
+            // `max(0, x)` returns x when x is NaN or a zero (its second operand), `min(hi, ·)`
             // likewise: `f32::clamp`'s results, NaN and −0 included.
             // SAFETY: AVX-512 as above.
-            Avx512(unsafe { _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), x.0)) })
+            Avx512(unsafe { _mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_setzero_ps(), x.0)) })
         }
         #[inline(always)]
         fn store(self, out: &mut V) {
@@ -178,11 +178,11 @@ mod x86 {
             Avx2(unsafe { [_mm256_add_ps(a.0[0], b.0[0]), _mm256_add_ps(a.0[1], b.0[1])] })
         }
         #[inline(always)]
-        fn clamp6(x: Self) -> Self {
+        fn clamp0(x: Self, hi: f32) -> Self {
             // As the AVX-512 version: NaN and −0 kept.
             // SAFETY: AVX2 as above.
             Avx2(unsafe {
-                let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+                let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(hi));
                 x.0.map(|v| _mm256_min_ps(six, _mm256_max_ps(zero, v)))
             })
         }
@@ -254,12 +254,12 @@ mod arm {
             Neon(unsafe { std::array::from_fn(|i| vaddq_f32(a.0[i], b.0[i])) })
         }
         #[inline(always)]
-        fn clamp6(x: Self) -> Self {
+        fn clamp0(x: Self, hi: f32) -> Self {
             // `f32::clamp` as two selects (NEON's max and min would turn −0 into +0): below 0
-            // becomes 0, above 6 becomes 6, NaN and −0 stay.
+            // becomes 0, above `hi` becomes `hi`, NaN and −0 stay.
             // SAFETY: NEON as above.
             Neon(unsafe {
-                let (zero, six) = (vdupq_n_f32(0.0), vdupq_n_f32(6.0));
+                let (zero, six) = (vdupq_n_f32(0.0), vdupq_n_f32(hi));
                 x.0.map(|v| {
                     let v = vbslq_f32(vcltq_f32(v, zero), zero, v);
                     vbslq_f32(vcgtq_f32(v, six), six, v)

@@ -14,6 +14,7 @@ fn act(y: f32, act: Activation) -> f32 {
         Activation::Identity => y,
         Activation::Relu => y.max(0.0),
         Activation::Relu6 => y.clamp(0.0, 6.0),
+        Activation::Clip01 => y.clamp(0.0, 1.0),
     }
 }
 
@@ -88,7 +89,7 @@ fn the_blocked_depthwise_is_its_definition_at_every_level() {
             let w = values(k * k * BLOCK, k + st);
             let oh = (ih + 2 * pad - k) / st + 1;
             let ow = (iw + 2 * pad - k) / st + 1;
-            for a in [Activation::Relu6, Activation::Identity, Activation::Relu] {
+            for a in [Activation::Relu6, Activation::Identity, Activation::Relu, Activation::Clip01] {
                 let mut out = vec![f32::NAN; oh * ow * BLOCK];
                 let t = Depthwise {
                     x: &x,
@@ -140,15 +141,17 @@ fn the_blocked_depthwise_is_its_definition_at_every_level() {
 }
 
 #[test]
-fn relu6_keeps_nan_and_negative_zero_as_clamp_does_at_every_level() {
-    let x: Vec<f32> = [f32::NAN, -0.0, 0.0, -1.0, 7.0, 6.0, f32::INFINITY, f32::NEG_INFINITY]
+fn relu6_and_clip01_keep_nan_and_negative_zero_as_clamp_does_at_every_level() {
+    let x: Vec<f32> = [f32::NAN, -0.0, 0.0, -1.0, 7.0, 6.0, f32::INFINITY, f32::NEG_INFINITY, 0.5, 1.0, 1.5]
         .iter()
         .copied()
         .cycle()
         .take(BLOCK)
         .collect();
     let (w, s, b) = (vec![1.0f32; BLOCK], vec![1.0f32; BLOCK], vec![-0.0f32; BLOCK]);
-    for level in levels() {
+    for (level, (a, hi)) in
+        levels().into_iter().flat_map(|l| [(l, (Activation::Relu6, 6.0)), (l, (Activation::Clip01, 1.0))])
+    {
         let mut out = vec![0f32; BLOCK];
         let t = Depthwise {
             x: &x,
@@ -163,11 +166,11 @@ fn relu6_keeps_nan_and_negative_zero_as_clamp_does_at_every_level() {
             ow: 1,
             s: &s,
             b: &b,
-            act: Activation::Relu6,
+            act: a,
         };
         depthwise_at(level, &t, &mut out);
         for (l, (&got, &xi)) in out.iter().zip(&x).enumerate() {
-            let want = (1f32.mul_add(xi, 0.0) * 1.0 + -0.0).clamp(0.0, 6.0);
+            let want = (1f32.mul_add(xi, 0.0) * 1.0 + -0.0).clamp(0.0, hi);
             let same = got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan());
             assert!(same, "{level:?}: lane {l}: {got} for {want}");
         }

@@ -27,6 +27,7 @@ fn finish(v: &mut V, s: &V, b: &V, act: Activation) {
             Activation::Identity => y,
             Activation::Relu => y.max(0.0),
             Activation::Relu6 => y.clamp(0.0, 6.0),
+            Activation::Clip01 => y.clamp(0.0, 1.0),
         };
     }
 }
@@ -228,13 +229,14 @@ fn tile<L: Lanes, const OB: usize, const P: usize, const S: usize, W: Source>(
     }
 }
 
-/// `out = act(v·s + b)` ([`finish`]'s operations): in registers for the identity and ReLU6 (whose
-/// vector form keeps NaN and −0 as `f32::clamp` does), through [`finish`] for ReLU.
+/// `out = act(v·s + b)` ([`finish`]'s operations): in registers for the identity, ReLU6 and
+/// clip01 (whose vector form keeps NaN and −0 as `f32::clamp` does), through [`finish`] for ReLU.
 #[inline(always)]
 fn emit<L: Lanes>(v: L, (sl, s): (L, &V), (bl, b): (L, &V), act: Activation, out: &mut V) {
     match act {
         Activation::Identity => L::add(L::mul(v, sl), bl).store(out),
-        Activation::Relu6 => L::clamp6(L::add(L::mul(v, sl), bl)).store(out),
+        Activation::Relu6 => L::clamp0(L::add(L::mul(v, sl), bl), 6.0).store(out),
+        Activation::Clip01 => L::clamp0(L::add(L::mul(v, sl), bl), 1.0).store(out),
         Activation::Relu => {
             v.store(out);
             finish(out, s, b, act);

@@ -1,0 +1,55 @@
+//! Activations that import as an affine and a clamp: `HardSigmoid(α, β) = clip01(α·x + β)`.
+
+use super::{attr_f, Importer};
+use crate::graph::{Affine, Node, Op, ValueId};
+use crate::ops::Activation;
+use crate::{Error, Result};
+use tract_onnx::pb::NodeProto;
+
+impl Importer {
+    /// `HardSigmoid(α = 0.2, β = 0.5)`: `α·x + β` merged into the affine that computes `x` when
+    /// nothing else reads it (the convolution's, as in squeeze-excitation), or a new affine; then
+    /// [`Activation::Clip01`].
+    pub(super) fn hard_sigmoid(&mut self, node: &NodeProto) -> Result<()> {
+        let (x, flat) = self.runtime(node, 0)?;
+        let (alpha, beta) = (attr_f(node, "alpha").unwrap_or(0.2), attr_f(node, "beta").unwrap_or(0.5));
+        if !(alpha.is_finite() && beta.is_finite()) {
+            return Err(Error::node(&node.name, format!("HardSigmoid alpha {alpha}, beta {beta}")));
+        }
+        let in_name = node.input[0].clone();
+        let input = if let Some(a) = self.sole_affine(x, &in_name) {
+            for (s, b) in a.scale.iter_mut().zip(a.bias.iter_mut()) {
+                (*s, *b) = (alpha * *s, alpha * *b + beta);
+            }
+            // No longer a normalisation: statistics-based adaptation must leave it alone.
+            a.stats = None;
+            x
+        } else {
+            let c = self
+                .channels_of(x)
+                .ok_or_else(|| Error::node(&node.name, "HardSigmoid of a value whose channel count is unknown"))?;
+            let id = self.num_values;
+            self.num_values += 1;
+            let op = Op::Affine(Affine { scale: vec![alpha; c], bias: vec![beta; c], stats: None });
+            self.nodes.push(Node { name: format!("{}.affine", node.name), op, inputs: vec![x], output: id });
+            id
+        };
+        self.push(node, Op::Act(Activation::Clip01), vec![input], flat)
+    }
+
+    /// The channels of runtime value `id`, from the node that computes it (through the nodes that
+    /// keep the channel count), or the input's when known.
+    fn channels_of(&self, id: ValueId) -> Option<usize> {
+        if id == 0 {
+            return self.input_channels;
+        }
+        let node = self.nodes.iter().rev().find(|n| n.output == id)?;
+        match &node.op {
+            Op::Conv(c) => Some(c.out_channels),
+            Op::Depthwise(d) => Some(d.channels),
+            Op::Affine(a) => Some(a.scale.len()),
+            Op::Linear(l) => Some(l.out_features),
+            Op::Act(_) | Op::Add | Op::GlobalPool => self.channels_of(*node.inputs.first()?),
+        }
+    }
+}
