@@ -3,7 +3,7 @@
 
 use edgepatch::graph::{Op, Weights};
 use edgepatch::{Backbone, Error, Tensor};
-use edgepatch_tests::onnx_builder::{int, tiny_net, OnnxBuilder, TinyNet};
+use edgepatch_tests::onnx_builder::{int, ints, tiny_net, OnnxBuilder, TinyNet};
 use edgepatch_tests::{random_values, tract_run, Tolerance};
 
 const PARITY: Tolerance = Tolerance { rel: 1e-4, abs: 1e-5 };
@@ -64,6 +64,75 @@ fn hard_sigmoid_matches_tract() {
     let mut bad = OnnxBuilder::new(13);
     bad.node("HardSigmoid", &["input"], "y", vec![edgepatch_tests::onnx_builder::float("alpha", f32::NAN)]);
     assert!(Backbone::from_onnx_bytes(&bad.build("input", "y")).is_err());
+}
+
+/// Arithmetic with constants as exporters write it: a convolution without bias plus a reshaped
+/// bias, scalar `Mul`, per-channel `Sub`, `Div` of a value read twice (an affine of its own), a
+/// constant first in `Mul`: tract's logits, and what the import folds.
+#[test]
+fn arithmetic_with_constants_matches_tract() {
+    let mut b = OnnxBuilder::new(13);
+    b.f32("w", &[8, 3, 3, 3], random_values(8 * 27, 1, 0.5))
+        .f32("bias", &[8], random_values(8, 2, 0.3))
+        .i64("bias_shape", &[4], vec![1, -1, 1, 1])
+        .f32("two", &[], vec![2.0])
+        .f32("four", &[1], vec![4.0])
+        .f32("shift", &[8, 1, 1], random_values(8, 3, 0.2))
+        .f32("half", &[1, 1, 1, 1], vec![0.5])
+        .f32("w2", &[6, 8, 1, 1], random_values(48, 4, 0.5))
+        .f32("fc", &[6, 4], random_values(24, 5, 0.5))
+        .f32("fc_b", &[4], random_values(4, 6, 0.1));
+    b.node("Conv", &["input", "w"], "conv", vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1; 4])])
+        .node("Reshape", &["bias", "bias_shape"], "bias4", vec![])
+        .node("Add", &["conv", "bias4"], "biased", vec![])
+        .node("Mul", &["biased", "two"], "doubled", vec![])
+        .node("Sub", &["doubled", "shift"], "shifted", vec![])
+        .node("Relu", &["shifted"], "r", vec![])
+        .node("Div", &["r", "four"], "quarter", vec![])
+        .node("Add", &["quarter", "r"], "sum", vec![])
+        .node("Mul", &["half", "sum"], "halved", vec![])
+        .node("Conv", &["halved", "w2"], "conv2", vec![ints("kernel_shape", &[1, 1])])
+        .node("GlobalAveragePool", &["conv2"], "pool", vec![])
+        .node("Flatten", &["pool"], "flat", vec![])
+        .node("MatMul", &["flat", "fc"], "mm", vec![])
+        .node("Add", &["mm", "fc_b"], "logits", vec![]);
+    let model = b.build("input", "logits");
+    let bb = Backbone::from_onnx_bytes(&model).unwrap();
+    let kinds: Vec<&str> = bb.graph().nodes.iter().map(|n| n.op.kind()).collect();
+    // conv, its affine (bias, ×2, −shift merged), ReLU, the ÷4 affine (ReLU's output is read
+    // twice), the sum, the ×0.5 affine, conv2 and its affine, pool, classifier.
+    assert_eq!(
+        kinds,
+        ["conv", "affine", "relu", "affine", "add", "affine", "conv1x1", "affine", "global_pool", "linear"]
+    );
+    for shape in [[2, 3, 32, 32], [1, 3, 33, 35]] {
+        let x = random_values(shape.iter().product(), 8, 2.0);
+        let want = tract_run(&model, shape, &x).unwrap();
+        let got = bb.forward(Tensor::from_vec(shape, x).unwrap()).unwrap();
+        if let Some((j, g, w)) = PARITY.check(&got.data, &want) {
+            panic!("{shape:?}: logit {j} is {g}, tract says {w}");
+        }
+    }
+    // Refused with the node named: a constant of another shape, division by zero, two
+    // computed operands of Mul.
+    for (op, c, dims, want) in [
+        ("Add", vec![1.0; 16], vec![16], "shape"),
+        ("Div", vec![0.0], vec![1], "is 0"),
+        ("Mul", vec![], vec![], "two computed values"),
+    ] {
+        let mut b = OnnxBuilder::new(13);
+        b.f32("w", &[8, 3, 3, 3], random_values(216, 1, 0.5));
+        b.node("Conv", &["input", "w"], "conv", vec![ints("kernel_shape", &[3, 3])]);
+        let other = if c.is_empty() {
+            "conv"
+        } else {
+            b.f32("c", &dims, c);
+            "c"
+        };
+        b.node(op, &["conv", other], "bad", vec![]);
+        let err = Backbone::from_onnx_bytes(&b.build("input", "bad")).unwrap_err().to_string();
+        assert!(err.contains("bad") && err.contains(want), "{op}: {err}");
+    }
 }
 
 /// ONNX SAME padding at strides 1 and 2 (odd and even inputs pad differently at stride 2) and

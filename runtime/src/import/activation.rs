@@ -1,6 +1,6 @@
 //! Activations that import as an affine and a clamp: `HardSigmoid(α, β) = clip01(α·x + β)`.
 
-use super::{attr_f, Importer};
+use super::{attr_f, Importer, Value};
 use crate::graph::{Affine, Node, Op, ValueId};
 use crate::ops::Activation;
 use crate::{Error, Result};
@@ -39,7 +39,7 @@ impl Importer {
 
     /// The channels of runtime value `id`, from the node that computes it (through the nodes that
     /// keep the channel count), or the input's when known.
-    fn channels_of(&self, id: ValueId) -> Option<usize> {
+    pub(super) fn channels_of(&self, id: ValueId) -> Option<usize> {
         if id == 0 {
             return self.input_channels;
         }
@@ -51,5 +51,34 @@ impl Importer {
             Op::Linear(l) => Some(l.out_features),
             Op::Act(_) | Op::Add | Op::GlobalPool => self.channels_of(*node.inputs.first()?),
         }
+    }
+
+    pub(super) fn clip(&mut self, node: &NodeProto) -> Result<()> {
+        let (x, flat) = self.runtime(node, 0)?;
+        let bound = |i: usize, name: &str| -> Result<Option<f32>> {
+            if self.opset < 11 {
+                return Ok(attr_f(node, name));
+            }
+            match self.get_opt(node, i)? {
+                None => Ok(None),
+                Some(Value::Const(c)) => {
+                    c.scalar_f32().map(Some).ok_or_else(|| Error::node(&node.name, "Clip bound must be a scalar f32"))
+                }
+                Some(_) => Err(Error::node(&node.name, "Clip bounds must be constants")),
+            }
+        };
+        let (lo, hi) = (bound(1, "min")?, bound(2, "max")?);
+        let op = match (lo, hi) {
+            (Some(0.0), Some(6.0)) => Op::Act(Activation::Relu6),
+            (Some(0.0), Some(1.0)) => Op::Act(Activation::Clip01),
+            (Some(0.0), None) => Op::Act(Activation::Relu),
+            _ => {
+                return Err(Error::node(
+                    &node.name,
+                    format!("Clip({lo:?}, {hi:?}) unsupported: only ReLU, ReLU6 and Clip(0, 1)"),
+                ))
+            }
+        };
+        self.push(node, op, vec![x], flat)
     }
 }

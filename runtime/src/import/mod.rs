@@ -8,6 +8,7 @@
 //! affine in the IR: its BatchNorm folded, or its bias (scale 1), or the identity.
 
 mod activation;
+mod elementwise;
 mod tensor;
 
 use crate::ops::Activation;
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use tract_onnx::pb::{AttributeProto, NodeProto};
 use tract_onnx::prelude::Framework;
 
-use crate::graph::{Affine, AutoPad, Conv, Depthwise, Graph, Linear, Node, NormStats, Op, ValueId, Window};
+use crate::graph::{Affine, AutoPad, Conv, Depthwise, Graph, Linear, Node, Op, ValueId, Window};
 use crate::{Error, Result};
 use tensor::Const;
 
@@ -279,6 +280,11 @@ impl Importer {
                 let (x, _) = self.runtime(node, 0)?;
                 self.push(node, Op::GlobalPool, vec![x], true)
             }
+            "Reshape" if matches!(self.get(node, 0)?, Value::Const(_)) => {
+                let Value::Const(c) = self.get(node, 0)?.clone() else { unreachable!("matched a constant") };
+                self.reshape_constant(node, c)
+            }
+            "Sub" | "Mul" | "Div" => self.with_constant(node),
             "Flatten" | "Reshape" | "Squeeze" => {
                 let (x, flat) = self.runtime(node, 0)?;
                 if !flat {
@@ -368,102 +374,6 @@ impl Importer {
         self.num_values += 1;
         self.nodes.push(Node { name: node.name.clone(), op, inputs: vec![x], output: id });
         self.push(node, Op::Affine(Affine { scale: vec![1.0; co], bias, stats: None }), vec![id], false)
-    }
-
-    fn batch_norm(&mut self, node: &NodeProto) -> Result<()> {
-        let (x, flat) = self.runtime(node, 0)?;
-        let eps = attr_f(node, "epsilon").unwrap_or(1e-5);
-        let p: Vec<Vec<f32>> = (1..5).map(|i| self.constant(node, i).map(Const::to_f32)).collect::<Result<_>>()?;
-        let c = p[0].len();
-        if p.iter().any(|v| v.len() != c) {
-            return Err(Error::node(&node.name, "BatchNormalization parameters differ in length"));
-        }
-        let scale: Vec<f32> = (0..c).map(|i| p[0][i] / (p[3][i] + eps).sqrt()).collect();
-        let bias: Vec<f32> = (0..c).map(|i| p[1][i] - p[2][i] * scale[i]).collect();
-        let in_name = node.input[0].clone();
-        if let Some(a) = self.sole_affine(x, &in_name) {
-            if a.scale.len() == c {
-                // The BatchNorm's input is the affine's output `s1·x + b1`: its statistics in
-                // terms of `x` (none after another BatchNorm, or through a zero scale).
-                let plain = a.stats.is_none() && a.scale.iter().all(|&s1| s1 != 0.0);
-                a.stats = plain.then(|| NormStats {
-                    mean: (0..c).map(|i| (p[2][i] - a.bias[i]) / a.scale[i]).collect(),
-                    var: (0..c).map(|i| p[3][i] / (a.scale[i] * a.scale[i])).collect(),
-                    eps: (0..c).map(|i| eps / (a.scale[i] * a.scale[i])).collect(),
-                });
-                for i in 0..c {
-                    a.bias[i] = scale[i] * a.bias[i] + bias[i];
-                    a.scale[i] *= scale[i];
-                }
-                return self.alias(node, Value::Runtime { id: x, flat });
-            }
-        }
-        if x == 0 {
-            // A normalisation of the input itself (a model that takes other input statistics).
-            match self.input_channels {
-                Some(ci) if ci != c => return Err(Error::node(&node.name, "input used with different channel counts")),
-                _ => self.input_channels = Some(c),
-            }
-        }
-        let stats = Some(NormStats { mean: p[2].clone(), var: p[3].clone(), eps: vec![eps; c] });
-        self.push(node, Op::Affine(Affine { scale, bias, stats }), vec![x], flat)
-    }
-
-    fn clip(&mut self, node: &NodeProto) -> Result<()> {
-        let (x, flat) = self.runtime(node, 0)?;
-        let bound = |i: usize, name: &str| -> Result<Option<f32>> {
-            if self.opset < 11 {
-                return Ok(attr_f(node, name));
-            }
-            match self.get_opt(node, i)? {
-                None => Ok(None),
-                Some(Value::Const(c)) => {
-                    c.scalar_f32().map(Some).ok_or_else(|| Error::node(&node.name, "Clip bound must be a scalar f32"))
-                }
-                Some(_) => Err(Error::node(&node.name, "Clip bounds must be constants")),
-            }
-        };
-        let (lo, hi) = (bound(1, "min")?, bound(2, "max")?);
-        let op = match (lo, hi) {
-            (Some(0.0), Some(6.0)) => Op::Act(Activation::Relu6),
-            (Some(0.0), Some(1.0)) => Op::Act(Activation::Clip01),
-            (Some(0.0), None) => Op::Act(Activation::Relu),
-            _ => {
-                return Err(Error::node(
-                    &node.name,
-                    format!("Clip({lo:?}, {hi:?}) unsupported: only ReLU, ReLU6 and Clip(0, 1)"),
-                ))
-            }
-        };
-        self.push(node, op, vec![x], flat)
-    }
-
-    fn add(&mut self, node: &NodeProto) -> Result<()> {
-        let (a, b) = (self.get(node, 0)?.clone(), self.get(node, 1)?.clone());
-        let (id, flat, c, in_name) = match (a, b) {
-            (Value::Runtime { id: x, flat: fx }, Value::Runtime { id: y, flat: fy }) => {
-                return self.push(node, Op::Add, vec![x, y], fx && fy);
-            }
-            (Value::Runtime { id, flat }, Value::Const(c)) => (id, flat, c, node.input[0].clone()),
-            (Value::Const(c), Value::Runtime { id, flat }) => (id, flat, c, node.input[1].clone()),
-            _ => return Err(Error::node(&node.name, "Add of two constants")),
-        };
-        let bias = c.to_f32();
-        let sole_linear = self.uses.get(&in_name).copied() == Some(1);
-        if let (true, Some(Node { op: Op::Linear(l), output, .. })) = (sole_linear, self.nodes.last_mut()) {
-            if *output == id && bias.len() == l.out_features {
-                for (b, v) in l.bias.iter_mut().zip(&bias) {
-                    *b += v;
-                }
-                return self.alias(node, Value::Runtime { id, flat });
-            }
-        }
-        let ch = c.shape.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
-        if ch.len() != 1 || bias.len() != ch[0] {
-            return Err(Error::node(&node.name, format!("Add of a constant of shape {:?} unsupported", c.shape)));
-        }
-        let n = bias.len();
-        self.push(node, Op::Affine(Affine { scale: vec![1.0; n], bias, stats: None }), vec![id], flat)
     }
 
     fn gemm(&mut self, node: &NodeProto) -> Result<()> {
