@@ -98,14 +98,15 @@ impl Importer {
                 _ => return Err(Error::node(&node.name, format!("Reshape to {want:?}"))),
             }
         }
-        let known: usize = shape.iter().product();
+        let bad = || Error::node(&node.name, format!("Reshape of {} values to {want:?}", c.len()));
+        let known = shape.iter().try_fold(1usize, |p, &d| p.checked_mul(d)).ok_or_else(bad)?;
         if let Some(i) = infer {
             if known == 0 || !c.len().is_multiple_of(known) {
-                return Err(Error::node(&node.name, format!("Reshape of {} values to {want:?}", c.len())));
+                return Err(bad());
             }
             shape[i] = c.len() / known;
         }
-        if shape.iter().product::<usize>() != c.len() {
+        if shape.iter().try_fold(1usize, |p, &d| p.checked_mul(d)) != Some(c.len()) {
             return Err(Error::node(&node.name, format!("Reshape of {} values to {want:?}", c.len())));
         }
         let data = match c.data {

@@ -51,6 +51,8 @@ pub fn seeds(_rng: &mut Rng) -> Vec<Vec<u8>> {
     // SAME padding at stride 2 (size-dependent pads) with a 5×5 depthwise.
     let same = TinyNet { auto_pad: Some("SAME_UPPER"), dw2_kernel: 5, ..TinyNet::default() };
     out.push(tiny_net(same, 9));
+    // HardSigmoid: merged into an affine and one of its own.
+    out.push(tiny_net(TinyNet { hard_sigmoid: true, ..TinyNet::default() }, 10));
     out.push(include_bytes!("../../../models/mobilenet_v2/mobilenet_v2_int8.onnx").to_vec());
     out
 }
