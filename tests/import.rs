@@ -66,6 +66,26 @@ fn hard_sigmoid_matches_tract() {
     assert!(Backbone::from_onnx_bytes(&bad.build("input", "y")).is_err());
 }
 
+/// A model whose output is `Softmax(logits)`: the graph outputs the logits, whose softmax is
+/// tract's output; a Softmax anywhere else is refused.
+#[test]
+fn a_final_softmax_leaves_the_logits() {
+    let model = tiny_net(TinyNet { softmax: true, ..TinyNet::default() }, 50);
+    let b = Backbone::from_onnx_bytes(&model).unwrap();
+    let shape = [2, 3, 32, 32];
+    let x = random_values(shape.iter().product(), 1, 2.0);
+    let want = tract_run(&model, shape, &x).unwrap();
+    let logits = b.forward(Tensor::from_vec(shape, x).unwrap()).unwrap();
+    let got: Vec<f32> = logits.data.chunks(5).flat_map(edgepatch::session::softmax).collect();
+    assert!(PARITY.check(&got, &want).is_none(), "{got:?} vs {want:?}");
+    let mut bad = OnnxBuilder::new(13);
+    bad.f32("w", &[8, 3, 3, 3], random_values(216, 1, 0.5));
+    bad.node("Conv", &["input", "w"], "conv", vec![ints("kernel_shape", &[3, 3])]);
+    bad.node("Softmax", &["conv"], "inner", vec![int("axis", 1)]);
+    let err = Backbone::from_onnx_bytes(&bad.build("input", "inner")).unwrap_err().to_string();
+    assert!(err.contains("inner") && err.contains("Softmax"), "{err}");
+}
+
 /// Arithmetic with constants as exporters write it: a convolution without bias plus a reshaped
 /// bias, scalar `Mul`, per-channel `Sub`, `Div` of a value read twice (an affine of its own), a
 /// constant first in `Mul`: tract's logits, and what the import folds.

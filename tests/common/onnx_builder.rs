@@ -152,6 +152,8 @@ pub struct TinyNet {
     /// merged into that affine) and after the residual sum (α 0.25, β 0.4: an affine of its
     /// own).
     pub hard_sigmoid: bool,
+    /// The model's output is `Softmax(logits)` (named `probs`).
+    pub softmax: bool,
 }
 
 /// A MobileNetV2-shaped network with random weights: stem 3×3/2 → inverted residual block
@@ -269,6 +271,10 @@ pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
         let w = weight(&mut b, "fc.w", &[5, 12]);
         b.f32("fc.b", &[5], bias);
         b.node("Gemm", &["flat", &w, "fc.b"], "logits", vec![int("transB", 1)]);
+    }
+    if v.softmax {
+        b.node("Softmax", &["logits"], "probs", vec![int("axis", 1)]);
+        return b.build("input", "probs");
     }
     b.build("input", "logits")
 }

@@ -81,4 +81,19 @@ impl Importer {
         };
         self.push(node, op, vec![x], flat)
     }
+
+    /// A `Softmax` over the classes that is the model's output: the graph outputs its input, the
+    /// logits, which every use of the graph turns into probabilities itself. Anywhere else it is
+    /// refused.
+    pub(super) fn final_softmax(&mut self, node: &NodeProto) -> Result<()> {
+        let (x, flat) = self.runtime(node, 0)?;
+        let axis = super::attr_i(node, "axis", if self.opset >= 13 { -1 } else { 1 });
+        let out = self.output(node)?;
+        let only_output = self.outputs.contains(&out) && self.uses.get(&out).copied() == Some(1);
+        if !flat || !matches!(axis, 1 | -1) || !only_output {
+            return Err(Error::node(&node.name, "Softmax only over the classes, as the model's output"));
+        }
+        log::info!("{}: the model ends in Softmax; its input, the logits, is the graph's output", node.name);
+        self.alias(node, Value::Runtime { id: x, flat })
+    }
 }

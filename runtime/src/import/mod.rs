@@ -39,6 +39,8 @@ struct Importer {
     num_values: usize,
     input_channels: Option<usize>,
     opset: i64,
+    /// The graph's output names.
+    outputs: Vec<String>,
 }
 
 /// Parses ONNX bytes and builds the graph. Errors name the offending node and op.
@@ -60,6 +62,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Graph> {
         num_values: 1,
         input_channels: None,
         opset,
+        outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
     };
     for init in &graph.initializer {
         im.values.insert(init.name.clone(), Value::Const(tensor::decode(init, &init.name)?));
@@ -262,6 +265,7 @@ impl Importer {
             }
             "Clip" => self.clip(node),
             "HardSigmoid" => self.hard_sigmoid(node),
+            "Softmax" => self.final_softmax(node),
             "Add" => self.add(node),
             "GlobalAveragePool" => {
                 let (x, _) = self.runtime(node, 0)?;
