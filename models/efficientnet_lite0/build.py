@@ -36,7 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "mobilenet_v2"))
-from build import load_legacy_torch, mse_scales, preprocess, sha256  # noqa: E402
+import build as mobilenet  # noqa: E402
+from build import load_legacy_torch, preprocess, sha256  # noqa: E402
 
 PTH_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 OPSET = 13
@@ -57,35 +58,9 @@ STAGES = [
 ]
 
 
-class GraphBuilder:
-    def __init__(self, sd, quantize):
-        self.sd, self.quantize = sd, quantize
-        self.nodes, self.inits, self.used = [], [], set()
-
-    def take(self, key):
-        self.used.add(key)
-        return self.sd[key]
-
-    def weight(self, key):
-        w = self.take(key).astype(np.float32)
-        if not self.quantize:
-            self.inits.append(numpy_helper.from_array(w, key))
-            return key
-        flat = w.reshape(w.shape[0], -1)
-        scale = mse_scales(flat)
-        q = np.clip(np.round(flat / scale[:, None]), -127, 127).astype(np.int8).reshape(w.shape)
-        self.inits += [
-            numpy_helper.from_array(q, key + "_quantized"),
-            numpy_helper.from_array(scale, key + "_scale"),
-            numpy_helper.from_array(np.zeros(w.shape[0], np.int8), key + "_zero_point"),
-        ]
-        self.nodes.append(
-            helper.make_node(
-                "DequantizeLinear", [key + "_quantized", key + "_scale", key + "_zero_point"], [key],
-                name=key + "_dequantize", axis=0,
-            )
-        )
-        return key
+class GraphBuilder(mobilenet.GraphBuilder):
+    """EfficientNet-Lite0 as ONNX nodes; `quantize` selects the QDQ int8 form of the weights
+    (MobileNetV2's `take` and `weight`)."""
 
     def bn(self, x, prefix, out):
         params = []
