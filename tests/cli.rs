@@ -88,7 +88,7 @@ fn bad_models_are_clean_errors() {
         ("truncated.onnx", shipped[..shipped.len() / 2].to_vec(), "not a valid ONNX model"),
         ("random.onnx", random_values(10_000, 3, 1.0).iter().map(|v| (v * 127.0 + 128.0) as u8).collect(), "ONNX"),
         ("empty.onnx", Vec::new(), "ONNX"),
-        ("unsupported.onnx", unsupported_op_model(), "unsupported ONNX operator Softmax at node 'probs'"),
+        ("unsupported.onnx", unsupported_op_model(), "unsupported ONNX operator LpNormalization at node 'probs'"),
     ];
     for (name, bytes, needle) in cases {
         let p = tmp(name, &bytes);
@@ -102,7 +102,7 @@ fn unsupported_op_model() -> Vec<u8> {
     let mut b = OnnxBuilder::new(13);
     b.f32("w", &[4, 3, 1, 1], random_values(12, 1, 1.0));
     b.node("Conv", &["input", "w"], "conv", vec![]);
-    b.node("Softmax", &["conv"], "probs", vec![]);
+    b.node("LpNormalization", &["conv"], "probs", vec![]);
     b.build("input", "probs")
 }
 
