@@ -1,7 +1,7 @@
 //! Activations that import as an affine and a clamp: `HardSigmoid(α, β) = clip01(α·x + β)`.
 
 use super::{attr_f, Importer, Value};
-use crate::graph::{Affine, Node, Op, ValueId};
+use crate::graph::{Op, ValueId};
 use crate::ops::Activation;
 use crate::{Error, Result};
 use tract_onnx::pb::NodeProto;
@@ -17,23 +17,7 @@ impl Importer {
             return Err(Error::node(&node.name, format!("HardSigmoid alpha {alpha}, beta {beta}")));
         }
         let in_name = node.input[0].clone();
-        let input = if let Some(a) = self.sole_affine(x, &in_name) {
-            for (s, b) in a.scale.iter_mut().zip(a.bias.iter_mut()) {
-                (*s, *b) = (alpha * *s, alpha * *b + beta);
-            }
-            // No longer a normalisation: statistics-based adaptation must leave it alone.
-            a.stats = None;
-            x
-        } else {
-            let c = self
-                .channels_of(x)
-                .ok_or_else(|| Error::node(&node.name, "HardSigmoid of a value whose channel count is unknown"))?;
-            let id = self.num_values;
-            self.num_values += 1;
-            let op = Op::Affine(Affine { scale: vec![alpha; c], bias: vec![beta; c], stats: None });
-            self.nodes.push(Node { name: format!("{}.affine", node.name), op, inputs: vec![x], output: id });
-            id
-        };
+        let input = self.then_affine(node, x, &in_name, &[alpha], &[beta])?;
         self.push(node, Op::Act(Activation::Clip01), vec![input], flat)
     }
 

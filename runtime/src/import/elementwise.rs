@@ -6,7 +6,7 @@
 
 use super::tensor::{Const, ConstData};
 use super::{attr_f, Importer, Value};
-use crate::graph::{Affine, Node, NormStats, Op};
+use crate::graph::{Affine, Node, NormStats, Op, ValueId};
 use crate::{Error, Result};
 use tract_onnx::pb::NodeProto;
 
@@ -47,37 +47,46 @@ impl Importer {
             "Mul" => (v.clone(), vec![0.0; v.len()]),
             _ => (v.iter().map(|x| 1.0 / x).collect(), vec![0.0; v.len()]),
         };
+        let out = self.then_affine(node, id, &in_name, &m, &d)?;
+        self.alias(node, Value::Runtime { id: out, flat })
+    }
+
+    /// The value `m·x + d` (per channel; a single `m` or `d` repeats) of runtime value `id`
+    /// (ONNX name `in_name`): the affine that computes `x` changed in place when `node` is its
+    /// only reader, else a new affine node. A normalisation keeps its statistics unless rescaled.
+    pub(super) fn then_affine(
+        &mut self,
+        node: &NodeProto,
+        id: ValueId,
+        in_name: &str,
+        m: &[f32],
+        d: &[f32],
+    ) -> Result<ValueId> {
         let at = |v: &[f32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
-        if let Some(a) = self.sole_affine(id, &in_name) {
+        if let Some(a) = self.sole_affine(id, in_name) {
             if m.len() == 1 || m.len() == a.scale.len() {
                 for i in 0..a.scale.len() {
-                    a.scale[i] *= at(&m, i);
-                    a.bias[i] = at(&m, i) * a.bias[i] + at(&d, i);
+                    a.scale[i] *= at(m, i);
+                    a.bias[i] = at(m, i) * a.bias[i] + at(d, i);
                 }
-                // A normalisation stays one (its statistics are of the input) unless rescaled.
                 if m.iter().any(|&x| x != 1.0) {
                     a.stats = None;
                 }
-                return self.alias(node, Value::Runtime { id, flat });
+                return Ok(id);
             }
         }
         let c = match m.len() {
-            1 => self
-                .channels_of(id)
-                .ok_or_else(|| Error::node(&node.name, format!("{op} of a value whose channel count is unknown")))?,
+            1 => self.channels_of(id).ok_or_else(|| {
+                Error::node(&node.name, format!("{} of a value whose channel count is unknown", node.op_type))
+            })?,
             n => n,
         };
-        let (scale, bias) = ((0..c).map(|i| at(&m, i)).collect(), (0..c).map(|i| at(&d, i)).collect());
+        let (scale, bias) = ((0..c).map(|i| at(m, i)).collect(), (0..c).map(|i| at(d, i)).collect());
         let out = self.num_values;
         self.num_values += 1;
-        let name = format!("{}.affine", node.name);
-        self.nodes.push(Node {
-            name,
-            op: Op::Affine(Affine { scale, bias, stats: None }),
-            inputs: vec![id],
-            output: out,
-        });
-        self.alias(node, Value::Runtime { id: out, flat })
+        let op = Op::Affine(Affine { scale, bias, stats: None });
+        self.nodes.push(Node { name: format!("{}.affine", node.name), op, inputs: vec![id], output: out });
+        Ok(out)
     }
 
     /// `Reshape` of a constant (a bias an exporter shapes `[1, C, 1, 1]`): the same values with
