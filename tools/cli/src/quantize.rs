@@ -70,14 +70,12 @@ struct Agreement {
 
 fn agreement(f32_model: &Backbone, int8_model: &Backbone, images: &[PathBuf], r: u32) -> edgepatch::Result<Agreement> {
     let paths: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
-    let logits = |b: &Backbone| -> edgepatch::Result<Vec<f32>> {
-        let pp = b.preprocess(r);
-        let x: Vec<f32> =
-            paths.iter().map(|p| pp.apply(&data::image::load(p)?)).collect::<edgepatch::Result<Vec<_>>>()?.concat();
-        let shape = [paths.len(), 3, r as usize, r as usize];
-        let x = edgepatch::Tensor::from_vec(shape, x).ok_or_else(|| Error::Input("images of unequal sizes".into()))?;
-        Ok(b.forward(x)?.into_data())
-    };
+    // Both models take the same preprocessing: the images are decoded once.
+    let pp = f32_model.preprocess(r);
+    let x: Vec<f32> =
+        paths.iter().map(|p| pp.apply(&data::image::load(p)?)).collect::<edgepatch::Result<Vec<_>>>()?.concat();
+    let x = edgepatch::Tensor::from_vec([paths.len(), 3, r as usize, r as usize], x).expect("r×r images");
+    let logits = |b: &Backbone| b.forward(x.clone()).map(edgepatch::Tensor::into_data);
     let (a, b) = (logits(f32_model)?, logits(int8_model)?);
     let classes = a.len() / paths.len();
     let argmax = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j]).then(j.cmp(&i))).unwrap_or(0);
