@@ -89,3 +89,41 @@ fn efficientnet_lite0_matches_tract_and_onnxruntime() {
     assert_eq!(quantized.fingerprint(), int8.fingerprint(), "the build's int8 model is edgepatch's quantization");
     check_against(int8, &expected, 0.05);
 }
+
+/// MobileNetV3 (`bash models/mobilenet_v3/build.sh`: PaddleOCR's text-direction classifier from
+/// rapidocr-onnxruntime): HardSwish written as `x · Clip(x + 3, 0, 6) / 6`, squeeze-excitation
+/// (global pooling inside the network, 1×1 convolutions, HardSigmoid, a per-channel product),
+/// depthwise strides of 2×1, a MaxPool, a Shape/Slice/Concat flatten and a final Softmax. Its
+/// logits (the Softmax's input) against onnxruntime's within 1e-4, and its probabilities against
+/// tract's (which runs the Softmax) on the same inputs.
+#[test]
+fn mobilenet_v3_matches_onnxruntime_and_tract() {
+    let path = cached_model("mobilenet_v3_ppocr_cls.onnx", "mobilenet_v3");
+    let bytes = std::fs::read(&path).unwrap();
+    let ours = Backbone::from_onnx_bytes(&bytes).unwrap();
+    let expected = repo_root().join("models/mobilenet_v3/reference/expected.json");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(expected).unwrap()).unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    for (shape, seed) in [([1, 3, 48, 192], 0), ([2, 3, 64, 64], 1), ([1, 3, 224, 224], 2)] {
+        // The build script's inputs: x[i] = 2·sin(0.01·i + seed).
+        let x: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|i| (2.0 * (0.01 * i as f64 + seed as f64).sin()) as f32)
+            .collect();
+        let key = format!("{}x{}x{}x{} seed {seed}", shape[0], shape[1], shape[2], shape[3]);
+        let got = ours.forward(Tensor::from_vec(shape, x.clone()).unwrap()).unwrap();
+        let want = floats(&expected[&key]["logits"]);
+        if let Some((i, g, w)) = PARITY.check(&got.data, &want) {
+            panic!("{key}: logit {i} is {g}, onnxruntime says {w}");
+        }
+        let probs: Vec<f32> = got.data.chunks(2).flat_map(softmax).collect();
+        let tract = tract_run(&bytes, shape, &x).unwrap();
+        for (what, want) in [("onnxruntime", floats(&expected[&key]["probs"])), ("tract", tract)] {
+            if let Some((i, g, w)) = PARITY.check(&probs, &want) {
+                panic!("{key}: probability {i} is {g}, {what} says {w}");
+            }
+        }
+        eprintln!("{key}: logits {:?}, onnxruntime {want:?}", got.data);
+    }
+}

@@ -154,25 +154,25 @@ impl Writer {
     }
 
     fn conv(&mut self, name: &str, x: &str, y: &str, w: &str, window: &Window, group: usize) {
-        // Padding that depends on the input's size goes out as the `auto_pad` it came in as.
-        let padding = match window.auto {
-            Some(a) => AttributeProto {
-                name: "auto_pad".into(),
-                r#type: attribute_proto::AttributeType::String as i32,
-                s: a.onnx_name().as_bytes().to_vec(),
-                ..Default::default()
-            },
-            None => attr_ints("pads", &window.pads),
-        };
-        let attrs = vec![
-            attr_ints("kernel_shape", &window.kernel),
-            attr_ints("strides", &window.stride),
-            padding,
-            attr_ints("dilations", &[1, 1]),
-            attr_int("group", group as i64),
-        ];
+        let mut attrs = window_attrs(window);
+        attrs.extend([attr_ints("dilations", &[1, 1]), attr_int("group", group as i64)]);
         self.node("Conv", name, &[x, w], y, attrs);
     }
+}
+
+/// A window's `kernel_shape`, `strides` and padding; padding that depends on the input's size
+/// goes out as the `auto_pad` it came in as.
+fn window_attrs(window: &Window) -> Vec<AttributeProto> {
+    let padding = match window.auto {
+        Some(a) => AttributeProto {
+            name: "auto_pad".into(),
+            r#type: attribute_proto::AttributeType::String as i32,
+            s: a.onnx_name().as_bytes().to_vec(),
+            ..Default::default()
+        },
+        None => attr_ints("pads", &window.pads),
+    };
+    vec![attr_ints("kernel_shape", &window.kernel), attr_ints("strides", &window.stride), padding]
 }
 
 /// Encodes `graph` (a backbone, with or without a patch applied) as an ONNX model. `task`, when
@@ -227,6 +227,15 @@ pub fn to_onnx(graph: &Graph, task: Option<&Patch>, mode: ExportWeights) -> Resu
                     .ok_or_else(|| Error::InvalidModel("Add with one input".into()))?;
                 w.node("Add", &p, &[&x, &b], &y, vec![]);
             }
+            Op::Mul => {
+                let b = n
+                    .inputs
+                    .get(1)
+                    .map(|&v| name(v))
+                    .ok_or_else(|| Error::InvalidModel("Mul with one input".into()))?;
+                w.node("Mul", &p, &[&x, &b], &y, vec![]);
+            }
+            Op::MaxPool(window) => w.node("MaxPool", &p, &[&x], &y, window_attrs(window)),
             Op::GlobalPool => w.node("GlobalAveragePool", &p, &[&x], &y, vec![]),
             Op::Linear(l) => {
                 let flat = format!("{p}.flat");

@@ -4,108 +4,14 @@
 use crate::ops::Activation;
 use sha2::{Digest, Sha256};
 
+mod weights;
 mod window;
+use weights::hash_f32s;
+pub use weights::Weights;
 pub use window::{AutoPad, Window};
 
 /// Index of a value (an edge) in [`Graph`]; value 0 is the graph input.
 pub type ValueId = usize;
-
-/// Frozen weights of one layer, row-major `[rows, row_len]` with one row per output channel.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Weights {
-    /// Symmetric int8 values with one dequantization scale per row: `w[r][i] = values[r][i] · scales[r]`.
-    /// The values are shared and immutable: a copy of the weights is a reference to them, and an
-    /// engine that keeps a reference can tell, by address, that they are still the same
-    /// ([`crate::ops::conv::Packed`]).
-    Int8 { values: std::sync::Arc<[i8]>, scales: Vec<f32> },
-    /// Plain f32 values (a model imported without quantization).
-    F32(Vec<f32>),
-}
-
-impl Weights {
-    /// Number of weight values (not counting scales).
-    pub fn len(&self) -> usize {
-        match self {
-            Weights::Int8 { values, .. } => values.len(),
-            Weights::F32(v) => v.len(),
-        }
-    }
-
-    /// True when there are no weights.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Bytes held in memory: one byte per int8 value plus four per scale, or four per f32.
-    pub fn resident_bytes(&self) -> usize {
-        match self {
-            Weights::Int8 { values, scales } => values.len() + 4 * scales.len(),
-            Weights::F32(v) => 4 * v.len(),
-        }
-    }
-
-    /// Row `row` (of length `out.len()`) as f32 *without* its scale, written into `out`, and
-    /// that scale: int8 values convert exactly, f32 rows come with scale 1. Kernels apply the
-    /// scale once per output value.
-    pub fn raw_row(&self, row: usize, out: &mut [f32]) -> f32 {
-        let n = out.len();
-        match self {
-            Weights::Int8 { values, scales } => {
-                for (o, &q) in out.iter_mut().zip(&values[row * n..(row + 1) * n]) {
-                    *o = q as f32;
-                }
-                scales[row]
-            }
-            Weights::F32(v) => {
-                out.copy_from_slice(&v[row * n..(row + 1) * n]);
-                1.0
-            }
-        }
-    }
-
-    /// Every value as f32 with its row scale applied (`[rows, len / rows]`).
-    pub fn to_f32(&self) -> Vec<f32> {
-        match self {
-            Weights::Int8 { values, scales } => {
-                let row = values.len() / scales.len().max(1);
-                values.iter().enumerate().map(|(i, &q)| q as f32 * scales[i / row]).collect()
-            }
-            Weights::F32(v) => v.clone(),
-        }
-    }
-
-    /// The same weights multiplied by `factor` (folded into the scales when int8).
-    pub fn scaled(self, factor: f32) -> Self {
-        match self {
-            Weights::Int8 { values, scales } => {
-                Weights::Int8 { values, scales: scales.iter().map(|s| s * factor).collect() }
-            }
-            Weights::F32(v) => Weights::F32(v.iter().map(|x| x * factor).collect()),
-        }
-    }
-
-    fn hash_into(&self, h: &mut Sha256) {
-        match self {
-            Weights::Int8 { values, scales } => {
-                h.update(b"i8");
-                h.update((values.len() as u64).to_le_bytes());
-                h.update(values.iter().map(|&v| v as u8).collect::<Vec<u8>>());
-                hash_f32s(h, scales);
-            }
-            Weights::F32(v) => {
-                h.update(b"f32");
-                hash_f32s(h, v);
-            }
-        }
-    }
-}
-
-fn hash_f32s(h: &mut Sha256, v: &[f32]) {
-    h.update((v.len() as u64).to_le_bytes());
-    for x in v {
-        h.update(x.to_le_bytes());
-    }
-}
 
 /// A dense (groups = 1) convolution without bias; its weights are `[out, in·kh·kw]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +72,11 @@ pub enum Op {
     Add,
     /// Mean over H and W: `[N, C, H, W] → [N, C, 1, 1]`.
     GlobalPool,
+    /// The product of two values: `a: [N, C, H, W]` and `b` of the same shape or a per-channel
+    /// gate `[N, C, 1, 1]` (squeeze-excitation; HardSwish as `x · relu6(x + 3) / 6`).
+    Mul,
+    /// The largest value in each window (padded pixels never win).
+    MaxPool(Window),
     Linear(Linear),
 }
 
@@ -180,6 +91,8 @@ impl Op {
             Op::Act(a) => a.name(),
             Op::Add => "add",
             Op::GlobalPool => "global_pool",
+            Op::Mul => "mul",
+            Op::MaxPool(_) => "max_pool",
             Op::Linear(_) => "linear",
         }
     }
@@ -302,6 +215,19 @@ impl Graph {
                     x
                 }
                 Op::GlobalPool => Shape { c: x.c, h: 1, w: 1 },
+                Op::Mul => {
+                    let b = ins[1];
+                    if b != x && !(b.c == x.c && b.h == 1 && b.w == 1) {
+                        return Err(bad(format!("multiplies shapes {x:?} and {b:?}")));
+                    }
+                    x
+                }
+                Op::MaxPool(window) => {
+                    let (h, w) = window
+                        .output_size(x.h, x.w)
+                        .ok_or_else(|| bad(format!("window does not fit a {}×{} input", x.h, x.w)))?;
+                    Shape { c: x.c, h, w }
+                }
                 Op::Linear(l) => {
                     if x.c * x.h * x.w != l.in_features {
                         return Err(bad(format!("expects {} features, got {}×{}×{}", l.in_features, x.c, x.h, x.w)));
@@ -383,6 +309,7 @@ impl Graph {
                     hash_f32s(&mut h, &a.scale);
                     hash_f32s(&mut h, &a.bias);
                 }
+                Op::MaxPool(w) => hash_window(&mut h, w),
                 Op::Linear(l) => {
                     h.update((l.in_features as u64).to_le_bytes());
                     h.update((l.out_features as u64).to_le_bytes());

@@ -118,11 +118,15 @@ impl Block {
 pub enum Keep {
     /// Nothing (the backward needs only the output gradient and frozen parameters).
     Nothing,
-    /// The node's input: its kernel or scale trains, or it is [`Schedule::deferred`].
+    /// The node's input: its kernel or scale trains, or it is [`Schedule::deferred`], or it is
+    /// a max pooling a gradient flows through (the backward finds each window's winner again).
     Input,
     /// One bit per element of where the activation passed (the node's own activation, or the
     /// one fused into an affine), when a gradient flows through it.
     Mask,
+    /// Both operands of a product, when a gradient flows to either (each one's gradient is the
+    /// output gradient times the other).
+    Operands,
 }
 
 /// The schedule of one graph for one set of trained slots.
@@ -297,6 +301,8 @@ impl Schedule {
             Op::Conv(_) | Op::Depthwise(_) | Op::Linear(_) if t.weights.is_some() => Keep::Input,
             Op::Affine(_) if t.scale.is_some() => Keep::Input,
             Op::Affine(_) if self.fused_act(s).is_some() && grad_out => Keep::Mask,
+            Op::Mul if node.inputs.iter().any(|&i| self.needs_grad[i]) => Keep::Operands,
+            Op::MaxPool(_) if self.needs_grad[node.inputs[0]] => Keep::Input,
             op if op.activation().is_some() && grad_out => Keep::Mask,
             _ => Keep::Nothing,
         }

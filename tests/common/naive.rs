@@ -99,6 +99,37 @@ pub fn pool(x: &T64) -> T64 {
     T64::new([n, c, 1, 1], x.data.chunks(h * w).map(|p| p.iter().sum::<f64>() / (h * w) as f64).collect())
 }
 
+/// `y = a·b` elementwise, or `a·g` with `b = g: [N, C, 1, 1]` repeated over each plane of `a`.
+pub fn product(a: &T64, b: &T64) -> T64 {
+    let per = a.data.len() / b.data.len();
+    T64::new(a.shape, a.data.iter().enumerate().map(|(i, x)| x * b.data[i / per]).collect())
+}
+
+/// The largest value in each window of `win` (padding never counts).
+pub fn max_pool(x: &T64, win: &Window) -> T64 {
+    let [n, c, h, w] = x.shape;
+    let (oh, ow) = win.output_size(h, w).expect("window fits");
+    let mut y = Vec::with_capacity(n * c * oh * ow);
+    for plane in x.data.chunks(h * w) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best = f64::NEG_INFINITY;
+                for ky in 0..win.kernel[0] {
+                    for kx in 0..win.kernel[1] {
+                        let iy = (oy * win.stride[0] + ky) as isize - win.pads[0] as isize;
+                        let ix = (ox * win.stride[1] + kx) as isize - win.pads[1] as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            best = best.max(plane[iy as usize * w + ix as usize]);
+                        }
+                    }
+                }
+                y.push(best);
+            }
+        }
+    }
+    T64::new([n, c, oh, ow], y)
+}
+
 /// `y[n, o] = Σ W[o, i]·x[n, i] + b[o]`.
 pub fn linear(x: &T64, w: &[f64], b: &[f64]) -> T64 {
     let n = x.shape[0];
@@ -137,6 +168,8 @@ enum Layer {
     Affine { s: Vec<f64>, b: Vec<f64> },
     Act(Activation),
     Add,
+    Mul,
+    MaxPool(Window),
     Pool,
     Linear { w: Vec<f64>, b: Vec<f64> },
 }
@@ -169,6 +202,8 @@ impl Net64 {
                     Op::Affine(a) => Layer::Affine { s: f64s(&a.scale), b: f64s(&a.bias) },
                     Op::Act(act) => Layer::Act(*act),
                     Op::Add => Layer::Add,
+                    Op::Mul => Layer::Mul,
+                    Op::MaxPool(w) => Layer::MaxPool(*w),
                     Op::GlobalPool => Layer::Pool,
                     Op::Linear(l) => Layer::Linear { w: f64s(&l.weights.to_f32()), b: f64s(&l.bias) },
                 };
@@ -202,6 +237,8 @@ impl Net64 {
                     let b = v[ins[1]].as_ref().expect("computed");
                     T64::new(a.shape, a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect())
                 }
+                Layer::Mul => product(a, v[ins[1]].as_ref().expect("computed")),
+                Layer::MaxPool(win) => max_pool(a, win),
                 Layer::Pool => pool(a),
                 Layer::Linear { w, b } => linear(a, w, b),
             };

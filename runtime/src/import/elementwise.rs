@@ -21,6 +21,7 @@ impl Importer {
             (Value::Const(c), Value::Runtime { id, flat }) if matches!(op, "Add" | "Mul") => {
                 (id, flat, c, node.input[1].clone())
             }
+            (Value::Runtime { .. }, Value::Runtime { .. }) if op == "Mul" => return self.mul_values(node),
             (Value::Runtime { .. }, Value::Runtime { .. }) => {
                 return Err(Error::node(&node.name, format!("{op} of two computed values unsupported")))
             }
@@ -75,6 +76,13 @@ impl Importer {
                 return Ok(id);
             }
         }
+        self.affine_node(node, id, m, d)
+    }
+
+    /// A new affine node computing `m·x + d` (per channel; a single `m` or `d` repeats) of runtime
+    /// value `id`, named after `node`.
+    pub(super) fn affine_node(&mut self, node: &NodeProto, id: ValueId, m: &[f32], d: &[f32]) -> Result<ValueId> {
+        let at = |v: &[f32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
         let c = match m.len() {
             1 => self.channels_of(id).ok_or_else(|| {
                 Error::node(&node.name, format!("{} of a value whose channel count is unknown", node.op_type))

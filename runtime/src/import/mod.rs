@@ -9,6 +9,7 @@
 
 mod activation;
 mod elementwise;
+mod shape;
 mod tensor;
 
 use crate::ops::Activation;
@@ -30,6 +31,8 @@ enum Value {
         id: ValueId,
         flat: bool,
     },
+    /// The shape of a runtime value, or part of one ([`shape::Dim`]).
+    Dims(Vec<shape::Dim>),
 }
 
 struct Importer {
@@ -41,6 +44,8 @@ struct Importer {
     opset: i64,
     /// The graph's output names.
     outputs: Vec<String>,
+    /// For each name an `Identity` node reads, that node's output.
+    identities: HashMap<String, String>,
 }
 
 /// Parses ONNX bytes and builds the graph. Errors name the offending node and op.
@@ -63,6 +68,12 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Graph> {
         input_channels: None,
         opset,
         outputs: graph.output.iter().map(|o| o.name.clone()).collect(),
+        identities: graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Identity" && n.input.len() == 1 && n.output.len() == 1)
+            .map(|n| (n.input[0].clone(), n.output[0].clone()))
+            .collect(),
     };
     for init in &graph.initializer {
         im.values.insert(init.name.clone(), Value::Const(tensor::decode(init, &init.name)?));
@@ -182,14 +193,18 @@ impl Importer {
     fn runtime(&self, node: &NodeProto, i: usize) -> Result<(ValueId, bool)> {
         match self.get(node, i)? {
             Value::Runtime { id, flat } => Ok((*id, *flat)),
-            Value::Const(_) => Err(Error::node(&node.name, format!("input {i} must not be a constant"))),
+            Value::Const(_) | Value::Dims(_) => {
+                Err(Error::node(&node.name, format!("input {i} must not be a constant")))
+            }
         }
     }
 
     fn constant(&self, node: &NodeProto, i: usize) -> Result<&Const> {
         match self.get(node, i)? {
             Value::Const(c) => Ok(c),
-            Value::Runtime { .. } => Err(Error::node(&node.name, format!("input {i} must be a constant (weights)"))),
+            Value::Runtime { .. } | Value::Dims(_) => {
+                Err(Error::node(&node.name, format!("input {i} must be a constant (weights)")))
+            }
         }
     }
 
@@ -289,16 +304,13 @@ impl Importer {
                 self.reshape_constant(node, c)
             }
             "Sub" | "Mul" | "Div" => self.with_constant(node),
-            "Flatten" | "Reshape" | "Squeeze" => {
-                let (x, flat) = self.runtime(node, 0)?;
-                if !flat {
-                    return Err(Error::node(&node.name, format!("{} is supported only after pooling", node.op_type)));
-                }
-                if node.op_type == "Flatten" && attr_i(node, "axis", 1) != 1 {
-                    return Err(Error::node(&node.name, "Flatten only with axis 1"));
-                }
-                self.alias(node, Value::Runtime { id: x, flat })
-            }
+            "Flatten" | "Reshape" | "Squeeze" => self.flatten(node),
+            "Shape" => self.shape_of(node),
+            "Cast" => self.cast(node),
+            "Slice" => self.slice(node),
+            "Concat" => self.concat(node),
+            "MaxPool" => self.max_pool(node),
+            "HardSwish" => self.hard_swish(node),
             "Gemm" => self.gemm(node),
             "MatMul" => {
                 let (x, flat) = self.runtime(node, 0)?;

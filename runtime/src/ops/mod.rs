@@ -11,6 +11,8 @@ pub mod blocked;
 pub mod conv;
 pub mod depthwise;
 pub mod linear;
+pub mod maxpool;
+pub mod mul;
 pub mod pool;
 
 /// The activation applied after a convolution's affine.

@@ -356,6 +356,18 @@ impl CpuEngine {
                     Value::Planar(t)
                 }
             },
+            Op::Mul => match (self.take(values, node, step), read(values, node, 1)) {
+                (Value::Blocked(mut t, c), Value::Blocked(b, _)) if t.shape == b.shape => {
+                    ops::mul::forward(&mut t, b);
+                    Value::Blocked(t, c)
+                }
+                (a, b) => {
+                    let mut t = a.planar();
+                    ops::mul::forward(&mut t, &b.as_planar());
+                    Value::Planar(t)
+                }
+            },
+            Op::MaxPool(w) => Value::Planar(ops::maxpool::forward(w, &read(values, node, 0).as_planar())),
             Op::GlobalPool => Value::Planar(ops::pool::forward(&read(values, node, 0).as_planar())),
             Op::Linear(l) => Value::Planar(ops::linear::forward(l, &read(values, node, 0).as_planar())),
         }

@@ -4,7 +4,8 @@
 //! trains).
 //!
 //! What is kept per node is [`Schedule::keep`]: a layer's input when its kernel trains (conv, depthwise, classifier); an
-//! affine's input when its scale trains; a 1-bit mask per element for ReLU/ReLU6. Nothing else:
+//! affine's input when its scale trains; a 1-bit mask per element for ReLU/ReLU6; both operands
+//! of a product and the input of a max pooling when a gradient flows through. Nothing else:
 //! a `bias+logits` patch keeps only masks and the pooled features.
 
 mod fused;
@@ -24,6 +25,8 @@ pub(super) enum Saved {
     Nothing,
     Input(Arc<Tensor>),
     Mask(Mask),
+    /// Both operands of a product.
+    Operands(Arc<Tensor>, Arc<Tensor>),
 }
 
 /// The activations kept by [`forward`] for [`backward`].
@@ -43,6 +46,8 @@ impl Tape {
                 Saved::Nothing => 0,
                 Saved::Input(t) => 4 * t.data.len(),
                 Saved::Mask(m) => m.bytes(),
+                // (An operand another node keeps too is counted with each.)
+                Saved::Operands(a, b) => 4 * (a.data.len() + b.data.len()),
             })
             .sum()
     }
@@ -145,6 +150,21 @@ pub(super) fn forward_nodes(
                 Some(ops::linear::forward(l, &x))
             }
             Op::GlobalPool => Some(ops::pool::forward(&x())),
+            Op::MaxPool(w) => {
+                if wanted == Keep::Input {
+                    kept = Saved::Input(x());
+                }
+                Some(ops::maxpool::forward(w, &x()))
+            }
+            Op::Mul => {
+                let b = values[node.inputs[1]].clone().expect("computed before use");
+                if wanted == Keep::Operands {
+                    kept = Saved::Operands(x(), b.clone());
+                }
+                let mut y = take(values, plan, node, s, x());
+                ops::mul::forward(&mut y, &b);
+                Some(y)
+            }
             Op::Affine(a) => match plan.fused_act(s) {
                 _ if wanted == Keep::Input => {
                     let y = match ready.take() {
@@ -287,6 +307,18 @@ pub(super) fn backward_nodes(
                 need_dx.then(|| ops::linear::backward_input(l, &dy))
             }
             Op::GlobalPool => need_dx.then(|| ops::pool::backward(&dy, (ins.h, ins.w))),
+            Op::MaxPool(w) => kept_input.filter(|_| need_dx).map(|x| ops::maxpool::backward(w, x, &dy)),
+            Op::Mul => match &kept {
+                Saved::Operands(a, b) => {
+                    let other = node.inputs[1];
+                    let (da, db) = ops::mul::backward(a, b, &dy, (need_dx, plan.needs_grad[other]));
+                    if let Some(db) = db {
+                        accumulate(g, other, db);
+                    }
+                    da
+                }
+                _ => None,
+            },
             Op::Affine(a) if kept_input.is_some() => {
                 let (ds, db) = two_mut(grads, t.scale, t.bias);
                 let act = plan.fused_act(s).unwrap_or(Activation::Identity);

@@ -82,6 +82,7 @@ impl Planner<'_> {
                         self.push(Launch::pointwise_backward_input(dy, self.weights(s), Ref::Grad(x), p), time);
                     }
                 }
+                Op::Mul | Op::MaxPool(_) => unreachable!("GpuTrainer::new refuses graphs without GPU kernels"),
                 Op::GlobalPool => {
                     if need_dx {
                         let p = Pool { nc: word(n * xs.c), hw: word(xs.h * xs.w), accumulate: acc };

@@ -48,6 +48,7 @@ impl Planner<'_> {
                     );
                     self.push(launch, s);
                 }
+                Op::Mul | Op::MaxPool(_) => unreachable!("GpuTrainer::new refuses graphs without GPU kernels"),
                 Op::GlobalPool => {
                     let p = Pool { nc: word(n * xs.c), hw: word(xs.h * xs.w), accumulate: 0 };
                     self.push(Launch::pool_forward(self.value(x), Ref::Value(y), p), s);
