@@ -230,15 +230,18 @@ fn whole_network_gradients_for_every_patch_kind() {
     let kinds = ["logits", "sb", "bias", "dw", "full", "sb+logits", "bias+logits", "dw+logits", "sb+dw+logits"];
     // The last variant pads SAME_UPPER (the stride-2 layers see odd and even inputs at 33 px)
     // with a 5×5 second depthwise.
-    // The fourth has HardSigmoid (an affine and clip01) in two places.
+    // The fourth has HardSigmoid (an affine and clip01) in two places; the fifth MobileNetV3's
+    // parts (HardSwish twice, squeeze-excitation, a 3×3/2 MaxPool) at 33 px.
     let variants = [
-        (false, None, 0, 32, false),
-        (true, None, 0, 32, false),
-        (false, Some("SAME_UPPER"), 5, 33, false),
-        (true, None, 0, 32, true),
+        (false, None, 0, 32, false, false),
+        (true, None, 0, 32, false, false),
+        (false, Some("SAME_UPPER"), 5, 33, false, false),
+        (true, None, 0, 32, true, false),
+        (false, None, 0, 33, false, true),
     ];
-    for (quantized, auto_pad, dw2_kernel, px, hard_sigmoid) in variants {
-        let model = tiny_net(TinyNet { quantized, auto_pad, dw2_kernel, hard_sigmoid, ..TinyNet::default() }, 900);
+    for (quantized, auto_pad, dw2_kernel, px, hard_sigmoid, v3) in variants {
+        let v = TinyNet { quantized, auto_pad, dw2_kernel, hard_sigmoid, v3, ..TinyNet::default() };
+        let model = tiny_net(v, 900);
         let backbone = Backbone::from_onnx_bytes(&model).unwrap();
         for (k, spec) in kinds.iter().enumerate() {
             let kinds: PatchKinds = spec.parse().unwrap();
@@ -268,11 +271,57 @@ fn whole_network_gradients_for_every_patch_kind() {
                     *n2.param(s.node, s.role) = p.to_vec();
                     naive::cross_entropy(&n2.forward(&x64), &labels, 0.0)
                 };
-                let what = format!("{spec} (int8 {quantized}) node {} {:?}", s.node, s.role);
+                let what = format!("{spec} (int8 {quantized}, v3 {v3}) node {} {:?}", s.node, s.role);
                 check(&what, &grads[i], &p0, &mut f, 6);
             }
             let roles: Vec<Role> = slots.iter().map(|s| s.role).collect();
             assert!(!roles.is_empty(), "{spec}: nothing trains");
         }
+    }
+}
+
+/// The product of two values (elementwise, and a value times a per-channel gate): both input
+/// gradients against finite differences of `Σ r·(a·b)`.
+#[test]
+fn product_gradients() {
+    for gate in [false, true] {
+        let shape = [2, 3, 4, 5];
+        let bshape = if gate { [2, 3, 1, 1] } else { shape };
+        let a = random_values(shape.iter().product(), 61, 1.5);
+        let b = random_values(bshape.iter().product(), 62, 1.5);
+        let r = random_values(shape.iter().product(), 63, 1.0);
+        let (ta, tb) = (Tensor::from_vec(shape, a.clone()).unwrap(), Tensor::from_vec(bshape, b.clone()).unwrap());
+        let dy = Tensor::from_vec(shape, r.clone()).unwrap();
+        let (da, db) = ops::mul::backward(&ta, &tb, &dy, (true, true));
+        let r64 = f64s(&r);
+        let loss = |a: &[f64], b: &[f64]| {
+            let y = naive::product(&T64::new(shape, a.to_vec()), &T64::new(bshape, b.to_vec()));
+            y.data.iter().zip(&r64).map(|(y, r)| y * r).sum::<f64>()
+        };
+        let (a64, b64) = (f64s(&a), f64s(&b));
+        check(&format!("mul da (gate {gate})"), &da.unwrap().data, &a64, &mut |p| loss(p, &b64), 24);
+        check(&format!("mul db (gate {gate})"), &db.unwrap().data, &b64, &mut |p| loss(&a64, p), 24);
+    }
+}
+
+/// Max pooling's input gradient against finite differences, over windows with and without
+/// padding and overlap (inputs with distinct values, so that no window has a tie).
+#[test]
+fn max_pool_gradients() {
+    for win in [
+        Window::new([2, 2], [2, 2], [0; 4]),
+        Window::new([3, 3], [2, 2], [1; 4]),
+        Window::new([3, 2], [1, 2], [1, 0, 0, 1]),
+    ] {
+        let shape = [2, 2, 7, 6];
+        let x = random_values(shape.iter().product(), 71, 2.0);
+        let xt = Tensor::from_vec(shape, x.clone()).unwrap();
+        let y = ops::maxpool::forward(&win, &xt);
+        let r = random_values(y.data.len(), 72, 1.0);
+        let dx = ops::maxpool::backward(&win, &xt, &Tensor::from_vec(y.shape, r.clone()).unwrap());
+        let want = naive::max_pool(&T64::from_f32(shape, &x), &win);
+        assert_eq!(want.data, f64s(&y.data), "{win:?}: forward");
+        let mut f = |p: &[f64]| dot(&naive::max_pool(&T64::new(shape, p.to_vec()), &win).data, &r);
+        check(&format!("max pool {win:?}"), &dx.data, &f64s(&x), &mut f, 40);
     }
 }

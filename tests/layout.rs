@@ -273,6 +273,12 @@ fn same_padding_and_7x7_depthwise_give_the_planar_bits() {
     let hard = TinyNet { hard_sigmoid: true, quantized: true, ..TinyNet::default() };
     let b = Backbone::from_onnx_bytes(&tiny_net(hard, 3)).unwrap();
     same_bits("HardSigmoid, batch 2, 45 px", b.graph(), &input([2, 3, 45, 45], 12));
+    // MobileNetV3's parts: products of blocked values and of a value and a per-channel gate,
+    // max pooling.
+    let v3 = TinyNet { v3: true, quantized: true, ..TinyNet::default() };
+    let b = Backbone::from_onnx_bytes(&tiny_net(v3, 4)).unwrap();
+    same_bits("MobileNetV3 parts, batch 2, 45 px", b.graph(), &input([2, 3, 45, 45], 13));
+    same_bits("MobileNetV3 parts, batch 1, 64 px", b.graph(), &input([1, 3, 64, 64], 14));
     let g = same_padded(blocks());
     assert_eq!(edgepatch::schedule::Schedule::inference(&g).blocks(&g).len(), 3, "the blocks are found");
     for threads in [1, 2] {

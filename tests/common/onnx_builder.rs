@@ -154,13 +154,19 @@ pub struct TinyNet {
     pub hard_sigmoid: bool,
     /// The model's output is `Softmax(logits)` (named `probs`).
     pub softmax: bool,
+    /// MobileNetV3's parts (opset 14): the stem's activation HardSwish as Paddle writes it
+    /// (`x · Clip(x + 3, 0, 6) / 6`); squeeze-excitation after the block's depthwise (global
+    /// pool, 1×1 convolutions with biases, ReLU, HardSigmoid, the gate multiplied first); the
+    /// last 1×1 convolution's activation the `HardSwish` op; a 3×3/2 MaxPool (padding 1) before
+    /// the pooling; and the flatten as `Shape → Slice → Concat → Reshape`.
+    pub v3: bool,
 }
 
 /// A MobileNetV2-shaped network with random weights: stem 3×3/2 → inverted residual block
 /// (expand 1×1, depthwise 3×3, project 1×1, residual add) → depthwise 3×3/2 → 1×1 → global
 /// average pool → flatten → 5 classes. Input `[N, 3, H, W]` named `input`, output `logits`.
 pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
-    let mut b = OnnxBuilder::new(if v.clip_attrs { 6 } else { 13 });
+    let mut b = OnnxBuilder::new(if v.clip_attrs { 6 } else if v.v3 { 14 } else { 13 });
     let counter = std::cell::Cell::new(seed);
     let rnd = |n: usize, scale: f32| {
         counter.set(counter.get() + 1);
@@ -239,9 +245,36 @@ pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
         }
         r
     };
-    let stem = conv(&mut b, "input", "stem", 8, 3, 3, 2, 1, true);
+    let stem = if v.v3 {
+        // HardSwish as Paddle exports it.
+        let x = conv(&mut b, "input", "stem", 8, 3, 3, 2, 1, false);
+        b.f32("three", &[], vec![3.0]);
+        b.node("Add", &[&x, "three"], "stem.plus3", vec![]);
+        b.node("Clip", &["stem.plus3", "zero", "six"], "stem.clip", vec![]);
+        b.node("Mul", &[&x, "stem.clip"], "stem.mul", vec![]);
+        b.node("Div", &["stem.mul", "six"], "stem.hswish", vec![]);
+        "stem.hswish".to_string()
+    } else {
+        conv(&mut b, "input", "stem", 8, 3, 3, 2, 1, true)
+    };
     let e = conv(&mut b, &stem, "expand", 16, 8, 1, 1, 1, true);
-    let d = conv(&mut b, &e, "dw", 16, 16, 3, 1, 16, true);
+    let mut d = conv(&mut b, &e, "dw", 16, 16, 3, 1, 16, true);
+    if v.v3 {
+        // Squeeze-excitation: 16 → 4 → 16 channels on the pooled values, the gate first.
+        b.node("GlobalAveragePool", &[&d], "se.pool", vec![]);
+        let one = |b: &mut OnnxBuilder, x: &str, name: &str, co: usize, ci: usize| {
+            let w = weight(b, &format!("{name}.w"), &[co, ci, 1, 1]);
+            b.f32(&format!("{name}.b"), &[co], params(co, -0.3, 0.3));
+            let attrs = vec![ints("kernel_shape", &[1, 1]), ints("strides", &[1, 1]), ints("pads", &[0; 4])];
+            b.node("Conv", &[x, &w, &format!("{name}.b")], name, attrs);
+        };
+        one(&mut b, "se.pool", "se.reduce", 4, 16);
+        b.node("Relu", &["se.reduce"], "se.relu", vec![]);
+        one(&mut b, "se.relu", "se.expand", 16, 4);
+        b.node("HardSigmoid", &["se.expand"], "se.gate", vec![]);
+        b.node("Mul", &["se.gate", &d], "se.out", vec![]);
+        d = "se.out".to_string();
+    }
     let p = conv(&mut b, &d, "project", 8, 16, 1, 1, 1, false);
     b.node("Add", &[&stem, &p], "residual", vec![]);
     let residual = if v.hard_sigmoid {
@@ -252,7 +285,13 @@ pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
     };
     let k2 = if v.dw2_kernel == 0 { 3 } else { v.dw2_kernel };
     let d2 = conv(&mut b, residual, "dw2", 8, 8, k2, 2, 8, true);
-    let last = if v.hard_sigmoid {
+    let last = if v.v3 {
+        let pre = conv(&mut b, &d2, "last", 12, 8, 1, 1, 1, false);
+        b.node("HardSwish", &[&pre], "last.hswish", vec![]);
+        let attrs = vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1; 4])];
+        b.node("MaxPool", &["last.hswish"], "last.max", attrs);
+        "last.max".to_string()
+    } else if v.hard_sigmoid {
         let pre = conv(&mut b, &d2, "last", 12, 8, 1, 1, 1, false);
         b.node("HardSigmoid", &[&pre], "last.hs", vec![]);
         "last.hs".to_string()
@@ -260,7 +299,15 @@ pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
         conv(&mut b, &d2, "last", 12, 8, 1, 1, 1, true)
     };
     b.node("GlobalAveragePool", &[&last], "pool", vec![]);
-    b.node("Flatten", &["pool"], "flat", vec![int("axis", 1)]);
+    if v.v3 {
+        b.i64("slice.start", &[1], vec![0]).i64("slice.end", &[1], vec![1]).i64("features", &[1], vec![12]);
+        b.node("Shape", &["pool"], "pool.shape", vec![]);
+        b.node("Slice", &["pool.shape", "slice.start", "slice.end"], "pool.batch", vec![]);
+        b.node("Concat", &["pool.batch", "features"], "flat.shape", vec![int("axis", 0)]);
+        b.node("Reshape", &["pool", "flat.shape"], "flat", vec![]);
+    } else {
+        b.node("Flatten", &["pool"], "flat", vec![int("axis", 1)]);
+    }
     let bias = params(5, -0.5, 0.5);
     if v.matmul {
         let w = weight(&mut b, "fc.w", &[12, 5]);
