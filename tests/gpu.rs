@@ -191,6 +191,45 @@ fn affine_activation_pool_add_match_the_cpu() {
     }
 }
 
+/// The product (elementwise and with a per-channel gate) and max pooling, forward and backward,
+/// against their CPU twins, on odd sizes and with padded overlapping windows.
+#[test]
+fn product_and_max_pool_kernels_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    for (n, c, h, w) in [(2, 3, 7, 5), (1, 37, 16, 16), (3, 8, 33, 31)] {
+        let a = tensor([n, c, h, w], 21);
+        for gate in [false, true] {
+            let b = tensor(if gate { [n, c, 1, 1] } else { a.shape }, 22);
+            let mut want = a.clone();
+            ops::mul::forward(&mut want, &b);
+            let what = format!("mul {:?} · {:?}", a.shape, b.shape);
+            close(&what, ELEMENTWISE, &host::mul_forward(&g, &a, &b).unwrap().data, &want.data);
+            let dy = tensor(a.shape, 23);
+            let (da, db) = ops::mul::backward(&a, &b, &dy, (true, true));
+            let (gda, gdb) = host::mul_backward(&g, &a, &b, &dy).unwrap();
+            close(&format!("{what} da"), ELEMENTWISE, &gda.data, &da.unwrap().data);
+            close(&format!("{what} db"), REDUCTION, &gdb.data, &db.unwrap().data);
+        }
+        for win in [
+            Window::new([2, 2], [2, 2], [0; 4]),
+            Window::new([3, 3], [2, 2], [1; 4]),
+            Window::new([3, 2], [1, 2], [1, 0, 0, 1]),
+        ] {
+            let y = ops::maxpool::forward(&win, &a);
+            close(
+                &format!("max pool {win:?}"),
+                ELEMENTWISE,
+                &host::max_pool_forward(&g, &win, &a).unwrap().data,
+                &y.data,
+            );
+            let dy = tensor(y.shape, 24);
+            let dx = ops::maxpool::backward(&win, &a, &dy);
+            let got = host::max_pool_backward(&g, &win, &a, &dy).unwrap();
+            close(&format!("max pool {win:?} backward"), REDUCTION, &got.data, &dx.data);
+        }
+    }
+}
+
 #[test]
 fn classifier_and_loss_match_the_cpu() {
     let Some(g) = gpu() else { return };
@@ -267,6 +306,10 @@ fn training_on_the_gpu_matches_the_cpu() {
     // HardSigmoid: clip01 after an affine merged into a convolution's and after one of its own.
     let hard = TinyNet { quantized: true, hard_sigmoid: true, ..TinyNet::default() };
     let hard = Backbone::from_onnx_bytes(&tiny_net(hard, 9)).unwrap();
+    // MobileNetV3's parts: HardSwish (products of a value and its clamp), squeeze-excitation (a
+    // per-channel gate), a padded 3×3/2 MaxPool.
+    let v3 =
+        Backbone::from_onnx_bytes(&tiny_net(TinyNet { quantized: true, v3: true, ..TinyNet::default() }, 10)).unwrap();
     let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
     for (kinds, opt, lr, wd, smoothing, b, res) in [
         ("sb+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0, &plain, 32),
@@ -274,6 +317,8 @@ fn training_on_the_gpu_matches_the_cpu() {
         ("full", OptimizerKind::Adam, 0.001, 0.0, 0.0, &same, 32),
         ("sb+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0, &hard, 32),
         ("full", OptimizerKind::Sgd, 0.02, 1e-3, 0.0, &hard, 32),
+        ("sb+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0, &v3, 32),
+        ("full", OptimizerKind::Adam, 0.001, 1e-3, 0.0, &v3, 64),
     ]
     .into_iter()
     .chain(

@@ -166,7 +166,13 @@ pub struct TinyNet {
 /// (expand 1×1, depthwise 3×3, project 1×1, residual add) → depthwise 3×3/2 → 1×1 → global
 /// average pool → flatten → 5 classes. Input `[N, 3, H, W]` named `input`, output `logits`.
 pub fn tiny_net(v: TinyNet, seed: u64) -> Vec<u8> {
-    let mut b = OnnxBuilder::new(if v.clip_attrs { 6 } else if v.v3 { 14 } else { 13 });
+    let mut b = OnnxBuilder::new(if v.clip_attrs {
+        6
+    } else if v.v3 {
+        14
+    } else {
+        13
+    });
     let counter = std::cell::Cell::new(seed);
     let rnd = |n: usize, scale: f32| {
         counter.set(counter.get() + 1);

@@ -88,42 +88,6 @@ fn choose_auto() -> Option<std::sync::Arc<gpu::Gpu>> {
     }
 }
 
-/// The first node of `graph` the GPU backend has no kernels for (products of two values and max
-/// pooling run on the CPU only so far), if any.
-pub fn without_gpu_kernels(graph: &Graph) -> Option<&crate::graph::Node> {
-    graph.nodes.iter().find(|n| matches!(n.op, crate::graph::Op::Mul | crate::graph::Op::MaxPool(_)))
-}
-
-/// The error of asking the GPU for a graph with `node`, which it has no kernels for.
-pub fn no_gpu_kernels(node: &crate::graph::Node) -> Error {
-    Error::Gpu(format!(
-        "node '{}' ({}) has no GPU kernels yet: run this model on the CPU (--device cpu)",
-        node.name,
-        node.op.kind()
-    ))
-}
-
-/// [`resolve`] for running `graph`: the CPU where the GPU has no kernels for one of its nodes (an
-/// error when the GPU was asked for by name, one logged line for `Auto`).
-#[cfg(feature = "gpu")]
-pub fn resolve_for(device: Device, graph: &Graph) -> Result<Option<std::sync::Arc<gpu::Gpu>>> {
-    let chosen = resolve(device)?;
-    match (chosen.is_some(), without_gpu_kernels(graph)) {
-        (true, Some(node)) if device == Device::Gpu => Err(no_gpu_kernels(node)),
-        (true, Some(node)) => {
-            log::info!("using the CPU: {}", no_gpu_kernels(node));
-            Ok(None)
-        }
-        _ => Ok(chosen),
-    }
-}
-
-/// [`resolve`] (without the `gpu` feature, always the CPU or an error).
-#[cfg(not(feature = "gpu"))]
-pub fn resolve_for(device: Device, _graph: &Graph) -> Result<Option<std::convert::Infallible>> {
-    resolve(device)
-}
-
 /// Without the `gpu` feature: the CPU, and an error when a GPU is asked for.
 #[cfg(not(feature = "gpu"))]
 pub fn resolve(device: Device) -> Result<Option<std::convert::Infallible>> {
@@ -202,7 +166,7 @@ pub struct Engine {
 impl Engine {
     /// An engine for `graph` on `device` (see [`resolve`]).
     pub fn new(graph: &Graph, device: Device) -> Result<Self> {
-        let chosen = resolve_for(device, graph)?;
+        let chosen = resolve(device)?;
         Ok(Engine {
             cpu: match chosen {
                 Some(_) => cpu::CpuEngine::unpacked(graph),

@@ -45,7 +45,7 @@ impl Trainer {
         config.check()?;
         let kinds = config.kinds;
         #[cfg_attr(not(feature = "gpu"), allow(unused_variables))]
-        let gpu = crate::backend::resolve_for(config.device, backbone.graph())?;
+        let gpu = crate::backend::resolve(config.device)?;
         let mut graph = backbone.graph().clone();
         if kinds.new_head() {
             patch::new_head(&mut graph, labels.len(), config.seed)?;

@@ -132,9 +132,6 @@ impl GpuTrainer {
     /// Uploads `graph` (whose trained slots hold their starting values, kernels made f32 by
     /// [`patch::make_trainable`]) and prepares training of `slots`.
     pub fn new(gpu: Arc<Gpu>, graph: &Graph, slots: &[Slot], settings: GpuSettings) -> Result<Self> {
-        if let Some(node) = crate::backend::without_gpu_kernels(graph) {
-            return Err(crate::backend::no_gpu_kernels(node));
-        }
         let mut order: Vec<usize> = (0..slots.len()).collect();
         order.sort_by_key(|&i| (slots[i].role != Role::Weights, slots[i].node, slots[i].role != Role::Scale));
         let mut layout = vec![(0, 0); slots.len()];

@@ -3,12 +3,12 @@
 //! uses, on fresh buffers. The parity tests compare them with the CPU twins.
 
 use super::params::{
-    word, AffineGrads, Channelwise, ConvWindow, DepthwiseWindow, Elementwise, LinearGrad, Loss, Pointwise,
-    PointwiseGrad, Pool,
+    word, AffineGrads, Channelwise, ConvWindow, DepthwiseWindow, Elementwise, LinearGrad, Loss, MaxPoolWindow,
+    Pointwise, PointwiseGrad, Pool, Product,
 };
 use super::{bytes_of, pack, DeviceWeights, Launch, Range};
 use crate::backend::gpu::Gpu;
-use crate::graph::{Conv, Depthwise, Linear, Weights};
+use crate::graph::{Conv, Depthwise, Linear, Weights, Window};
 use crate::ops::Activation;
 use crate::tensor::Tensor;
 use crate::{Error, Result};
@@ -199,6 +199,53 @@ pub fn pool_backward(gpu: &Gpu, dy: &Tensor, hw: (usize, usize)) -> Result<Tenso
     let (g, dx) = (upload(gpu, &dy.data)?, out(gpu, shape.iter().product())?);
     let p = Pool { nc: word(dy.shape[0] * dy.shape[1]), hw: word(hw.0 * hw.1), accumulate: 0 };
     Ok(tensor(shape, run(gpu, vec![Launch::pool_backward(g, dx.clone(), p)], &dx)?))
+}
+
+/// `a · b` (`b` of `a`'s shape or a per-channel gate `[N, C, 1, 1]`).
+pub fn mul_forward(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (ab, bb, y) = (upload(gpu, &a.data)?, upload(gpu, &b.data)?, out(gpu, a.data.len())?);
+    let p = Product { total: word(a.data.len()), per: word(a.data.len() / b.data.len().max(1)), accumulate: 0 };
+    Ok(tensor(a.shape, run(gpu, vec![Launch::mul_forward(ab, bb, y.clone(), p)], &y)?))
+}
+
+/// Both operands' gradients of `a · b` from `dy` (of `a`'s shape).
+pub fn mul_backward(gpu: &Gpu, a: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (ab, bb, g) = (upload(gpu, &a.data)?, upload(gpu, &b.data)?, upload(gpu, &dy.data)?);
+    let (da, db) = (out(gpu, a.data.len())?, out(gpu, b.data.len())?);
+    let per = word(a.data.len() / b.data.len().max(1));
+    let calls = [
+        gpu.call(&Launch::mul_forward(
+            g.clone(),
+            bb,
+            da.clone(),
+            Product { total: word(a.data.len()), per, accumulate: 0 },
+        )),
+        gpu.call(&Launch::mul_backward_other(
+            g,
+            ab,
+            db.clone(),
+            Product { total: word(b.data.len()), per, accumulate: 0 },
+        )),
+    ];
+    let [x, y] = <[Vec<f32>; 2]>::try_from(gpu.run_all(&calls, &[&da, &db])?).expect("two outputs");
+    Ok((tensor(a.shape, x), tensor(b.shape, y)))
+}
+
+/// Max pooling of `x` over `window`.
+pub fn max_pool_forward(gpu: &Gpu, window: &Window, x: &Tensor) -> Result<Tensor> {
+    let [n, c, h, w] = x.shape;
+    let p = MaxPoolWindow::new(window, n * c, (h, w), false);
+    let (xb, y) = (upload(gpu, &x.data)?, out(gpu, n * c * (p.oh * p.ow) as usize)?);
+    let shape = [n, c, p.oh as usize, p.ow as usize];
+    Ok(tensor(shape, run(gpu, vec![Launch::max_pool_forward(xb, y.clone(), p)], &y)?))
+}
+
+/// The input gradient of max pooling `x` over `window`.
+pub fn max_pool_backward(gpu: &Gpu, window: &Window, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let [n, c, h, w] = x.shape;
+    let p = MaxPoolWindow::new(window, n * c, (h, w), false);
+    let (xb, g, dx) = (upload(gpu, &x.data)?, upload(gpu, &dy.data)?, out(gpu, x.data.len())?);
+    Ok(tensor(x.shape, run(gpu, vec![Launch::max_pool_backward(xb, g, dx.clone(), p)], &dx)?))
 }
 
 /// Per-sample losses, correct flags and the gradient of the mean loss.

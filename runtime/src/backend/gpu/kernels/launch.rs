@@ -147,6 +147,27 @@ impl<B> Launch<B> {
         Launch::new(Kernel::PoolBackward, vec![dy, dx], p, per_element(p.nc * p.hw))
     }
 
+    /// `y (+)= a · b`, `b`'s value `i / per` with value `i` of `a` (the product's forward, and
+    /// its first operand's gradient with `a = dy`).
+    pub fn mul_forward(a: B, b: B, y: B, p: Product) -> Self {
+        Launch::new(Kernel::MulForward, vec![a, b, y], p, per_element(p.total))
+    }
+
+    /// `db[j] (+)= Σ_k dy[j·per + k] · a[j·per + k]`: the product's second operand's gradient.
+    pub fn mul_backward_other(dy: B, a: B, db: B, p: Product) -> Self {
+        Launch::new(Kernel::MulBackwardOther, vec![dy, a, db], p, per_element(p.total))
+    }
+
+    /// The largest value of each window.
+    pub fn max_pool_forward(x: B, y: B, p: MaxPoolWindow) -> Self {
+        Launch::new(Kernel::MaxPoolForward, vec![x, y], p, per_element(p.nc * p.oh * p.ow))
+    }
+
+    /// `dx (+)=` the gradients of the outputs each input pixel won.
+    pub fn max_pool_backward(x: B, dy: B, dx: B, p: MaxPoolWindow) -> Self {
+        Launch::new(Kernel::MaxPoolBackward, vec![x, dy, dx], p, per_element(p.nc * p.h * p.w))
+    }
+
     /// Per-sample loss and correct flag into `stats [n, 2]`, and the mean loss's gradient `dz`.
     pub fn softmax_cross_entropy(z: B, labels: B, dz: B, stats: B, p: Loss) -> Self {
         Launch::new(Kernel::SoftmaxCrossEntropy, vec![z, labels, dz, stats], p, Groups::Flat(p.n.div_ceil(64)))

@@ -32,6 +32,7 @@ enum Snippet {
     Tile,
     Reduce,
     Activation,
+    MaxPool,
 }
 
 impl Snippet {
@@ -40,6 +41,7 @@ impl Snippet {
             Snippet::Tile => include_str!("../shaders/lib/tile.wgsl"),
             Snippet::Reduce => include_str!("../shaders/lib/reduce.wgsl"),
             Snippet::Activation => include_str!("../shaders/lib/activation.wgsl"),
+            Snippet::MaxPool => include_str!("../shaders/lib/max_pool.wgsl"),
         }
     }
 }
@@ -90,6 +92,10 @@ kernels! {
     AddBackward => "add_backward", Elementwise, weights: false, uses: [];
     PoolForward => "pool_forward", Pool, weights: false, uses: [];
     PoolBackward => "pool_backward", Pool, weights: false, uses: [];
+    MulForward => "mul_forward", Product, weights: false, uses: [];
+    MulBackwardOther => "mul_backward_other", Product, weights: false, uses: [];
+    MaxPoolForward => "max_pool_forward", MaxPoolWindow, weights: false, uses: [MaxPool];
+    MaxPoolBackward => "max_pool_backward", MaxPoolWindow, weights: false, uses: [MaxPool];
     SoftmaxCrossEntropy => "softmax_cross_entropy", Loss, weights: false, uses: [];
     GradNorm => "grad_norm", GradNorm, weights: false, uses: [Reduce];
     Clip => "clip", Clip, weights: false, uses: [Reduce];

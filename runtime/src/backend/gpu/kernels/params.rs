@@ -57,6 +57,16 @@ params! {
     Elementwise { total: u32, accumulate: u32 }
     /// The global mean pool: `nc` planes of `hw` values; `accumulate` adds to the input gradient.
     Pool { nc: u32, hw: u32, accumulate: u32 }
+    /// A product over `total` values, the second operand's value `i / per` with each (`per` 1,
+    /// or H·W for a per-channel gate); for the second operand's gradient `total` counts its
+    /// values. `accumulate` adds to the output.
+    Product { total: u32, per: u32, accumulate: u32 }
+    /// Max pooling of `nc` planes `[h, w]` into `[oh, ow]`: kernel `kh × kw`, stride `sh × sw`,
+    /// top and left padding `pt`, `pl`; `accumulate` adds to the input gradient.
+    MaxPoolWindow {
+        nc: u32, h: u32, w: u32, oh: u32, ow: u32,
+        kh: u32, kw: u32, sh: u32, sw: u32, pt: u32, pl: u32, accumulate: u32,
+    }
     /// Softmax cross-entropy over `n` rows of `k` logits with label smoothing: samples
     /// `first..first + n` of a batch of `batch` (the gradient is of the batch's mean loss).
     Loss { n: u32, k: u32, smoothing: f32, first: u32, batch: u32 }
@@ -101,4 +111,26 @@ fn window(win: &Window, (h, w): (usize, usize)) -> [u32; 6] {
 /// binding limit (checked when the buffers are made), so they fit in 32 bits.
 pub(crate) fn word(v: usize) -> u32 {
     v as u32
+}
+
+impl MaxPoolWindow {
+    /// The parameters of `window` over `nc` planes of `(h, w)` (its padding for that size).
+    pub fn new(window: &Window, nc: usize, (h, w): (usize, usize), accumulate: bool) -> Self {
+        let (oh, ow) = window.output_size(h, w).unwrap_or((0, 0));
+        let [pt, pl, ..] = window.pads_at(h, w);
+        MaxPoolWindow {
+            nc: word(nc),
+            h: word(h),
+            w: word(w),
+            oh: word(oh),
+            ow: word(ow),
+            kh: word(window.kernel[0]),
+            kw: word(window.kernel[1]),
+            sh: word(window.stride[0]),
+            sw: word(window.stride[1]),
+            pt: word(pt),
+            pl: word(pl),
+            accumulate: accumulate as u32,
+        }
+    }
 }

@@ -4,7 +4,8 @@
 
 use super::{Planner, Ref};
 use crate::backend::gpu::kernels::params::{
-    word, AffineGrads, ConvWindow, DepthwiseWindow, Elementwise, LinearGrad, Pointwise, PointwiseGrad, Pool,
+    word, AffineGrads, ConvWindow, DepthwiseWindow, Elementwise, LinearGrad, MaxPoolWindow, Pointwise, PointwiseGrad,
+    Pool, Product,
 };
 use crate::backend::gpu::kernels::{Launch, Range};
 use crate::graph::Op;
@@ -82,7 +83,26 @@ impl Planner<'_> {
                         self.push(Launch::pointwise_backward_input(dy, self.weights(s), Ref::Grad(x), p), time);
                     }
                 }
-                Op::Mul | Op::MaxPool(_) => unreachable!("GpuTrainer::new refuses graphs without GPU kernels"),
+                Op::Mul => {
+                    let b = node.inputs[1];
+                    let per = self.per(x, b);
+                    if need_dx {
+                        let p = Product { total: self.size_word(y), per, accumulate: acc };
+                        self.push(Launch::mul_forward(dy.clone(), self.value(b), Ref::Grad(x), p), time);
+                    }
+                    if self.sched.needs_grad[b] {
+                        let acc = written[b] || (b == x && need_dx);
+                        let p = Product { total: self.size_word(b), per, accumulate: acc as u32 };
+                        self.push(Launch::mul_backward_other(dy, self.value(x), Ref::Grad(b), p), time);
+                        written[b] = true;
+                    }
+                }
+                Op::MaxPool(w) => {
+                    if need_dx {
+                        let p = MaxPoolWindow::new(w, n * xs.c, (xs.h, xs.w), acc != 0);
+                        self.push(Launch::max_pool_backward(self.value(x), dy, Ref::Grad(x), p), time);
+                    }
+                }
                 Op::GlobalPool => {
                     if need_dx {
                         let p = Pool { nc: word(n * xs.c), hw: word(xs.h * xs.w), accumulate: acc };

@@ -2,7 +2,9 @@
 //! affine with the fused activation in one launch (the GPU kernels have no epilogue).
 
 use super::{Planner, Ref};
-use crate::backend::gpu::kernels::params::{word, Channelwise, ConvWindow, DepthwiseWindow, Pointwise, Pool};
+use crate::backend::gpu::kernels::params::{
+    word, Channelwise, ConvWindow, DepthwiseWindow, MaxPoolWindow, Pointwise, Pool, Product,
+};
 use crate::backend::gpu::kernels::Launch;
 use crate::graph::Op;
 use crate::ops::Activation;
@@ -48,7 +50,15 @@ impl Planner<'_> {
                     );
                     self.push(launch, s);
                 }
-                Op::Mul | Op::MaxPool(_) => unreachable!("GpuTrainer::new refuses graphs without GPU kernels"),
+                Op::Mul => {
+                    let b = node.inputs[1];
+                    let p = Product { total: self.size_word(y), per: self.per(x, b), accumulate: 0 };
+                    self.push(Launch::mul_forward(self.value(x), self.value(b), Ref::Value(y), p), s);
+                }
+                Op::MaxPool(w) => {
+                    let p = MaxPoolWindow::new(w, n * xs.c, (xs.h, xs.w), false);
+                    self.push(Launch::max_pool_forward(self.value(x), Ref::Value(y), p), s);
+                }
                 Op::GlobalPool => {
                     let p = Pool { nc: word(n * xs.c), hw: word(xs.h * xs.w), accumulate: 0 };
                     self.push(Launch::pool_forward(self.value(x), Ref::Value(y), p), s);

@@ -75,6 +75,11 @@ impl Planner<'_> {
         self.n * s.c * s.h * s.w
     }
 
+    /// Values of product operand `a` per value of operand `b` (1, or H·W for a per-channel gate).
+    fn per(&self, a: usize, b: usize) -> u32 {
+        word(self.size(a) / self.size(b).max(1))
+    }
+
     /// `size(v)` as a kernel parameter.
     fn size_word(&self, v: usize) -> u32 {
         word(self.size(v))
