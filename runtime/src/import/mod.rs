@@ -1,13 +1,16 @@
 //! ONNX → [`Graph`]. tract-onnx parses the protobuf; this module reads the nodes and
 //! initializers and builds the runtime's IR. It is the only module that names tract types.
 //!
-//! Supported: Conv (groups 1 and depthwise), BatchNormalization, Relu, Clip (ReLU6; bounds as
-//! inputs or attributes), Add (residual, or a bias after MatMul), GlobalAveragePool,
-//! ReduceMean over H and W, Flatten/Reshape/Squeeze after pooling, Gemm, MatMul,
-//! DequantizeLinear on weights, Constant, Identity, Dropout. Every Conv is followed by an
-//! affine in the IR: its BatchNorm folded, or its bias (scale 1), or the identity.
+//! Supported: Conv (groups 1 and depthwise), BatchNormalization, Relu, Clip (ReLU6, 0–1; bounds
+//! as inputs or attributes), HardSigmoid, HardSwish, Add (residual, or with a constant),
+//! Sub/Mul/Div with a constant, Mul of two computed values, GlobalAveragePool, ReduceMean over
+//! H and W, MaxPool, Flatten/Reshape/Squeeze after pooling (and the Shape/Cast/Slice/Concat
+//! that compute a flatten's shape), Gemm, MatMul, a final Softmax, DequantizeLinear on weights,
+//! Constant, Identity, Dropout. Every Conv is followed by an affine in the IR: its BatchNorm
+//! folded, or its bias (scale 1), or the identity.
 
 mod activation;
+mod classifier;
 mod elementwise;
 mod shape;
 mod tensor;
@@ -18,7 +21,7 @@ use std::collections::HashMap;
 use tract_onnx::pb::{AttributeProto, NodeProto};
 use tract_onnx::prelude::Framework;
 
-use crate::graph::{Affine, AutoPad, Conv, Depthwise, Graph, Linear, Node, Op, ValueId, Window};
+use crate::graph::{Affine, AutoPad, Conv, Depthwise, Graph, Node, Op, ValueId, Window};
 use crate::{Error, Result};
 use tensor::Const;
 
@@ -312,17 +315,7 @@ impl Importer {
             "MaxPool" => self.max_pool(node),
             "HardSwish" => self.hard_swish(node),
             "Gemm" => self.gemm(node),
-            "MatMul" => {
-                let (x, flat) = self.runtime(node, 0)?;
-                let w = self.constant(node, 1)?;
-                if !flat || w.shape.len() != 2 {
-                    return Err(Error::node(&node.name, "MatMul needs pooled features and a 2-D constant weight"));
-                }
-                let (k, m) = (w.shape[0], w.shape[1]);
-                let lin =
-                    Linear { in_features: k, out_features: m, weights: tensor::to_weights(w, 1), bias: vec![0.0; m] };
-                self.push(node, Op::Linear(lin), vec![x], true)
-            }
+            "MatMul" => self.matmul(node),
             op => Err(Error::UnsupportedOp { node: node.name.clone(), op: op.to_string() }),
         }
     }
@@ -390,27 +383,5 @@ impl Importer {
         self.num_values += 1;
         self.nodes.push(Node { name: node.name.clone(), op, inputs: vec![x], output: id });
         self.push(node, Op::Affine(Affine { scale: vec![1.0; co], bias, stats: None }), vec![id], false)
-    }
-
-    fn gemm(&mut self, node: &NodeProto) -> Result<()> {
-        let (x, flat) = self.runtime(node, 0)?;
-        let w = self.constant(node, 1)?;
-        if !flat || w.shape.len() != 2 || attr_i(node, "transA", 0) != 0 {
-            return Err(Error::node(&node.name, "Gemm needs pooled features, transA = 0 and a 2-D constant weight"));
-        }
-        let trans_b = attr_i(node, "transB", 0) != 0;
-        let (k, m) = if trans_b { (w.shape[1], w.shape[0]) } else { (w.shape[0], w.shape[1]) };
-        let alpha = attr_f(node, "alpha").unwrap_or(1.0);
-        let weights = tensor::to_weights(w, if trans_b { 0 } else { 1 });
-        let weights = if alpha == 1.0 { weights } else { weights.scaled(alpha) };
-        let beta = attr_f(node, "beta").unwrap_or(1.0);
-        let bias = match self.get_opt(node, 2)? {
-            None => vec![0.0; m],
-            Some(Value::Const(c)) if c.len() == m => c.to_f32().iter().map(|b| b * beta).collect(),
-            Some(Value::Const(c)) if c.len() == 1 => vec![c.to_f32()[0] * beta; m],
-            Some(_) => return Err(Error::node(&node.name, "Gemm bias must be a constant of one value per output")),
-        };
-        let lin = Linear { in_features: k, out_features: m, weights, bias };
-        self.push(node, Op::Linear(lin), vec![x], true)
     }
 }
