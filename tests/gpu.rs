@@ -319,6 +319,7 @@ fn training_on_the_gpu_matches_the_cpu() {
         ("full", OptimizerKind::Sgd, 0.02, 1e-3, 0.0, &hard, 32),
         ("sb+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0, &v3, 32),
         ("full", OptimizerKind::Adam, 0.001, 1e-3, 0.0, &v3, 64),
+        ("sb+se+logits", OptimizerKind::Sgd, 0.1, 0.0, 0.0, &v3, 32),
     ]
     .into_iter()
     .chain(

@@ -243,7 +243,8 @@ fn whole_network_gradients_for_every_patch_kind() {
         let v = TinyNet { quantized, auto_pad, dw2_kernel, hard_sigmoid, v3, ..TinyNet::default() };
         let model = tiny_net(v, 900);
         let backbone = Backbone::from_onnx_bytes(&model).unwrap();
-        for (k, spec) in kinds.iter().enumerate() {
+        let se: &[&str] = if v3 { &["se+logits", "sb+se+logits"] } else { &[] };
+        for (k, spec) in kinds.iter().chain(se).enumerate() {
             let kinds: PatchKinds = spec.parse().unwrap();
             let mut graph = backbone.graph().clone();
             let classes = if kinds.new_head() { 3 } else { 5 };

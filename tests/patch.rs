@@ -1,9 +1,9 @@
 //! Patches: zero-step patches reproduce the backbone, the file format round-trips and is pinned
 //! by golden bytes, and every corruption or mismatch is refused with an error (never a panic).
 
-use edgepatch::graph::Graph;
+use edgepatch::graph::{Graph, Op};
 use edgepatch::patch::file::{self, ValueType, PREFIX_LEN};
-use edgepatch::patch::{Patch, PatchTensor, Role};
+use edgepatch::patch::{self, Patch, PatchTensor, Role, Slot};
 use edgepatch::train::{TrainConfig, Trainer};
 use edgepatch::{Backbone, Error, PatchKinds, Tensor};
 use edgepatch_tests::onnx_builder::{tiny_net, TinyNet};
@@ -183,6 +183,10 @@ fn patch_kinds_parse_and_print() {
     let k: PatchKinds = "logits+sb".parse().unwrap();
     assert_eq!(k.to_string(), "sb+logits");
     assert_eq!(PatchKinds::from_bits(k.bits()).unwrap(), k);
+    let k: PatchKinds = "logits+se+sb".parse().unwrap();
+    assert_eq!(k.to_string(), "sb+se+logits");
+    assert_eq!(PatchKinds::from_bits(k.bits()).unwrap(), k);
+    assert!(PatchKinds::from_bits(1 << 6).is_err());
     assert!("sb+wings".parse::<PatchKinds>().is_err());
     assert!("".parse::<PatchKinds>().is_err());
 }
@@ -302,4 +306,23 @@ fn an_engine_never_runs_on_stale_packed_weights() {
     assert_eq!(run(&engine, &g), before, "the first weights again, not taken up");
     engine.update(&g);
     assert_eq!(run(&engine, &g), before, "the first weights again, taken up");
+}
+
+/// `se` trains the squeeze-excitation convolutions (those reading one pixel per channel) and their
+/// biases: MobileNetV3's parts have two; a model without squeeze-excitation refuses the kind.
+#[test]
+fn se_patches_the_squeeze_excitation_convolutions() {
+    let v3 = Backbone::from_onnx_bytes(&tiny_net(TinyNet { v3: true, ..TinyNet::default() }, 43)).unwrap();
+    let g = v3.graph();
+    let slots = patch::slots(g, "se".parse().unwrap()).unwrap();
+    let convs: Vec<_> = slots.iter().filter(|s| s.role == Role::Weights).map(|s| s.node).collect();
+    assert_eq!(convs.len(), 2);
+    for &c in &convs {
+        assert!(matches!(&g.nodes[c].op, Op::Conv(k) if k.window.is_pointwise()));
+        assert!(slots.contains(&Slot { node: c + 1, role: Role::Bias }), "the bias of node {c}");
+    }
+    assert_eq!(slots.len(), 4);
+    assert_eq!(g.patchable().se, 4 * 16 + 4 + 16 * 4 + 16);
+    let err = patch::slots(backbone(false).graph(), "se+logits".parse().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("no squeeze-excitation"), "{err}");
 }

@@ -148,6 +148,8 @@ pub struct PatchableCounts {
     pub dw: usize,
     /// The final linear layer's weights and bias.
     pub logits: usize,
+    /// The squeeze-excitation convolutions' kernels and biases ([`Graph::excitation`]).
+    pub se: usize,
 }
 
 /// A validated, topologically ordered graph with one input (NCHW, `input_channels`) and one
@@ -264,10 +266,41 @@ impl Graph {
         self.nodes.iter().map(|n| n.op.resident_bytes()).sum()
     }
 
+    /// For each node, whether it is a squeeze-excitation convolution: one that reads a value of
+    /// one pixel per channel whatever the input's size (globally pooled, then through 1×1
+    /// convolutions and per-channel layers), and is not the classifier.
+    pub fn excitation(&self) -> Vec<bool> {
+        let mut one_pixel = vec![false; self.num_values];
+        let mut convs = vec![false; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate() {
+            let all = n.inputs.iter().all(|&v| one_pixel.get(v).copied().unwrap_or(false));
+            let pixel = match &n.op {
+                Op::GlobalPool | Op::Linear(_) => true,
+                Op::Conv(c) => {
+                    convs[i] = all;
+                    all && c.window.is_pointwise() && c.window.stride == [1, 1]
+                }
+                Op::Affine(_) | Op::Act(_) | Op::Add | Op::Mul => all,
+                Op::Depthwise(_) | Op::MaxPool(_) => false,
+            };
+            if let Some(v) = one_pixel.get_mut(n.output) {
+                *v = pixel;
+            }
+        }
+        convs
+    }
+
     /// Parameter counts of each patch kind.
     pub fn patchable(&self) -> PatchableCounts {
         let mut p = PatchableCounts::default();
-        for n in &self.nodes {
+        let excitation = self.excitation();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if excitation[i] {
+                p.se += n.op.params();
+                if let Some(Node { op: Op::Affine(a), .. }) = self.nodes.get(i + 1) {
+                    p.se += a.bias.len();
+                }
+            }
             match &n.op {
                 Op::Affine(a) => {
                     p.sb += a.scale.len() + a.bias.len();

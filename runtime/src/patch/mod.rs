@@ -27,16 +27,18 @@ pub struct PatchKinds {
     pub dw: bool,
     /// Every weight: kernels, affines and the classifier (the fine-tuning baseline).
     pub full: bool,
+    /// The squeeze-excitation convolutions' kernels and biases ([`Graph::excitation`]).
+    pub se: bool,
 }
 
-const KIND_NAMES: [&str; 5] = ["logits", "sb", "bias", "dw", "full"];
+const KIND_NAMES: [&str; 6] = ["logits", "sb", "bias", "dw", "full", "se"];
 
 impl PatchKinds {
-    fn flags(&self) -> [bool; 5] {
-        [self.logits, self.sb, self.bias, self.dw, self.full]
+    fn flags(&self) -> [bool; 6] {
+        [self.logits, self.sb, self.bias, self.dw, self.full, self.se]
     }
 
-    /// The kinds as a bit set (bit 0 `logits`, 1 `sb`, 2 `bias`, 3 `dw`, 4 `full`).
+    /// The kinds as a bit set (bit 0 `logits`, 1 `sb`, 2 `bias`, 3 `dw`, 4 `full`, 5 `se`).
     pub fn bits(&self) -> u8 {
         self.flags().iter().enumerate().map(|(i, &f)| (f as u8) << i).sum()
     }
@@ -47,7 +49,7 @@ impl PatchKinds {
             return Err(Error::Patch(format!("unknown patch kinds (bits {bits:#04x})")));
         }
         let f = |i: usize| bits >> i & 1 == 1;
-        Ok(PatchKinds { logits: f(0), sb: f(1), bias: f(2), dw: f(3), full: f(4) })
+        Ok(PatchKinds { logits: f(0), sb: f(1), bias: f(2), dw: f(3), full: f(4), se: f(5) })
     }
 
     /// True when the classifier is new (sized for the task).
@@ -57,7 +59,7 @@ impl PatchKinds {
 
     /// True when only the classifier trains (the backbone's features are fixed).
     pub fn head_only(&self) -> bool {
-        self.logits && !self.sb && !self.bias && !self.dw && !self.full
+        self.logits && !self.sb && !self.bias && !self.dw && !self.full && !self.se
     }
 }
 
@@ -76,11 +78,11 @@ impl FromStr for PatchKinds {
     }
 }
 
-/// Written the usual way round: `sb+logits`, `sb+dw+logits`.
+/// Written the usual way round: `sb+logits`, `sb+dw+logits`, `sb+se+logits`.
 impl fmt::Display for PatchKinds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let f5 = self.flags();
-        let names: Vec<&str> = [1, 2, 3, 4, 0].iter().filter(|&&i| f5[i]).map(|&i| KIND_NAMES[i]).collect();
+        let flags = self.flags();
+        let names: Vec<&str> = [1, 2, 3, 5, 4, 0].iter().filter(|&&i| flags[i]).map(|&i| KIND_NAMES[i]).collect();
         f.write_str(&names.join("+"))
     }
 }
@@ -143,6 +145,14 @@ pub fn feature_graph(graph: &Graph) -> Result<Graph> {
 /// The parameters `kinds` trains in `graph`, in node order.
 pub fn slots(graph: &Graph, kinds: PatchKinds) -> Result<Vec<Slot>> {
     let head = if kinds.new_head() { Some(head_index(graph)?) } else { None };
+    let excitation = graph.excitation();
+    if kinds.se && !excitation.contains(&true) {
+        return Err(Error::Patch("`se`: the model has no squeeze-excitation convolutions".into()));
+    }
+    // The affine computed from a squeeze-excitation convolution's output (its bias).
+    let se_bias = |node: usize| {
+        kinds.se && node > 0 && excitation[node - 1] && graph.nodes[node].inputs == [graph.nodes[node - 1].output]
+    };
     let mut out = Vec::new();
     for (node, n) in graph.nodes.iter().enumerate() {
         let mut add = |role| out.push(Slot { node, role });
@@ -151,9 +161,9 @@ pub fn slots(graph: &Graph, kinds: PatchKinds) -> Result<Vec<Slot>> {
                 add(Role::Scale);
                 add(Role::Bias);
             }
-            Op::Affine(_) if kinds.bias => add(Role::Bias),
+            Op::Affine(_) if kinds.bias || se_bias(node) => add(Role::Bias),
             Op::Depthwise(_) if kinds.dw || kinds.full => add(Role::Weights),
-            Op::Conv(_) if kinds.full => add(Role::Weights),
+            Op::Conv(_) if kinds.full || kinds.se && excitation[node] => add(Role::Weights),
             Op::Linear(_) if Some(node) == head => {
                 add(Role::Weights);
                 add(Role::Bias);

@@ -37,7 +37,7 @@ pub fn info(model: Option<&Path>, as_json: bool) -> edgepatch::Result<String> {
             "layers": layers,
             "convolutions": convs,
             "weights": if quantized { "int8" } else { "f32" },
-            "patchable": {"sb": p.sb, "bias": p.bias, "dw": p.dw, "logits": p.logits},
+            "patchable": {"sb": p.sb, "bias": p.bias, "dw": p.dw, "se": p.se, "logits": p.logits},
             "resident_bytes": b.resident_bytes(),
         });
         outln!(o, "{}", serde_json::to_string_pretty(&out).expect("json"));
@@ -56,7 +56,7 @@ pub fn info(model: Option<&Path>, as_json: bool) -> edgepatch::Result<String> {
     );
     outln!(o, "params       {}", g.params());
     outln!(o, "resident     {} bytes", b.resident_bytes());
-    outln!(o, "patchable    sb {}  bias {}  dw {}  logits {}", p.sb, p.bias, p.dw, p.logits);
+    outln!(o, "patchable    sb {}  bias {}  dw {}  se {}  logits {}", p.sb, p.bias, p.dw, p.se, p.logits);
     outln!(o);
     outln!(o, "{:<40} {:<12} {:>9}  output (224 px)", "layer", "kind", "params");
     for n in &g.nodes {

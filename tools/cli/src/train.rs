@@ -23,7 +23,7 @@ pub struct TrainArgs {
     /// Test data, scored after training.
     #[arg(long)]
     pub test: Option<String>,
-    /// Patch kinds joined by '+': logits, sb, bias, dw, full (e.g. sb+logits).
+    /// Patch kinds joined by '+': logits, sb, bias, dw, se, full (e.g. sb+logits; se: the squeeze-excitation convolutions).
     #[arg(long)]
     pub patch: PatchKinds,
     /// Where to write the patch file (written atomically).
