@@ -127,3 +127,30 @@ fn mobilenet_v3_matches_onnxruntime_and_tract() {
         eprintln!("{key}: logits {:?}, onnxruntime {want:?}", got.data);
     }
 }
+
+/// The feature extractor of face-api's SSD-MobileNetV1 face detector (`bash
+/// models/face_detector/build.sh`: TF.js uint8 weights converted to ONNX, checked there against a
+/// NumPy forward of face-api's own layers): its pooled features against onnxruntime's.
+#[test]
+fn face_detector_backbone_matches_onnxruntime() {
+    let path = cached_model("face_detector_mobilenet_v1.onnx", "face_detector");
+    let ours = Backbone::from_path(&path).unwrap();
+    let features = edgepatch::patch::feature_graph(ours.graph()).unwrap();
+    let engine = edgepatch::backend::cpu::CpuEngine::new(&features);
+    let expected = repo_root().join("models/face_detector/reference/expected.json");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(expected).unwrap()).unwrap();
+    for (shape, seed) in [([1, 3, 64, 64], 0), ([2, 3, 45, 37], 1)] {
+        let x: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|i| (2.0 * (0.01 * i as f64 + seed as f64).sin()) as f32)
+            .collect();
+        let key = format!("{}x{}x{}x{} seed {seed}", shape[0], shape[1], shape[2], shape[3]);
+        let got = engine.forward(&features, Tensor::from_vec(shape, x).unwrap()).unwrap();
+        let want: Vec<f32> =
+            expected[&key]["features"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        // The reference keeps five decimals.
+        let tol = Tolerance { rel: 1e-4, abs: 2e-5 };
+        if let Some((i, g, w)) = tol.check(&got.data, &want) {
+            panic!("{key}: feature {i} is {g}, onnxruntime says {w}");
+        }
+    }
+}

@@ -9,6 +9,9 @@ that run's test accuracy, size, wall time and peak memory. Writes docs/transfer.
     bash models/efficientnet_lite0/build.sh && python3 tools/transfer_table.py \
         --model cache/efficientnet_lite0_int8.onnx --name "EfficientNet-Lite0" \
         --out docs/transfer_efficientnet_lite0.md
+    bash models/mobilenet_v3/build.sh && python3 tools/transfer_table.py --tasks digits,fashion \
+        --model cache/mobilenet_v3_ppocr_cls.onnx --name "MobileNetV3 (PaddleOCR text direction)" \
+        --out docs/transfer_mobilenet_v3.md
 
 Each run's JSON is kept in cache/transfer/ (cache/transfer/MODEL-FILE-STEM/ for --model) and
 reused when the script is run again (delete the folder to start over), so an interrupted table
@@ -56,6 +59,11 @@ SWEEP = {
     "sb+logits": [0.001, 0.003, 0.01],
     "dw+logits": [0.001, 0.003, 0.01],
     "full": [0.0003, 0.001, 0.003],
+}
+# Swept only for backbones with squeeze-excitation (`edgepatch info`: patchable se > 0).
+SWEEP_SE = {
+    "se+logits": [0.001, 0.003, 0.01],
+    "sb+se+logits": [0.001, 0.003, 0.01],
 }
 
 
@@ -121,7 +129,8 @@ def main():
         md += [f"## {t['title']}", "", t["about"] + ".", "",
                "| patch | trainable | % of model | patch bytes | lr (swept) | validation acc | **test acc** | train s | img/s | peak RSS MB |",
                "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
-        for kinds, lrs in SWEEP.items():
+        sweep = {**SWEEP, **(SWEEP_SE if info["patchable"].get("se", 0) > 0 else {})}
+        for kinds, lrs in sweep.items():
             results = [run(a.binary, task, kinds, lr, a.resolution, a.seed, a.model) for lr in lrs]
             ok = [r for r in results if "error" not in r]
             if not ok:
