@@ -99,12 +99,13 @@ def main():
     ap.add_argument("--model", help="an ONNX backbone instead of the shipped int8 MobileNetV2")
     ap.add_argument("--name", default="MobileNetV2", help="the backbone's name in the text")
     ap.add_argument("--out", default=str(ROOT / "docs/transfer.md"))
+    ap.add_argument("--kinds", help="only these patch kinds (comma-separated), instead of every swept one")
     a = ap.parse_args()
     info_cmd = [a.binary, "info", "--json"] + (["--model", a.model] if a.model else [])
     info = json.loads(subprocess.run(info_cmd, capture_output=True, text=True, check=True).stdout)
     backbone = ("the shipped int8 MobileNetV2" if a.model is None
                 else f"{a.name} (`{os.path.relpath(a.model, ROOT)}`, {info['weights']} weights)")
-    command = f"python3 tools/transfer_table.py --tasks {a.tasks}" + (
+    command = f"python3 tools/transfer_table.py --tasks {a.tasks}" + (f" --kinds {a.kinds}" if a.kinds else "") + (
         f" --model {os.path.relpath(a.model, ROOT)} --name \"{a.name}\" --out {os.path.relpath(a.out, ROOT)}"
         if a.model else "")
     model_params = info["params"]
@@ -130,6 +131,8 @@ def main():
                "| patch | trainable | % of model | patch bytes | lr (swept) | validation acc | **test acc** | train s | img/s | peak RSS MB |",
                "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         sweep = {**SWEEP, **(SWEEP_SE if info["patchable"].get("se", 0) > 0 else {})}
+        if a.kinds:
+            sweep = {k: v for k, v in sweep.items() if k in a.kinds.split(",")}
         for kinds, lrs in sweep.items():
             results = [run(a.binary, task, kinds, lr, a.resolution, a.seed, a.model) for lr in lrs]
             ok = [r for r in results if "error" not in r]
