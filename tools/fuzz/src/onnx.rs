@@ -14,7 +14,7 @@ use tract_onnx::pb::ModelProto;
 
 use crate::{blank_numbers, mutate_bytes, Rng};
 
-const OPS: [&str; 16] = [
+const OPS: [&str; 22] = [
     "Conv",
     "Gemm",
     "MatMul",
@@ -31,6 +31,12 @@ const OPS: [&str; 16] = [
     "HardSwish",
     "Identity",
     "Squeeze",
+    "MaxPool",
+    "Shape",
+    "Slice",
+    "Concat",
+    "Cast",
+    "HardSigmoid",
 ];
 
 const INTERESTING: [i64; 10] = [0, -1, 1, 2, 3, 7, 64, 1 << 20, i64::MAX, i64::MIN];
@@ -53,6 +59,9 @@ pub fn seeds(_rng: &mut Rng) -> Vec<Vec<u8>> {
     out.push(tiny_net(same, 9));
     // HardSigmoid: merged into an affine and one of its own.
     out.push(tiny_net(TinyNet { hard_sigmoid: true, ..TinyNet::default() }, 10));
+    // MobileNetV3's parts: products of two values, squeeze-excitation, MaxPool, HardSwish, the
+    // Shape/Slice/Concat flatten.
+    out.push(tiny_net(TinyNet { v3: true, quantized: true, ..TinyNet::default() }, 11));
     out.push(include_bytes!("../../../models/mobilenet_v2/mobilenet_v2_int8.onnx").to_vec());
     out
 }

@@ -361,6 +361,18 @@ impl CpuEngine {
                     ops::mul::forward(&mut t, b);
                     Value::Blocked(t, c)
                 }
+                // A per-channel gate on a blocked value (squeeze-excitation) keeps it blocked.
+                (Value::Blocked(mut t, c), b) => {
+                    let g = b.as_planar();
+                    if g.shape == [t.shape[0], c, 1, 1] {
+                        blocked::gate(&mut t, &g, c);
+                        Value::Blocked(t, c)
+                    } else {
+                        let mut p = blocked::unblock(&t, c);
+                        ops::mul::forward(&mut p, &g);
+                        Value::Planar(p)
+                    }
+                }
                 (a, b) => {
                     let mut t = a.planar();
                     ops::mul::forward(&mut t, &b.as_planar());

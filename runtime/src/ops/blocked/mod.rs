@@ -81,6 +81,23 @@ pub fn block(x: &Tensor) -> Tensor {
     out
 }
 
+/// `x ⊙ g` in place of blocked `x` of `c` channels, `g: [N, c, 1, 1]` a per-channel gate (planar):
+/// each value multiplied once, as [`crate::ops::mul::forward`] does.
+pub fn gate(x: &mut Tensor, g: &Tensor, c: usize) {
+    let [_, cp, h, w] = x.shape;
+    let (cb, hw) = (cp / BLOCK, h * w);
+    x.data.par_chunks_mut((hw * BLOCK).max(1)).enumerate().for_each(|(nb, dst)| {
+        let (img, b) = (nb / cb, nb % cb);
+        let mut lanes = [0f32; BLOCK];
+        for (l, lane) in lanes.iter_mut().enumerate().take(BLOCK.min(c - b * BLOCK)) {
+            *lane = g.data[img * c + b * BLOCK + l];
+        }
+        for px in dst.chunks_exact_mut(BLOCK) {
+            px.iter_mut().zip(&lanes).for_each(|(v, l)| *v *= l);
+        }
+    });
+}
+
 /// Blocked `x` of `c` channels → planar `[N, c, H, W]`.
 pub fn unblock(x: &Tensor, c: usize) -> Tensor {
     let [n, cp, h, w] = x.shape;
