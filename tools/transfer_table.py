@@ -100,12 +100,15 @@ def main():
     ap.add_argument("--name", default="MobileNetV2", help="the backbone's name in the text")
     ap.add_argument("--out", default=str(ROOT / "docs/transfer.md"))
     ap.add_argument("--kinds", help="only these patch kinds (comma-separated), instead of every swept one")
+    ap.add_argument("--extend", action="store_true",
+                    help="also try 3x the largest rate of each sweep (for backbones far from the task)")
     a = ap.parse_args()
     info_cmd = [a.binary, "info", "--json"] + (["--model", a.model] if a.model else [])
     info = json.loads(subprocess.run(info_cmd, capture_output=True, text=True, check=True).stdout)
     backbone = ("the shipped int8 MobileNetV2" if a.model is None
                 else f"{a.name} (`{os.path.relpath(a.model, ROOT)}`, {info['weights']} weights)")
     command = f"python3 tools/transfer_table.py --tasks {a.tasks}" + (f" --kinds {a.kinds}" if a.kinds else "") + (
+        " --extend" if a.extend else "") + (
         f" --model {os.path.relpath(a.model, ROOT)} --name \"{a.name}\" --out {os.path.relpath(a.out, ROOT)}"
         if a.model else "")
     model_params = info["params"]
@@ -116,8 +119,8 @@ def main():
         f"({model_params:,} parameters, fingerprint `{info['fingerprint']}`), "
         f"at {a.resolution}×{a.resolution} px (grayscale replicated to RGB, ImageNet normalisation), "
         f"SGD with momentum 0.9, batch 32 unless stated, 5% warm-up then cosine decay, gradient norm clipped at 5, "
-        f"seed {a.seed}, no augmentation. For each patch kind the learning rate is the best of a three-point "
-        "sweep by accuracy on held-out training images (never the test set); the table shows that run. "
+        f"seed {a.seed}, no augmentation. For each patch kind the learning rate is the best of a "
+        f"{'four' if a.extend else 'three'}-point sweep by accuracy on held-out training images (never the test set); the table shows that run. "
         "`full` trains every weight (BatchNorm folded and frozen as the affine, whose scale and bias it also trains).",
         "",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, both used. Generated "
@@ -133,6 +136,8 @@ def main():
         sweep = {**SWEEP, **(SWEEP_SE if info["patchable"].get("se", 0) > 0 else {})}
         if a.kinds:
             sweep = {k: v for k, v in sweep.items() if k in a.kinds.split(",")}
+        if a.extend:
+            sweep = {k: v + [round(3 * v[-1], 6)] for k, v in sweep.items()}
         for kinds, lrs in sweep.items():
             results = [run(a.binary, task, kinds, lr, a.resolution, a.seed, a.model) for lr in lrs]
             ok = [r for r in results if "error" not in r]
