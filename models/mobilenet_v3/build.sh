@@ -7,13 +7,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here="$root/models/mobilenet_v3"
-cache="${EDGEPATCH_CACHE:-$root/cache}"
-mkdir -p "$cache/downloads"
-
-if [ ! -x "$cache/venv/bin/python" ]; then
-  python3 -m venv "$cache/venv"
-fi
-"$cache/venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/models/mobilenet_v2/requirements.txt"
+source "$root/models/venv.sh"
 
 wheel="$cache/downloads/rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
 [ -f "$wheel" ] || "$cache/venv/bin/pip" download --quiet --no-deps rapidocr_onnxruntime==1.4.4 -d "$cache/downloads"

@@ -6,12 +6,7 @@
 # Usage: bash tools/datasets/build.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-cache="${EDGEPATCH_CACHE:-$root/cache}"
-mkdir -p "$cache/downloads"
-if [ ! -x "$cache/venv/bin/python" ]; then
-  python3 -m venv "$cache/venv"
-fi
-"$cache/venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/models/mobilenet_v2/requirements.txt"
+source "$root/models/venv.sh"
 pin=(--no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp)
 sk="$cache/downloads/scikit_learn-1.9.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
 [ -f "$sk" ] || "$cache/venv/bin/pip" download --quiet "${pin[@]}" scikit-learn==1.9.1 -d "$cache/downloads"
