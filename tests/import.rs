@@ -49,17 +49,7 @@ fn hard_sigmoid_matches_tract() {
         let clips =
             b.graph().nodes.iter().filter(|n| matches!(n.op, Op::Act(edgepatch::ops::Activation::Clip01))).count();
         assert_eq!(clips, 2);
-        for shape in [[2, 3, 32, 32], [1, 3, 45, 37]] {
-            let x = random_values(shape.iter().product(), 9, 2.0);
-            let want = tract_run(&model, shape, &x).expect("tract runs the model");
-            let got = b.forward(Tensor::from_vec(shape, x.clone()).unwrap()).unwrap();
-            if let Some((j, g, w)) = PARITY.check(&got.data, &want) {
-                panic!("{v:?} at {shape:?}: logit {j} is {g}, tract says {w}");
-            }
-            let exported = edgepatch::export::to_onnx(b.graph(), None, edgepatch::export::ExportWeights::F32).unwrap();
-            let e = tract_run(&exported, shape, &x).unwrap();
-            assert!(PARITY.check(&e, &want).is_none(), "{v:?}: the export's logits differ");
-        }
+        same_as_tract_and_exported(&format!("{v:?}"), &model, &b, &[[2, 3, 32, 32], [1, 3, 45, 37]], 9);
     }
     let mut bad = OnnxBuilder::new(13);
     bad.node("HardSigmoid", &["input"], "y", vec![edgepatch_tests::onnx_builder::float("alpha", f32::NAN)]);
@@ -79,17 +69,29 @@ fn mobilenet_v3_parts_match_tract() {
         assert_eq!(count(&|op| matches!(op, Op::Mul)), 3, "two HardSwish and the gate");
         assert_eq!(count(&|op| matches!(op, Op::MaxPool(_))), 1);
         assert_eq!(count(&|op| matches!(op, Op::GlobalPool)), 2);
-        for shape in [[2, 3, 32, 32], [1, 3, 45, 37], [1, 3, 33, 64]] {
-            let x = random_values(shape.iter().product(), 11, 2.0);
-            let want = tract_run(&model, shape, &x).expect("tract runs the model");
-            let got = b.forward(Tensor::from_vec(shape, x.clone()).unwrap()).unwrap();
-            if let Some((j, g, w)) = PARITY.check(&got.data, &want) {
-                panic!("{v:?} at {shape:?}: logit {j} is {g}, tract says {w}");
-            }
-            let exported = edgepatch::export::to_onnx(b.graph(), None, edgepatch::export::ExportWeights::F32).unwrap();
-            let e = tract_run(&exported, shape, &x).unwrap();
-            assert!(PARITY.check(&e, &want).is_none(), "{v:?}: the export's logits differ");
+        same_as_tract_and_exported(
+            &format!("{v:?}"),
+            &model,
+            &b,
+            &[[2, 3, 32, 32], [1, 3, 45, 37], [1, 3, 33, 64]],
+            11,
+        );
+    }
+}
+
+/// `b` (imported from `model`) gives tract's logits at each of `shapes` (random inputs from
+/// `seed`), and so does its ONNX export run by tract.
+fn same_as_tract_and_exported(what: &str, model: &[u8], b: &Backbone, shapes: &[[usize; 4]], seed: u64) {
+    let exported = edgepatch::export::to_onnx(b.graph(), None, edgepatch::export::ExportWeights::F32).unwrap();
+    for &shape in shapes {
+        let x = random_values(shape.iter().product(), seed, 2.0);
+        let want = tract_run(model, shape, &x).expect("tract runs the model");
+        let got = b.forward(Tensor::from_vec(shape, x.clone()).unwrap()).unwrap();
+        if let Some((j, g, w)) = PARITY.check(&got.data, &want) {
+            panic!("{what} at {shape:?}: logit {j} is {g}, tract says {w}");
         }
+        let e = tract_run(&exported, shape, &x).unwrap();
+        assert!(PARITY.check(&e, &want).is_none(), "{what} at {shape:?}: the export's logits differ");
     }
 }
 

@@ -27,6 +27,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from reference import check_or_write, sine_inputs  # noqa: E402
+
 TGZ_SHA256 = "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031"
 OUT_NAME = "face_detector_mobilenet_v1.onnx"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float64)
@@ -167,11 +170,6 @@ def build(ws):
     return model
 
 
-def inputs(shape, seed):
-    i = np.arange(int(np.prod(shape)), dtype=np.float64)
-    return (2.0 * np.sin(0.01 * i + seed)).astype(np.float32).reshape(shape)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tgz", required=True)
@@ -194,7 +192,7 @@ def main():
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     got = {}
     for shape, seed in CASES:
-        x = inputs(shape, seed)
+        x = sine_inputs(shape, seed)
         _, features = s.run(None, {"input": x})
         features = features.reshape(shape[0], -1)
         want = np_features(ws, x.astype(np.float64))
@@ -204,21 +202,9 @@ def main():
         print(f"{shape}: onnxruntime vs NumPy forward of face-api's MobileNetV1: max relative difference {err:.1e}")
         key = "x".join(map(str, shape)) + f" seed {seed}"
         got[key] = {"features": [round(float(v), 5) for v in features.reshape(-1)]}
-    path = os.path.join(a.reference, "expected.json")
-    if os.path.exists(path):
-        want = json.load(open(path))
-        for key, v in got.items():
-            d = np.abs(np.array(v["features"]) - np.array(want[key]["features"])).max()
-            if d > 1e-3:
-                sys.exit(f"{key}: onnxruntime's features now differ from the committed reference by {d}")
-        print(f"onnxruntime matches {path}")
-    else:
-        about = ("onnxruntime " + ort.__version__ + " (CPU) on " + OUT_NAME + ": the pooled features [N, 1024]. "
-                 "Inputs x[i] = 2*sin(0.01*i + seed) over the flattened NCHW tensor (f32, ImageNet-normalised).")
-        with open(path, "w") as f:
-            json.dump({"_about": about, **got}, f, indent=1)
-            f.write("\n")
-        print(f"wrote {path}")
+    about = ("onnxruntime " + ort.__version__ + " (CPU) on " + OUT_NAME + ": the pooled features [N, 1024]. "
+             "Inputs x[i] = 2*sin(0.01*i + seed) over the flattened NCHW tensor (f32, ImageNet-normalised).")
+    check_or_write(os.path.join(a.reference, "expected.json"), about, got, 1e-3)
     manifest = f"""# face-api's SSD-MobileNetV1 face detector, its feature extractor as a backbone (written by build.py; do not edit)
 
 sources:

@@ -7,7 +7,6 @@ x[i] = 2 * sin(0.01 * i + seed) over the flattened NCHW tensor (f32, i from 0)."
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import zipfile
@@ -15,6 +14,9 @@ import zipfile
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from reference import check_or_write, sine_inputs  # noqa: E402
 
 WHEEL_SHA256 = "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf"
 MODEL_IN_WHEEL = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
@@ -32,11 +34,6 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def inputs(shape, seed):
-    i = np.arange(int(np.prod(shape)), dtype=np.float64)
-    return (2.0 * np.sin(0.01 * i + seed)).astype(np.float32).reshape(shape)
 
 
 def run(model_bytes, x):
@@ -67,31 +64,18 @@ def main():
 
     got = {}
     for shape, seed in CASES:
-        probs, logits = run(model, inputs(shape, seed))
+        probs, logits = run(model, sine_inputs(shape, seed))
         key = "x".join(map(str, shape)) + f" seed {seed}"
         got[key] = {
             "logits": [round(float(v), 6) for v in logits.reshape(-1)],
             "probs": [round(float(v), 6) for v in probs.reshape(-1)],
         }
-    path = os.path.join(a.reference, "expected.json")
     about = (
         "onnxruntime " + ort.__version__ + " (CPU) on " + MODEL_IN_WHEEL + " from rapidocr-onnxruntime 1.4.4. "
         "Inputs x[i] = 2*sin(0.01*i + seed) over the flattened NCHW tensor (f32). logits: the Softmax's input "
         f"'{LOGITS}'; probs: the model's output. Classes: 0 = text upright, 1 = rotated 180 degrees."
     )
-    if os.path.exists(path):
-        want = json.load(open(path))
-        for key, v in got.items():
-            for what in ("logits", "probs"):
-                d = np.abs(np.array(v[what]) - np.array(want[key][what])).max()
-                if d > 2e-5:
-                    sys.exit(f"{key} {what}: onnxruntime now differs from the committed reference by {d}")
-        print(f"onnxruntime matches {path}")
-    else:
-        with open(path, "w") as f:
-            json.dump({"_about": about, **got}, f, indent=1)
-            f.write("\n")
-        print(f"wrote {path}")
+    check_or_write(os.path.join(a.reference, "expected.json"), about, got, 2e-5)
 
     manifest = f"""# MobileNetV3 (PaddleOCR ch_ppocr_mobile_v2.0_cls), edgepatch's third backbone (written by build.py; do not edit)
 
