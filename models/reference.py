@@ -1,11 +1,21 @@
-"""Shared by the model build scripts: the inputs the Rust tests make too, and onnxruntime's
-outputs checked against a committed reference file (written the first time)."""
+"""Shared by the model build scripts: a file's digest, the inputs the Rust tests make too, and
+onnxruntime's outputs checked against a committed reference file (written the first time)."""
 
+import hashlib
 import json
 import os
 import sys
 
 import numpy as np
+
+
+def sha256(path):
+    """The hex SHA-256 of the file at `path`."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def sine_inputs(shape, seed):

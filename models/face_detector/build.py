@@ -28,7 +28,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from reference import check_or_write, sine_inputs  # noqa: E402
+from reference import check_or_write, sha256, sine_inputs  # noqa: E402
 
 TGZ_SHA256 = "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031"
 OUT_NAME = "face_detector_mobilenet_v1.onnx"
@@ -176,7 +176,7 @@ def main():
     ap.add_argument("--cache", required=True)
     ap.add_argument("--reference", required=True)
     a = ap.parse_args()
-    digest = hashlib.sha256(open(a.tgz, "rb").read()).hexdigest()
+    digest = sha256(a.tgz)
     if digest != TGZ_SHA256:
         sys.exit(f"{a.tgz}: sha256 {digest}, expected {TGZ_SHA256}")
     ws = weights(a.tgz)

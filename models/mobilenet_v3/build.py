@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from reference import check_or_write, sine_inputs  # noqa: E402
+from reference import check_or_write, sha256, sine_inputs  # noqa: E402
 
 WHEEL_SHA256 = "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf"
 MODEL_IN_WHEEL = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
@@ -26,14 +26,6 @@ OUT_NAME = "mobilenet_v3_ppocr_cls.onnx"
 LOGITS = "linear_1.tmp_1"
 # (shape, seed): the classifier's own 48x192 text lines, and square inputs as edgepatch trains on.
 CASES = [([1, 3, 48, 192], 0), ([2, 3, 64, 64], 1), ([1, 3, 224, 224], 2)]
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run(model_bytes, x):
