@@ -325,4 +325,12 @@ fn se_patches_the_squeeze_excitation_convolutions() {
     assert_eq!(g.patchable().se, 4 * 16 + 4 + 16 * 4 + 16);
     let err = patch::slots(backbone(false).graph(), "se+logits".parse().unwrap()).unwrap_err().to_string();
     assert!(err.contains("no squeeze-excitation"), "{err}");
+    // An `se` patch goes through the file format and, untrained, reproduces the backbone.
+    let mut config = TrainConfig::new("se".parse().unwrap());
+    config.resolution = 64;
+    let patch = Trainer::new(&v3, config, (0..5).map(|i| i.to_string()).collect()).unwrap().patch().unwrap();
+    let back = file::from_bytes(&file::to_bytes(&patch).unwrap()).unwrap();
+    assert_eq!(back, patch);
+    let x = random_values(2 * 3 * 40 * 40, 6, 2.0);
+    assert_eq!(logits(&back.apply(g).unwrap(), &x), logits(g, &x));
 }

@@ -6,7 +6,7 @@
 //! offset size field
 //!      0    8 magic "EDGEPTCH"
 //!      8    2 format version (u16 LE): 2 (this crate writes it), 1 (read)
-//!     10    1 patch kinds (bit set: 0 logits, 1 sb, 2 bias, 3 dw, 4 full)
+//!     10    1 patch kinds (bit set: 0 logits, 1 sb, 2 bias, 3 dw, 4 full, 5 se)
 //!     11    1 value type: 0 f32, 1 f16 (version 1: reserved, always 0)
 //!     12    8 backbone fingerprint (64 bits, big-endian as printed in hex)
 //!     20    4 resolution (u32 LE)
@@ -57,8 +57,8 @@ pub fn declared_len(prefix: &[u8; PREFIX_LEN]) -> u64 {
     header.saturating_add(u64::from_le_bytes(body))
 }
 
-/// Largest kinds bit set (five kinds).
-const KIND_BITS: u32 = 5;
+/// Bits of the kinds set (six kinds; a reader from before `se` refuses bit 5 as unknown).
+const KIND_BITS: u32 = 6;
 
 /// How the values are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -131,7 +131,7 @@ pub struct RawTensor {
 /// A patch file's contents, fields as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawPatch {
-    /// Bit set of patch kinds (non-empty, bits 0..5).
+    /// Bit set of patch kinds (non-empty, bits 0..6).
     pub kinds: u8,
     /// The backbone's fingerprint.
     pub fingerprint: [u8; 8],
